@@ -1,0 +1,1 @@
+"""Input pipelines: protocols, temporal sampling, augmentation, faces, optical flow."""

@@ -1,0 +1,1 @@
+"""TFDS builders for the FER sequence datasets (one package per dataset)."""
