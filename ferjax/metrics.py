@@ -1,0 +1,120 @@
+"""Metrics: classification report (WAR, UAR, macro-F1, confusion matrix) and the workdir's metric logs.
+
+Only process 0 writes files. `metrics.jsonl` is always written (one JSON object per line, with `step` and
+`split`); TensorBoard events go next to it through tensorboardX, which needs neither TensorFlow nor the
+`tensorboard` package.
+"""
+
+from collections.abc import Mapping, Sequence
+import json
+import math
+
+from etils import epath
+import jax
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+  """cm[i, j] = number of sequences of true class i predicted as class j."""
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(cm, (np.asarray(labels, np.int64), np.asarray(preds, np.int64)), 1)
+  return cm
+
+
+def classification_report(labels: np.ndarray, preds: np.ndarray,
+                          class_names: Sequence[str]) -> dict:
+  """WAR (accuracy), UAR (mean recall over classes present), macro-F1, per-class recall, confusion matrix.
+
+  Classes absent from `labels` (possible on one small test fold) are left out of UAR and macro-F1 and
+  reported with recall None, so a fold is not penalised for what it does not contain.
+  """
+  cm = confusion_matrix(labels, preds, len(class_names))
+  support = cm.sum(axis=1)
+  predicted = cm.sum(axis=0)
+  tp = np.diag(cm)
+  present = support > 0
+  recall = np.where(present, tp / np.maximum(support, 1), np.nan)
+  precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+  f1 = np.where(precision + np.nan_to_num(recall) > 0,
+                2 * precision * np.nan_to_num(recall) / np.maximum(precision + np.nan_to_num(recall),
+                                                                   1e-12), 0.0)
+  total = int(cm.sum())
+  return {
+      'num_examples': total,
+      'war': float(tp.sum() / total) if total else float('nan'),
+      'uar': float(np.mean(recall[present])) if present.any() else float('nan'),
+      'macro_f1': float(np.mean(f1[present])) if present.any() else float('nan'),
+      'per_class_recall': {name: (None if math.isnan(r) else float(r))
+                           for name, r in zip(class_names, recall)},
+      'support': {name: int(s) for name, s in zip(class_names, support)},
+      'class_names': list(class_names),
+      'confusion_matrix': cm.tolist(),
+  }
+
+
+def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: str,
+                              title: str = '') -> None:
+  """Row-normalised confusion matrix with counts, as a PNG."""
+  import matplotlib  # Imported here: only the end of a run needs it.
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  cm = np.asarray(cm)
+  rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+  n = len(class_names)
+  fig, ax = plt.subplots(figsize=(1.0 + 0.8 * n, 0.8 + 0.7 * n), dpi=120)
+  ax.imshow(rows, cmap='Blues', vmin=0, vmax=1)
+  for i in range(n):
+    for j in range(n):
+      ax.text(j, i, f'{rows[i, j]:.2f}\n({cm[i, j]})', ha='center', va='center', fontsize=7,
+              color='white' if rows[i, j] > 0.5 else 'black')
+  ax.set_xticks(range(n), class_names, rotation=45, ha='right')
+  ax.set_yticks(range(n), class_names)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  with epath.Path(path).open('wb') as f:
+    fig.savefig(f, format='png')
+  plt.close(fig)
+
+
+class MetricWriter:
+  """Appends scalars to `<workdir>/metrics.jsonl` and TensorBoard events (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self._active = jax.process_index() == 0
+    self._path = epath.Path(workdir) / 'metrics.jsonl'
+    self._tb = None
+    if self._active:
+      self._path.parent.mkdir(parents=True, exist_ok=True)
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'))
+      except Exception as e:  # Events are a convenience; metrics.jsonl is the record.
+        print(f'TensorBoard events disabled: {e}')
+
+  def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
+    if not self._active:
+      return
+    record = {'step': int(step), 'split': split, **{k: float(v) for k, v in scalars.items()}}
+    with self._path.open('a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of `<workdir>/metrics.jsonl`, in order."""
+  path = epath.Path(workdir) / 'metrics.jsonl'
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
