@@ -1,0 +1,119 @@
+"""Evaluation protocols: which TFDS splits form train / validation / test for one fold.
+
+This is the one place that knows the split layouts of DESIGN.md:
+
+* k-fold datasets (CK+, Oulu-CASIA, the synthetic set) expose ``fold_0 .. fold_{k-1}``; fold ``f`` tests on
+  ``fold_f``, validates on ``fold_{(f+1) % k}`` when a hold-out validation set is asked for, and trains on
+  the rest.
+* leave-one-subject-out datasets (eNTERFACE'05, RML) expose ``subject_<id>``; subjects are sorted
+  naturally (``subject_2 < subject_10``), fold ``f`` tests on the f-th subject, validates on the next one
+  (cyclically) when asked, and trains on the rest.
+* AFEW exposes ``train`` and ``validation`` (its test labels are not public); there is one fold: train on
+  ``train``, test on ``validation``, no separate validation set.
+
+Train sets are TFDS split arithmetic (``'fold_1+fold_2+...'``), so ``tfds.data_source(name, split=...)``
+reads them directly.
+"""
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+import tensorflow_datasets as tfds
+
+_FOLD = re.compile(r'fold_(\d+)')
+_SUBJECT = re.compile(r'subject_(.+)')
+_TRAIN_VALIDATION = ('train', 'validation')
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """The TFDS dataset has not been built in the given data_dir."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """TFDS split expressions for one fold; ``validation`` is None when no hold-out set is used."""
+  train: str
+  validation: str | None
+  test: str
+
+  def split_names(self) -> list[str]:
+    """The plain split names the three expressions cover, in order train, validation, test."""
+    parts = [self.train] + ([self.validation] if self.validation else []) + [self.test]
+    return [name for part in parts for name in part.split('+')]
+
+
+def _natural_key(name: str) -> list:
+  """Sort key that orders embedded numbers numerically: subject_2 < subject_10."""
+  return [int(tok) if tok.isdigit() else tok for tok in re.split(r'(\d+)', name)]
+
+
+def _layout(available: Sequence[str]) -> tuple[str, list[str]]:
+  """Returns (kind, ordered split names) with kind in {'kfold', 'loso', 'train_validation'}."""
+  names = list(available)
+  if names and all(_FOLD.fullmatch(n) for n in names):
+    folds = sorted(names, key=_natural_key)
+    expected = [f'fold_{i}' for i in range(len(folds))]
+    if folds != expected:
+      raise ValueError(f'k-fold splits must be exactly {expected}; found {sorted(names)}')
+    return 'kfold', folds
+  if names and all(_SUBJECT.fullmatch(n) for n in names):
+    return 'loso', sorted(names, key=_natural_key)
+  if sorted(names) == sorted(_TRAIN_VALIDATION):
+    return 'train_validation', list(_TRAIN_VALIDATION)
+  raise ValueError(
+      'unknown split layout: expected fold_0..fold_{k-1}, subject_<id> splits, or train+validation; '
+      f'found {sorted(names)}')
+
+
+def num_folds(available: Sequence[str]) -> int:
+  """Number of folds the protocol of these splits has (k, number of subjects, or 1 for AFEW)."""
+  kind, names = _layout(available)
+  return 1 if kind == 'train_validation' else len(names)
+
+
+def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = False) -> Splits:
+  """The train / validation / test split expressions of ``fold`` for a dataset with ``available`` splits.
+
+  Args:
+    available: the dataset's split names (e.g. from :func:`dataset_splits`).
+    fold: which fold, in ``[0, num_folds(available))``.
+    holdout_validation: also hold out the next fold / subject as a validation set (not used for AFEW,
+      whose only labelled sets are train and validation).
+
+  Returns:
+    Splits whose train, validation and test are disjoint and together cover every available split.
+  """
+  kind, names = _layout(available)
+  n = 1 if kind == 'train_validation' else len(names)
+  if not 0 <= fold < n:
+    raise ValueError(f'fold must be in [0, {n - 1}] for splits {names}; got {fold}')
+  if kind == 'train_validation':
+    return Splits(train='train', validation=None, test='validation')
+  if n < (3 if holdout_validation else 2):
+    raise ValueError(
+        f'{n} split(s) {names} are too few for a train/{"validation/" if holdout_validation else ""}'
+        'test protocol')
+  test = names[fold]
+  validation = names[(fold + 1) % n] if holdout_validation else None
+  train = [s for s in names if s not in (test, validation)]
+  return Splits(train='+'.join(train), validation=validation, test=test)
+
+
+def dataset_splits(name: str, data_dir: str | None = None) -> list[str]:
+  """The split names of a prepared TFDS dataset.
+
+  Raises:
+    DatasetNotPreparedError: the dataset is not built in data_dir; the message says how to build it.
+  """
+  how = (f'Build it first: `tfds build tfds_builders/{name} --manual_dir <raw data dir> '
+         f'--data_dir {data_dir or "~/tensorflow_datasets"}` (see tfds_builders/{name}/README.md).')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DatasetNotPreparedError(
+        f'dataset {name!r} is neither registered nor prepared in data_dir={data_dir!r}. {how}') from e
+  if not builder.is_prepared():
+    raise DatasetNotPreparedError(
+        f'dataset {name!r} is not prepared in data_dir={data_dir!r}. {how}')
+  return list(builder.info.splits.keys())

@@ -1,0 +1,99 @@
+"""Tests for ferjax.data.protocols: disjoint, covering splits for every fold of every protocol."""
+
+import pytest
+import tensorflow_datasets as tfds
+
+from ferjax.data import protocols
+
+LAYOUTS = {
+    'kfold10': [f'fold_{i}' for i in range(10)],
+    'loso8': [f'subject_{i}' for i in range(1, 9)],
+    'loso43': [f'subject_{i}' for i in range(1, 44)],
+    'afew': ['validation', 'train'],
+}
+
+
+@pytest.mark.parametrize('layout', LAYOUTS)
+@pytest.mark.parametrize('holdout', [False, True])
+def test_every_fold_is_disjoint_and_covering(layout, holdout):
+  available = LAYOUTS[layout]
+  n = protocols.num_folds(available)
+  assert n == (1 if layout == 'afew' else len(available))
+  tests = []
+  for fold in range(n):
+    s = protocols.splits_for(available, fold, holdout)
+    train, test = s.train.split('+'), s.test.split('+')
+    validation = s.validation.split('+') if s.validation else []
+    assert not set(train) & set(test)
+    assert not set(train) & set(validation) and not set(validation) & set(test)
+    assert sorted(s.split_names()) == sorted(available)  # union is everything, no duplicates
+    assert bool(validation) == (holdout and layout != 'afew')
+    tests.append(s.test)
+  if layout != 'afew':
+    assert sorted(tests) == sorted(available)  # every split is the test set exactly once
+
+
+def test_kfold_assignment():
+  s = protocols.splits_for(LAYOUTS['kfold10'], 9, holdout_validation=True)
+  assert s == protocols.Splits(
+      train='+'.join(f'fold_{i}' for i in range(1, 9)), validation='fold_0', test='fold_9')
+  assert protocols.splits_for(['fold_1', 'fold_0', 'fold_2'], 0).train == 'fold_1+fold_2'
+
+
+def test_subjects_sort_naturally():
+  available = ['subject_10', 'subject_2', 'subject_1']
+  assert [protocols.splits_for(available, f).test for f in range(3)] == [
+      'subject_1', 'subject_2', 'subject_10']
+  assert protocols.splits_for(available, 1, True).validation == 'subject_10'
+
+
+def test_afew():
+  assert protocols.splits_for(['train', 'validation'], 0, True) == protocols.Splits(
+      train='train', validation=None, test='validation')
+
+
+@pytest.mark.parametrize('available, fold, match', [
+    (LAYOUTS['kfold10'], 10, r'fold must be in \[0, 9\]'),
+    (LAYOUTS['loso8'], -1, r'fold must be in \[0, 7\]'),
+    (['train', 'validation'], 1, r'\[0, 0\]'),
+    (['fold_0', 'fold_2'], 0, r"exactly \['fold_0', 'fold_1'\]"),
+    (['train', 'test'], 0, r"unknown split layout.*\['test', 'train'\]"),
+    (['fold_0', 'subject_1'], 0, 'unknown split layout'),
+    ([], 0, 'unknown split layout'),
+])
+def test_bad_input(available, fold, match):
+  with pytest.raises(ValueError, match=match):
+    protocols.splits_for(available, fold)
+
+
+def test_too_few_for_holdout():
+  with pytest.raises(ValueError, match='too few'):
+    protocols.splits_for(['fold_0', 'fold_1'], 0, holdout_validation=True)
+
+
+def test_data_level_subjects_disjoint(tmp_path, make_sequence_dataset):
+  splits = {f'subject_{i}': 2 for i in (1, 2, 10)}
+  name, data_dir = make_sequence_dataset(tmp_path, splits=splits)
+  available = protocols.dataset_splits(name, data_dir)
+  assert sorted(available) == sorted(splits)
+  for fold in range(protocols.num_folds(available)):
+    s = protocols.splits_for(available, fold, holdout_validation=True)
+    subjects = {}
+    for part in ('train', 'validation', 'test'):
+      source = tfds.data_source(name, split=getattr(s, part), data_dir=data_dir)
+      subjects[part] = {source[i]['subject'] for i in range(len(source))}
+    assert not subjects['train'] & subjects['test']
+    assert not subjects['validation'] & (subjects['train'] | subjects['test'])
+    assert len(subjects['train']) == 1 and subjects['test'] == {s.test.encode()}
+
+
+def test_dataset_not_prepared(tmp_path, make_sequence_dataset):
+  with pytest.raises(protocols.DatasetNotPreparedError, match=r'no_such_set.*tfds build'):
+    protocols.dataset_splits('no_such_set', str(tmp_path))
+  name, data_dir = make_sequence_dataset(tmp_path / 'a')
+  with pytest.raises(protocols.DatasetNotPreparedError, match='not prepared'):
+    # Registered builder, empty data_dir (the test builder reads its spec there, so copy it over).
+    (tmp_path / 'b').mkdir()
+    (tmp_path / 'b' / 'ferjax_test_sequences.json').write_text(
+        (tmp_path / 'a' / 'ferjax_test_sequences.json').read_text())
+    protocols.dataset_splits(name, str(tmp_path / 'b'))
