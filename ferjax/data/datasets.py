@@ -1,0 +1,61 @@
+"""Finding a prepared TFDS dataset, preparing the built-in one, and opening its splits for grain.
+
+Real datasets are licensed and prepared once by the user (`tfds build tfds_builders/<name> --manual_dir ...`);
+only `synthetic_expressions`, generated in code, is prepared here on first use.
+"""
+
+import dataclasses
+import importlib
+
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import tensorflow_datasets as tfds
+
+from ferjax.data import protocols
+
+BUILTIN = 'synthetic_expressions'
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedDataset:
+  name: str  # TFDS name, with the builder config: 'oulu_casia/vl_strong'.
+  data_dir: str | None
+  class_names: tuple[str, ...]
+  split_names: tuple[str, ...]
+
+  def source(self, split: str):
+    """Random-access ArrayRecord source of a split expression ('fold_1+fold_2'); no TensorFlow."""
+    return tfds.data_source(self.name, split=split, data_dir=self.data_dir)
+
+
+def _register_builder(name: str) -> None:
+  """Imports tfds_builders.<name> so TFDS knows the builder class (a no-op for unknown names)."""
+  try:
+    importlib.import_module(f'tfds_builders.{name}')
+  except ModuleNotFoundError as e:
+    if e.name not in (f'tfds_builders.{name}', 'tfds_builders'):
+      raise
+
+
+def prepare(dataset: ml_collections.ConfigDict) -> PreparedDataset:
+  """The prepared dataset named by `config.dataset`; builds `synthetic_expressions` if missing.
+
+  Raises protocols.DatasetNotPreparedError for a real dataset that has not been built.
+  """
+  name = f'{dataset.name}/{dataset.config}' if dataset.config else dataset.name
+  data_dir = dataset.data_dir or None
+  _register_builder(dataset.name)
+  if dataset.name == BUILTIN:
+    builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+    if not builder.is_prepared():
+      if jax.process_index() == 0:
+        print(f'Preparing the built-in dataset {name} in {builder.data_dir} (once, about a minute)...')
+        builder.download_and_prepare(file_format='array_record')
+      multihost_utils.sync_global_devices('ferjax_prepare_dataset')
+      builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+  split_names = tuple(protocols.dataset_splits(name, data_dir))
+  builder = tfds.builder(name, data_dir=data_dir)
+  return PreparedDataset(name=name, data_dir=data_dir,
+                         class_names=tuple(builder.info.features['label'].names),
+                         split_names=split_names)
