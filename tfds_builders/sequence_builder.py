@@ -1,0 +1,425 @@
+"""Shared machinery of the ferjax sequence builders (CK+, Oulu-CASIA, eNTERFACE'05, RML, AFEW).
+
+A dataset builder subclasses :class:`SequenceDatasetBuilder` and implements one method,
+``_find_sources(manual_dir)``, which walks the user's copy and returns one :class:`SequenceSource` per
+sequence (which files, label, subject, split). Everything else is shared:
+
+* finding the dataset's known folders at any nesting depth below the manual dir (:func:`find_dirs`), and a
+  clear error naming the expected layout and what was found (:func:`manual_dir_error`);
+* reading frames (image files or a video), keeping at most ``max_frames`` evenly spaced ones, face-cropping
+  them with one stable square box per sequence (``ferjax.data.faces``) and JPEG-encoding them;
+* doing that for all sequences in parallel on all CPU cores (``FERJAX_NUM_WORKERS`` overrides the count),
+  in a deterministic order, with progress lines on stdout;
+* skipping unusable sequences (undecodable files, no face) with a logged reason; they are listed in the
+  prepared dataset's metadata (``builder.info.metadata['skipped']``: sequence id, path, reason) and counted
+  in the build summary.
+
+Features: those of ``ferjax.data.tfds_common.sequence_features`` plus two extras that record provenance:
+``frame_indices`` (int32 [num_frames], 0-based positions of the kept frames in the original sequence or
+video) and ``face_box`` (float32 [4], the crop box x, y, side, side in original pixels).
+"""
+
+import collections
+from collections.abc import Callable, Iterator, Sequence
+import dataclasses
+import multiprocessing
+import os
+from pathlib import Path
+import re
+import time
+from typing import Any
+
+from absl import logging
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ferjax.data import faces
+from ferjax.data import media
+from ferjax.data import tfds_common
+
+NUM_WORKERS_ENV = 'FERJAX_NUM_WORKERS'
+YUNET_MODEL_ENV = 'FERJAX_YUNET_MODEL'
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Finding the dataset below the manual dir.
+
+
+def find_dirs(root: str | os.PathLike, match: Callable[[Path], bool], max_depth: int = 6) -> list[Path]:
+  """Folders at or below ``root`` (at most ``max_depth`` levels down) for which ``match`` is true.
+
+  Breadth-first and sorted, so shallower and alphabetically earlier folders come first; a matched folder is
+  not searched further (its own sub-folders are the dataset's content). Hidden folders are ignored.
+  """
+  found, level = [], [Path(root)]
+  for _ in range(max_depth + 1):
+    next_level = []
+    for folder in level:
+      if match(folder):
+        found.append(folder)
+        continue
+      try:
+        children = sorted(p for p in folder.iterdir() if p.is_dir() and not media.is_hidden(p.name))
+      except OSError:
+        continue
+      next_level.extend(children)
+    level = next_level
+  return found
+
+
+def name_matches(*patterns: str) -> Callable[[Path], bool]:
+  """A ``find_dirs`` predicate: the folder name fully matches one of the regexes (case-insensitive)."""
+  compiled = [re.compile(p, re.IGNORECASE) for p in patterns]
+  return lambda path: any(c.fullmatch(path.name) for c in compiled)
+
+
+def subdirs(folder: Path, pattern: str = '.*') -> list[Path]:
+  """Non-hidden sub-folders of ``folder`` whose name fully matches ``pattern`` (case-insensitive), sorted."""
+  regex = re.compile(pattern, re.IGNORECASE)
+  try:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not media.is_hidden(p.name) and regex.fullmatch(p.name))
+  except OSError:
+    return []
+
+
+def has_subdirs(pattern: str, min_count: int = 1) -> Callable[[Path], bool]:
+  """A ``find_dirs`` predicate: the folder has at least ``min_count`` sub-folders matching ``pattern``."""
+  return lambda path: len(subdirs(path, pattern)) >= min_count
+
+
+def describe_dir(folder: str | os.PathLike, limit: int = 25) -> str:
+  """A short listing of a folder's top-level entries (folders end with '/') for error messages."""
+  folder = Path(folder)
+  if not folder.exists():
+    return f'{folder} does not exist'
+  if not folder.is_dir():
+    return f'{folder} is not a folder'
+  entries = sorted(folder.iterdir())
+  if not entries:
+    return f'{folder} is empty'
+  names = [p.name + ('/' if p.is_dir() else '') for p in entries[:limit]]
+  more = f', ... ({len(entries) - limit} more)' if len(entries) > limit else ''
+  return f'{folder} contains: {", ".join(names)}{more}'
+
+
+class ManualDirError(FileNotFoundError):
+  """The manual dir does not hold the dataset in any layout the builder knows."""
+
+
+def manual_dir_error(dataset: str, manual_dir: str | os.PathLike, expected: str,
+                     problem: str = '') -> ManualDirError:
+  """The error for a wrong or empty manual dir: what was expected, and what is there."""
+  problem = problem or f'found no {dataset} data'
+  return ManualDirError(
+      f'{problem} under the manual dir {manual_dir}.\n'
+      f'Expected (at any depth below it):\n{expected.rstrip()}\n'
+      f'Found: {describe_dir(manual_dir)}')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One sequence: what to read, and how to crop it.
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSource:
+  """One sequence of the user's copy, as a builder's ``_find_sources`` describes it.
+
+  Attributes:
+    sequence_id: unique, stable id (the TFDS key), e.g. ``'S005_001'``.
+    split: the split it goes to, e.g. ``'fold_3'``.
+    label: class name, one of the builder's ``CLASS_NAMES``.
+    subject: subject id as text.
+    images: image files in temporal order (image-sequence datasets); empty for a video.
+    video: the video file (video datasets); None for image sequences.
+    image_indices: original 0-based frame positions of ``images`` (default: 0, 1, 2, ...); set it when a
+      builder passes only some frames of a sequence (e.g. CK+'s first + last three).
+    landmarks: optional landmark files, one per image (None where missing); their boxes replace detection.
+  """
+  sequence_id: str
+  split: str
+  label: str
+  subject: str
+  images: tuple[str, ...] = ()
+  video: str | None = None
+  image_indices: tuple[int, ...] | None = None
+  landmarks: tuple[str | None, ...] | None = None
+
+  @property
+  def path(self) -> str:
+    """Where the sequence lives on disk (for logs and the skipped list)."""
+    if self.video is not None:
+      return self.video
+    return str(Path(self.images[0]).parent) if self.images else ''
+
+
+@dataclasses.dataclass(frozen=True)
+class CropOptions:
+  """How frames are read and cropped (see ``ferjax.data.faces`` for the box rule)."""
+  size: int = 256
+  face_detector: str = 'haar'
+  yunet_model_path: str | None = None
+  margin: float = 0.25
+  max_frames: int | None = None
+  detect_frames: int = 8
+  jpeg_quality: int = 95
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceResult:
+  """What processing one sequence gave: an example, or the reason it was skipped."""
+  source: SequenceSource
+  example: dict[str, Any] | None
+  skip_reason: str | None = None
+
+
+_DETECTORS: dict[tuple[str, str | None], faces.FaceDetector] = {}
+
+
+def _detector(options: CropOptions) -> faces.FaceDetector:
+  """One detector per worker process (loading a cascade or ONNX model once, not once per sequence)."""
+  key = (options.face_detector, options.yunet_model_path)
+  if key not in _DETECTORS:
+    _DETECTORS[key] = faces.make_detector(options.face_detector, options.yunet_model_path)
+  return _DETECTORS[key]
+
+
+def _read_frames(source: SequenceSource, max_frames: int | None):
+  """Frames, their original indices, and the landmark arrays (or None) of one sequence."""
+  if source.video is not None:
+    frames, indices = media.read_video(source.video, max_frames)
+    return frames, indices, None
+  indices_all = source.image_indices or tuple(range(len(source.images)))
+  if len(indices_all) != len(source.images):
+    raise ValueError(f'{source.sequence_id}: {len(source.images)} images but '
+                     f'{len(indices_all)} image_indices')
+  picks = media.evenly_spaced(len(source.images), max_frames)
+  frames = media.read_images([source.images[i] for i in picks])
+  landmarks = None
+  if source.landmarks is not None:
+    landmarks = [None if source.landmarks[i] is None else faces.read_landmarks(source.landmarks[i])
+                 for i in picks]
+  return frames, [indices_all[i] for i in picks], landmarks
+
+
+def process_sequence(source: SequenceSource, options: CropOptions) -> SequenceResult:
+  """Reads, face-crops and JPEG-encodes one sequence; never raises for bad data (returns a skip)."""
+  try:
+    frames, indices, landmarks = _read_frames(source, options.max_frames)
+    detector = None if landmarks is not None and any(l is not None for l in landmarks) else (
+        _detector(options))
+    crop = faces.crop_faces(frames, detector, size=options.size, landmarks=landmarks,
+                            margin=options.margin, detect_frames=options.detect_frames)
+  except faces.NoFaceError as e:
+    return SequenceResult(source, None, f'no face: {e}')
+  except (media.MediaError, ValueError, OSError) as e:
+    return SequenceResult(source, None, f'{type(e).__name__}: {e}')
+  example = {
+      'frames': [tfds_common.encode_jpeg(f, options.jpeg_quality) for f in crop.frames],
+      'label': source.label,
+      'subject': source.subject,
+      'sequence_id': source.sequence_id,
+      'num_frames': np.int32(len(crop.frames)),
+      'frame_indices': np.asarray(indices, np.int32),
+      'face_box': np.asarray(crop.box, np.float32),
+  }
+  return SequenceResult(source, example)
+
+
+def _process_star(args: tuple[SequenceSource, CropOptions]) -> SequenceResult:
+  return process_sequence(*args)
+
+
+def _init_worker() -> None:
+  # One OpenCV thread per process: the parallelism is across sequences, not inside OpenCV.
+  cv2.setNumThreads(1)
+
+
+def num_workers() -> int:
+  """Worker processes for a build: ``$FERJAX_NUM_WORKERS`` or all CPU cores."""
+  value = os.environ.get(NUM_WORKERS_ENV)
+  if value:
+    if not value.isdigit() or int(value) < 1:
+      raise ValueError(f'{NUM_WORKERS_ENV} must be a positive integer, got {value!r}')
+    return int(value)
+  return os.cpu_count() or 1
+
+
+def process_sequences(sources: Sequence[SequenceSource], options: CropOptions, *,
+                      workers: int | None = None, desc: str = '') -> Iterator[SequenceResult]:
+  """Processes sequences in parallel (processes, not threads) and yields results in input order.
+
+  Prints a progress line about every 5 % (and at the end) with sequences/s and frames/s.
+  """
+  workers = min(workers or num_workers(), max(len(sources), 1))
+  tasks = [(s, options) for s in sources]
+  start, frames_done, skipped = time.perf_counter(), 0, 0
+  every = max(1, len(sources) // 20)
+
+  def report(done: int) -> None:
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    print(f'[{desc}] {done}/{len(sources)} sequences, {skipped} skipped, '
+          f'{done / elapsed:.2f} sequences/s, {frames_done / elapsed:.1f} frames/s', flush=True)
+
+  if workers <= 1:
+    results = map(_process_star, tasks)
+    pool = None
+  else:
+    # fork: workers inherit the imported modules (builders imported by file path included); the
+    # 'spawn' fallback (no fork on the platform) needs the builder package to be importable.
+    method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
+    pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker)
+    results = pool.imap(_process_star, tasks, chunksize=1)
+  try:
+    for done, result in enumerate(results, 1):
+      if result.example is None:
+        skipped += 1
+      else:
+        frames_done += int(result.example['num_frames'])
+      yield result
+      if done % every == 0 or done == len(sources):
+        report(done)
+  finally:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The builder base class.
+
+
+@dataclasses.dataclass(eq=False)
+class SequenceConfig(tfds.core.BuilderConfig):
+  """Builder config fields shared by all sequence builders.
+
+  Attributes:
+    size: side of the square face crops (256 lets training random-crop 224).
+    face_detector: 'haar' (default), 'yunet' (needs ``yunet_model_path`` or ``$FERJAX_YUNET_MODEL``) or
+      'none' (centred square of each frame, for pre-cropped data).
+    yunet_model_path: ONNX file of OpenCV's YuNet detector.
+    margin: border added around the face box, as a fraction of its side.
+    max_frames: keep at most this many evenly spaced frames per sequence (None: all).
+    detect_frames: the detector looks at this many evenly spaced frames per sequence.
+  """
+  size: int = 256
+  face_detector: str = 'haar'
+  yunet_model_path: str | None = None
+  margin: float = 0.25
+  max_frames: int | None = None
+  detect_frames: int = 8
+
+  def crop_options(self) -> CropOptions:
+    if self.face_detector not in faces.DETECTORS:
+      raise ValueError(f'face_detector must be one of {faces.DETECTORS}, got {self.face_detector!r}')
+    model = self.yunet_model_path or os.environ.get(YUNET_MODEL_ENV)
+    return CropOptions(size=self.size, face_detector=self.face_detector, yunet_model_path=model,
+                       margin=self.margin, max_frames=self.max_frames,
+                       detect_frames=self.detect_frames)
+
+
+class SequenceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base class: subclasses set ``CLASS_NAMES`` and implement ``_find_sources``.
+
+  Subclasses may also override ``_description()``, ``_extra_metadata(sources)`` (counts worth recording,
+  e.g. CK+'s unlabelled sequences) and ``_homepage``.
+  """
+
+  CLASS_NAMES: tuple[str, ...] = ()
+  HOMEPAGE: str | None = None
+
+  def _find_sources(self, manual_dir: Path) -> list[SequenceSource]:
+    """All sequences of the user's copy; raise :func:`manual_dir_error` when the layout is not found."""
+    raise NotImplementedError
+
+  def _extra_metadata(self, sources: Sequence[SequenceSource]) -> dict[str, Any]:
+    """Anything else to store in ``info.metadata`` (JSON-serialisable)."""
+    del sources
+    return {}
+
+  def _citation(self) -> str:
+    """The contents of the package's CITATIONS.bib, when present."""
+    import inspect  # pylint: disable=g-import-not-at-top
+    bib = Path(inspect.getfile(type(self))).parent / 'CITATIONS.bib'
+    return bib.read_text() if bib.exists() else ''
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    features = dict(tfds_common.sequence_features(self.CLASS_NAMES, config.size).items())
+    features['frame_indices'] = tfds.features.Sequence(tfds.features.Scalar(np.int32))
+    features['face_box'] = tfds.features.Tensor(shape=(4,), dtype=np.float32)
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(self.__doc__ or '').strip(),
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=None,
+        homepage=self.HOMEPAGE,
+        citation=self._citation(),
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    manual_dir = Path(dl_manager.manual_dir)
+    options = self.builder_config.crop_options()
+    sources = self._find_sources(manual_dir)
+    if not sources:
+      raise manual_dir_error(self.name, manual_dir, self.MANUAL_DOWNLOAD_INSTRUCTIONS,
+                             problem=f'found the {self.name} folders but no sequences in them')
+    ids = collections.Counter(s.sequence_id for s in sources)
+    duplicates = sorted(i for i, n in ids.items() if n > 1)
+    if duplicates:
+      raise ValueError(f'{self.name}: sequence ids must be unique, found duplicates {duplicates[:10]}')
+    unknown = sorted({s.label for s in sources} - set(self.CLASS_NAMES))
+    if unknown:
+      raise ValueError(f'{self.name}: labels {unknown} are not among {self.CLASS_NAMES}')
+
+    by_split = collections.defaultdict(list)
+    for source in sources:
+      by_split[source.split].append(source)
+    metadata = self.info.metadata
+    metadata.update({
+        'num_sequences_found': len(sources),
+        'skipped': [],
+        'crop_options': dataclasses.asdict(options),
+        **self._extra_metadata(sources),
+    })
+    print(f'{self.name}: {len(sources)} sequences in {len(by_split)} splits under {manual_dir}; '
+          f'{num_workers()} worker processes', flush=True)
+    self._build_start = time.perf_counter()
+    return {split: self._generate_examples(by_split[split], options, split)
+            for split in sorted(by_split, key=_natural_key)}
+
+  def _generate_examples(self, sources: Sequence[SequenceSource], options: CropOptions, split: str):
+    skipped = self.info.metadata['skipped']
+    for result in process_sequences(sources, options, desc=f'{self.name}/{split}'):
+      if result.example is None:
+        logging.warning('%s: skipping %s (%s): %s', self.name, result.source.sequence_id,
+                        result.source.path, result.skip_reason)
+        skipped.append({'sequence_id': result.source.sequence_id, 'path': result.source.path,
+                        'split': split, 'reason': result.skip_reason})
+        continue
+      yield result.source.sequence_id, result.example
+
+  def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
+    super()._download_and_prepare(dl_manager, download_config)
+    metadata = self.info.metadata
+    skipped = metadata.get('skipped', [])
+    metadata['num_skipped'] = len(skipped)
+    elapsed = time.perf_counter() - getattr(self, '_build_start', time.perf_counter())
+    kept = metadata.get('num_sequences_found', 0) - len(skipped)
+    print(f'{self.name}: built {kept} sequences, skipped {len(skipped)} unusable ones '
+          f'(listed in info.metadata["skipped"]) in {elapsed:.1f} s', flush=True)
+    for entry in skipped:
+      print(f'  skipped {entry["sequence_id"]}: {entry["reason"]}', flush=True)
+
+
+def _natural_key(name: str) -> list:
+  """'fold_10' after 'fold_9'; 'subject_2' before 'subject_10'."""
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
+
+
+def kfold_by_sorted_subjects(subjects: Sequence[str], k: int = 10) -> dict[str, str]:
+  """subject -> 'fold_<i>' where i = position in the ascending-sorted unique subjects, mod k."""
+  ordered = sorted(set(subjects))
+  return {s: f'fold_{i % k}' for i, s in enumerate(ordered)}
