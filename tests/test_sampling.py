@@ -1,0 +1,73 @@
+"""Tests for ferjax.data.sampling."""
+
+import numpy as np
+import pytest
+
+from ferjax.data import sampling
+
+CASES = [(1, 4), (3, 8), (5, 8), (8, 8), (9, 8), (17, 4), (100, 16), (16, 16), (15, 16)]
+
+
+@pytest.mark.parametrize('n, t', CASES)
+def test_train_indices(n, t):
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    idx = sampling.train_indices(n, t, rng)
+    assert idx.shape == (t,) and idx.dtype == np.int32
+    assert idx.min() >= 0 and idx.max() < n
+    diffs = np.diff(idx)
+    assert np.all(diffs > 0) if n >= t else np.all(diffs >= 0)
+    if n < t:
+      counts = np.bincount(idx, minlength=n)
+      assert counts.min() == t // n and counts.max() <= t // n + 1  # every frame, evenly repeated
+    else:
+      # Each index lies in its own segment.
+      seg = np.arange(t)
+      assert np.all(idx >= seg * n // t) and np.all(idx < (seg + 1) * n // t)
+
+
+def test_train_indices_are_random_and_reproducible():
+  draws = [sampling.train_indices(100, 8, np.random.default_rng(s)) for s in (1, 1, 2)]
+  np.testing.assert_array_equal(draws[0], draws[1])
+  assert not np.array_equal(draws[0], draws[2])
+  # Over many draws every frame of a long sequence is reached (segments are sampled uniformly).
+  rng = np.random.default_rng(0)
+  seen = np.concatenate([sampling.train_indices(40, 8, rng) for _ in range(200)])
+  assert set(seen) == set(range(40))
+  # Short sequences: which frame is repeated varies.
+  short = {tuple(sampling.train_indices(3, 4, rng)) for _ in range(50)}
+  assert len(short) == 3
+
+
+@pytest.mark.parametrize('n, t', CASES)
+def test_eval_indices(n, t):
+  idx = sampling.eval_indices(n, t)
+  assert idx.shape == (t,) and idx.dtype == np.int32
+  assert idx.min() >= 0 and idx.max() < n
+  np.testing.assert_array_equal(idx, sampling.eval_indices(n, t))
+  if n >= t:
+    assert np.all(np.diff(idx) > 0)
+  else:
+    assert np.all(np.diff(idx) >= 0) and set(idx) == set(range(n))
+
+
+def test_eval_indices_are_segment_centres():
+  np.testing.assert_array_equal(sampling.eval_indices(16, 4), [2, 6, 10, 14])
+  np.testing.assert_array_equal(sampling.eval_indices(2, 4), [0, 0, 1, 1])
+  np.testing.assert_array_equal(sampling.eval_indices(1, 3), [0, 0, 0])
+
+
+def test_clip_indices():
+  np.testing.assert_array_equal(sampling.clip_indices(20, 16), np.arange(2, 18))
+  np.testing.assert_array_equal(sampling.clip_indices(3, 7), [0, 0, 0, 1, 2, 2, 2])
+  np.testing.assert_array_equal(sampling.clip_indices(5, 5), np.arange(5))
+
+
+@pytest.mark.parametrize('fn', [
+    lambda n, t: sampling.train_indices(n, t, np.random.default_rng(0)),
+    sampling.eval_indices, sampling.clip_indices])
+def test_bad_input(fn):
+  with pytest.raises(ValueError, match='num_frames=0'):
+    fn(0, 4)
+  with pytest.raises(ValueError, match='got 0'):
+    fn(4, 0)
