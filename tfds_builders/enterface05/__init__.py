@@ -1,0 +1,1 @@
+"""TFDS builder package; see the README next to this file."""
