@@ -42,8 +42,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
-  if fsdp == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
+  if fsdp == 1 or math.prod(shape) < min_size:
     return P()
   for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
     if shape[dim] % fsdp == 0:
@@ -53,10 +53,11 @@ def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
   return P()
 
 
-def state_shardings(abstract_state, mesh: Mesh):
-  """NamedShardings for a pytree of ShapeDtypeStructs (parameters, optimizer state, counters)."""
+def state_shardings(abstract_state, mesh: Mesh, min_size: int = FSDP_MIN_SIZE):
+  """NamedShardings for a pytree of arrays or ShapeDtypeStructs (params, optimizer state, counters)."""
   fsdp = mesh.shape['fsdp']
-  return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(tuple(x.shape), fsdp)), abstract_state)
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, _fsdp_spec(tuple(x.shape), fsdp, min_size)), abstract_state)
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, what: str = 'input.batch_size') -> int:

@@ -1,0 +1,91 @@
+"""Config files and validation: presets load, bad keys/values fail early with one line naming the key."""
+
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from ferjax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(arg=None):
+  sys.path.insert(0, os.path.join(REPO, 'configs'))
+  try:
+    import res_rbg
+  finally:
+    sys.path.pop(0)
+  return res_rbg.get_config(arg)
+
+
+@pytest.mark.parametrize('arg', [None, 'ck_plus', 'synthetic', 'oulu_casia,fold=3', 'rml,fold=2',
+                                 'ck_plus,rbg_blocks=3'])
+def test_presets_are_valid(arg):
+  config = config_lib.validate(_load(arg))
+  assert config.model.name == 'res_rbg'
+
+
+def test_preset_arguments():
+  assert _load('oulu_casia,fold=3').dataset.fold == 3
+  assert _load('oulu_casia').dataset.name == 'oulu_casia'
+  assert _load('ck_plus,rbg_blocks=1').model.rbg_blocks == 1
+  assert _load().dataset.name == 'ck_plus' and _load().model.rbg_blocks == 2
+  with pytest.raises(ValueError, match='fold'):
+    _load('ck_plus,bogus=1')
+
+
+@pytest.mark.parametrize('key,value,expected', [
+    ('model.attention', 'ecaa', "one of 'none', 'se', 'eca', 'geca'"),
+    ('model.dropout', 1.5, '< 1'),
+    ('dataset.num_frames', 0, '>= 1'),
+    ('train.optimizer', 'adam', "one of 'adamw', 'sgd'"),
+    ('augment.crop_scale', (0.9, 0.5), 'min <= max'),
+    ('mesh.data', 0, '-1'),
+])
+def test_invalid_values_name_key_and_allowed(key, value, expected):
+  config = _load('synthetic')
+  section, field = key.split('.')
+  config[section][field] = value
+  with pytest.raises(config_lib.ConfigError) as info:
+    config_lib.validate(config)
+  message = str(info.value)
+  assert key in message and expected in message and '\n' not in message
+
+
+def test_unknown_key_in_config_file():
+  config = _load('synthetic')
+  config.model.hiden = 3
+  with pytest.raises(config_lib.ConfigError, match="'model.hiden' is unknown"):
+    config_lib.validate(config)
+
+
+def test_missing_key():
+  config = ml_collections.ConfigDict(_load('synthetic').to_dict())
+  del config.train['label_smoothing']
+  with pytest.raises(config_lib.ConfigError, match='train.label_smoothing'):
+    config_lib.validate(config)
+
+
+def _run_train(*args, tmp_path):
+  return subprocess.run(
+      [sys.executable, '-m', 'ferjax.train', '--config', 'configs/res_rbg.py:synthetic',
+       '--workdir', str(tmp_path / 'w'), *args],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize('override,key', [
+    ('--config.model.hiden=3', 'hiden'),
+    ('--config.model.attention=ecaa', 'model.attention'),
+    ('--config.train.learning_rate=fast', 'learning_rate'),
+])
+def test_cli_rejects_bad_overrides_in_one_line(override, key, tmp_path):
+  result = _run_train(override, tmp_path=tmp_path)
+  assert result.returncode != 0
+  lines = [line for line in result.stderr.strip().splitlines() if line.startswith('error')]
+  assert len(lines) == 1 and key in lines[0], result.stderr
+  assert 'Traceback' not in result.stderr
+  # Nothing was prepared or compiled: the workdir holds no checkpoint.
+  assert not (tmp_path / 'w' / 'checkpoints').exists()

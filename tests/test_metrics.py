@@ -1,0 +1,45 @@
+"""Classification report (WAR, UAR, macro-F1) and the workdir metric files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ferjax import metrics
+
+NAMES = ('anger', 'happiness', 'surprise')
+
+
+def test_report_numbers():
+  labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+  preds = np.array([0, 0, 0, 1, 1, 1, 2, 0])
+  r = metrics.classification_report(labels, preds, NAMES)
+  assert r['war'] == pytest.approx(6 / 8)
+  # Recalls 3/4, 2/2, 1/2 -> UAR differs from WAR on imbalanced data.
+  assert r['uar'] == pytest.approx((0.75 + 1.0 + 0.5) / 3)
+  assert r['per_class_recall'] == pytest.approx({'anger': 0.75, 'happiness': 1.0, 'surprise': 0.5})
+  # Precisions 3/4, 2/3, 1/1.
+  f1 = [2 * p * q / (p + q) for p, q in ((0.75, 0.75), (2 / 3, 1.0), (1.0, 0.5))]
+  assert r['macro_f1'] == pytest.approx(np.mean(f1))
+  assert r['confusion_matrix'] == [[3, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
+def test_absent_class_is_not_counted_in_uar():
+  r = metrics.classification_report(np.array([0, 1]), np.array([0, 0]), NAMES)
+  assert r['per_class_recall']['surprise'] is None
+  assert r['uar'] == pytest.approx(0.5)
+
+
+def test_writer_and_png(tmp_path):
+  writer = metrics.MetricWriter(str(tmp_path))
+  writer.write(10, 'train', {'loss': 1.5, 'accuracy': 0.25})
+  writer.write(20, 'validation', {'war': 0.5})
+  writer.close()
+  records = metrics.read_metrics(str(tmp_path))
+  assert records == [{'step': 10, 'split': 'train', 'loss': 1.5, 'accuracy': 0.25},
+                     {'step': 20, 'split': 'validation', 'war': 0.5}]
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+  png = tmp_path / 'cm.png'
+  metrics.save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), NAMES[:2], str(png))
+  assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  json.dumps(metrics.classification_report(np.array([0]), np.array([0]), NAMES))

@@ -1,0 +1,87 @@
+"""Sharding is real: the train step on 8 simulated CPU devices equals the step on 1 device.
+
+Runs in a subprocess because the device count must be fixed (XLA_FLAGS) before JAX starts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+TINY_MODEL = dict(name='res_rbg', backbone='resnet50', width=4, stage_sizes=(1, 1, 1, 1),
+                  attention='geca', rbg_blocks=1, hidden=8, merge='sum', pooling='mean',
+                  dropout=0.3, dtype='float32')
+
+
+def _run_steps(mesh_shape, num_steps=2):
+  """Two train steps of a tiny Res-RBG on a (data, fsdp) mesh; returns loss, params and shardings."""
+  import jax
+  from flax import nnx
+  import ml_collections
+  from ferjax import models, sharding, steps
+
+  config = ml_collections.ConfigDict(dict(
+      model=TINY_MODEL, train=dict(optimizer='adamw', learning_rate=1e-2, weight_decay=0.05,
+                                   momentum=0.9, grad_clip=1.0)))
+  devices = jax.devices()[:mesh_shape[0] * mesh_shape[1]]
+  mesh = sharding.make_mesh(*mesh_shape, devices=devices)
+  model = models.create_model(config.model, 5, rngs=nnx.Rngs(params=0))
+  tx = steps.make_optimizer(config.train, total_steps=10, warmup_steps=0)
+  graphdef, state = steps.init_state(model, tx, seed=0)
+  # min_size=256: split even this tiny model's larger arrays when fsdp > 1.
+  state_sharding = sharding.state_shardings(state, mesh, min_size=256)
+  state = jax.device_put(state, state_sharding)
+  step_fn = steps.jit_train_step(graphdef, tx, 0.1, state_sharding, sharding.batch_sharding(mesh),
+                                 sharding.replicated(mesh))
+  rng = np.random.default_rng(0)
+  losses, batch_specs = [], []
+  for _ in range(num_steps):
+    local = {'frames': rng.normal(size=(8, 4, 32, 32, 3)).astype(np.float32),
+             'label': rng.integers(0, 5, size=(8,)).astype(np.int32)}
+    batch = sharding.global_batch(local, mesh)
+    batch_specs.append(str(batch['frames'].sharding.spec))
+    shards = {tuple(s.index[0].indices(8))[:2] for s in batch['frames'].addressable_shards}
+    state, metrics = step_fn(state, batch)
+    losses.append(float(metrics['loss']))
+  num_split = sum(not s.is_fully_replicated for s in jax.tree.leaves(state_sharding))
+  params = {jax.tree_util.keystr(p): np.asarray(v).tolist()
+            for p, v in jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]}
+  return {'losses': losses, 'params': params, 'batch_spec': batch_specs[0],
+          'num_batch_shards': len(shards), 'num_devices': len(devices), 'num_split_arrays': num_split}
+
+
+def _in_subprocess(mesh_shape):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, __file__, json.dumps(mesh_shape)], env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _assert_same(a, b):
+  np.testing.assert_allclose(a['losses'], b['losses'], rtol=1e-5)
+  assert a['params'].keys() == b['params'].keys()
+  for key in a['params']:
+    np.testing.assert_allclose(np.array(a['params'][key]), np.array(b['params'][key]),
+                               rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_eight_devices_match_one_device():
+  one = _in_subprocess([1, 1])
+  eight = _in_subprocess([8, 1])
+  fsdp = _in_subprocess([4, 2])
+  assert one['num_devices'] == 1 and eight['num_devices'] == 8
+  assert "'data'" in eight['batch_spec'] and eight['num_batch_shards'] == 8
+  assert fsdp['num_batch_shards'] == 8 and fsdp['num_split_arrays'] > 0
+  assert eight['num_split_arrays'] == 0
+  _assert_same(one, eight)
+  _assert_same(one, fsdp)
+  # The steps changed the parameters (the comparison is not between two untouched inits).
+  assert one['losses'][0] != one['losses'][1]
+
+
+if __name__ == '__main__':
+  print(json.dumps(_run_steps(tuple(json.loads(sys.argv[1])))))
