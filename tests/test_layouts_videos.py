@@ -82,7 +82,7 @@ def test_enterface_layout_irregularities(tmp_path):
 
 def test_enterface_wrong_or_empty_manual_dir(tmp_path):
   (tmp_path / 'some_other_dataset' / 'S005').mkdir(parents=True)
-  with pytest.raises(FileNotFoundError, match=r"subject <n>.*some_other_dataset/"):
+  with pytest.raises(FileNotFoundError, match=r"(?s)subject <n>.*some_other_dataset/"):
     enterface_layout.find_clips(tmp_path)
   with pytest.raises(FileNotFoundError, match='does not exist'):
     enterface_layout.find_clips(tmp_path / 'missing')
@@ -128,7 +128,7 @@ def test_rml_label_from_name_and_exclusions(tmp_path):
 
 def test_rml_errors(tmp_path, copies):
   (tmp_path / 'rml-1' / 's1').mkdir(parents=True)  # A speaker folder without videos is no copy.
-  with pytest.raises(FileNotFoundError, match=r"rml-1/s1.*rml-1/"):
+  with pytest.raises(FileNotFoundError, match=r"(?s)rml-1/s1.*rml-1/"):
     rml_layout.find_clips(tmp_path)
   twice = tmp_path / 'twice'
   shutil.copytree(copies['rml'], twice / 'a')
@@ -159,7 +159,7 @@ def test_afew_splits_labels_and_ids(copies):
 
 def test_afew_errors(tmp_path):
   (tmp_path / 'Train_AFEW' / 'NotAClass').mkdir(parents=True)
-  with pytest.raises(FileNotFoundError, match=r"Train_AFEW/<class>.*Train_AFEW/"):
+  with pytest.raises(FileNotFoundError, match=r"(?s)Train_AFEW/<class>.*Train_AFEW/"):
     afew_layout.find_clips(tmp_path)
   for name in ('a/Val_AFEW/Sad', 'b/Val_AFEW/Sad'):
     (tmp_path / name).mkdir(parents=True)

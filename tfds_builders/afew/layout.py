@@ -15,6 +15,9 @@ import dataclasses
 import os
 import pathlib
 
+from ferjax.data import media
+from tfds_builders import sequence_builder
+
 # AFEW class folder -> the project's label names (DESIGN.md).
 CLASS_FOLDERS = {'angry': 'anger', 'disgust': 'disgust', 'fear': 'fear', 'happy': 'happiness',
                  'neutral': 'neutral', 'sad': 'sadness', 'surprise': 'surprise'}
@@ -22,11 +25,12 @@ EMOTIONS = tuple(sorted(CLASS_FOLDERS.values()))
 # Accepted split folder names (lower case) -> TFDS split.
 SPLIT_FOLDERS = {'train_afew': 'train', 'train': 'train',
                  'val_afew': 'validation', 'val': 'validation', 'validation': 'validation'}
-VIDEO_SUFFIXES = ('.avi', '.mp4', '.mkv')
 
-EXPECTED_LAYOUT = (
-    "'Train_AFEW/<class>/<id>.avi' and 'Val_AFEW/<class>/<id>.avi' (anywhere below the manual dir), "
-    "<class> one of Angry, Disgust, Fear, Happy, Neutral, Sad, Surprise")
+EXPECTED_LAYOUT = """\
+  Train_AFEW/<class>/<clip id>.avi and Val_AFEW/<class>/<clip id>.avi  (the two may sit apart)
+    e.g. Train_AFEW/Angry/000046280.avi
+    <class>: one of Angry, Disgust, Fear, Happy, Neutral, Sad, Surprise
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,51 +50,42 @@ class Clip:
 
 
 def _is_video(name: str) -> bool:
-  return name.lower().endswith(VIDEO_SUFFIXES) and not name.startswith('.')
+  return name.lower().endswith(media.VIDEO_EXTENSIONS) and not media.is_hidden(name)
 
 
 def _class_dirs(folder: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.lower() in CLASS_FOLDERS)
+  return [p for p in sequence_builder.subdirs(folder) if p.name.lower() in CLASS_FOLDERS]
 
 
-def find_split_dirs(manual_dir: os.PathLike | str, max_depth: int = 4) -> dict[str, pathlib.Path]:
-  """``{'train': folder, 'validation': folder}`` (those present) found up to `max_depth` levels down.
+def _is_split_dir(folder: pathlib.Path) -> bool:
+  return folder.name.lower() in SPLIT_FOLDERS and bool(_class_dirs(folder))
 
-  A split folder is one named like ``Train_AFEW``/``Val_AFEW`` (any case; ``Train``/``Val`` too) that holds
-  at least one class folder.
+
+def find_split_dirs(manual_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
+  """``{'train': folder, 'validation': folder}`` (those present) found at any depth below `manual_dir`.
+
+  A split folder is one named ``Train_AFEW``/``Val_AFEW`` (any case; ``Train``/``Val`` too) that holds at
+  least one class folder; the two may sit in different places.
 
   Raises:
-    FileNotFoundError: neither split folder is found.
+    ManualDirError: neither split folder is found (the message names the expected layout and what was
+      found).
     ValueError: a split folder is found twice.
   """
-  manual_dir = pathlib.Path(manual_dir)
-  if not manual_dir.is_dir():
-    raise FileNotFoundError(f'The manual dir {manual_dir} does not exist. Expected {EXPECTED_LAYOUT}.')
   found: dict[str, pathlib.Path] = {}
-  frontier = [manual_dir]
-  for _ in range(max_depth + 1):
-    next_frontier = []
-    for folder in frontier:
-      for child in sorted(p for p in folder.iterdir() if p.is_dir()):
-        split = SPLIT_FOLDERS.get(child.name.lower())
-        if split and _class_dirs(child):
-          if split in found:
-            raise ValueError(f'Two {split} folders: {found[split]} and {child}. '
-                             'Point --manual_dir at a single AFEW copy.')
-          found[split] = child
-        else:
-          next_frontier.append(child)
-    frontier = next_frontier
+  for folder in sequence_builder.find_dirs(manual_dir, _is_split_dir):
+    split = SPLIT_FOLDERS[folder.name.lower()]
+    if split in found:
+      raise ValueError(f'Two {split} folders: {found[split]} and {folder}. '
+                       'Point --manual_dir at a single AFEW copy.')
+    found[split] = folder
   if not found:
-    names = sorted(p.name + ('/' if p.is_dir() else '') for p in manual_dir.iterdir())
-    raise FileNotFoundError(
-        f'No AFEW copy found. Expected {EXPECTED_LAYOUT}; '
-        f'{manual_dir} contains: {", ".join(names[:12]) or "nothing"}.')
+    raise sequence_builder.manual_dir_error('AFEW', manual_dir, EXPECTED_LAYOUT)
   return dict(sorted(found.items()))
 
 
 def find_clips(manual_dir: os.PathLike | str) -> list[Clip]:
-  """All clips below `manual_dir`, sorted by split then sequence id."""
+  """All clips below `manual_dir`, by split, class folder and file name."""
   clips = []
   for split, split_dir in find_split_dirs(manual_dir).items():
     for class_dir in _class_dirs(split_dir):

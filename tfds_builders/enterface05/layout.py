@@ -20,15 +20,19 @@ import os
 import pathlib
 import re
 
+from ferjax.data import media
+from tfds_builders import sequence_builder
+
 EMOTIONS = ('anger', 'disgust', 'fear', 'happiness', 'sadness', 'surprise')
-VIDEO_SUFFIXES = ('.avi',)
 
-_SUBJECT_RE = re.compile(r'^subject[\s_-]*(\d+)$', re.IGNORECASE)
-_SENTENCE_RE = re.compile(r'^sentence[\s_-]*(\d+)$', re.IGNORECASE)
+_SUBJECT_RE = re.compile(r'subject[\s_-]*(\d+)', re.IGNORECASE)
+_SENTENCE_RE = re.compile(r'sentence[\s_-]*(\d+)', re.IGNORECASE)
 
-EXPECTED_LAYOUT = (
-    "'enterface database/subject <n>/<emotion>/sentence <m>/*.avi' (anywhere below the manual dir), "
-    f'with <emotion> one of {", ".join(EMOTIONS)}')
+EXPECTED_LAYOUT = f"""\
+  enterface database/subject <n>/<emotion>/sentence <m>/*.avi
+    e.g. enterface database/subject 14/anger/sentence 2/s14_an_2.avi
+    <emotion>: one of {', '.join(EMOTIONS)}
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,47 +59,19 @@ class Excluded:
 
 
 def _is_video(name: str) -> bool:
-  return name.lower().endswith(VIDEO_SUFFIXES) and not name.startswith('.')
-
-
-def find_roots(manual_dir: os.PathLike | str, max_depth: int = 4) -> list[pathlib.Path]:
-  """Folders (the manual dir or below, up to `max_depth` levels) that contain ``subject <n>`` folders."""
-  manual_dir = pathlib.Path(manual_dir)
-  roots = []
-  frontier = [manual_dir]
-  for _ in range(max_depth + 1):
-    next_frontier = []
-    for folder in frontier:
-      children = sorted(p for p in folder.iterdir() if p.is_dir())
-      if any(_SUBJECT_RE.match(c.name) for c in children):
-        roots.append(folder)  # Do not descend into a root: subject folders hold no roots.
-      else:
-        next_frontier.extend(children)
-    frontier = next_frontier
-  return roots
-
-
-def describe_found(manual_dir: os.PathLike | str, limit: int = 12) -> str:
-  """A short listing of what is in the manual dir, for error messages."""
-  manual_dir = pathlib.Path(manual_dir)
-  if not manual_dir.is_dir():
-    return f'{manual_dir} does not exist or is not a folder'
-  names = sorted(p.name + ('/' if p.is_dir() else '') for p in manual_dir.iterdir())
-  if not names:
-    return f'{manual_dir} is empty'
-  more = f' … ({len(names) - limit} more)' if len(names) > limit else ''
-  return f'{manual_dir} contains: {", ".join(names[:limit])}{more}'
+  return name.lower().endswith(media.VIDEO_EXTENSIONS) and not media.is_hidden(name)
 
 
 def find_root(manual_dir: os.PathLike | str) -> pathlib.Path:
-  """The single eNTERFACE'05 database root below `manual_dir`; a clear error if there is none or several."""
-  if not pathlib.Path(manual_dir).is_dir():
-    raise FileNotFoundError(
-        f"The manual dir {manual_dir} does not exist. Expected {EXPECTED_LAYOUT} below it.")
-  roots = find_roots(manual_dir)
+  """The single eNTERFACE'05 database root (the folder holding ``subject <n>`` folders) below `manual_dir`.
+
+  Raises:
+    ManualDirError: no such folder (the message names the expected layout and what was found).
+    ValueError: several such folders (two copies below the manual dir).
+  """
+  roots = sequence_builder.find_dirs(manual_dir, sequence_builder.has_subdirs(_SUBJECT_RE.pattern))
   if not roots:
-    raise FileNotFoundError(
-        f"No eNTERFACE'05 copy found. Expected {EXPECTED_LAYOUT}; {describe_found(manual_dir)}.")
+    raise sequence_builder.manual_dir_error("eNTERFACE'05", manual_dir, EXPECTED_LAYOUT)
   if len(roots) > 1:
     raise ValueError(
         "Found several eNTERFACE'05 copies (folders holding 'subject <n>' folders): "
@@ -106,28 +82,28 @@ def find_root(manual_dir: os.PathLike | str) -> pathlib.Path:
 def _classify(relative: pathlib.PurePath) -> tuple[str, str] | str:
   """(subject, label) for a video path relative to the root, or the reason it is excluded."""
   parts = relative.parts  # subject <n>, <emotion>, sentence <m>, [extra...], file
-  subject = _SUBJECT_RE.match(parts[0])
+  subject = _SUBJECT_RE.fullmatch(parts[0])
   if len(parts) < 3:
     return 'not inside an emotion folder'
   emotion = parts[1].lower()
   if emotion not in EMOTIONS:
     return f"folder '{parts[1]}' is not one of the six emotions {EMOTIONS}"
-  if not any(_SENTENCE_RE.match(p) for p in parts[2:-1]):
+  if not any(_SENTENCE_RE.fullmatch(p) for p in parts[2:-1]):
     return "unsegmented recording (no 'sentence <m>' folder; excluded as in the 43-subject version)"
   return str(int(subject.group(1))), emotion
 
 
 def find_clips(manual_dir: os.PathLike | str) -> tuple[list[Clip], list[Excluded]]:
-  """All usable clips below `manual_dir`, sorted by sequence id, and the videos left out with reasons.
+  """All usable clips below `manual_dir` (in a deterministic order) and the videos left out, with reasons.
 
   Raises:
-    FileNotFoundError: nothing of the expected layout is below `manual_dir`, or it holds no video at all.
+    ManualDirError: nothing of the expected layout is below `manual_dir`, or it holds no usable video.
   """
   root = find_root(manual_dir)
   clips, excluded = [], []
-  for subject_dir in sorted(p for p in root.iterdir() if p.is_dir() and _SUBJECT_RE.match(p.name)):
+  for subject_dir in sequence_builder.subdirs(root, _SUBJECT_RE.pattern):
     for dirpath, dirnames, filenames in os.walk(subject_dir):
-      dirnames.sort()
+      dirnames[:] = sorted(d for d in dirnames if not media.is_hidden(d))
       for name in sorted(filter(_is_video, filenames)):
         path = pathlib.Path(dirpath) / name
         relative = path.relative_to(root)
@@ -138,7 +114,8 @@ def find_clips(manual_dir: os.PathLike | str) -> tuple[list[Clip], list[Excluded
         else:
           clips.append(Clip(path, *result, sequence_id))
   if not clips:
-    raise FileNotFoundError(
-        f"The eNTERFACE'05 copy at {root} holds no usable video; expected {EXPECTED_LAYOUT}. "
-        f'{len(excluded)} videos were left out: {[e.reason for e in excluded[:3]]}')
+    raise sequence_builder.manual_dir_error(
+        "eNTERFACE'05", manual_dir, EXPECTED_LAYOUT,
+        problem=f"found eNTERFACE'05 folders at {root} but no usable video in them "
+                f'({len(excluded)} left out: {sorted({e.reason for e in excluded})})')
   return clips, excluded

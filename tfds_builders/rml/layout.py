@@ -5,10 +5,11 @@ Expected layout (datasets.md), possibly nested below the manual dir::
   rml-1/s1 … s5/[<language>/]<code>….avi
   rml-2/s6 … s8/[<language>/]<code>….avi
 
-The subject is the ``s<n>`` folder; some speakers have an extra language sub-folder, so AVIs at any depth below
-``s<n>`` count. The label is the first two letters of the file name (``an di fe ha sa su``); the rest of the
-file name is not relied on. A video whose name does not start with one of those codes is excluded and
-reported. The ``rml-1``/``rml-2`` wrappers are not required: any ``s<n>`` folder holding AVIs is a subject.
+The subject is the ``s<n>`` folder; some speakers have an extra language sub-folder, so videos at any depth
+below ``s<n>`` count. The label is the first two letters of the file name (``an di fe ha sa su``, any case);
+the rest of the file name is not relied on. A video whose name does not start with one of those codes is
+excluded and reported. The ``rml-1``/``rml-2`` wrappers are not required: any ``s<n>`` folder that holds
+videos is a speaker.
 """
 
 import dataclasses
@@ -16,16 +17,20 @@ import os
 import pathlib
 import re
 
+from ferjax.data import media
+from tfds_builders import sequence_builder
+
 CODES = {'an': 'anger', 'di': 'disgust', 'fe': 'fear', 'ha': 'happiness', 'sa': 'sadness',
          'su': 'surprise'}
 EMOTIONS = tuple(sorted(CODES.values()))
-VIDEO_SUFFIXES = ('.avi',)
 
-_SUBJECT_RE = re.compile(r'^s(\d+)$', re.IGNORECASE)
+_SUBJECT_RE = re.compile(r's(\d+)', re.IGNORECASE)
 
-EXPECTED_LAYOUT = (
-    "'rml-1/s1…s5/*.avi' and 'rml-2/s6…s8/*.avi' (anywhere below the manual dir; a language sub-folder "
-    f'below s<n> is fine), file names starting with one of {", ".join(CODES)}')
+EXPECTED_LAYOUT = f"""\
+  rml-1/s1 ... s5/*.avi and rml-2/s6 ... s8/*.avi  (a language sub-folder below s<n> is fine)
+    e.g. rml-2/s6/<language>/an1.avi
+    file names start with an emotion code: {', '.join(CODES)}
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +38,7 @@ class Clip:
   """One usable RML video.
 
   Attributes:
-    path: the AVI file.
+    path: the video file.
     subject: the speaker number from the ``s<n>`` folder, e.g. ``'6'``.
     label: one of `EMOTIONS`, from the file name's first two letters.
     sequence_id: ``s<n>/<path below s<n>>`` with forward slashes; unique and independent of nesting.
@@ -52,71 +57,55 @@ class Excluded:
 
 
 def _is_video(name: str) -> bool:
-  return name.lower().endswith(VIDEO_SUFFIXES) and not name.startswith('.')
+  return name.lower().endswith(media.VIDEO_EXTENSIONS) and not media.is_hidden(name)
 
 
-def _holds_video(folder: pathlib.Path) -> bool:
-  return any(_is_video(n) for _, _, names in os.walk(folder) for n in names)
+def _walk_videos(folder: pathlib.Path):
+  """Video files at any depth below `folder`, in a deterministic order; hidden folders skipped."""
+  for dirpath, dirnames, filenames in os.walk(folder):
+    dirnames[:] = sorted(d for d in dirnames if not media.is_hidden(d))
+    for name in sorted(filter(_is_video, filenames)):
+      yield pathlib.Path(dirpath) / name
 
 
-def find_subject_dirs(manual_dir: os.PathLike | str, max_depth: int = 4) -> dict[str, pathlib.Path]:
-  """``{subject: folder}`` for every ``s<n>`` folder holding AVIs, up to `max_depth` levels down.
+def _is_speaker_dir(folder: pathlib.Path) -> bool:
+  return bool(_SUBJECT_RE.fullmatch(folder.name)) and next(_walk_videos(folder), None) is not None
+
+
+def find_subject_dirs(manual_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
+  """``{subject: folder}`` for every ``s<n>`` folder below `manual_dir` that holds videos, by number.
 
   Raises:
-    FileNotFoundError: the manual dir does not exist or holds no ``s<n>`` folder with videos.
+    ManualDirError: no such folder (the message names the expected layout and what was found).
     ValueError: the same speaker appears in two folders (two copies below the manual dir).
   """
-  manual_dir = pathlib.Path(manual_dir)
-  if not manual_dir.is_dir():
-    raise FileNotFoundError(f'The manual dir {manual_dir} does not exist. Expected {EXPECTED_LAYOUT}.')
   found: dict[str, pathlib.Path] = {}
-  frontier = [manual_dir]
-  for _ in range(max_depth + 1):
-    next_frontier = []
-    for folder in frontier:
-      for child in sorted(p for p in folder.iterdir() if p.is_dir()):
-        match = _SUBJECT_RE.match(child.name)
-        if match and _holds_video(child):
-          subject = str(int(match.group(1)))
-          if subject in found:
-            raise ValueError(f'Speaker s{subject} appears twice: {found[subject]} and {child}. '
-                             'Point --manual_dir at a single RML copy.')
-          found[subject] = child
-        else:
-          next_frontier.append(child)
-    frontier = next_frontier
+  for folder in sequence_builder.find_dirs(manual_dir, _is_speaker_dir):
+    subject = str(int(_SUBJECT_RE.fullmatch(folder.name).group(1)))
+    if subject in found:
+      raise ValueError(f'Speaker s{subject} appears twice: {found[subject]} and {folder}. '
+                       'Point --manual_dir at a single RML copy.')
+    found[subject] = folder
   if not found:
-    raise FileNotFoundError(
-        f'No RML copy found. Expected {EXPECTED_LAYOUT}; {_describe(manual_dir)}.')
+    raise sequence_builder.manual_dir_error('RML', manual_dir, EXPECTED_LAYOUT)
   return dict(sorted(found.items(), key=lambda kv: int(kv[0])))
 
 
-def _describe(folder: pathlib.Path, limit: int = 12) -> str:
-  names = sorted(p.name + ('/' if p.is_dir() else '') for p in folder.iterdir())
-  if not names:
-    return f'{folder} is empty'
-  more = f' … ({len(names) - limit} more)' if len(names) > limit else ''
-  return f'{folder} contains: {", ".join(names[:limit])}{more}'
-
-
 def label_from_name(file_name: str) -> str | None:
-  """The emotion for an RML file name (first two letters, any case), or None if they are no code."""
+  """The emotion of an RML file name (its first two letters, any case), or None if they are no code."""
   return CODES.get(file_name[:2].lower())
 
 
 def find_clips(manual_dir: os.PathLike | str) -> tuple[list[Clip], list[Excluded]]:
-  """All usable clips below `manual_dir`, sorted by subject then path, and the videos left out."""
+  """All usable clips below `manual_dir`, by speaker then path, and the videos left out with reasons."""
   clips, excluded = [], []
   for subject, subject_dir in find_subject_dirs(manual_dir).items():
-    for dirpath, dirnames, filenames in os.walk(subject_dir):
-      dirnames.sort()
-      for name in sorted(filter(_is_video, filenames)):
-        path = pathlib.Path(dirpath) / name
-        sequence_id = f'{subject_dir.name}/{path.relative_to(subject_dir).as_posix()}'
-        label = label_from_name(name)
-        if label is None:
-          excluded.append(Excluded(
-              sequence_id, f"file name does not start with an emotion code {tuple(CODES)}"))
-        else:
-          clips.append(Clip(path, subject, label, sequence_id))
+    for path in _walk_videos(subject_dir):
+      sequence_id = f'{subject_dir.name}/{path.relative_to(subject_dir).as_posix()}'
+      label = label_from_name(path.name)
+      if label is None:
+        excluded.append(Excluded(
+            sequence_id, f'file name does not start with an emotion code {tuple(CODES)}'))
+      else:
+        clips.append(Clip(path, subject, label, sequence_id))
   return clips, excluded
