@@ -1,0 +1,178 @@
+"""Per-sequence augmentation and evaluation preprocessing (numpy + OpenCV).
+
+A sequence is one expression unfolding over time, so every random choice (crop box, flip, rotation,
+colour jitter, masked rectangles) is drawn once per sequence and applied identically to all T frames;
+per-frame randomness would add motion that is not in the data.
+
+Training: random resized crop -> horizontal flip (p = 0.5) -> rotation, all composed into one affine warp
+per frame (one interpolation, reflected borders) -> brightness/contrast jitter -> ImageNet normalisation ->
+random masking ("RM" of the Res-RBG paper: ``mask_count`` rectangles set to 0, i.e. to the ImageNet mean
+colour, on every frame, with probability ``mask_prob`` per sequence).
+Evaluation: centre crop of ``eval_crop`` of the shorter side, resized to the output size (the same as
+resizing to size / eval_crop and centre-cropping, e.g. 256 -> 224), then normalisation.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # RGB, of [0, 1] pixel values.
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _pair(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
+  pair = tuple(float(v) for v in value)
+  if len(pair) != 2 or not low <= pair[0] <= pair[1] <= high:
+    raise ValueError(f'{name} must be (min, max) with {low} <= min <= max <= {high}; got {value}')
+  return pair
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentOptions:
+  """Augmentation settings (defaults = this project's reading; the Res-RBG paper gives none).
+
+  Attributes:
+    crop_scale: (min, max) area of the random crop as a fraction of the frame. Default (0.6, 1.0):
+      faces are already tightly cropped, so smaller crops would cut away mouth or eyes.
+    crop_ratio: (min, max) aspect ratio (width / height) of the random crop, drawn log-uniformly.
+    flip: horizontal flip with probability 0.5.
+    rotation: maximal rotation in degrees, drawn uniformly from [-rotation, rotation].
+    brightness: brightness factor drawn from [1 - brightness, 1 + brightness].
+    contrast: contrast factor drawn from [1 - contrast, 1 + contrast] (around the sequence's mean grey).
+    mask_prob: probability that a sequence is randomly masked.
+    mask_size: (min, max) height and width of a mask rectangle as a fraction of the output size
+      (drawn independently).
+    mask_count: number of rectangles per masked sequence.
+    eval_crop: fraction of the shorter side kept by the evaluation centre crop (0.875 = 224 / 256).
+  """
+  crop_scale: tuple[float, float] = (0.6, 1.0)
+  crop_ratio: tuple[float, float] = (0.9, 1.1)
+  flip: bool = True
+  rotation: float = 10.0
+  brightness: float = 0.2
+  contrast: float = 0.2
+  mask_prob: float = 0.5
+  mask_size: tuple[float, float] = (0.1, 0.3)
+  mask_count: int = 1
+  eval_crop: float = 0.875
+
+  def __post_init__(self):
+    set_ = lambda k, v: object.__setattr__(self, k, v)  # Normalise types on a frozen dataclass.
+    set_('crop_scale', _pair('crop_scale', self.crop_scale, 1e-3, 1.0))
+    set_('crop_ratio', _pair('crop_ratio', self.crop_ratio, 1e-2, 1e2))
+    set_('mask_size', _pair('mask_size', self.mask_size, 0.0, 1.0))
+    for name, low, high in (('rotation', 0, 180), ('brightness', 0, 1), ('contrast', 0, 1),
+                            ('mask_prob', 0, 1), ('eval_crop', 1e-3, 1)):
+      value = float(getattr(self, name))
+      if not low <= value <= high:
+        raise ValueError(f'{name} must be in [{low}, {high}]; got {getattr(self, name)}')
+      set_(name, value)
+    if int(self.mask_count) != self.mask_count or self.mask_count < 0:
+      raise ValueError(f'mask_count must be a non-negative integer; got {self.mask_count}')
+    set_('mask_count', int(self.mask_count))
+    set_('flip', bool(self.flip))
+
+  @classmethod
+  def from_config(cls, config: Any) -> 'AugmentOptions':
+    """Reads the fields above from ``config.augment`` (a ConfigDict or mapping); absent ones default."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    items = config.items() if hasattr(config, 'items') else vars(config).items()
+    return cls(**{k: v for k, v in items if k in fields})
+
+  @classmethod
+  def none(cls, eval_crop: float = 1.0) -> 'AugmentOptions':
+    """No augmentation at all (identity crop, no flip/rotation/jitter/masking)."""
+    return cls(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, rotation=0.0,
+               brightness=0.0, contrast=0.0, mask_prob=0.0, eval_crop=eval_crop)
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3:
+    raise ValueError(f'expected frames of shape [T, H, W, 3]; got {frames.shape}')
+  return frames
+
+
+def normalize(frames: np.ndarray) -> np.ndarray:
+  """uint8 (or float in [0, 255]) RGB -> float32 ImageNet-normalised."""
+  return ((np.asarray(frames, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+def _crop_box(height: int, width: int, options: AugmentOptions, rng: np.random.Generator):
+  """Random resized crop box (x0, y0, w, h), torchvision's sampling: 10 tries, else the whole frame."""
+  area = height * width
+  log_ratio = np.log(options.crop_ratio)
+  for _ in range(10):
+    target = area * rng.uniform(*options.crop_scale)
+    ratio = math.exp(rng.uniform(*log_ratio))
+    w, h = math.sqrt(target * ratio), math.sqrt(target / ratio)
+    if w <= width and h <= height:
+      return rng.uniform(0, width - w), rng.uniform(0, height - h), w, h
+  return 0.0, 0.0, float(width), float(height)
+
+
+def _affine(height: int, width: int, size: int, options: AugmentOptions,
+            rng: np.random.Generator) -> np.ndarray:
+  """2x3 matrix mapping output pixels to source pixels: crop box, then flip and rotation about its centre."""
+  x0, y0, w, h = _crop_box(height, width, options, rng)
+  flip = -1.0 if options.flip and rng.random() < 0.5 else 1.0
+  theta = math.radians(rng.uniform(-options.rotation, options.rotation))
+  cos, sin = math.cos(theta), math.sin(theta)
+  a = np.array([[cos, -sin], [sin, cos]]) @ np.diag([flip * w / size, h / size])
+  src_centre = np.array([x0 + w / 2 - 0.5, y0 + h / 2 - 0.5])
+  dst_centre = np.full(2, size / 2 - 0.5)
+  return np.concatenate([a, (src_centre - a @ dst_centre)[:, None]], axis=1)
+
+
+def random_mask(frames: np.ndarray, options: AugmentOptions, rng: np.random.Generator) -> np.ndarray:
+  """Sets ``mask_count`` random rectangles to 0 on every frame, with probability ``mask_prob``.
+
+  Always draws the same number of random values, so later draws do not depend on whether it masked.
+  """
+  _, height, width, _ = frames.shape
+  apply = rng.random() < options.mask_prob
+  boxes = []
+  for _ in range(options.mask_count):
+    h = max(1, round(rng.uniform(*options.mask_size) * height))
+    w = max(1, round(rng.uniform(*options.mask_size) * width))
+    y, x = rng.random(2)
+    boxes.append((int(y * (height - h + 1)), int(x * (width - w + 1)), h, w))
+  if apply and options.mask_size[1] > 0:
+    frames = frames.copy()
+    for y, x, h, w in boxes:
+      frames[:, y:y + h, x:x + w] = 0.0
+  return frames
+
+
+def train_augment(frames: np.ndarray, size: int, options: AugmentOptions,
+                  rng: np.random.Generator) -> np.ndarray:
+  """Augments one sequence: uint8 [T, H, W, 3] -> float32 [T, size, size, 3], ImageNet-normalised."""
+  frames = _check_frames(frames)
+  _, height, width, _ = frames.shape
+  matrix = _affine(height, width, size, options, rng)
+  warped = np.stack([
+      cv2.warpAffine(f, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                     borderMode=cv2.BORDER_REFLECT_101) for f in frames]).astype(np.float32)
+  brightness = rng.uniform(1 - options.brightness, 1 + options.brightness)
+  contrast = rng.uniform(1 - options.contrast, 1 + options.contrast)
+  if brightness != 1.0 or contrast != 1.0:
+    warped *= brightness
+    mean = warped.mean()  # One grey level for the whole sequence keeps the jitter identical per frame.
+    warped = np.clip((warped - mean) * contrast + mean, 0.0, 255.0)
+  return random_mask(normalize(warped), options, rng)
+
+
+def eval_preprocess(frames: np.ndarray, size: int, options: AugmentOptions) -> np.ndarray:
+  """Centre crop + resize + normalise: uint8 [T, H, W, 3] -> float32 [T, size, size, 3]."""
+  frames = _check_frames(frames)
+  _, height, width, _ = frames.shape
+  side = max(1, round(options.eval_crop * min(height, width)))
+  y0, x0 = (height - side) // 2, (width - side) // 2
+  crop = frames[:, y0:y0 + side, x0:x0 + side]
+  if side != size:
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    crop = np.stack([cv2.resize(f, (size, size), interpolation=interpolation) for f in crop])
+  return normalize(crop)

@@ -1,0 +1,131 @@
+"""Tests for ferjax.data.augment."""
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+import pytest
+
+from ferjax.data import augment
+
+T, H, S = 4, 48, 32
+NONE = augment.AugmentOptions.none()
+
+
+def _frames(seed=0, t=T, h=H, w=H):
+  return np.random.default_rng(seed).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+
+
+def test_shapes_dtypes_and_determinism():
+  frames = _frames()
+  options = augment.AugmentOptions()
+  out = augment.train_augment(frames, S, options, np.random.default_rng(7))
+  assert out.shape == (T, S, S, 3) and out.dtype == np.float32 and np.isfinite(out).all()
+  np.testing.assert_array_equal(out, augment.train_augment(frames, S, options, np.random.default_rng(7)))
+  assert not np.array_equal(out, augment.train_augment(frames, S, options, np.random.default_rng(8)))
+  ev = augment.eval_preprocess(_frames(h=40, w=56), S, options)
+  assert ev.shape == (T, S, S, 3) and ev.dtype == np.float32
+
+
+def test_same_transform_on_every_frame():
+  # Identical frames stay identical: every random choice is made once per sequence.
+  frames = np.repeat(_frames(t=1), T, axis=0)
+  out = augment.train_augment(frames, S, augment.AugmentOptions(mask_prob=1.0), np.random.default_rng(0))
+  for t in range(1, T):
+    np.testing.assert_array_equal(out[t], out[0])
+
+
+def test_identity_without_augmentation():
+  frames = _frames(h=S, w=S)
+  out = augment.train_augment(frames, S, NONE, np.random.default_rng(0))
+  np.testing.assert_allclose(out, augment.normalize(frames), atol=1e-5)
+
+
+def test_flip_flips():
+  frames = _frames(h=S, w=S)
+  options = dataclasses.replace(NONE, flip=True)
+  plain, flipped = augment.normalize(frames), augment.normalize(frames[:, :, ::-1])
+  seen = set()
+  for seed in range(12):
+    out = augment.train_augment(frames, S, options, np.random.default_rng(seed))
+    is_plain, is_flipped = np.allclose(out, plain, atol=1e-5), np.allclose(out, flipped, atol=1e-5)
+    assert is_plain != is_flipped
+    seen.add(is_flipped)
+  assert seen == {True, False}
+
+
+def test_rotation_and_crop_change_the_image():
+  frames = _frames(h=S, w=S)
+  plain = augment.normalize(frames)
+  for options in (dataclasses.replace(NONE, rotation=20.0),
+                  dataclasses.replace(NONE, crop_scale=(0.3, 0.5))):
+    out = augment.train_augment(frames, S, options, np.random.default_rng(0))
+    assert out.shape == plain.shape and not np.allclose(out, plain, atol=1e-3)
+
+
+def test_brightness_contrast_jitter():
+  frames = np.full((T, S, S, 3), 128, np.uint8)
+  frames[:, :, : S // 2] = 64
+  options = dataclasses.replace(NONE, brightness=0.5, contrast=0.5)
+  outs = [augment.train_augment(frames, S, options, np.random.default_rng(s)) for s in range(4)]
+  means = {round(float(o.mean()), 4) for o in outs}
+  spreads = {round(float(o.std()), 4) for o in outs}
+  assert len(means) == 4 and len(spreads) == 4
+
+
+@pytest.mark.parametrize('count', [1, 3])
+def test_masking(count):
+  frames = np.full((T, S, S, 3), 200, np.uint8)  # Far from the mean: masked pixels stand out as 0.
+  always = dataclasses.replace(NONE, mask_prob=1.0, mask_size=(0.2, 0.4), mask_count=count)
+  for seed in range(5):
+    out = augment.train_augment(frames, S, always, np.random.default_rng(seed))
+    masked = np.all(out == 0.0, axis=-1)  # [T, S, S]
+    assert masked[0].any()
+    for t in range(1, T):
+      np.testing.assert_array_equal(masked[t], masked[0])  # Same rectangles on every frame.
+    assert masked[0].mean() <= count * 0.4 ** 2 + 1e-6
+  never = dataclasses.replace(always, mask_prob=0.0)
+  for seed in range(5):
+    out = augment.train_augment(frames, S, never, np.random.default_rng(seed))
+    assert not np.any(np.all(out == 0.0, axis=-1))
+  half = dataclasses.replace(always, mask_prob=0.5)
+  hits = [np.all(augment.train_augment(frames, S, half, np.random.default_rng(s)) == 0, -1).any()
+          for s in range(40)]
+  assert 8 < sum(hits) < 32
+
+
+def test_normalisation_stats():
+  np.testing.assert_allclose(
+      augment.normalize(np.round(augment.IMAGENET_MEAN * 255)[None, None, None]),
+      0.0, atol=0.01)
+  out = augment.normalize(np.full((1, 2, 2, 3), 255, np.uint8))
+  np.testing.assert_allclose(out[0, 0, 0], (1 - augment.IMAGENET_MEAN) / augment.IMAGENET_STD, rtol=1e-6)
+  # Uniform noise in [0, 255]: mean (0.5 - m) / s, std (1 / sqrt(12)) / s per channel.
+  out = augment.normalize(np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8))
+  np.testing.assert_allclose(out.mean((0, 1, 2)), (0.5 - augment.IMAGENET_MEAN) / augment.IMAGENET_STD,
+                             atol=0.02)
+  np.testing.assert_allclose(out.std((0, 1, 2)), (12 ** -0.5) / augment.IMAGENET_STD, rtol=0.01)
+
+
+def test_eval_centre_crop():
+  frames = np.zeros((1, 64, 64, 3), np.uint8)
+  frames[:, 4:60, 4:60] = 255  # A white square inside a 4-pixel black border.
+  out = augment.eval_preprocess(frames, 56, dataclasses.replace(NONE, eval_crop=0.875))
+  white = (1 - augment.IMAGENET_MEAN) / augment.IMAGENET_STD
+  np.testing.assert_allclose(out, np.broadcast_to(white, out.shape), rtol=1e-5)  # Border cropped away.
+  np.testing.assert_array_equal(augment.eval_preprocess(frames, 32, NONE),
+                                augment.eval_preprocess(frames, 32, NONE))
+
+
+def test_from_config_and_validation():
+  config = ml_collections.ConfigDict(dict(crop_scale=(0.5, 1.0), flip=False, mask_count=2,
+                                          eval_crop=0.9))
+  options = augment.AugmentOptions.from_config(config)
+  assert options.crop_scale == (0.5, 1.0) and options.flip is False and options.mask_count == 2
+  assert options.rotation == augment.AugmentOptions().rotation  # Absent -> default.
+  with pytest.raises(ValueError, match=r'crop_scale must be \(min, max\).*got \(0.9, 0.5\)'):
+    augment.AugmentOptions(crop_scale=(0.9, 0.5))
+  with pytest.raises(ValueError, match='mask_prob must be in'):
+    augment.AugmentOptions(mask_prob=1.5)
+  with pytest.raises(ValueError, match=r'expected frames of shape \[T, H, W, 3\]'):
+    augment.eval_preprocess(np.zeros((4, 8, 8), np.uint8), 8, NONE)
