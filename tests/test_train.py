@@ -1,0 +1,130 @@
+"""End to end: train_and_evaluate on the built-in dataset (tiny config), resume, bad workdirs, NaN."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ferjax import checkpointing, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Overrides that make the quickstart config tiny: the same code path, seconds instead of minutes.
+TINY = {
+    'dataset.config': 'tiny', 'dataset.num_frames': 4, 'dataset.image_size': 32,
+    'input.batch_size': 8, 'input.eval_batch_size': 8, 'input.worker_count': 0,
+    'model.width': 4, 'model.stage_sizes': (1, 1, 1, 1), 'model.hidden': 8, 'model.rbg_blocks': 1,
+    'train.num_steps': 6, 'train.log_every_steps': 2, 'train.eval_every_steps': 3,
+    'train.checkpoint_every_steps': 2, 'train.warmup_epochs': 0.0,
+}
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def _config(data_dir, **overrides):
+  sys.path.insert(0, os.path.join(REPO, 'configs'))
+  try:
+    import res_rbg
+  finally:
+    sys.path.pop(0)
+  config = res_rbg.get_config('synthetic')
+  for key, value in {**TINY, 'dataset.data_dir': data_dir, **overrides}.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+def _cli_args(data_dir, workdir, **overrides):
+  args = [sys.executable, '-m', 'ferjax.train', '--config', 'configs/res_rbg.py:synthetic',
+          '--workdir', str(workdir)]
+  for key, value in {**TINY, 'dataset.data_dir': data_dir, **overrides}.items():
+    value = f"'{value}'" if isinstance(value, str) else value
+    args.append(f'--config.{key}={value}')
+  return args
+
+
+def _final_state(workdir, step):
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
+                                  item_handlers={'state': ocp.StandardCheckpointHandler()})
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  manager.close()
+  return state
+
+
+def test_train_evaluate_report(data_dir, tmp_path):
+  report = train.train_and_evaluate(_config(data_dir), str(tmp_path))
+  assert set(report) >= {'war', 'uar', 'macro_f1', 'per_class_recall', 'confusion_matrix'}
+  assert report['split'] == 'fold_0' and report['num_examples'] > 0
+  assert np.array(report['confusion_matrix']).sum() == report['num_examples']
+  saved = json.loads((tmp_path / 'report.json').read_text())
+  assert saved['war'] == report['war']
+  assert (tmp_path / 'confusion_matrix.png').read_bytes()[:4] == b'\x89PNG'
+  assert json.loads((tmp_path / 'config.json').read_text())['model']['hidden'] == 8
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records if r['split'] == 'train'] == [2, 4, 6]
+  assert [r['step'] for r in records if r['split'] == 'validation'] == [3, 6]
+  assert [r['split'] for r in records][-1] == 'test'
+  assert all(np.isfinite(r['loss']) for r in records if r['split'] == 'train')
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '6']  # max_to_keep=2
+
+
+def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
+  steps = dict(**{'train.num_steps': 40, 'train.checkpoint_every_steps': 4,
+                  'train.eval_every_steps': 1000})
+  reference = subprocess.run(_cli_args(data_dir, tmp_path / 'a', **steps), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+
+  workdir = tmp_path / 'b'
+  process = subprocess.Popen(_cli_args(data_dir, workdir, **steps), cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not (workdir / 'checkpoints' / '4').is_dir() and time.time() < deadline:
+    assert process.poll() is None, 'training ended before the first checkpoint'
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (workdir / 'report.json').exists(), 'killed too late to test resume'
+  interrupted_at = max(int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit())
+  assert interrupted_at < 40
+
+  resumed = subprocess.run(_cli_args(data_dir, workdir, **steps), cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resumed from' in resumed.stdout
+  a, b = _final_state(tmp_path / 'a', 40), _final_state(workdir, 40)
+  leaves_a, leaves_b = map(lambda s: __import__('jax').tree.leaves(s), (a, b))
+  assert len(leaves_a) == len(leaves_b) > 10
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+  report_a = json.loads((tmp_path / 'a' / 'report.json').read_text())
+  assert report_a == json.loads((workdir / 'report.json').read_text())
+
+
+def test_workdir_of_another_model_is_a_clear_error(data_dir, tmp_path):
+  train.train_and_evaluate(_config(data_dir, **{'train.num_steps': 2}), str(tmp_path))
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=r'model\.hidden: 8 in the checkpoint, 16 now'):
+    train.train_and_evaluate(_config(data_dir, **{'model.hidden': 16}), str(tmp_path))
+  # The other model's checkpoint is untouched.
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+  train.train_and_evaluate(_config(data_dir, **{'train.num_steps': 2}), str(tmp_path))
+  with pytest.raises(train.TrainingDiverged, match='NaN') as info:
+    train.train_and_evaluate(
+        _config(data_dir, **{'train.num_steps': 8, 'train.learning_rate': 1e30,
+                             'train.grad_clip': 0.0, 'train.log_every_steps': 1}), str(tmp_path))
+  assert 'step 2' in str(info.value)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
+  state = _final_state(tmp_path, 2)
+  assert all(np.isfinite(x).all() for x in __import__('jax').tree.leaves(state))
