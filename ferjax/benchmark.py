@@ -1,0 +1,114 @@
+r"""Speed and memory of the jitted train and eval steps: `python -m ferjax.benchmark --config ...`.
+
+Uses random frames of the config's shape, so no dataset is needed, and reports compile time, steps/s,
+sequences/s, frames/s and peak memory (device memory where the backend reports it, else the process's peak
+RSS). Numbers in the README come from this command; timed assertions never live in tests.
+
+  python -m ferjax.benchmark --config configs/res_rbg.py:synthetic --steps 20
+  python -m ferjax.benchmark --config configs/res_rbg.py --config.input.batch_size=32 --json out.json
+"""
+
+import json
+import platform
+import resource
+import sys
+import time
+
+from absl import app, flags
+from flax import nnx
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+from ferjax import config as config_lib, models, sharding, steps
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<family>.py[:arg]).',
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one warm-up step).')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', 7, 'Classifier width.')
+_JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+
+
+def _peak_memory_bytes() -> tuple[int, str]:
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process peak RSS'
+
+
+def _time(fn, n: int) -> float:
+  start = time.perf_counter()
+  for _ in range(n):
+    out = fn()
+  jax.block_until_ready(out)
+  return time.perf_counter() - start
+
+
+def run(config, num_steps: int, num_classes: int) -> dict:
+  """Benchmarks `config`'s model: compile time and throughput of the train and eval steps."""
+  config_lib.validate(config)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  batch, t, size = config.input.batch_size, config.dataset.num_frames, config.dataset.image_size
+  model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
+  params = models.count_params(model)
+  tx = steps.make_optimizer(config.train, total_steps=1000, warmup_steps=10)
+  graphdef, state = steps.init_state(model, tx, config.seed)
+  del model
+  state_sharding = sharding.state_shardings(state, mesh)
+  state = jax.device_put(state, state_sharding)
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_fn = steps.jit_train_step(graphdef, tx, config.train.label_smoothing, state_sharding,
+                                  batch_sharding, sharding.replicated(mesh))
+  eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding)
+  rng = np.random.default_rng(0)
+  data = sharding.global_batch({
+      'frames': rng.normal(size=(batch, t, size, size, 3)).astype(np.float32),
+      'label': rng.integers(0, num_classes, size=(batch,)).astype(np.int32)}, mesh)
+
+  start = time.perf_counter()
+  compiled = train_fn.lower(state, data).compile()
+  compile_s = time.perf_counter() - start
+  holder = {'state': compiled(state, data)[0]}  # Warm-up step.
+
+  def train_once():
+    holder['state'], metrics = compiled(holder['state'], data)
+    return metrics
+  train_s = _time(train_once, num_steps)
+  jax.block_until_ready(eval_fn(holder['state'], data))
+  eval_s = _time(lambda: eval_fn(holder['state'], data), num_steps)
+  peak, peak_kind = _peak_memory_bytes()
+  device = jax.devices()[0]
+  return {
+      'config': f'{config.model.name} {config.model.backbone} width {config.model.width}, '
+                f'{config.model.rbg_blocks} RBG, dtype {config.model.dtype}',
+      'params_total': params['total'],
+      'batch_size': batch, 'num_frames': t, 'image_size': size,
+      'devices': f'{jax.device_count()} x {device.device_kind} ({device.platform})',
+      'host': f'{platform.processor() or platform.machine()}, {jax.local_device_count()} local',
+      'compile_s': round(compile_s, 2),
+      'train_steps_per_s': round(num_steps / train_s, 3),
+      'train_sequences_per_s': round(num_steps * batch / train_s, 2),
+      'train_frames_per_s': round(num_steps * batch * t / train_s, 1),
+      'eval_sequences_per_s': round(num_steps * batch / eval_s, 2),
+      'peak_memory_gib': round(peak / 2**30, 3), 'peak_memory_kind': peak_kind,
+  }
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}')
+  if _CONFIG.value is None:
+    sys.exit('usage: python -m ferjax.benchmark --config configs/<family>.py[:arg] [--steps N]')
+  try:
+    result = run(_CONFIG.value, _STEPS.value, _NUM_CLASSES.value)
+  except config_lib.ConfigError as e:
+    sys.exit(f'error: {e}')
+  width = max(map(len, result))
+  print('\n'.join(f'{k:<{width}}  {v}' for k, v in result.items()))
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=config_lib.parse_flags)
