@@ -1,0 +1,158 @@
+"""synthetic_expressions: procedurally drawn faces going from neutral to one of 7 expressions.
+
+Generated in code (no download, no licence): every subject is a random cartoon identity (`faces.Identity`)
+that shows each of the seven CK+ expressions once, as an onset -> apex sequence. Splits `fold_0..fold_9`
+are by subject (subject i -> fold i % 10), like the CK+ and Oulu-CASIA 10-fold protocols, so a test fold only
+has unseen identities.
+
+Determinism: subject i's identity comes from `np.random.default_rng([BASE_SEED, 0, i])` and its sequence of
+expression k from `np.random.default_rng([BASE_SEED, 1, i, k])`; nothing uses global random state. Rebuilding
+the same version and config gives byte-identical records (OpenCV drawing and JPEG encoding are
+deterministic on one machine). Subject i looks the same in every config (only scaled).
+
+Prepare it (no TensorFlow needed) with
+
+  import tfds_builders.synthetic_expressions as se
+  se.build('~/tensorflow_datasets', config='default')     # or config='tiny'
+
+or `tfds build tfds_builders/synthetic_expressions --config=default --file_format=array_record`, then read
+with `tfds.data_source('synthetic_expressions/default', split='fold_0', data_dir=...)`.
+"""
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ferjax.data import tfds_common
+from tfds_builders.synthetic_expressions import faces
+
+# Changing it (or the drawing code) changes the data: bump the builder version when you do.
+BASE_SEED = 20250101
+NUM_FOLDS = 10
+
+
+@dataclasses.dataclass(kw_only=True)
+class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
+  """How much data to draw and at what size.
+
+  Attributes:
+    num_subjects: subjects s000, s001, ...; each gives 7 sequences. Must be >= 10 so every fold has one.
+    image_size: frames are image_size x image_size RGB.
+    min_frames / max_frames: sequence length, uniform in [min_frames, max_frames] per sequence.
+    supersample: frames are drawn at image_size * supersample and shrunk (anti-aliasing of thin features).
+    jpeg_quality: OpenCV JPEG quality of the stored frames.
+  """
+  num_subjects: int = 100
+  image_size: int = 64
+  min_frames: int = 8
+  max_frames: int = 32
+  supersample: int = 4
+  jpeg_quality: int = 95
+
+
+def subject_id(index: int) -> str:
+  return f's{index:03d}'
+
+
+def fold_of(index: int) -> int:
+  """Subject index -> fold: i % 10."""
+  return index % NUM_FOLDS
+
+
+def subject_examples(index: int, config: SyntheticExpressionsConfig) -> list[tuple[str, dict]]:
+  """The 7 (key, example) pairs of subject `index`; a pure function of (index, config, BASE_SEED)."""
+  identity = faces.sample_identity(np.random.default_rng([BASE_SEED, 0, index]))
+  subject = subject_id(index)
+  out = []
+  for k, expression in enumerate(faces.EXPRESSIONS):
+    rng = np.random.default_rng([BASE_SEED, 1, index, k])
+    num_frames = int(rng.integers(config.min_frames, config.max_frames + 1))
+    frames = faces.render_sequence(identity, expression, num_frames, config.image_size, rng,
+                                   supersample=config.supersample)
+    sequence_id = f'{subject}_{expression}'
+    out.append((sequence_id, {
+        'frames': [tfds_common.encode_jpeg(f, quality=config.jpeg_quality) for f in frames],
+        'label': expression,
+        'subject': subject,
+        'sequence_id': sequence_id,
+        'num_frames': num_frames,
+    }))
+  return out
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  """DatasetBuilder for synthetic_expressions (see the module docstring)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [
+      SyntheticExpressionsConfig(
+          name='default', description='100 subjects x 7 expressions, 64x64 px, 8-32 frames.'),
+      SyntheticExpressionsConfig(
+          name='tiny', description='20 subjects x 7 expressions, 32x32 px, 4-8 frames (for tests).',
+          num_subjects=20, image_size=32, min_frames=4, max_frames=8),
+  ]
+  DEFAULT_CONFIG_NAME = 'default'
+
+  def __init__(self, *, file_format=None, workers: int | None = None, **kwargs):
+    """Like any TFDS builder; file_format defaults to array_record (what `tfds.data_source` reads).
+
+    workers: processes that draw subjects in parallel (default: min(4, CPU count); 1 = in-process).
+    The output does not depend on it.
+    """
+    super().__init__(file_format=file_format or 'array_record', **kwargs)
+    self._workers = workers
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS's own lookup evaluates `importlib_resources.abc.Traversable` for package modules, and that
+    # backport is only a dependency on Python < 3.9: on newer Pythons it raises ModuleNotFoundError.
+    return epath.Path(__file__)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    if cfg.num_subjects < NUM_FOLDS:
+      raise ValueError(f'num_subjects must be >= {NUM_FOLDS} (one per fold), got {cfg.num_subjects}')
+    if not 2 <= cfg.min_frames <= cfg.max_frames:
+      raise ValueError(f'need 2 <= min_frames <= max_frames, got {cfg.min_frames}, {cfg.max_frames}')
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__.split('\n\n')[0],
+        features=tfds_common.sequence_features(faces.EXPRESSIONS, cfg.image_size),
+        supervised_keys=('frames', 'label'),
+        homepage='https://github.com/ferjax/ferjax',
+        citation='',
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # Nothing to download.
+    n = self.builder_config.num_subjects
+    return {f'fold_{k}': self._generate_examples([i for i in range(n) if fold_of(i) == k])
+            for k in range(NUM_FOLDS)}
+
+  def _generate_examples(self, subjects: list[int]):
+    cfg = self.builder_config
+    workers = self._workers or min(4, os.cpu_count() or 1)
+    if workers <= 1 or len(subjects) <= 1:
+      for i in subjects:
+        yield from subject_examples(i, cfg)
+      return
+    # Forkserver: forking a process that has TFDS/absl threads running is unsafe. Results come back in
+    # subject order and each subject is a pure function of its index, so the data do not depend on this.
+    ctx = multiprocessing.get_context('forkserver')
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+      for examples in pool.map(subject_examples, subjects, [cfg] * len(subjects)):
+        yield from examples
+
+
+def build(data_dir: str, config: str = 'default', workers: int | None = None) -> Builder:
+  """Draws and writes the dataset (ArrayRecord) under data_dir if it is not there yet; returns the builder."""
+  builder = Builder(config=config, data_dir=os.path.expanduser(data_dir), workers=workers)
+  builder.download_and_prepare(file_format='array_record')
+  return builder
