@@ -1,0 +1,83 @@
+"""eNTERFACE'05: face-cropped video clips of 43 subjects, one split per subject (`subject_<n>`).
+
+Reads the user's copy from the manual dir (see `MANUAL_DOWNLOAD_INSTRUCTIONS` and ``layout.py``): subject and
+label come from the folder names, subject 6's unsegmented recordings are excluded (the usual 43-subject,
+1,287-clip version) and listed in ``info.metadata['excluded']``. Every clip keeps at most ``max_frames``
+evenly spaced frames (their original positions are in ``frame_indices``), face-cropped with one stable square
+box per clip. Clips that cannot be decoded or show no face are skipped and listed in
+``info.metadata['skipped']``.
+
+Build (no TensorFlow needed)::
+
+  tfds build tfds_builders/enterface05 --manual_dir ~/data/enterface05 --file_format=array_record
+
+or from Python::
+
+  import tfds_builders.enterface05  # registers 'enterface05'
+  builder = tfds.builder('enterface05', data_dir='~/tensorflow_datasets', file_format='array_record')
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir='~/data/enterface05'))
+"""
+
+import dataclasses
+from pathlib import Path
+
+from absl import logging
+from etils import epath
+import tensorflow_datasets as tfds
+
+from tfds_builders import sequence_builder
+from tfds_builders.enterface05 import layout
+
+# Clips are 1.1-5.4 s at 25 fps (28-135 frames); 64 evenly spaced frames keep every frame of clips up to
+# 2.6 s and every second one of the longest, which is plenty for 16-frame sampling at training time.
+DEFAULT_MAX_FRAMES = 64
+
+
+class Builder(sequence_builder.SequenceDatasetBuilder):
+  """eNTERFACE'05 audio-visual emotion database (video only): 6 emotions, 43 subjects."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': "43-subject version; subject 6's unsegmented recordings excluded."}
+  BUILDER_CONFIGS = [
+      sequence_builder.SequenceConfig(
+          name='default', max_frames=DEFAULT_MAX_FRAMES,
+          description=f'256x256 face crops (Haar), at most {DEFAULT_MAX_FRAMES} evenly spaced frames.'),
+  ]
+  DEFAULT_BUILDER_CONFIG_NAME = 'default'
+  CLASS_NAMES = layout.EMOTIONS
+  HOMEPAGE = 'http://www.enterface.net/enterface05/'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+The eNTERFACE'05 audio-visual emotion database (Martin et al., 2006) is distributed on the eNTERFACE'05
+workshop site ({HOMEPAGE}, emotion database page) under the MIT licence. Unpack it anywhere below the manual
+dir; the builder searches for:
+{layout.EXPECTED_LAYOUT}
+Subject and label are read from the folder names (file names have typos). Videos that are not below a
+'sentence <m>' folder (subject 6's long unsegmented recordings) are excluded and reported.
+"""
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    # TFDS's default lookup needs the `importlib_resources` backport, absent on Python >= 3.9.
+    return epath.Path(__file__)
+
+  def _find_sources(self, manual_dir: Path) -> list[sequence_builder.SequenceSource]:
+    clips, excluded = layout.find_clips(manual_dir)
+    self._excluded = excluded
+    for entry in excluded:
+      logging.warning("enterface05: excluding %s: %s", entry.sequence_id, entry.reason)
+    subjects = sorted({c.subject for c in clips}, key=int)
+    print(f"enterface05: {len(clips)} clips of {len(subjects)} subjects; {len(excluded)} videos excluded "
+          "(listed in info.metadata['excluded'])", flush=True)
+    return [
+        sequence_builder.SequenceSource(
+            sequence_id=c.sequence_id, split=f'subject_{c.subject}', label=c.label,
+            subject=c.subject, video=str(c.path))
+        for c in clips
+    ]
+
+  def _extra_metadata(self, sources):
+    excluded = [dataclasses.asdict(e) for e in getattr(self, '_excluded', [])]
+    return {'excluded': excluded, 'num_excluded': len(excluded),
+            'subjects': sorted({s.subject for s in sources}, key=int)}
