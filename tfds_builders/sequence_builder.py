@@ -22,6 +22,7 @@ video) and ``face_box`` (float32 [4], the crop box x, y, side, side in original 
 import collections
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
+import inspect
 import multiprocessing
 import os
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 from absl import logging
 import cv2
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -314,9 +316,10 @@ class SequenceConfig(tfds.core.BuilderConfig):
     if self.face_detector not in faces.DETECTORS:
       raise ValueError(f'face_detector must be one of {faces.DETECTORS}, got {self.face_detector!r}')
     model = self.yunet_model_path or os.environ.get(YUNET_MODEL_ENV)
+    # 'none' means the frame already is the face region: a margin would only add black borders.
+    margin = 0.0 if self.face_detector == 'none' else self.margin
     return CropOptions(size=self.size, face_detector=self.face_detector, yunet_model_path=model,
-                       margin=self.margin, max_frames=self.max_frames,
-                       detect_frames=self.detect_frames)
+                       margin=margin, max_frames=self.max_frames, detect_frames=self.detect_frames)
 
 
 class SequenceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -329,9 +332,20 @@ class SequenceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
   CLASS_NAMES: tuple[str, ...] = ()
   HOMEPAGE: str | None = None
 
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS's default lookup evaluates `importlib_resources.abc.Traversable` for package modules, a
+    # backport that is not installed on Python >= 3.9 (ModuleNotFoundError); the file path is the answer.
+    return epath.Path(inspect.getfile(cls))
+
   def _find_sources(self, manual_dir: Path) -> list[SequenceSource]:
     """All sequences of the user's copy; raise :func:`manual_dir_error` when the layout is not found."""
     raise NotImplementedError
+
+  def _crop_options(self) -> CropOptions:
+    """How to crop; called after ``_find_sources`` (which may have chosen, e.g., a pre-cropped set)."""
+    return self.builder_config.crop_options()
 
   def _extra_metadata(self, sources: Sequence[SequenceSource]) -> dict[str, Any]:
     """Anything else to store in ``info.metadata`` (JSON-serialisable)."""
@@ -340,14 +354,13 @@ class SequenceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
 
   def _citation(self) -> str:
     """The contents of the package's CITATIONS.bib, when present."""
-    import inspect  # pylint: disable=g-import-not-at-top
     bib = Path(inspect.getfile(type(self))).parent / 'CITATIONS.bib'
     return bib.read_text() if bib.exists() else ''
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     features = dict(tfds_common.sequence_features(self.CLASS_NAMES, config.size).items())
-    features['frame_indices'] = tfds.features.Sequence(tfds.features.Scalar(np.int32))
+    features['frame_indices'] = tfds.features.Tensor(shape=(None,), dtype=np.int32)
     features['face_box'] = tfds.features.Tensor(shape=(4,), dtype=np.float32)
     return tfds.core.DatasetInfo(
         builder=self,
@@ -361,8 +374,9 @@ class SequenceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
 
   def _split_generators(self, dl_manager):
     manual_dir = Path(dl_manager.manual_dir)
-    options = self.builder_config.crop_options()
+    self.builder_config.crop_options()  # Fail on a bad config before searching the manual dir.
     sources = self._find_sources(manual_dir)
+    options = self._crop_options()
     if not sources:
       raise manual_dir_error(self.name, manual_dir, self.MANUAL_DOWNLOAD_INSTRUCTIONS,
                              problem=f'found the {self.name} folders but no sequences in them')

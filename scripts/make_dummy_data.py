@@ -1,0 +1,250 @@
+"""Writes the `dummy_data/` of the image-sequence builders (CK+, Oulu-CASIA) in each dataset's real layout.
+
+Usage::
+
+  python scripts/make_dummy_data.py                  # every registered dataset
+  python scripts/make_dummy_data.py ck_plus          # one
+  python scripts/make_dummy_data.py ck_plus --out /tmp/ck   # somewhere else
+
+One function per dataset, registered in ``DATASETS`` (name -> function(out_dir)); the video datasets have
+theirs in ``scripts/make_dummy_data_videos.py``. The folder structure and irregularities follow
+/work/shared/datasets.md; no real dataset content is used. Frames are small drawings of a cartoon face that
+OpenCV's default frontal-face Haar cascade detects (checked: down to 64x48 pixels), so the builders run their
+real detection on this data. Output is deterministic: rerunning reproduces the same files.
+"""
+
+from collections.abc import Callable
+import argparse
+from pathlib import Path
+import shutil
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+DATASETS: dict[str, Callable[[Path], None]] = {}
+
+
+def register(name: str):
+  """Adds a dummy-data function to ``DATASETS``."""
+  def wrap(fn):
+    DATASETS[name] = fn
+    return fn
+  return wrap
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Drawing.
+
+
+def face_geometry(width: int, height: int, shift: tuple[float, float] = (0, 0),
+                  scale: float = 1.0) -> tuple[int, int, int]:
+  """Centre and "radius" of the cartoon face: about 38 % of the height, shifted by a fraction of it."""
+  s = int(round(0.38 * height * scale))
+  return int(width / 2 + shift[0] * height), int(height / 2 + shift[1] * height), s
+
+
+def draw_face(width: int, height: int, *, t: float = 0.0, shift: tuple[float, float] = (0, 0),
+              scale: float = 1.0, background: tuple[int, int, int] = (90, 90, 90),
+              skin: tuple[int, int, int] = (205, 195, 185)) -> np.ndarray:
+  """An RGB uint8 frame with a cartoon face; ``t`` in [0, 1] opens the mouth (neutral -> peak)."""
+  cx, cy, s = face_geometry(width, height, shift, scale)
+  img = np.empty((height, width, 3), np.uint8)
+  img[:] = background
+  lw = max(1, s // 12)
+  cv2.ellipse(img, (cx, cy), (int(s * 0.8), s), 0, 0, 360, skin, -1)
+  for side in (-1, 1):  # Eyes and brows: dark bars above a light cheek band is what Haar keys on.
+    cv2.ellipse(img, (cx + side * int(s * 0.35), cy - int(s * 0.25)),
+                (max(1, int(s * 0.16)), max(1, int(s * 0.08))), 0, 0, 360, (40, 40, 40), -1)
+    cv2.line(img, (cx + side * int(s * 0.2), cy - int(s * (0.45 + 0.04 * t))),
+             (cx + side * int(s * 0.55), cy - int(s * (0.45 + 0.04 * t))), (60, 60, 60), lw)
+  cv2.line(img, (cx, cy - int(s * 0.15)), (cx, cy + int(s * 0.2)), (170, 165, 160), max(1, s // 10))
+  cv2.ellipse(img, (cx, cy + int(s * 0.45)), (max(2, int(s * 0.3)), max(1, int(s * (0.06 + 0.04 * t)))),
+              0, 0, 360, (60, 40, 40), -1)
+  return cv2.GaussianBlur(img, (3, 3), 0)
+
+
+def face_landmarks(width: int, height: int, shift: tuple[float, float] = (0, 0),
+                   scale: float = 1.0) -> np.ndarray:
+  """68 (x, y) points in the iBUG order's rough places on the cartoon face (jaw, brows, nose, eyes, mouth)."""
+  cx, cy, s = face_geometry(width, height, shift, scale)
+  a = np.linspace(np.pi * 0.05, np.pi * 0.95, 17)
+  jaw = np.stack([cx - 0.8 * s * np.cos(a), cy + s * np.sin(a) * 0.95], 1)
+  brows = np.concatenate([np.stack([cx + side * np.linspace(0.55, 0.2, 5) * s,
+                                    np.full(5, cy - 0.45 * s)], 1) for side in (-1, 1)])
+  nose = np.stack([np.full(9, cx), np.linspace(cy - 0.15 * s, cy + 0.2 * s, 9)], 1)
+  eyes = np.concatenate([np.stack([cx + side * 0.35 * s + 0.16 * s * np.cos(b),
+                                   cy - 0.25 * s + 0.08 * s * np.sin(b)], 1)
+                         for side in (-1, 1) for b in [np.linspace(0, 2 * np.pi, 6, endpoint=False)]])
+  m = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+  mouth = np.stack([cx + 0.3 * s * np.cos(m), cy + 0.45 * s + 0.1 * s * np.sin(m)], 1)
+  return np.concatenate([jaw, brows, nose, eyes, mouth]).astype(np.float32)
+
+
+def write_image(path: Path, rgb: np.ndarray, *, grey: bool = False, quality: int = 80) -> None:
+  """PNG or JPEG (by suffix), grey or colour, written deterministically with OpenCV."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  image = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if grey else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+  params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_OPTIMIZE, 1] if path.suffix.lower() in ('.jpg', '.jpeg') else [
+      cv2.IMWRITE_PNG_COMPRESSION, 9]
+  if not cv2.imwrite(str(path), image, params):
+    raise OSError(f'OpenCV could not write {path}')
+
+
+def write_ds_store(folder: Path) -> None:
+  """A macOS ``.DS_Store`` (bytes that decode as nothing), as real copies contain."""
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / '.DS_Store').write_bytes(b'\x00\x00\x00\x01Bud1' + bytes(24))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CK+.
+
+# (subject, sequence, emotion code 1..7 or None for unlabelled, frames, options). Labelled subjects: 13,
+# so the sorted-subject rule (index mod 10) puts two subjects in folds 0-2 and one in the others.
+CK_SEQUENCES = [
+    ('S005', '001', 3, 4, {}),
+    ('S005', '002', None, 3, {}),                            # Unlabelled: no Emotion folder at all.
+    ('S010', '002', 1, 4, {'colour': True}),
+    ('S010', '004', 7, 3, {'landmarks': True}),
+    ('S011', '001', 5, 4, {'rows': 49}),                     # 490-row analogue (scaled 64x49).
+    ('S022', '003', 2, 3, {'landmarks': True}),
+    ('S022', '005', None, 3, {'empty_emotion': True}),       # Unlabelled: empty Emotion folder.
+    ('S026', '002', 4, 4, {'full_size': 490}),               # Real size 640x490 (grey).
+    ('S032', '004', 6, 3, {'landmarks': True, 'colour': True}),
+    ('S037', '003', 1, 4, {'full_size': 480, 'colour': True}),  # Real size 640x480, colour.
+    ('S046', '001', 7, 3, {}),
+    ('S050', '004', 5, 4, {'landmarks': True}),
+    ('S055', '001', 3, 3, {'corrupt': True}),                # Undecodable frame: skipped, listed.
+    ('S055', '002', 2, 3, {}),
+    ('S100', '001', 6, 4, {'rows': 49}),
+    ('S506', '002', 4, 3, {'landmarks': True}),
+    ('S895', '001', None, 3, {'no_emotion_file': True}),     # Unlabelled subject (only unlabelled seqs).
+    ('S999', '001', 7, 4, {}),
+]
+
+
+@register('ck_plus')
+def make_ck_plus(out: Path) -> None:
+  """CK+ in a nested layout: ``extended-cohn-kanade-images/cohn-kanade-images/``, ``Emotion_labels/``
+  holding the ``S***`` folders directly, ``Landmarks/Landmarks/`` (some sequences only), ``FACS/`` and
+  ``.DS_Store`` files; grey and colour PNGs, 48/49-row (scaled) and 480/490-row (real-size) frames.
+
+  Expected result: 15 labelled sequences of 13 subjects, 14 built (S055_001 is skipped: corrupt PNG);
+  3 unlabelled sequences (S005_002: no Emotion folder, S022_005: empty folder, S895_001: only a
+  .DS_Store). Examples per fold: 2, 3, 2, 1, 1, 1, 1, 1, 1, 1.
+  """
+  images = out / 'extended-cohn-kanade-images' / 'cohn-kanade-images'
+  emotions = out / 'Emotion_labels'
+  landmarks = out / 'Landmarks' / 'Landmarks'
+  facs = out / 'FACS'
+  write_ds_store(out)
+  write_ds_store(images)
+  for k, (subject, seq, emotion, n, opt) in enumerate(CK_SEQUENCES):
+    width, height = (640, opt['full_size']) if 'full_size' in opt else (64, opt.get('rows', 48))
+    shift = (0.04 * ((k % 3) - 1), 0.02 * ((k % 2) * 2 - 1))
+    folder = images / subject / seq
+    for i in range(n):
+      frame = draw_face(width, height, t=i / max(n - 1, 1), shift=shift,
+                        background=(60 + 7 * k % 40, 80, 90))
+      path = folder / f'{subject}_{seq}_{i + 1:08d}.png'
+      write_image(path, frame, grey=not opt.get('colour', False))
+      if opt.get('landmarks'):
+        points = face_landmarks(width, height, shift)
+        lpath = landmarks / subject / seq / f'{subject}_{seq}_{i + 1:08d}_landmarks.txt'
+        lpath.parent.mkdir(parents=True, exist_ok=True)
+        lpath.write_text(''.join(f'   {x:.7e}   {y:.7e}\n' for x, y in points))
+    if opt.get('corrupt'):
+      (folder / f'{subject}_{seq}_{n:08d}.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(40))
+    if k % 4 == 0:
+      write_ds_store(folder)
+    last = f'{subject}_{seq}_{n:08d}'
+    if emotion is not None:
+      (emotions / subject / seq).mkdir(parents=True, exist_ok=True)
+      (emotions / subject / seq / f'{last}_emotion.txt').write_text(f'   {emotion:.7e}\n')
+      if k % 5 == 0:
+        write_ds_store(emotions / subject / seq)
+    elif opt.get('empty_emotion'):
+      (emotions / subject / seq).mkdir(parents=True, exist_ok=True)
+    elif opt.get('no_emotion_file'):
+      write_ds_store(emotions / subject / seq)  # Folder with only a .DS_Store: still unlabelled.
+    facs_file = facs / subject / seq / f'{last}_facs.txt'
+    facs_file.parent.mkdir(parents=True, exist_ok=True)
+    facs_file.write_text('   1.0000000e+00   0.0000000e+00\n')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Oulu-CASIA.
+
+OULU_EMOTIONS = ('Anger', 'Disgust', 'Fear', 'Happiness', 'Sadness', 'Surprise')
+OULU_SUBJECTS = [f'P{i:03d}' for i in range(1, 12)]
+
+
+@register('oulu_casia')
+def make_oulu_casia(out: Path) -> None:
+  """Oulu-CASIA nested as ``B_OriginalImg/OriginalImg/{VL,NI}/Strong/P***/<Emotion>/NNN.jpeg`` (64x48
+  instead of 320x240) plus the official cropped set for VL only, under ``PreProcess_Img/VL_Acropped/Strong``
+  (32x32 face crops), with ``.DS_Store`` files. 11 subjects x 6 emotions = 66 sequences per modality (2-3
+  frames each); folds of the sorted-subject rule [i::10]: fold 0 holds 2 subjects (12 sequences), the
+  others 1 (6 sequences).
+  NI has no cropped set, so its builds detect faces in the original images.
+  """
+  original = out / 'B_OriginalImg' / 'OriginalImg'
+  cropped = out / 'PreProcess_Img' / 'VL_Acropped' / 'Strong'
+  write_ds_store(out)
+  for s, subject in enumerate(OULU_SUBJECTS):
+    for e, emotion in enumerate(OULU_EMOTIONS):
+      n = 2 + (s + e) % 2  # Frame counts vary between sequences.
+      shift = (0.05 * ((s % 3) - 1), 0.03 * ((e % 2) * 2 - 1))
+      for modality in ('VL', 'NI'):
+        folder = original / modality / 'Strong' / subject / emotion
+        for i in range(n):
+          t = i / max(n - 1, 1)
+          if modality == 'VL':
+            frame = draw_face(64, 48, t=t, shift=shift, background=(50 + 5 * s, 75, 85 + 4 * e))
+          else:  # Near-infrared: grey-looking three-channel JPEGs.
+            frame = draw_face(64, 48, t=t, shift=shift, background=(70, 70, 70),
+                              skin=(190, 190, 190))
+          write_image(folder / f'{i:03d}.jpeg', frame)
+          if modality == 'VL':
+            crop = draw_face(40, 40, t=t, background=(120, 110, 100))[4:36, 4:36]
+            write_image(cropped / subject / emotion / f'{i:03d}.jpeg', crop)
+      if (s + e) % 7 == 0:
+        write_ds_store(original / 'VL' / 'Strong' / subject / emotion)
+        write_ds_store(cropped / subject / emotion)
+
+
+def dummy_data_dir(name: str) -> Path:
+  """Where a builder's dummy data lives: ``tfds_builders/<name>/dummy_data``."""
+  return REPO / 'tfds_builders' / name / 'dummy_data'
+
+
+def generate(name: str, out: Path | None = None) -> Path:
+  """(Re)writes one dataset's dummy data from scratch and returns its folder."""
+  if name not in DATASETS:
+    raise ValueError(f'unknown dataset {name!r}; known: {sorted(DATASETS)}')
+  out = Path(out) if out is not None else dummy_data_dir(name)
+  if out.exists():
+    shutil.rmtree(out)
+  out.mkdir(parents=True)
+  DATASETS[name](out)
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('names', nargs='*', help=f'datasets (default: all of {sorted(DATASETS)})')
+  parser.add_argument('--out', type=Path, help='output folder (only with one dataset)')
+  args = parser.parse_args()
+  names = args.names or sorted(DATASETS)
+  if args.out is not None and len(names) != 1:
+    parser.error('--out needs exactly one dataset name')
+  for name in names:
+    out = generate(name, args.out)
+    files = [p for p in out.rglob('*') if p.is_file()]
+    print(f'{name}: {len(files)} files, {sum(p.stat().st_size for p in files) / 1024:.0f} KiB in {out}')
+
+
+if __name__ == '__main__':
+  main()
