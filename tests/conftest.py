@@ -17,6 +17,22 @@ flags.FLAGS.mark_as_parsed()
 _SPEC_FILE = 'ferjax_test_sequences.json'
 
 
+def frame_colour(record: int, frame: int, split_position: int, size: int) -> np.ndarray:
+  """Frame `frame` of record `record` in the split_position-th split: one flat RGB colour
+  (4 * record, 8 * frame, 16 * split_position), so tests can tell records and frames apart after JPEG
+  (flat colours survive it within +-2). Supports 64 records, 32 frames and 16 splits."""
+  colour = np.array([4 * record, 8 * frame, 16 * split_position], np.int64)
+  if colour.max() > 255:
+    raise ValueError(f'test datasets support at most 64 records, 32 frames and 16 splits; got {colour}')
+  return np.broadcast_to(colour.astype(np.uint8), (size, size, 3)).copy()
+
+
+def identify(frame: np.ndarray) -> tuple[int, int, int]:
+  """(record, frame, split_position) of a decoded uint8 frame made by `frame_colour`."""
+  r, g, b = np.asarray(frame, np.float64).reshape(-1, 3).mean(0)
+  return round(r / 4), round(g / 8), round(b / 16)
+
+
 class FerjaxTestSequences(tfds.core.GeneratorBasedBuilder):
   """Tiny synthetic sequence dataset; its parameters live in a JSON file at the root of data_dir.
 
@@ -44,14 +60,13 @@ class FerjaxTestSequences(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split, n):
     spec = self._spec
     size, num_classes = spec['size'], spec['num_classes']
+    split_position = list(spec['splits']).index(split)
     # Deterministic content per split; subject = the split's name so protocols can be checked on data.
     rng = np.random.default_rng(int(hashlib.sha1(split.encode()).hexdigest()[:8], 16))
     for i in range(n):
       t = int(rng.integers(spec['min_frames'], spec['max_frames'] + 1))
       label = int(rng.integers(num_classes))
-      # Frame k has grey level 10*k (+ a label offset) so tests can tell frames apart after decoding.
-      frames = [tfds_common.encode_jpeg(
-          np.full((size, size, 3), (10 * k + 40 * label) % 256, np.uint8)) for k in range(t)]
+      frames = [tfds_common.encode_jpeg(frame_colour(i, k, split_position, size)) for k in range(t)]
       sequence_id = f'{split}/{i:04d}'
       yield sequence_id, {
           'frames': frames, 'label': label, 'subject': split,
@@ -63,7 +78,8 @@ def build_sequence_dataset(data_dir, splits=None, size=32, min_frames=3, max_fra
                            num_classes=3) -> tuple[str, str]:
   """Builds a tiny sequence dataset (DESIGN.md feature contract) under data_dir; returns (name, data_dir).
 
-  Records of split `s` have subject `s`, sequence_id `s/<i>`, between min_frames and max_frames frames.
+  Records of split `s` have subject `s`, sequence_id `s/<i>`, between min_frames and max_frames frames
+  of flat colour `frame_colour(i, k, position of s in splits, size)`.
   One dataset per data_dir (its parameters are stored there).
   """
   splits = dict(splits or {'fold_0': 4, 'fold_1': 4})

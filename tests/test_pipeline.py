@@ -1,0 +1,194 @@
+"""Tests for ferjax.data.pipeline on a tiny real TFDS (ArrayRecord) dataset."""
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import identify
+from ferjax.data import augment, pipeline, sampling
+
+T, S = 4, 32
+PLAIN = augment.AugmentOptions.none()  # Identity: output frames can be traced back to their record.
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+  """10 records in fold_0 (3..9 frames each), 3 classes, 32 px."""
+  from conftest import build_sequence_dataset
+  name, data_dir = build_sequence_dataset(tmp_path_factory.mktemp('data'),
+                                          splits={'fold_0': 10, 'fold_1': 3})
+  return tfds.data_source(name, split='fold_0', data_dir=data_dir)
+
+
+def _train(source, options=PLAIN, batch=2, seed=0, **kw):
+  return pipeline.train_loader(source, num_frames=T, image_size=S, options=options,
+                               batch_size_per_host=batch, seed=seed, **kw)
+
+
+def _eval(source, batch, **kw):
+  return pipeline.eval_batches(source, num_frames=T, image_size=S, options=PLAIN,
+                               batch_size_per_host=batch, **kw)
+
+
+_SOURCE_INDEX = {}
+
+
+def _source_index(source, generated: int) -> int:
+  """Index in `source` of the record generated as number `generated` (TFDS shuffles on writing)."""
+  key = id(source)
+  if key not in _SOURCE_INDEX:
+    _SOURCE_INDEX[key] = {int(source[j]['sequence_id'].split(b'/')[1]): j for j in range(len(source))}
+  return _SOURCE_INDEX[key][generated]
+
+
+def _ids(frames, source):
+  """[B, T, S, S, 3] normalised frames -> ([B] indices into source, [B, T] frame ids)."""
+  pixels = (frames * augment.IMAGENET_STD + augment.IMAGENET_MEAN) * 255
+  ids = np.array([[identify(f)[:2] for f in seq] for seq in pixels])  # [B, T, 2]
+  assert np.all(ids[:, :, 0] == ids[:, :1, 0])  # All frames of a row come from one record.
+  return np.array([_source_index(source, int(i)) for i in ids[:, 0, 0]]), ids[:, :, 1]
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_shapes_dtypes_labels(dataset):
+  labels = {dataset[i]['label'] for i in range(len(dataset))}
+  for batch in _take(iter(_train(dataset, augment.AugmentOptions(), batch=3)), 4):
+    assert set(batch) == {'frames', 'label'}
+    assert batch['frames'].shape == (3, T, S, S, 3) and batch['frames'].dtype == np.float32
+    assert batch['label'].shape == (3,) and batch['label'].dtype == np.int32
+    assert set(batch['label']) <= labels and np.isfinite(batch['frames']).all()
+
+
+def test_epochs_cover_all_and_reshuffle(dataset):
+  records, lengths = [], [len(dataset[i]['frames']) for i in range(len(dataset))]
+  for batch in _take(iter(_train(dataset, batch=5, seed=3)), 6):  # 3 epochs of 10 records.
+    ids, frame_ids = _ids(batch['frames'], dataset)
+    records.extend(ids)
+    np.testing.assert_array_equal(batch['label'], [dataset[int(i)]['label'] for i in ids])
+    for i, f in zip(ids, frame_ids):  # Temporal sampling: sorted frames of that record.
+      assert np.all(np.diff(f) >= 0) and f.max() < lengths[i]
+  epochs = [records[k:k + 10] for k in (0, 10, 20)]
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(10))
+  assert epochs[0] != epochs[1] != epochs[2]
+  other_seed = _ids(next(iter(_train(dataset, batch=10, seed=4)))['frames'], dataset)[0]
+  assert list(other_seed) != epochs[0]
+
+
+@pytest.mark.parametrize('shard_count', [2, 3])
+def test_shards_disjoint_and_covering(dataset, shard_count):
+  seen = []
+  for shard in range(shard_count):
+    local = len(range(shard, len(dataset), shard_count))
+    batches = _take(iter(_train(dataset, batch=1, shard_index=shard, shard_count=shard_count)), local)
+    ids = {int(_ids(b['frames'], dataset)[0][0]) for b in batches}
+    assert len(ids) == local  # One epoch of this shard: each of its records once.
+    seen.append(ids)
+  assert sorted(i for ids in seen for i in ids) == list(range(len(dataset)))
+
+
+def test_examples_do_not_depend_on_batch_size(dataset):
+  """Each example's randomness is keyed by (seed, record, epoch), not by its batch or position."""
+  options = augment.AugmentOptions(mask_prob=0.5)
+  a = np.concatenate([b['frames'] for b in _take(iter(_train(dataset, options, batch=2, seed=1)), 10)])
+  b = np.concatenate([b['frames'] for b in _take(iter(_train(dataset, options, batch=5, seed=1)), 4)])
+  np.testing.assert_array_equal(a, b)
+  c = next(iter(_train(dataset, options, batch=2, seed=2)))['frames']
+  assert not np.array_equal(a[:2], c)
+
+
+def test_checkpoint_restore_is_exact(dataset, tmp_path):
+  options = augment.AugmentOptions(mask_prob=0.5)
+  manager = ocp.CheckpointManager(
+      tmp_path / 'ckpt', options=ocp.CheckpointManagerOptions(create=True),
+      item_handlers={'data': grain.checkpoint.CheckpointHandler()})
+  iterator = iter(_train(dataset, options, batch=3, seed=5))
+  _take(iterator, 3)
+  manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+  expected = _take(iterator, 5)  # Crosses an epoch boundary (10 records, 3 per batch).
+  manager.wait_until_finished()
+  fresh = iter(_train(dataset, options, batch=3, seed=5))
+  manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
+  for want, got in zip(expected, _take(fresh, 5)):
+    np.testing.assert_array_equal(want['frames'], got['frames'])
+    np.testing.assert_array_equal(want['label'], got['label'])
+  manager.close()
+
+
+def test_worker_processes_give_the_same_batches(dataset):
+  options = augment.AugmentOptions(mask_prob=0.5)
+  expected = _take(iter(_train(dataset, options, batch=3)), 4)
+  iterator = iter(_train(dataset, options, batch=3, worker_count=2))
+  try:
+    got = _take(iterator, 3)
+    state = iterator.get_state()
+    got.append(next(iterator))
+  finally:
+    iterator.close()
+  for want, batch in zip(expected, got):
+    np.testing.assert_array_equal(want['frames'], batch['frames'])
+  resumed = iter(_train(dataset, options, batch=3))  # A state saved with workers resumes without.
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)['frames'], expected[3]['frames'])
+
+
+@pytest.mark.parametrize('batch, shard_count', [(3, 1), (4, 1), (3, 2), (2, 3), (8, 3)])
+def test_eval_covers_every_record_once(dataset, batch, shard_count):
+  n = len(dataset)
+  per_host = pipeline.num_eval_batches(n, batch, shard_count)
+  records = []
+  for shard in range(shard_count):
+    batches = list(_eval(dataset, batch, shard_index=shard, shard_count=shard_count))
+    assert len(batches) == per_host == -(-n // (batch * shard_count))
+    for b in batches:
+      assert b['frames'].shape == (batch, T, S, S, 3) and b['frames'].dtype == np.float32
+      assert b['label'].dtype == np.int32 and b['mask'].dtype == np.bool_
+      assert np.all(b['frames'][~b['mask']] == 0) and np.all(b['label'][~b['mask']] == 0)
+      ids, frame_ids = _ids(b['frames'][b['mask']], dataset)
+      for i, f, label in zip(ids, frame_ids, b['label'][b['mask']]):
+        assert label == dataset[int(i)]['label']
+        np.testing.assert_array_equal(f, sampling.eval_indices(len(dataset[int(i)]['frames']), T))
+      records.extend(ids)
+  assert sorted(records) == list(range(n))
+
+
+def test_eval_is_deterministic_and_parallel_safe(dataset):
+  first = list(_eval(dataset, 4))
+  again = list(_eval(dataset, 4, worker_count=1))
+  assert len(first) == len(again) == 3
+  for a, b in zip(first, again):
+    for key in ('frames', 'label', 'mask'):
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_grey_and_encoded_frames():
+  """Sources may hold 2-D / 1-channel frames or JPEG bytes; all become RGB."""
+  grey = np.full((S, S), 100, np.uint8)
+  from ferjax.data import tfds_common
+  source = [
+      {'frames': [grey] * 3, 'label': 0},
+      {'frames': [grey[..., None]] * 5, 'label': 1},
+      {'frames': [tfds_common.encode_jpeg(np.full((S, S, 3), 100, np.uint8))] * 2, 'label': 2},
+  ]
+  batch = next(_eval(source, 3))
+  assert batch['frames'].shape == (3, T, S, S, 3)
+  np.testing.assert_allclose(batch['frames'], augment.normalize(np.full((3, T, S, S, 3), 100)), atol=0.05)
+  assert next(iter(_train(source, batch=3)))['frames'].shape == (3, T, S, S, 3)
+
+
+def test_bad_input(dataset):
+  with pytest.raises(ValueError, match=r'shard_index must be in \[0, 1\]; got 2'):
+    _train(dataset, shard_index=2, shard_count=2)
+  with pytest.raises(ValueError, match='batch_size_per_host must be >= 1'):
+    _eval(dataset, 0)
+  with pytest.raises(ValueError, match='worker_count must be >= 0'):
+    _train(dataset, worker_count=-1)
+  with pytest.raises(ValueError, match='3 records cannot be split over 4 hosts'):
+    _train([{'frames': [np.zeros((S, S, 3), np.uint8)], 'label': 0}] * 3, shard_index=0, shard_count=4)
+  with pytest.raises(ValueError, match=r'expected frames of shape .*got \(8, 8, 2\)'):
+    next(_eval([{'frames': [np.zeros((8, 8, 2), np.uint8)], 'label': 0}], 1))
