@@ -6,8 +6,8 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import identify
-from ferjax.data import augment, pipeline, sampling
+from conftest import build_sequence_dataset, identify
+from ferjax.data import augment, pipeline, sampling, tfds_common
 
 T, S = 4, 32
 PLAIN = augment.AugmentOptions.none()  # Identity: output frames can be traced back to their record.
@@ -16,7 +16,6 @@ PLAIN = augment.AugmentOptions.none()  # Identity: output frames can be traced b
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
   """10 records in fold_0 (3..9 frames each), 3 classes, 32 px."""
-  from conftest import build_sequence_dataset
   name, data_dir = build_sequence_dataset(tmp_path_factory.mktemp('data'),
                                           splits={'fold_0': 10, 'fold_1': 3})
   return tfds.data_source(name, split='fold_0', data_dir=data_dir)
@@ -169,7 +168,6 @@ def test_eval_is_deterministic_and_parallel_safe(dataset):
 def test_grey_and_encoded_frames():
   """Sources may hold 2-D / 1-channel frames or JPEG bytes; all become RGB."""
   grey = np.full((S, S), 100, np.uint8)
-  from ferjax.data import tfds_common
   source = [
       {'frames': [grey] * 3, 'label': 0},
       {'frames': [grey[..., None]] * 5, 'label': 1},
