@@ -133,22 +133,35 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
     n = self.builder_config.num_subjects
-    return {f'fold_{k}': self._generate_examples([i for i in range(n) if fold_of(i) == k])
-            for k in range(NUM_FOLDS)}
+    folds = [[i for i in range(n) if fold_of(i) == k] for k in range(NUM_FOLDS)]
+    workers = self._workers or min(4, len(os.sched_getaffinity(0)))
+    if workers <= 1:
+      return {f'fold_{k}': self._generate_examples(subjects) for k, subjects in enumerate(folds)}
+    # One pool for the whole build, all subjects submitted up front so that workers draw ahead while TFDS
+    # writes a fold. Forkserver because forking a process with TFDS/absl threads running is unsafe.
+    # Each subject is a pure function of its index and results are read in subject order, so the data do
+    # not depend on the number of workers.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context('forkserver'))
+    futures = [[pool.submit(subject_examples, i, self.builder_config) for i in subjects]
+               for subjects in folds]
+    remaining = [NUM_FOLDS]
+
+    def fold_examples(fold_futures):
+      try:
+        for future in fold_futures:
+          yield from future.result()
+      finally:
+        remaining[0] -= 1
+        if remaining[0] == 0:
+          pool.shutdown()
+
+    return {f'fold_{k}': fold_examples(f) for k, f in enumerate(futures)}
 
   def _generate_examples(self, subjects: list[int]):
-    cfg = self.builder_config
-    workers = self._workers or min(4, os.cpu_count() or 1)
-    if workers <= 1 or len(subjects) <= 1:
-      for i in subjects:
-        yield from subject_examples(i, cfg)
-      return
-    # Forkserver: forking a process that has TFDS/absl threads running is unsafe. Results come back in
-    # subject order and each subject is a pure function of its index, so the data do not depend on this.
-    ctx = multiprocessing.get_context('forkserver')
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-      for examples in pool.map(subject_examples, subjects, [cfg] * len(subjects)):
-        yield from examples
+    """In-process generation (workers=1); see `_split_generators` for the process pool."""
+    for i in subjects:
+      yield from subject_examples(i, self.builder_config)
 
 
 def build(data_dir: str, config: str = 'default', workers: int | None = None) -> Builder:
