@@ -17,7 +17,8 @@ def test_render_sequence_shape_and_determinism():
   b = faces.render_sequence(identity, 'fear', 9, 40, np.random.default_rng(5))
   assert a.shape == (9, 40, 40, 3) and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(a, faces.render_sequence(identity, 'fear', 9, 40, np.random.default_rng(6)))
+  c = faces.render_sequence(identity, 'fear', 9, 40, np.random.default_rng(6))
+  assert not np.array_equal(a, c)
 
 
 def test_identities_differ():
@@ -46,7 +47,8 @@ def test_contempt_is_one_sided_and_follows_the_subject():
     raised = 'lip_corner_up_r' if identity.contempt_side > 0 else 'lip_corner_up_l'
     lowered = 'lip_corner_up_l' if identity.contempt_side > 0 else 'lip_corner_up_r'
     assert aus[raised] == 1.0 and aus[lowered] == 0.0
-  # In the picture: head upright, no noise, drawn at 1x so that the face's midline is a pixel column;
+  # In the picture: head upright, no noise, drawn at 1x so that the face's midline is a pixel
+  # column;
   # then the change from neutral around the mouth is mirror-symmetric except in contempt.
   identity, px = _identity(1), 256
   cx, cy = identity.face_center
@@ -64,7 +66,8 @@ def test_contempt_is_one_sided_and_follows_the_subject():
     return np.abs(change - change[:, ::-1]).mean()
 
   for expression in faces.EXPRESSIONS:
-    if expression != 'contempt':  # anti-aliasing leaves < 1 grey level of asymmetry; contempt has ~13
+    # Anti-aliasing leaves < 1 grey level of asymmetry; contempt has ~13.
+    if expression != 'contempt':
       assert asymmetry(expression) < 1.5, expression
   assert asymmetry('contempt') > 5.0
 
@@ -77,8 +80,8 @@ def test_unknown_expression_is_a_clear_error():
 def test_expressions_are_separable_across_subjects():
   """A nearest-centroid classifier on (apex - first frame) images generalises to unseen subjects.
 
-  A crude pixel-space check that each expression changes the face in its own way regardless of identity
-  (chance is 1/7; the real models reach much more).
+  A crude pixel-space check that each expression changes the face in its own way regardless of
+  identity (chance is 1/7; the real models reach much more).
   """
   features, labels, subjects = [], [], []
   for s in range(28):

@@ -1,29 +1,30 @@
 """Procedural cartoon faces that move from neutral to an expression apex (OpenCV drawing only).
 
-The drawing is separated from the TFDS builder so that it can be looked at, tested and reused on its own:
+The drawing is separated from the TFDS builder so that it can be looked at, tested and reused on its
+own:
 
   identity = sample_identity(np.random.default_rng([BASE_SEED, 0, 7]))
   frames = render_sequence(identity, 'surprise', num_frames=16, size=64,
                            rng=np.random.default_rng(1))        # [16, 64, 64, 3] uint8 RGB
 
 Geometry lives in *normalised canvas units* (0..1 across the frame, y down). A frame is drawn at
-`size * supersample` pixels with anti-aliased primitives and shrunk with INTER_AREA, which keeps features that
-are 1–3 output pixels wide legible at 32–64 px.
+`size * supersample` pixels with anti-aliased primitives and shrunk with INTER_AREA, which keeps
+features that are 1–3 output pixels wide legible at 32–64 px.
 
-What varies between subjects (`Identity`): face and jaw shape, skin tone, hair colour and style, ear size,
-eye/brow/nose/mouth size and spacing, iris colour, clothes, background gradient, lighting direction and
-strength, brightness, sensor-noise level, resting head pose and how much the head moves. What varies between
-sequences of one subject: the number of frames, when the onset starts and the apex is reached, per-AU intensity
-(±~15 %), the head-motion path and the per-frame noise.
+What varies between subjects (`Identity`): face and jaw shape, skin tone, hair colour and style, ear
+size, eye/brow/nose/mouth size and spacing, iris colour, clothes, background gradient, lighting
+direction and strength, brightness, sensor-noise level, resting head pose and how much the head
+moves. What varies between sequences of one subject: the number of frames, when the onset starts and
+the apex is reached, per-AU intensity (±~15 %), the head-motion path and the per-frame noise.
 
-Expressions are built from action-unit-like controls (`AUS`, FACS numbers in brackets) whose apex values per
-expression are in `PROTOTYPES` (after the EMFACS prototypes). The choices that make the seven classes
-separable at 48–64 px: anger = lowered V-shaped brows + glabella furrows + pressed lips; contempt = ONE lip
-corner raised with a dimple (side fixed per subject); disgust = nose wrinkle + raised upper lip showing teeth +
-lowered corners; fear = raised-and-drawn-together brows + wide eyes + horizontally stretched open mouth;
-happiness = both corners up + open smile with teeth + cheek folds; sadness = inner brows raised (slanted the
-other way from anger) + corners down; surprise = high arched brows + forehead lines + wide eyes + round dropped
-jaw.
+Expressions are built from action-unit-like controls (`AUS`, FACS numbers in brackets) whose apex
+values per expression are in `PROTOTYPES` (after the EMFACS prototypes). The choices that make the
+seven classes separable at 48–64 px: anger = lowered V-shaped brows + glabella furrows + pressed
+lips; contempt = ONE lip corner raised with a dimple (side fixed per subject); disgust = nose
+wrinkle + raised upper lip showing teeth + lowered corners; fear = raised-and-drawn-together brows +
+wide eyes + horizontally stretched open mouth; happiness = both corners up + open smile with teeth +
+cheek folds; sadness = inner brows raised (slanted the other way from anger) + corners down;
+surprise = high arched brows + forehead lines + wide eyes + round dropped jaw.
 """
 
 import dataclasses
@@ -52,14 +53,15 @@ AUS = (
     'mouth_open',        # AU25/26/27 lips part, jaw drops
 )
 
-# Apex AU values per expression. Contempt's corner is mirrored per subject (`Identity.contempt_side`).
+# Apex AU values per expression. Contempt's corner is mirrored per subject
+# (`Identity.contempt_side`).
 PROTOTYPES = {
     'anger': dict(brow_lower=1.0, eye_open=-0.25, lip_press=1.0, lip_corner_down=0.25),
     'contempt': dict(lip_corner_up_r=1.0, eye_open=-0.15, brow_lower=0.15),
     'disgust': dict(nose_wrinkle=1.0, upper_lip_raise=1.0, brow_lower=0.55, lip_corner_down=0.7,
                     eye_open=-0.55, cheek_raise=0.3),
-    'fear': dict(brow_raise=0.8, brow_inner_raise=0.9, brow_lower=0.45, eye_open=1.0, lip_stretch=1.0,
-                 mouth_open=0.6),
+    'fear': dict(brow_raise=0.8, brow_inner_raise=0.9, brow_lower=0.45, eye_open=1.0,
+                 lip_stretch=1.0, mouth_open=0.6),
     'happiness': dict(lip_corner_up_l=1.0, lip_corner_up_r=1.0, cheek_raise=1.0, eye_open=-0.45,
                       mouth_open=0.6, lip_stretch=0.3),
     'sadness': dict(brow_inner_raise=1.0, lip_corner_down=1.0, eye_open=-0.4, brow_lower=0.15),
@@ -169,7 +171,7 @@ def sample_identity(rng: np.random.Generator) -> Identity:
 
 def expression_aus(expression: str, identity: Identity, intensity: float = 1.0,
                    jitter: dict[str, float] | None = None) -> dict[str, float]:
-  """AU values of `expression` at `intensity` (0 = neutral, 1 = apex), with optional per-AU factors."""
+  """AU values of `expression` at `intensity` (0 = neutral, 1 = apex), times per-AU factors."""
   if expression not in PROTOTYPES:
     raise ValueError(f'unknown expression {expression!r}; expected one of {EXPRESSIONS}')
   aus = dict.fromkeys(AUS, 0.0)
@@ -181,7 +183,7 @@ def expression_aus(expression: str, identity: Identity, intensity: float = 1.0,
 
 
 class _Pen:
-  """Draws in normalised canvas coordinates through a head pose (roll about the face centre + shift)."""
+  """Draws in normalised canvas units through a head pose (roll about the face centre + shift)."""
 
   def __init__(self, canvas: np.ndarray, center, roll_deg: float, shift):
     self.canvas = canvas
@@ -288,15 +290,16 @@ def _draw_brows(pen: _Pen, idn: Identity, au: dict[str, float]):
     inner_x = ex - s * idn.brow_len * (0.55 - 0.25 * au['brow_lower'])
     outer_x = ex + s * idn.brow_len * 0.6
     inner = (inner_x, base - up - inner_up + 2.2 * lower)
-    mid = (ex + s * idn.brow_len * 0.05, base - up * 1.15 - inner_up * 0.35 + lower * 0.8 - fh * 0.02)
+    mid = (ex + s * idn.brow_len * 0.05,
+           base - up * 1.15 - inner_up * 0.35 + lower * 0.8 - fh * 0.02)
     outer = (outer_x, base - up * 0.8 + lower * 0.4 + inner_up * 0.25)
     pen.line(_through(inner, mid, outer, 8), ink, idn.brow_thick)
   if au['brow_lower'] > 0.3:  # vertical glabella furrows between the lowered brows
     a = (au['brow_lower'] - 0.3) / 0.7
     for s in (-1, 1):
       x = cx + s * fw * 0.07
-      pen.line([(x, ey - idn.brow_gap + fh * 0.05), (x - s * fw * 0.02, ey - idn.brow_gap - fh * 0.09 * a)],
-               line_ink, 0.006)
+      top = (x - s * fw * 0.02, ey - idn.brow_gap - fh * 0.09 * a)
+      pen.line([(x, ey - idn.brow_gap + fh * 0.05), top], line_ink, 0.006)
   if au['brow_raise'] > 0.3:  # horizontal forehead lines above the raised brows
     a = (au['brow_raise'] - 0.3) / 0.7
     for k in range(3):
@@ -344,15 +347,15 @@ def _draw_nose(pen: _Pen, idn: Identity, au: dict[str, float]):
   for s in (-1, 1):
     pen.ellipse((cx + s * idn.nose_width * 0.55 * flare, tip - lift),
                 (idn.nose_width * 0.3 * flare, fh * 0.028), _shade(idn.skin, 0.45))
-  pen.ellipse((cx, tip - fh * 0.02 - lift), (idn.nose_width * 0.5, fh * 0.04), _shade(idn.skin, 0.92),
-              start=0, end=180)
+  pen.ellipse((cx, tip - fh * 0.02 - lift), (idn.nose_width * 0.5, fh * 0.04),
+              _shade(idn.skin, 0.92), start=0, end=180)
   if wr > 0.05:  # wrinkles across the bridge and the pulled-up skin at the nose wings (AU9)
     ink = _shade(idn.skin, 1.0 - 0.55 * wr)
     for k in range(3):
       y = top + idn.nose_len * (0.12 + 0.16 * k)
       w = idn.nose_width * (0.7 + 0.15 * k)
-      pen.line(_through((cx - w, y + fh * 0.01), (cx, y - fh * 0.012), (cx + w, y + fh * 0.01), 6), ink,
-               0.007)
+      arc = _through((cx - w, y + fh * 0.01), (cx, y - fh * 0.012), (cx + w, y + fh * 0.01), 6)
+      pen.line(arc, ink, 0.007)
     for s in (-1, 1):
       pen.line([(cx + s * idn.nose_width * 1.0, tip - lift - fh * 0.06),
                 (cx + s * idn.nose_width * 1.5, tip - lift + fh * 0.02)], ink, 0.007)
@@ -382,7 +385,8 @@ def _draw_mouth(pen: _Pen, idn: Identity, au: dict[str, float]):
   upper_out = upper_in - [0, thick * 1.05]
   lower_out = lower_in + [0, thick * 1.25]
   lip = _shade(idn.lip, 1.0 - 0.3 * press)
-  pen.polygon(np.concatenate([_through(left, upper_out, right), _through(right, lower_out, left)]), lip)
+  outline = np.concatenate([_through(left, upper_out, right), _through(right, lower_out, left)])
+  pen.polygon(outline, lip)
   is_open = gap + raise_ > fh * 0.012
   if is_open:
     inner_top = _through(left, upper_in, right)
@@ -415,8 +419,8 @@ def render_face(identity: Identity, aus: dict[str, float], size: int, *, roll: f
                 background: np.ndarray | None = None) -> np.ndarray:
   """One RGB uint8 [size, size, 3] frame of `identity` showing `aus`.
 
-  roll (degrees) and shift (canvas units) move the head on top of the subject's resting pose; `rng` draws the
-  per-frame sensor noise (no noise when None). `background` may pass a pre-drawn
+  roll (degrees) and shift (canvas units) move the head on top of the subject's resting pose; `rng`
+  draws the per-frame sensor noise (no noise when None). `background` may pass a pre-drawn
   `_draw_background(identity, size * supersample)` to save time when rendering many frames.
   """
   px = size * supersample
@@ -445,8 +449,8 @@ def _lighting(identity: Identity, size: int) -> np.ndarray:
 def intensity_curve(num_frames: int, onset: float, apex: float) -> np.ndarray:
   """Expression intensity per frame: 0 until `onset`, smooth (cosine) rise, 1 from `apex` on.
 
-  onset/apex are fractions of the sequence. Frame 0 is always exactly neutral and the last frame is always
-  the apex, as in CK+ and Oulu-CASIA sequences.
+  onset/apex are fractions of the sequence. Frame 0 is always exactly neutral and the last frame is
+  always the apex, as in CK+ and Oulu-CASIA sequences.
   """
   if num_frames < 2:
     raise ValueError(f'a sequence needs at least 2 frames (neutral and apex), got {num_frames}')
@@ -461,11 +465,11 @@ def intensity_curve(num_frames: int, onset: float, apex: float) -> np.ndarray:
 
 def render_sequence(identity: Identity, expression: str, num_frames: int, size: int,
                     rng: np.random.Generator, *, supersample: int = 4) -> np.ndarray:
-  """A neutral-to-apex sequence [num_frames, size, size, 3] uint8 RGB of `identity` showing `expression`.
+  """A neutral-to-apex sequence [num_frames, size, size, 3] uint8 RGB of `identity`, `expression`.
 
   From `rng`: onset in [0, 0.25] and apex in [0.6, 1.0] of the sequence, per-AU intensity factors in
-  [0.85, 1.15], an overall apex intensity in [0.85, 1.0], a smooth head-motion path (roll, shift) that starts
-  at the subject's resting pose, and per-frame noise.
+  [0.85, 1.15], an overall apex intensity in [0.85, 1.0], a smooth head-motion path (roll, shift)
+  that starts at the subject's resting pose, and per-frame noise.
   """
   onset, apex = rng.uniform(0.0, 0.25), rng.uniform(0.6, 1.0)
   strength = rng.uniform(0.85, 1.0)

@@ -1,22 +1,24 @@
 """synthetic_expressions: procedurally drawn faces going from neutral to one of 7 expressions.
 
-Generated in code (no download, no licence): every subject is a random cartoon identity (`faces.Identity`)
-that shows each of the seven CK+ expressions once, as an onset -> apex sequence. Splits `fold_0..fold_9`
-are by subject (subject i -> fold i % 10), like the CK+ and Oulu-CASIA 10-fold protocols, so a test fold only
-has unseen identities.
+Generated in code (no download, no licence): every subject is a random cartoon identity
+(`faces.Identity`) that shows each of the seven CK+ expressions once, as an onset -> apex sequence.
+Splits `fold_0..fold_9` are by subject (subject i -> fold i % 10), like the CK+ and Oulu-CASIA
+10-fold protocols, so a test fold only has unseen identities.
 
-Determinism: subject i's identity comes from `np.random.default_rng([BASE_SEED, 0, i])` and its sequence of
-expression k from `np.random.default_rng([BASE_SEED, 1, i, k])`; nothing uses global random state. Rebuilding
-the same version and config gives byte-identical records (OpenCV drawing and JPEG encoding are
-deterministic on one machine). Subject i looks the same in every config (only scaled).
+Determinism: subject i's identity comes from `np.random.default_rng([BASE_SEED, 0, i])` and its
+sequence of expression k from `np.random.default_rng([BASE_SEED, 1, i, k])`; nothing uses global
+random state. Rebuilding the same version and config gives records whose every field (JPEG bytes
+included) is byte-identical, whatever the number of worker processes. (The files' raw bytes can
+differ: TFDS serialises the tf.train.Example feature map in a per-process order.) Subject i looks
+the same in every config (only scaled).
 
 Prepare it (no TensorFlow needed) with
 
   import tfds_builders.synthetic_expressions as se
   se.build('~/tensorflow_datasets', config='default')     # or config='tiny'
 
-or `tfds build tfds_builders/synthetic_expressions --config=default --file_format=array_record`, then read
-with `tfds.data_source('synthetic_expressions/default', split='fold_0', data_dir=...)`.
+or `tfds build tfds_builders/synthetic_expressions --config=default --file_format=array_record`,
+then read with `tfds.data_source('synthetic_expressions/default', split='fold_0', data_dir=...)`.
 """
 
 import concurrent.futures
@@ -41,10 +43,10 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
   """How much data to draw and at what size.
 
   Attributes:
-    num_subjects: subjects s000, s001, ...; each gives 7 sequences. Must be >= 10 so every fold has one.
+    num_subjects: subjects s000, s001, ...; each gives 7 sequences. At least 10 (one per fold).
     image_size: frames are image_size x image_size RGB.
     min_frames / max_frames: sequence length, uniform in [min_frames, max_frames] per sequence.
-    supersample: frames are drawn at image_size * supersample and shrunk (anti-aliasing of thin features).
+    supersample: frames are drawn at image_size * supersample and shrunk (anti-aliases thin lines).
     jpeg_quality: OpenCV JPEG quality of the stored frames.
   """
   num_subjects: int = 100
@@ -65,7 +67,7 @@ def fold_of(index: int) -> int:
 
 
 def subject_examples(index: int, config: SyntheticExpressionsConfig) -> list[tuple[str, dict]]:
-  """The 7 (key, example) pairs of subject `index`; a pure function of (index, config, BASE_SEED)."""
+  """The 7 (key, example) pairs of subject `index`: a pure function of (index, config)."""
   identity = faces.sample_identity(np.random.default_rng([BASE_SEED, 0, index]))
   subject = subject_id(index)
   out = []
@@ -111,16 +113,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   @tfds.core.utils.classproperty
   @classmethod
   def code_path(cls) -> epath.Path:
-    # TFDS's own lookup evaluates `importlib_resources.abc.Traversable` for package modules, and that
-    # backport is only a dependency on Python < 3.9: on newer Pythons it raises ModuleNotFoundError.
+    # TFDS's own lookup evaluates `importlib_resources.abc.Traversable` for package modules, and
+    # that backport is only a dependency on Python < 3.9: here it raises ModuleNotFoundError.
     return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     if cfg.num_subjects < NUM_FOLDS:
-      raise ValueError(f'num_subjects must be >= {NUM_FOLDS} (one per fold), got {cfg.num_subjects}')
+      raise ValueError(
+          f'num_subjects must be >= {NUM_FOLDS} (one per fold), got {cfg.num_subjects}')
     if not 2 <= cfg.min_frames <= cfg.max_frames:
-      raise ValueError(f'need 2 <= min_frames <= max_frames, got {cfg.min_frames}, {cfg.max_frames}')
+      raise ValueError(
+          f'need 2 <= min_frames <= max_frames, got {cfg.min_frames}, {cfg.max_frames}')
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split('\n\n')[0],
@@ -137,9 +141,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     workers = self._workers or min(4, len(os.sched_getaffinity(0)))
     if workers <= 1:
       return {f'fold_{k}': self._generate_examples(subjects) for k, subjects in enumerate(folds)}
-    # One pool for the whole build, all subjects submitted up front so that workers draw ahead while TFDS
+    # One pool for the whole build, all subjects submitted up front so that workers draw ahead
+    # while TFDS
     # writes a fold. Forkserver because forking a process with TFDS/absl threads running is unsafe.
-    # Each subject is a pure function of its index and results are read in subject order, so the data do
+    # Each subject is a pure function of its index and results are read in subject order, so
+    # the data do
     # not depend on the number of workers.
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context('forkserver'))
@@ -165,7 +171,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 def build(data_dir: str, config: str = 'default', workers: int | None = None) -> Builder:
-  """Draws and writes the dataset (ArrayRecord) under data_dir if it is not there yet; returns the builder."""
+  """Writes the dataset (ArrayRecord) under data_dir unless it is there; returns the builder."""
   builder = Builder(config=config, data_dir=os.path.expanduser(data_dir), workers=workers)
   builder.download_and_prepare(file_format='array_record')
   return builder

@@ -1,7 +1,7 @@
 """Builds the `tiny` config for real (TFDS + ArrayRecord, no TensorFlow) and checks what comes back.
 
-tfds.testing.DatasetBuilderTestCase needs TensorFlow and dill, which ferjax does not install, so this is a
-plain pytest that runs download_and_prepare and reads the result with tfds.data_source.
+tfds.testing.DatasetBuilderTestCase needs TensorFlow and dill, which ferjax does not install, so
+this is a plain pytest that runs download_and_prepare and reads the result with tfds.data_source.
 """
 
 import glob
@@ -17,7 +17,8 @@ from tensorflow_datasets.proto import tf_example_pb2
 import tfds_builders.synthetic_expressions as synthetic_expressions
 from ferjax.data import tfds_common
 from tfds_builders.synthetic_expressions import faces
-from tfds_builders.synthetic_expressions import synthetic_expressions_dataset_builder as builder_module
+from tfds_builders.synthetic_expressions import (
+    synthetic_expressions_dataset_builder as builder_module)
 
 _CLASSES = ['anger', 'contempt', 'disgust', 'fear', 'happiness', 'sadness', 'surprise']
 
@@ -38,9 +39,9 @@ def _read_all(data_dir):
 def _canonical_records(data_dir):
   """Every stored record, re-serialised with sorted map keys.
 
-  TFDS serialises tf.train.Example maps in an order that changes from process to process (upb's map hash
-  seed), so the files' raw bytes differ between builds although every record holds the same values; the
-  canonical form compares those values byte for byte, JPEG bytes included.
+  TFDS serialises tf.train.Example maps in an order that changes from process to process (upb's map
+  hash seed), so the files' raw bytes differ between builds although every record holds the same
+  values; the canonical form compares those values byte for byte, JPEG bytes included.
   """
   out = {}
   pattern = os.path.join(data_dir, 'synthetic_expressions', 'tiny', '*', '*.array_record*')
