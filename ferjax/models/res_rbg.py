@@ -1,0 +1,141 @@
+"""Res-RBG (Mou et al., Sensors 2025): per-frame ResNet + G-ECA, then residual (Bi)GRU blocks.
+
+``ResRBG`` folds time into the batch, runs a ResNet (G-ECA in every block by default) on each
+frame, pools each frame to a feature vector (2048-d for ResNet-50 at width 64), runs
+``rbg_blocks`` RBG blocks over time, pools over time, applies dropout and a linear classifier.
+
+RBG block (Algorithm 1 of the paper): six stacked layers, layers 1–2 GRU, layers 3–6
+BatchNorm → ReLU → BiGRU, with residual connections. The paper leaves open, and this project
+chooses (all exposed as arguments):
+
+* the hidden size ``hidden`` (per direction for BiGRUs) — default 512 (see ``create_model``);
+* the BiGRU merge — default 'concat' (PyTorch's ``bidirectional=True`` layout, 2 * hidden);
+* residual connections on every layer whose input and output widths match (``residual=True``):
+  with the defaults these are layers 2, 4, 5, 6 (layer 1 maps 2048 → hidden, layer 3 maps
+  hidden → 2 * hidden); with merge 'sum'/'mean' also layer 3;
+* BatchNorm over the feature axis, statistics over batch and time;
+* temporal pooling ('mean' over frames, or the 'last' frame) and dropout rate before the
+  classifier (default 0.5).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ferjax.models import recurrent
+from ferjax.models import resnet
+
+POOLING_MODES = ('mean', 'last')
+
+
+class RBGBlock(nnx.Module):
+  """One RBG block: GRU, GRU, then 4 x (BatchNorm → ReLU → BiGRU), residual where widths match.
+
+  Submodules: ``gru`` (list of 2 ``GRU``), ``norm`` and ``bigru`` (lists of 4; layer ``l`` of the
+  paper, l = 3..6, is ``norm[l-3]`` + ``bigru[l-3]``).
+  """
+
+  def __init__(self, in_features: int, hidden: int, *, merge: str = 'concat',
+               residual: bool = True, dtype=None, unroll: int | bool = 1, rngs: nnx.Rngs):
+    self.residual = residual
+    grus, norms, bigrus = [], [], []
+    d = in_features
+    for _ in range(2):
+      grus.append(recurrent.GRU(d, hidden, dtype=dtype, unroll=unroll, rngs=rngs))
+      d = hidden
+    for _ in range(4):
+      norms.append(nnx.BatchNorm(d, momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON,
+                                 dtype=dtype, rngs=rngs))
+      bigru = recurrent.BiGRU(d, hidden, merge=merge, dtype=dtype, unroll=unroll, rngs=rngs)
+      bigrus.append(bigru)
+      d = bigru.out_features
+    self.gru = nnx.List(grus)
+    self.norm = nnx.List(norms)
+    self.bigru = nnx.List(bigrus)
+    self.out_features = d
+
+  def _add(self, y, x):
+    return y + x if self.residual and y.shape == x.shape else y
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Maps [B, T, in_features] to [B, T, out_features]."""
+    for gru in self.gru:
+      y, _ = gru(x)
+      x = self._add(y, x)
+    for norm, bigru in zip(self.norm, self.bigru):
+      y = jax.nn.relu(norm(x, use_running_average=not train))
+      y, _ = bigru(y)
+      x = self._add(y, x)
+    return x
+
+
+class ResRBG(nnx.Module):
+  """Res-RBG classifier for frame sequences.
+
+  Top-level components (also the groups of ``count_params``): ``backbone`` (ResNet), ``temporal``
+  (list of ``RBGBlock``), ``head`` (Linear). ``dropout`` has no state; it draws its mask from the
+  ``rngs`` passed at call time.
+
+  Args:
+    num_classes: number of expression classes.
+    backbone: 'resnet18' | 'resnet34' | 'resnet50'.
+    width: ResNet base width (64 = standard).
+    stage_sizes: optional ResNet stage depths override.
+    attention: channel attention in every ResNet block ('none' | 'se' | 'eca' | 'geca').
+    attention_kwargs: extra arguments for the attention module (e.g. ``{'variant': 'ghost'}``).
+    rbg_blocks: number of RBG blocks (0 = pool the frame features directly).
+    hidden: GRU hidden size (per direction).
+    merge: BiGRU merge ('concat' | 'sum' | 'mean').
+    pooling: temporal pooling ('mean' | 'last').
+    dropout: dropout rate before the classifier.
+    dtype: compute dtype (float32 or bfloat16); parameters are float32, logits float32.
+    unroll: ``lax.scan`` unroll factor of the recurrent layers.
+  """
+
+  def __init__(self, num_classes: int, *, backbone: str = 'resnet50', width: int = 64,
+               stage_sizes=None, attention: str = 'geca', attention_kwargs: dict | None = None,
+               rbg_blocks: int = 2, hidden: int = 512, merge: str = 'concat',
+               pooling: str = 'mean', dropout: float = 0.5, dtype=jnp.float32,
+               unroll: int | bool = 1, rngs: nnx.Rngs):
+    if pooling not in POOLING_MODES:
+      raise ValueError(f'Unknown pooling {pooling!r}; expected one of {POOLING_MODES}.')
+    if rbg_blocks < 0:
+      raise ValueError(f'rbg_blocks must be >= 0, got {rbg_blocks}.')
+    if not 0.0 <= dropout < 1.0:
+      raise ValueError(f'dropout must be in [0, 1), got {dropout}.')
+    self.pooling = pooling
+    self.dtype = dtype
+    self.backbone = resnet.ResNet(backbone, width=width, stage_sizes=stage_sizes,
+                                  attention=attention, attention_kwargs=attention_kwargs,
+                                  dtype=dtype, rngs=rngs)
+    blocks = []
+    d = self.backbone.num_features
+    for _ in range(rbg_blocks):
+      blocks.append(RBGBlock(d, hidden, merge=merge, dtype=dtype, unroll=unroll, rngs=rngs))
+      d = blocks[-1].out_features
+    self.temporal = nnx.List(blocks)
+    self.dropout = nnx.Dropout(dropout)
+    self.head = nnx.Linear(d, num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, frames: jax.Array, *, train: bool = False,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Logits float32 [B, num_classes] for normalised frames [B, T, H, W, 3].
+
+    ``train=True`` uses batch statistics in BatchNorm (and updates the running averages) and
+    applies dropout with masks drawn from ``rngs`` (stream 'dropout', else the default stream).
+    """
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+      raise ValueError(f'ResRBG expects frames [B, T, H, W, 3], got shape {frames.shape}.')
+    if train and self.dropout.rate > 0 and rngs is None:
+      raise ValueError('ResRBG(train=True) with dropout > 0 needs `rngs` (e.g. '
+                       'nnx.Rngs(dropout=key)) at call time; modules store no RNG state.')
+    b, t = frames.shape[:2]
+    x = self.backbone(frames.reshape(b * t, *frames.shape[2:]), train)
+    x = x.reshape(b, t, x.shape[-1])
+    for block in self.temporal:
+      x = block(x, train)
+    x = jnp.mean(x, axis=1) if self.pooling == 'mean' else x[:, -1]
+    x = self.dropout(x, deterministic=not train, rngs=rngs)
+    return self.head(x).astype(jnp.float32)

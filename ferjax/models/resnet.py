@@ -1,0 +1,204 @@
+"""ResNet-18/34/50 (He et al., 2016) in Flax NNX, NHWC, with a channel-attention slot per block.
+
+Module names follow torchvision's layout so its state dicts map 1:1 (see ``convert.py``):
+``conv1, bn1, layer1..layer4`` (lists of blocks), blocks with ``conv1/bn1/conv2/bn2[/conv3/bn3]``,
+``downsample.conv``/``downsample.bn`` (torchvision's ``downsample.0``/``downsample.1``) and an
+optional classifier ``fc``. Padding is explicit and symmetric as in torchvision (``SAME`` would pad
+stride-2 layers asymmetrically), so imported weights reproduce torchvision's outputs.
+
+Channel attention (``attention.py``) sits after each block's last BatchNorm and before the residual
+addition; its parameters are named ``attn``. Width (``width``, 64 = standard) and ``stage_sizes``
+are configurable so tests can build tiny networks.
+
+BatchNorm follows PyTorch's defaults: epsilon 1e-5, momentum 0.9 in Flax's convention (= PyTorch's
+0.1). Mode is chosen at call time: ``train=True`` uses batch statistics and updates the running
+averages, ``train=False`` uses the running averages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ferjax.models import attention as attention_lib
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+# torchvision's init for convolutions: kaiming normal, fan_out, ReLU gain.
+conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetSpec:
+  """Architecture of a ResNet family member."""
+  block: str  # 'basic' | 'bottleneck'
+  stage_sizes: tuple[int, ...]
+
+  @property
+  def expansion(self) -> int:
+    return 4 if self.block == 'bottleneck' else 1
+
+
+RESNET_SPECS = {
+    'resnet18': ResNetSpec('basic', (2, 2, 2, 2)),
+    'resnet34': ResNetSpec('basic', (3, 4, 6, 3)),
+    'resnet50': ResNetSpec('bottleneck', (3, 4, 6, 3)),
+}
+
+
+def _conv(cin, cout, k, stride=1, *, dtype, rngs):
+  pad = (k - 1) // 2
+  return nnx.Conv(cin, cout, (k, k), (stride, stride), padding=((pad, pad), (pad, pad)),
+                  use_bias=False, kernel_init=conv_init, dtype=dtype, rngs=rngs)
+
+
+def _bn(c, *, dtype, rngs, zero_scale=False):
+  return nnx.BatchNorm(c, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
+                       scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
+                       rngs=rngs)
+
+
+class Downsample(nnx.Module):
+  """1x1 strided projection + BatchNorm on the shortcut (torchvision's ``downsample``)."""
+
+  def __init__(self, cin, cout, stride, *, dtype, rngs):
+    self.conv = _conv(cin, cout, 1, stride, dtype=dtype, rngs=rngs)
+    self.bn = _bn(cout, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, train: bool):
+    return self.bn(self.conv(x), use_running_average=not train)
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convolutions (ResNet-18/34). Stride sits on ``conv1``."""
+  expansion = 1
+
+  def __init__(self, cin, planes, stride=1, *, attention='none', attention_kwargs=None,
+               zero_init_residual=False, dtype=None, rngs: nnx.Rngs):
+    cout = planes * self.expansion
+    self.conv1 = _conv(cin, planes, 3, stride, dtype=dtype, rngs=rngs)
+    self.bn1 = _bn(planes, dtype=dtype, rngs=rngs)
+    self.conv2 = _conv(planes, cout, 3, dtype=dtype, rngs=rngs)
+    self.bn2 = _bn(cout, dtype=dtype, rngs=rngs, zero_scale=zero_init_residual)
+    self.attn = attention_lib.make_attention(attention, cout, dtype=dtype, rngs=rngs,
+                                             **(attention_kwargs or {}))
+    self.downsample = (Downsample(cin, cout, stride, dtype=dtype, rngs=rngs)
+                       if stride != 1 or cin != cout else None)
+
+  def __call__(self, x, train: bool = False):
+    ura = not train
+    y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
+    y = self.bn2(self.conv2(y), use_running_average=ura)
+    if self.attn is not None:
+      y = self.attn(y)
+    shortcut = x if self.downsample is None else self.downsample(x, train)
+    return jax.nn.relu(y + shortcut)
+
+
+class Bottleneck(nnx.Module):
+  """1x1 → 3x3 (strided, torchvision "v1.5") → 1x1 with expansion 4 (ResNet-50)."""
+  expansion = 4
+
+  def __init__(self, cin, planes, stride=1, *, attention='none', attention_kwargs=None,
+               zero_init_residual=False, dtype=None, rngs: nnx.Rngs):
+    cout = planes * self.expansion
+    self.conv1 = _conv(cin, planes, 1, dtype=dtype, rngs=rngs)
+    self.bn1 = _bn(planes, dtype=dtype, rngs=rngs)
+    self.conv2 = _conv(planes, planes, 3, stride, dtype=dtype, rngs=rngs)
+    self.bn2 = _bn(planes, dtype=dtype, rngs=rngs)
+    self.conv3 = _conv(planes, cout, 1, dtype=dtype, rngs=rngs)
+    self.bn3 = _bn(cout, dtype=dtype, rngs=rngs, zero_scale=zero_init_residual)
+    self.attn = attention_lib.make_attention(attention, cout, dtype=dtype, rngs=rngs,
+                                             **(attention_kwargs or {}))
+    self.downsample = (Downsample(cin, cout, stride, dtype=dtype, rngs=rngs)
+                       if stride != 1 or cin != cout else None)
+
+  def __call__(self, x, train: bool = False):
+    ura = not train
+    y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ura))
+    y = jax.nn.relu(self.bn2(self.conv2(y), use_running_average=ura))
+    y = self.bn3(self.conv3(y), use_running_average=ura)
+    if self.attn is not None:
+      y = self.attn(y)
+    shortcut = x if self.downsample is None else self.downsample(x, train)
+    return jax.nn.relu(y + shortcut)
+
+
+class ResNet(nnx.Module):
+  """ResNet feature extractor (and optional classifier) on NHWC images.
+
+  Args:
+    arch: 'resnet18' | 'resnet34' | 'resnet50'.
+    width: channels of the stem and first stage (64 = the standard network); stage ``i`` has
+      ``width * 2**i`` planes.
+    stage_sizes: blocks per stage, overriding the architecture's (e.g. ``(1, 1, 1, 1)`` in tests).
+    attention: channel attention in every block: 'none' | 'se' | 'eca' | 'geca'.
+    attention_kwargs: extra arguments for the attention module (e.g. ``{'variant': 'ghost'}``).
+    num_classes: if set, adds a linear classifier ``fc`` on the pooled features.
+    zero_init_residual: start each block's last BN scale at 0 (torchvision's option; default off).
+    dtype: compute dtype (parameters stay float32).
+
+  ``__call__(x, train=False)`` returns pooled features [N, num_features] (or logits [N,
+  num_classes] when ``fc`` exists); ``features(x, train)`` returns the last feature map.
+  """
+
+  def __init__(self, arch: str = 'resnet50', *, width: int = 64,
+               stage_sizes: Sequence[int] | None = None, attention: str = 'none',
+               attention_kwargs: dict | None = None, num_classes: int | None = None,
+               zero_init_residual: bool = False, dtype=None, rngs: nnx.Rngs):
+    if arch not in RESNET_SPECS:
+      raise ValueError(f'Unknown ResNet {arch!r}; expected one of {sorted(RESNET_SPECS)}.')
+    spec = RESNET_SPECS[arch]
+    stage_sizes = tuple(stage_sizes) if stage_sizes is not None else spec.stage_sizes
+    if len(stage_sizes) != 4 or any(int(s) < 1 for s in stage_sizes):
+      raise ValueError(f'stage_sizes must be 4 positive ints, got {stage_sizes}.')
+    if width < 1:
+      raise ValueError(f'width must be >= 1, got {width}.')
+    block_cls = Bottleneck if spec.block == 'bottleneck' else BasicBlock
+    self.arch = arch
+    self.stage_sizes = stage_sizes
+    self.dtype = dtype
+
+    self.conv1 = nnx.Conv(3, width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+                          kernel_init=conv_init, dtype=dtype, rngs=rngs)
+    self.bn1 = _bn(width, dtype=dtype, rngs=rngs)
+    cin = width
+    for i, n_blocks in enumerate(stage_sizes):
+      planes = width * 2**i
+      blocks = []
+      for j in range(n_blocks):
+        stride = 2 if (i > 0 and j == 0) else 1
+        blocks.append(block_cls(cin, planes, stride, attention=attention,
+                                attention_kwargs=attention_kwargs,
+                                zero_init_residual=zero_init_residual, dtype=dtype, rngs=rngs))
+        cin = planes * block_cls.expansion
+      setattr(self, f'layer{i + 1}', nnx.List(blocks))
+    self.num_features = cin
+    self.fc = (nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
+               if num_classes is not None else None)
+
+  @property
+  def layers(self):
+    return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+  def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Last feature map [N, H/32, W/32, num_features] of NHWC images ``x``."""
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f'ResNet expects NHWC images with 3 channels, got shape {x.shape}.')
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
+    x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for stage in self.layers:
+      for block in stage:
+        x = block(x, train)
+    return x
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    y = jnp.mean(self.features(x, train), axis=(1, 2))
+    return self.fc(y) if self.fc is not None else y
