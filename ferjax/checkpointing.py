@@ -24,9 +24,18 @@ class CheckpointMismatchError(ValueError):
   """The workdir's checkpoint belongs to a different model or config."""
 
 
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """'params/backbone/conv1/kernel/value' -> shape; the same names for live and saved trees."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(path): tuple(getattr(leaf, 'shape', ())) for path, leaf in leaves}
+  return {'/'.join(map(_key_name, path)): tuple(getattr(leaf, 'shape', ()))
+          for path, leaf in leaves}
 
 
 def _diff(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = '') -> list[str]:
@@ -110,6 +119,10 @@ class Checkpointer:
     bad = [f'{k}: {saved_shapes.get(k)} in the checkpoint, {current_shapes.get(k)} now'
            for k in sorted(set(saved_shapes) | set(current_shapes))
            if saved_shapes.get(k) != current_shapes.get(k)]
+    if bad and all(line.startswith('opt_state/') for line in bad):
+      raise CheckpointMismatchError(
+          f'{where} holds optimizer state of another kind (train.optimizer or train.grad_clip '
+          f'changed?): {"; ".join(bad[:2])}. Use the training settings it was saved with.')
     if bad:
       raise CheckpointMismatchError(
           f'{where} does not fit this model ({len(bad)} arrays differ, e.g. {"; ".join(bad[:3])}). '

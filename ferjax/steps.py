@@ -85,9 +85,9 @@ def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, label_s
   params = optax.apply_updates(state.params, updates)
   correct = (jnp.argmax(logits, -1) == batch['label']).sum()
   metrics = {'loss': loss, 'correct': correct, 'count': jnp.asarray(logits.shape[0]),
-             'grad_norm': optax.global_norm(grads),
+             'grad_norm': optax.tree.norm(grads),
              # Checked on the host before every save, so no checkpoint ever holds NaN/inf.
-             'nonfinite': (~(jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(params))))
+             'nonfinite': (~(jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))))
                           .astype(jnp.int32)}
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                             opt_state=opt_state)
