@@ -65,7 +65,7 @@ def _build_res_rbg(config, num_classes: int, *, rngs: nnx.Rngs) -> res_rbg.ResRB
     if int(c[key]) < 1:
       raise ValueError(f'model.{key} must be a positive int, got {c[key]!r}.')
   attention_kwargs = {'variant': c['geca_variant']} if c['attention'] == 'geca' else None
-  stage_sizes = tuple(c['stage_sizes']) if c['stage_sizes'] is not None else None
+  stage_sizes = tuple(c['stage_sizes']) or None  # () means the backbone's standard depths.
   return res_rbg.ResRBG(
       num_classes, backbone=c['backbone'], width=int(c['width']), stage_sizes=stage_sizes,
       attention=c['attention'], attention_kwargs=attention_kwargs,
