@@ -170,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   step = int(state.step)
   last_saved = step
-  pending, t0, t0_step = [], time.perf_counter(), step
+  pending, t0, t0_step = [], None, step
   while step < total_steps:
     batch = sharding.global_batch(next(train_iter), mesh)
     state, step_metrics = train_fn(state, batch)
@@ -186,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f'checkpoint (step {last_saved if checkpointer.latest_step is not None else "none"}) '
             f'is kept in {checkpointer.directory}. Lower train.learning_rate or set '
             f'train.grad_clip.')
-      rate = (step - t0_step) / (time.perf_counter() - t0)
+      rate = (step - t0_step) / (time.perf_counter() - t0) if t0 and step > t0_step else 0.0
       scalars = {'loss': summed['loss'] / len(pending),
                  'accuracy': summed['correct'] / summed['count'],
                  'grad_norm': summed['grad_norm'] / len(pending), 'steps_per_sec': rate}
@@ -207,7 +207,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       checkpointer.close()
       _log(f'Preempted: saved step {step}; rerun the same command to resume.')
       sys.exit(0)
-    if step == t0_step + 1:  # Do not count compilation in steps/s.
+    if t0 is None:  # Start the clock after the first (compiling) step.
+      jax.block_until_ready(state)
       t0, t0_step = time.perf_counter(), step
 
   report = evaluate(eval_fn, state, eval_batches(splits.test), mesh, dataset.class_names)
