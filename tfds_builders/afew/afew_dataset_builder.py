@@ -21,7 +21,6 @@ or from Python::
 
 from pathlib import Path
 
-from etils import epath
 import tensorflow_datasets as tfds
 
 from tfds_builders import sequence_builder
@@ -51,12 +50,6 @@ the manual dir (they may sit in different folders); the builder searches for:
 {layout.EXPECTED_LAYOUT}
 Other folders inside them (e.g. AlignedFaces_LBPTOP_Points) are ignored.
 """
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # TFDS's default lookup needs the `importlib_resources` backport, absent on Python >= 3.9.
-    return epath.Path(__file__)
 
   def _find_sources(self, manual_dir: Path) -> list[sequence_builder.SequenceSource]:
     clips = layout.find_clips(manual_dir)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from ferjax.data import protocols
 from tfds_builders import sequence_builder
 from tfds_builders.afew import afew_dataset_builder as builder_lib
 
@@ -86,6 +87,17 @@ def test_no_face_and_undecodable_clips_skipped_and_recorded(data_dir):
   assert skipped['train/Neutral/000999999']['split'] == 'train'
   assert 'MediaError' in skipped['validation/Fear/002233445']['reason']
   assert skipped['validation/Fear/002233445']['path'].endswith('Val_AFEW/Fear/002233445.avi')
+
+
+def test_protocol_trains_on_train_and_tests_on_validation(data_dir):
+  available = protocols.dataset_splits('afew/test', data_dir=str(data_dir))
+  assert protocols.num_folds(available) == 1
+  splits = protocols.splits_for(available, 0)
+  assert (splits.train, splits.validation, splits.test) == ('train', None, 'validation')
+  ids = {split: {ex['sequence_id'] for ex in tfds.data_source('afew/test', split=split,
+                                                              data_dir=data_dir)}
+         for split in ('train', 'validation')}
+  assert not ids['train'] & ids['validation']
 
 
 def test_wrong_manual_dir_names_expected_folders(tmp_path):

@@ -23,7 +23,6 @@ import dataclasses
 from pathlib import Path
 
 from absl import logging
-from etils import epath
 import tensorflow_datasets as tfds
 
 from tfds_builders import sequence_builder
@@ -55,12 +54,6 @@ dir; the builder searches for:
 Subject and label are read from the folder names (file names have typos). Videos that are not below a
 'sentence <m>' folder (subject 6's long unsegmented recordings) are excluded and reported.
 """
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # TFDS's default lookup needs the `importlib_resources` backport, absent on Python >= 3.9.
-    return epath.Path(__file__)
 
   def _find_sources(self, manual_dir: Path) -> list[sequence_builder.SequenceSource]:
     clips, excluded = layout.find_clips(manual_dir)

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from ferjax.data import protocols
 from tfds_builders import sequence_builder
 from tfds_builders.enterface05 import enterface05_dataset_builder as builder_lib
 
+NAME = 'enterface05/test'
 DUMMY_DATA = pathlib.Path(__file__).resolve().parent / 'dummy_data'
 TEST_CONFIG = sequence_builder.SequenceConfig(name='test', size=32, max_frames=8,
                                               description='tiny crops for tests')
@@ -84,6 +86,27 @@ def test_subject_6_excluded_and_recorded(data_dir):
   assert metadata['num_excluded'] == 2
   assert metadata['num_skipped'] == 0
   assert metadata['subjects'] == ['3', '11', '12', '14', '16', '23']
+
+
+def test_no_subject_in_train_and_test_of_any_fold(data_dir):
+  """Leave-one-subject-out: for every fold (with or without a held-out validation subject) the train,
+  validation and test sets share no subject."""
+  examples = _read_all(data_dir)
+  subjects_by_split = collections.defaultdict(set)
+  for ex in examples.values():
+    subjects_by_split[ex['split']].add(ex['subject'])
+  available = protocols.dataset_splits(NAME, data_dir=str(data_dir))
+  assert protocols.num_folds(available) == len(SPLITS)
+  for fold in range(len(SPLITS)):
+    for holdout in (False, True):
+      splits = protocols.splits_for(available, fold, holdout_validation=holdout)
+      parts = [splits.train, splits.test] + ([splits.validation] if splits.validation else [])
+      subject_sets = [set().union(*(subjects_by_split[s] for s in p.split('+'))) for p in parts]
+      assert all(subject_sets), (fold, holdout, parts)
+      for i, a in enumerate(subject_sets):
+        for b in subject_sets[i + 1:]:
+          assert not a & b, (fold, holdout, a & b)
+      assert len(subject_sets[1]) == 1  # The test set is exactly one subject.
 
 
 def test_wrong_manual_dir_names_expected_folders(tmp_path):

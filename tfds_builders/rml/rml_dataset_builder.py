@@ -22,7 +22,6 @@ import dataclasses
 from pathlib import Path
 
 from absl import logging
-from etils import epath
 import tensorflow_datasets as tfds
 
 from tfds_builders import sequence_builder
@@ -52,12 +51,6 @@ the builder searches for:
 {layout.EXPECTED_LAYOUT}
 The speaker comes from the s<n> folder, the label from the first two letters of the file name.
 """
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # TFDS's default lookup needs the `importlib_resources` backport, absent on Python >= 3.9.
-    return epath.Path(__file__)
 
   def _find_sources(self, manual_dir: Path) -> list[sequence_builder.SequenceSource]:
     clips, excluded = layout.find_clips(manual_dir)
