@@ -7,7 +7,8 @@ Needs PyTorch (not a ferjax dependency): ``pip install torch`` then, from the re
 * ``uni.<name>`` / ``bi.<name>``: the state dicts of a 1-layer unidirectional and a 1-layer
   bidirectional ``torch.nn.GRU(batch_first=True)`` (``weight_ih_l0``, ..., ``*_l0_reverse``);
 * ``uni.out``/``uni.h_n`` and ``bi.out``/``bi.h_n``: sequence outputs and final states from zero
-  initial states, and ``uni.out_h0``/``uni.h_n_h0``, ``bi.out_h0``/``bi.h_n_h0`` from ``h0``.
+  initial states, and ``uni.out_h0``/``uni.h_n_h0``, ``bi.out_h0``/``bi.h_n_h0`` from ``h0``;
+* ``bi2.*``: the same for a 2-layer bidirectional GRU (zero initial states).
 """
 
 import argparse
@@ -38,6 +39,12 @@ def main():
       out_h0, h_n_h0 = gru(x, init)
     arrays.update({f'{prefix}.out': out, f'{prefix}.h_n': h_n,
                    f'{prefix}.out_h0': out_h0, f'{prefix}.h_n_h0': h_n_h0})
+  # A 2-layer bidirectional GRU: shows how num_layers > 1 maps (layer k = suffix _l{k}).
+  gru = torch.nn.GRU(F, H, num_layers=2, batch_first=True, bidirectional=True)
+  for name, value in gru.state_dict().items():
+    arrays[f'bi2.{name}'] = value
+  with torch.no_grad():
+    arrays['bi2.out'], arrays['bi2.h_n'] = gru(x)
   arrays = {k: v.detach().numpy().astype(np.float32) for k, v in arrays.items()}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   args.out = os.path.normpath(args.out)
