@@ -2,8 +2,12 @@
 
 Usage::
 
-  python scripts/make_dummy_data_videos.py                 # all three
+  python scripts/make_dummy_data_videos.py                       # all three
   python scripts/make_dummy_data_videos.py enterface05 afew
+  python scripts/make_dummy_data_videos.py rml --out /tmp/rml    # somewhere else
+
+One function per dataset, registered in ``DATASETS`` (name -> function(out_dir)), like
+``scripts/make_dummy_data.py`` for the image-sequence datasets.
 
 Each dataset's folder structure and irregularities follow /work/shared/datasets.md (and the builders'
 READMEs); no real dataset content is used. Frames are 64x48 MJPG with a drawn cartoon face that OpenCV's
@@ -12,10 +16,10 @@ a real "no face" and a garbage file a real decoding failure. The videos are writ
 rerunning the script reproduces the same files.
 """
 
+import argparse
 from collections.abc import Callable
 import pathlib
 import shutil
-import sys
 
 import cv2
 import numpy as np
@@ -164,7 +168,7 @@ def make_afew(out: pathlib.Path) -> None:
   cv2.imwrite(str(faces_dir / '0001.jpg'), draw_face(0, 1)[..., ::-1])
 
 
-GENERATORS: dict[str, Callable[[pathlib.Path], None]] = {
+DATASETS: dict[str, Callable[[pathlib.Path], None]] = {
     'enterface05': make_enterface05,
     'rml': make_rml,
     'afew': make_afew,
@@ -177,22 +181,29 @@ def dummy_data_dir(name: str) -> pathlib.Path:
 
 def generate(name: str, out: pathlib.Path | None = None) -> pathlib.Path:
   """(Re)writes one dataset's dummy data into `out` (default: the builder's ``dummy_data/``)."""
-  if name not in GENERATORS:
-    raise ValueError(f'unknown dataset {name!r}; expected one of {sorted(GENERATORS)}')
+  if name not in DATASETS:
+    raise ValueError(f'unknown dataset {name!r}; expected one of {sorted(DATASETS)}')
   out = dummy_data_dir(name) if out is None else pathlib.Path(out)
   if out.exists():
     shutil.rmtree(out)
   out.mkdir(parents=True)
-  GENERATORS[name](out)
+  DATASETS[name](out)
   return out
 
 
-def main(argv: list[str]) -> None:
-  for name in argv or sorted(GENERATORS):
-    out = generate(name)
-    size = sum(p.stat().st_size for p in out.rglob('*') if p.is_file())
-    print(f'{name}: wrote {out} ({size / 1024:.0f} KiB)')
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('names', nargs='*', help=f'datasets (default: all of {sorted(DATASETS)})')
+  parser.add_argument('--out', type=pathlib.Path, help='output folder (only with one dataset)')
+  args = parser.parse_args()
+  names = args.names or sorted(DATASETS)
+  if args.out is not None and len(names) != 1:
+    parser.error('--out needs exactly one dataset name')
+  for name in names:
+    out = generate(name, args.out)
+    files = [p for p in out.rglob('*') if p.is_file()]
+    print(f'{name}: {len(files)} files, {sum(p.stat().st_size for p in files) / 1024:.0f} KiB in {out}')
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  main()

@@ -34,7 +34,7 @@ def _subject_label(clip):
 def copies(tmp_path_factory):
   """Freshly generated dummy copies of the three datasets (the same code writes dummy_data/)."""
   root = tmp_path_factory.mktemp('copies')
-  return {name: dummy.generate(name, root / name) for name in dummy.GENERATORS}
+  return {name: dummy.generate(name, root / name) for name in dummy.DATASETS}
 
 
 # ---------------------------------------------------------------------------------------------- eNTERFACE
