@@ -248,13 +248,29 @@ def num_workers() -> int:
   return os.cpu_count() or 1
 
 
+def make_pool(workers: int | None = None):
+  """A process pool for :func:`process_sequences`, or None for in-process work (one worker).
+
+  Workers are started with 'forkserver' (or 'spawn' where that is missing), never plain 'fork': a fork
+  copies OpenCV's thread pool in whatever state the parent's threads left it, and the child can deadlock
+  in its first OpenCV call. The workers import this module (about 0.5 s, once per build).
+  """
+  workers = workers or num_workers()
+  if workers <= 1:
+    return None
+  methods = multiprocessing.get_all_start_methods()
+  context = multiprocessing.get_context('forkserver' if 'forkserver' in methods else 'spawn')
+  if context.get_start_method() == 'forkserver':
+    context.set_forkserver_preload([__name__])
+  return context.Pool(workers, initializer=_init_worker)
+
+
 def process_sequences(sources: Sequence[SequenceSource], options: CropOptions, *,
-                      workers: int | None = None, desc: str = '') -> Iterator[SequenceResult]:
-  """Processes sequences in parallel (processes, not threads) and yields results in input order.
+                      pool=None, desc: str = '') -> Iterator[SequenceResult]:
+  """Processes sequences on ``pool`` (from :func:`make_pool`; None: in this process) in input order.
 
   Prints a progress line about every 5 % (and at the end) with sequences/s and frames/s.
   """
-  workers = min(workers or num_workers(), max(len(sources), 1))
   tasks = [(s, options) for s in sources]
   start, frames_done, skipped = time.perf_counter(), 0, 0
   every = max(1, len(sources) // 20)
@@ -264,28 +280,15 @@ def process_sequences(sources: Sequence[SequenceSource], options: CropOptions, *
     print(f'[{desc}] {done}/{len(sources)} sequences, {skipped} skipped, '
           f'{done / elapsed:.2f} sequences/s, {frames_done / elapsed:.1f} frames/s', flush=True)
 
-  if workers <= 1:
-    results = map(_process_star, tasks)
-    pool = None
-  else:
-    # fork: workers inherit the imported modules (builders imported by file path included); the
-    # 'spawn' fallback (no fork on the platform) needs the builder package to be importable.
-    method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
-    pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker)
-    results = pool.imap(_process_star, tasks, chunksize=1)
-  try:
-    for done, result in enumerate(results, 1):
-      if result.example is None:
-        skipped += 1
-      else:
-        frames_done += int(result.example['num_frames'])
-      yield result
-      if done % every == 0 or done == len(sources):
-        report(done)
-  finally:
-    if pool is not None:
-      pool.terminate()
-      pool.join()
+  results = map(_process_star, tasks) if pool is None else pool.imap(_process_star, tasks)
+  for done, result in enumerate(results, 1):
+    if result.example is None:
+      skipped += 1
+    else:
+      frames_done += int(result.example['num_frames'])
+    yield result
+    if done % every == 0 or done == len(sources):
+      report(done)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -404,9 +407,16 @@ class SequenceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
     return {split: self._generate_examples(by_split[split], options, split)
             for split in sorted(by_split, key=_natural_key)}
 
+  def _pool(self):
+    """One worker pool per build, shared by all splits (closed in ``_download_and_prepare``)."""
+    if not hasattr(self, '_worker_pool'):
+      self._worker_pool = make_pool()
+    return self._worker_pool
+
   def _generate_examples(self, sources: Sequence[SequenceSource], options: CropOptions, split: str):
     skipped = self.info.metadata['skipped']
-    for result in process_sequences(sources, options, desc=f'{self.name}/{split}'):
+    for result in process_sequences(sources, options, pool=self._pool(),
+                                    desc=f'{self.name}/{split}'):
       if result.example is None:
         logging.warning('%s: skipping %s (%s): %s', self.name, result.source.sequence_id,
                         result.source.path, result.skip_reason)
@@ -416,7 +426,13 @@ class SequenceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
       yield result.source.sequence_id, result.example
 
   def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
-    super()._download_and_prepare(dl_manager, download_config)
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    finally:
+      pool = self.__dict__.pop('_worker_pool', None)
+      if pool is not None:
+        pool.terminate()
+        pool.join()
     metadata = self.info.metadata
     skipped = metadata.get('skipped', [])
     metadata['num_skipped'] = len(skipped)

@@ -1,0 +1,173 @@
+"""The ck_plus builder on dummy_data/, a generated copy of the real layout with its irregularities.
+
+dummy_data/ is written by ``python scripts/make_dummy_data.py ck_plus`` (drawn faces that the real Haar
+cascade detects; no CK+ content). The build and the reads run without TensorFlow through
+``tfds.data_source``; TFDS's ``DatasetBuilderTestCase`` subclasses ``tf.test.TestCase`` (and needs dill),
+so it runs only where TensorFlow is installed.
+"""
+
+import collections
+import pathlib
+import unittest
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ferjax.data import protocols
+from tfds_builders import sequence_builder
+from tfds_builders.ck_plus import ck_plus_dataset_builder as builder_lib
+
+DUMMY_DATA = pathlib.Path(__file__).resolve().parent / 'dummy_data'
+TEST_CONFIG = builder_lib.CkPlusConfig(name='test', size=32, description='tiny crops for tests')
+SPLITS = {'fold_0': 2, 'fold_1': 3, 'fold_2': 2, 'fold_3': 1, 'fold_4': 1, 'fold_5': 1, 'fold_6': 1,
+          'fold_7': 1, 'fold_8': 1, 'fold_9': 1}
+# sequence id -> (label, subject, number of frames) of every usable labelled dummy sequence.
+EXPECTED = {
+    'S005_001': ('disgust', 'S005', 4), 'S010_002': ('anger', 'S010', 4),
+    'S010_004': ('surprise', 'S010', 3), 'S011_001': ('happiness', 'S011', 4),
+    'S022_003': ('contempt', 'S022', 3), 'S026_002': ('fear', 'S026', 4),
+    'S032_004': ('sadness', 'S032', 3), 'S037_003': ('anger', 'S037', 4),
+    'S046_001': ('surprise', 'S046', 3), 'S050_004': ('happiness', 'S050', 4),
+    'S055_002': ('contempt', 'S055', 3), 'S100_001': ('sadness', 'S100', 4),
+    'S506_002': ('fear', 'S506', 3), 'S999_001': ('surprise', 'S999', 4),
+}
+LABELLED_SUBJECTS = sorted({s for _, s, _ in EXPECTED.values()})  # S055_001 is skipped, S055 stays.
+
+
+def _prepare(data_dir, config=TEST_CONFIG, manual_dir=DUMMY_DATA):
+  builder = builder_lib.Builder(data_dir=data_dir, config=config, file_format='array_record')
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  return builder
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp('tfds')
+  _prepare(data_dir)
+  return data_dir
+
+
+def _read_all(data_dir):
+  examples = {}
+  for split in SPLITS:
+    source = tfds.data_source('ck_plus/test', split=split, data_dir=data_dir)
+    for i in range(len(source)):
+      ex = source[i]
+      examples[ex['sequence_id'].decode()] = dict(ex, split=split)
+  return examples
+
+
+def test_splits_labels_subjects_and_folds(data_dir):
+  builder = tfds.builder('ck_plus/test', data_dir=data_dir)
+  assert {n: s.num_examples for n, s in builder.info.splits.items()} == SPLITS
+  names = builder.info.features['label'].names
+  assert names == ['anger', 'contempt', 'disgust', 'fear', 'happiness', 'sadness', 'surprise']
+  examples = _read_all(data_dir)
+  got = {i: (names[ex['label']], ex['subject'].decode(), int(ex['num_frames']))
+         for i, ex in examples.items()}
+  assert got == EXPECTED
+  # fold = index of the subject among the sorted labelled subjects, mod 10 (S055 has a usable sequence).
+  for ex in examples.values():
+    subject = ex['subject'].decode()
+    assert ex['split'] == f'fold_{LABELLED_SUBJECTS.index(subject) % 10}'
+
+
+def test_frames_are_square_crops_with_kept_indices(data_dir):
+  for ex in _read_all(data_dir).values():
+    assert ex['num_frames'] == len(ex['frames']) == len(ex['frame_indices'])
+    assert list(ex['frame_indices']) == list(range(ex['num_frames']))
+    # Grey and colour PNGs, 48/49/480/490-row frames: all come out as 32x32 RGB.
+    assert all(f.shape == (32, 32, 3) and f.dtype == np.uint8 for f in ex['frames'])
+    # The crop is centred on the drawn face: its bright skin fills the middle of the crop.
+    assert ex['frames'][0][12:20, 12:20].astype(float).mean() > 150, ex['sequence_id']
+
+
+def test_landmark_boxes_are_used_when_present(data_dir):
+  examples = _read_all(data_dir)
+  # S010_004 has landmark files: its box is the landmarks' extent (not a detector box) squared + 25 %.
+  points = np.concatenate([np.loadtxt(p) for p in sorted(
+      DUMMY_DATA.glob('Landmarks/Landmarks/S010/004/*_landmarks.txt'))])
+  side = max(np.ptp(points[:, 0]), np.ptp(points[:, 1])) * 1.25
+  np.testing.assert_allclose(examples['S010_004']['face_box'][2], side, rtol=1e-3)
+  # The 640x490 sequence (no landmarks) was found by the detector at full resolution.
+  assert examples['S026_002']['face_box'][2] > 150
+
+
+def test_unlabelled_and_skipped_are_recorded(data_dir):
+  metadata = tfds.builder('ck_plus/test', data_dir=data_dir).info.metadata
+  assert metadata['unlabelled'] == ['S005_002', 'S022_005', 'S895_001']
+  assert metadata['num_unlabelled'] == 3
+  assert metadata['num_labelled'] == 15
+  assert metadata['num_skipped'] == 1
+  (skipped,) = metadata['skipped']
+  assert skipped['sequence_id'] == 'S055_001' and 'cannot decode' in skipped['reason']
+
+
+def test_no_subject_in_train_and_test_of_any_fold(data_dir):
+  examples = _read_all(data_dir)
+  subjects_by_split = collections.defaultdict(set)
+  for ex in examples.values():
+    subjects_by_split[ex['split']].add(ex['subject'])
+  available = protocols.dataset_splits('ck_plus/test', data_dir=str(data_dir))
+  assert protocols.num_folds(available) == 10
+  for fold in range(10):
+    for holdout in (False, True):
+      splits = protocols.splits_for(available, fold, holdout_validation=holdout)
+      parts = [splits.train, splits.test] + ([splits.validation] if splits.validation else [])
+      subject_sets = [set().union(*(subjects_by_split[s] for s in p.split('+'))) for p in parts]
+      for i, a in enumerate(subject_sets):
+        for b in subject_sets[i + 1:]:
+          assert not a & b, (fold, holdout, a & b)
+
+
+def test_first_last3_config_keeps_first_and_last_three(tmp_path):
+  config = builder_lib.CkPlusConfig(name='test_first_last3', frames='first_last3', size=32)
+  builder = builder_lib.Builder(data_dir=tmp_path, config=config, file_format='array_record')
+  sources = {s.sequence_id: s for s in builder._find_sources(DUMMY_DATA)}
+  assert sources['S005_001'].image_indices == (0, 1, 2, 3)  # 4 frames: all of them.
+  assert [pathlib.Path(p).name for p in sources['S005_001'].images][-1] == 'S005_001_00000004.png'
+  assert sources['S010_004'].image_indices == (0, 1, 2)
+  assert sources['S010_004'].landmarks is not None and sources['S005_001'].landmarks is None
+
+
+def test_other_nestings_are_found(tmp_path):
+  """Emotion_labels/Emotion/S***, cohn-kanade-images at the top, no Landmarks folder at all."""
+  manual = tmp_path / 'manual'
+  for name in ('S010', 'S022'):
+    (manual / 'cohn-kanade-images' / name / '001').mkdir(parents=True)
+    (manual / 'cohn-kanade-images' / name / '001' / f'{name}_001_00000001.png').write_bytes(b'')
+    (manual / 'Emotion_labels' / 'Emotion' / name / '001').mkdir(parents=True)
+    (manual / 'Emotion_labels' / 'Emotion' / name / '001' / f'{name}_001_00000001_emotion.txt'
+     ).write_text('   5.0000000e+00\n')
+  builder = builder_lib.Builder(data_dir=tmp_path / 'out', config=TEST_CONFIG)
+  sources = builder._find_sources(manual)
+  assert [(s.sequence_id, s.label, s.split) for s in sources] == [
+      ('S010_001', 'happiness', 'fold_0'), ('S022_001', 'happiness', 'fold_1')]
+
+
+def test_wrong_manual_dir_names_expected_and_found(tmp_path):
+  manual = tmp_path / 'manual'
+  (manual / 'Train_AFEW').mkdir(parents=True)
+  (manual / 'notes.txt').write_text('x')
+  with pytest.raises(sequence_builder.ManualDirError,
+                     match=r'(?s)no cohn-kanade-images and no Emotion.*cohn-kanade-images/S005/001'
+                     r'.*contains: Train_AFEW/, notes.txt'):
+    _prepare(tmp_path / 'out', manual_dir=manual)
+
+
+def test_tfds_dataset_builder_test_case():
+  """TFDS's standard builder test (as_dataset, reload, configs); needs TensorFlow and dill."""
+  pytest.importorskip('tensorflow')
+  testing = pytest.importorskip('tensorflow_datasets.testing')
+
+  class CkPlusTest(testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builder_lib.Builder
+    BUILDER_CONFIG_NAMES_TO_TEST = [TEST_CONFIG]
+    SPLITS = SPLITS
+    SKIP_CHECKSUMS = True
+
+  result = unittest.TextTestRunner(verbosity=2).run(
+      unittest.defaultTestLoader.loadTestsFromTestCase(CkPlusTest))
+  assert result.wasSuccessful(), result.failures + result.errors
