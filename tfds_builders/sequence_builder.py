@@ -261,7 +261,7 @@ def make_pool(workers: int | None = None):
   methods = multiprocessing.get_all_start_methods()
   context = multiprocessing.get_context('forkserver' if 'forkserver' in methods else 'spawn')
   if context.get_start_method() == 'forkserver':
-    context.set_forkserver_preload([__name__])
+    context.set_forkserver_preload(['tfds_builders.sequence_builder'])
   return context.Pool(workers, initializer=_init_worker)
 
 
@@ -423,6 +423,7 @@ class SequenceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
         skipped.append({'sequence_id': result.source.sequence_id, 'path': result.source.path,
                         'split': split, 'reason': result.skip_reason})
         continue
+      self._frames_built = getattr(self, '_frames_built', 0) + int(result.example['num_frames'])
       yield result.source.sequence_id, result.example
 
   def _download_and_prepare(self, dl_manager, download_config):  # pytype: disable=signature-mismatch
@@ -438,8 +439,11 @@ class SequenceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
     metadata['num_skipped'] = len(skipped)
     elapsed = time.perf_counter() - getattr(self, '_build_start', time.perf_counter())
     kept = metadata.get('num_sequences_found', 0) - len(skipped)
-    print(f'{self.name}: built {kept} sequences, skipped {len(skipped)} unusable ones '
-          f'(listed in info.metadata["skipped"]) in {elapsed:.1f} s', flush=True)
+    frames = getattr(self, '_frames_built', 0)
+    print(f'{self.name}: built {kept} sequences ({frames} frames), skipped {len(skipped)} unusable '
+          f'ones (listed in info.metadata["skipped"]) in {elapsed:.1f} s: '
+          f'{kept / max(elapsed, 1e-9):.2f} sequences/s, {frames / max(elapsed, 1e-9):.1f} frames/s '
+          f'with {num_workers()} worker processes', flush=True)
     for entry in skipped:
       print(f'  skipped {entry["sequence_id"]}: {entry["reason"]}', flush=True)
 
@@ -453,3 +457,34 @@ def kfold_by_sorted_subjects(subjects: Sequence[str], k: int = 10) -> dict[str, 
   """subject -> 'fold_<i>' where i = position in the ascending-sorted unique subjects, mod k."""
   ordered = sorted(set(subjects))
   return {s: f'fold_{i % k}' for i, s in enumerate(ordered)}
+
+
+def build(name: str, manual_dir: str, data_dir: str | None = None, config: str | None = None):
+  """Builds ``tfds_builders/<name>`` (``config``: a config name, default the builder's default) from
+  ``manual_dir`` into ``data_dir`` as ArrayRecord, without TensorFlow; returns the builder."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  importlib.import_module(f'tfds_builders.{name}')  # Registers the builder with TFDS.
+  builder = tfds.builder(name if config is None else f'{name}/{config}',
+                         data_dir=os.path.expanduser(data_dir) if data_dir else None,
+                         file_format='array_record')
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=os.path.expanduser(manual_dir)))
+  return builder
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """``python -m tfds_builders <name> --manual_dir DIR [--config C] [--data_dir D]``.
+
+  The same build as ``tfds build tfds_builders/<name> --manual_dir DIR``, whose CLI (tensorflow-datasets
+  4.9) imports TensorFlow at start-up; this one does not need it.
+  """
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=main.__doc__.split('\n')[0])
+  parser.add_argument('name', help='builder package under tfds_builders/, e.g. ck_plus')
+  parser.add_argument('--manual_dir', required=True, help="the user's copy of the dataset")
+  parser.add_argument('--data_dir', default=None, help='output root (default ~/tensorflow_datasets)')
+  parser.add_argument('--config', default=None, help='builder config name (default: the default)')
+  args = parser.parse_args(argv)
+  builder = build(args.name, args.manual_dir, args.data_dir, args.config)
+  print({split: info.num_examples for split, info in builder.info.splits.items()})
+

@@ -55,11 +55,12 @@ class HaarDetector:
     scale_factor, min_neighbors: ``detectMultiScale`` parameters (OpenCV's usual values).
     min_size_fraction: smallest face, as a fraction of the shorter image side; FER datasets show one large
       face, so small detections are background.
-    max_side: frames are shrunk to this longer side before detection (a face in FER data is large).
+    max_side: frames are shrunk to this longer side before detection: a face in FER data is large, and
+      detection time grows with the pixel count (640x490 -> 320x245 is 3-4x faster).
   """
 
   def __init__(self, cascade: str = 'haarcascade_frontalface_default.xml', scale_factor: float = 1.1,
-               min_neighbors: int = 5, min_size_fraction: float = 0.1, max_side: int = 480):
+               min_neighbors: int = 5, min_size_fraction: float = 0.1, max_side: int = 320):
     path = cascade if os.path.isfile(cascade) else os.path.join(cv2.data.haarcascades, cascade)
     self._classifier = cv2.CascadeClassifier(path)
     if self._classifier.empty():

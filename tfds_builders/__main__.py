@@ -1,0 +1,6 @@
+"""``python -m tfds_builders <name> --manual_dir DIR``: build a ferjax dataset without TensorFlow."""
+
+from tfds_builders import sequence_builder
+
+if __name__ == '__main__':
+  sequence_builder.main()
