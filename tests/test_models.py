@@ -141,6 +141,9 @@ def test_default_param_count_close_to_paper():
   assert counts['total'] == counts['backbone'] + counts['temporal'] + counts['head']
   assert counts['head'] == 1024 * 7 + 7
   assert abs(counts['total'] / 64.20e6 - 1) < 0.06, counts
+  # The full-size forward traces (abstractly) at the paper's input size: T=16, 224 px.
+  x = jax.ShapeDtypeStruct((2, 16, 224, 224, 3), jnp.float32)
+  assert nnx.eval_shape(lambda m, x: m(x), model, x).shape == (2, 7)
 
 
 def test_res_rbg_forward_and_grad(tiny_model):

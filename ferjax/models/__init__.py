@@ -27,7 +27,7 @@ from ferjax.models import resnet
 RES_RBG_DEFAULTS = dict(
     backbone='resnet50',      # 'resnet18' | 'resnet34' | 'resnet50'
     width=64,                 # ResNet base width; 64 = standard
-    stage_sizes=None,         # e.g. (1, 1, 1, 1) for tests; None = the architecture's
+    stage_sizes=(),           # e.g. (1, 1, 1, 1) for tests; () or None = the architecture's
     attention='geca',         # 'none' | 'se' | 'eca' | 'geca'
     geca_variant='avgmax',    # 'avgmax' (default reading) | 'ghost'
     rbg_blocks=2,             # the paper's main "2RBG" model
@@ -65,7 +65,8 @@ def _build_res_rbg(config, num_classes: int, *, rngs: nnx.Rngs) -> res_rbg.ResRB
     if int(c[key]) < 1:
       raise ValueError(f'model.{key} must be a positive int, got {c[key]!r}.')
   attention_kwargs = {'variant': c['geca_variant']} if c['attention'] == 'geca' else None
-  stage_sizes = tuple(c['stage_sizes']) or None  # () means the backbone's standard depths.
+  # () or None mean the backbone's standard depths (ConfigDict overrides need a tuple default).
+  stage_sizes = tuple(c['stage_sizes'] or ()) or None
   return res_rbg.ResRBG(
       num_classes, backbone=c['backbone'], width=int(c['width']), stage_sizes=stage_sizes,
       attention=c['attention'], attention_kwargs=attention_kwargs,

@@ -47,6 +47,17 @@ def _gru_update(gi: jax.Array, gh: jax.Array, h: jax.Array) -> jax.Array:
   return (1.0 - z) * n + z * h
 
 
+def _initial_state(gi_0: jax.Array, hidden: int, h0: jax.Array | None) -> jax.Array:
+  """Float32 initial carry, zeros unless ``h0`` is given.
+
+  The zeros are derived from the first step's input gates (not ``jnp.zeros(shape)``) so that
+  they carry the batch sharding of the input: under explicit-sharding meshes a scan whose
+  carry starts unsharded and becomes batch-sharded fails to type-check.
+  """
+  zeros = jnp.zeros_like(gi_0[..., :hidden], dtype=jnp.float32)
+  return zeros if h0 is None else zeros + h0.astype(jnp.float32)
+
+
 def _check_input(x: jax.Array, in_features: int, name: str):
   if x.ndim != 3 or x.shape[-1] != in_features:
     raise ValueError(f'{name} expects input [B, T, {in_features}], got shape {x.shape}.')
@@ -81,14 +92,13 @@ class GRU(nnx.Module):
     """Returns ``(outputs [B, T, H], final state [B, H])``; ``h0`` defaults to zeros."""
     _check_input(x, self.in_features, 'GRU')
     dtype = self.dtype or x.dtype
-    b = x.shape[0]
     w_ih = self.weight_ih[...].astype(dtype)
     w_hh = self.weight_hh[...].astype(dtype)
     b_hh = self.bias_hh[...]
     # Hoisted input projection for every time step, time-major for the scan: [T, B, 3H].
     gi = jnp.einsum('btf,gf->tbg', x.astype(dtype), w_ih, preferred_element_type=jnp.float32)
     gi = gi + self.bias_ih[...]
-    h = jnp.zeros((b, self.hidden), jnp.float32) if h0 is None else h0.astype(jnp.float32)
+    h = _initial_state(gi[0], self.hidden, h0)
 
     def step(h, gi_t):
       gh = jnp.einsum('bh,gh->bg', h.astype(dtype), w_hh,
@@ -137,7 +147,6 @@ class BiGRU(nnx.Module):
     """
     _check_input(x, self.in_features, 'BiGRU')
     dtype = self.dtype or x.dtype
-    b = x.shape[0]
     w_ih = self.weight_ih[...].astype(dtype)
     w_hh = self.weight_hh[...].astype(dtype)
     b_hh = self.bias_hh[...][:, None, :]
@@ -146,8 +155,7 @@ class BiGRU(nnx.Module):
     gi = gi + self.bias_ih[...][:, None, :]
     # The backward direction reads time reversed, so step t of the scan serves both directions.
     gi = jnp.stack([gi[:, 0], gi[::-1, 1]], axis=1)
-    h = (jnp.zeros((2, b, self.hidden), jnp.float32) if h0 is None
-         else h0.astype(jnp.float32))
+    h = _initial_state(gi[0], self.hidden, h0)
 
     def step(h, gi_t):
       gh = jnp.einsum('dbh,dgh->dbg', h.astype(dtype), w_hh,
