@@ -246,4 +246,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  flags.FLAGS.set_default('verbosity', -1)  # Library INFO logs (Orbax, TFDS) only with --verbosity=0.
   app.run(main, flags_parser=config_lib.parse_flags)
