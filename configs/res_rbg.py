@@ -57,16 +57,20 @@ def paper_config() -> ml_collections.ConfigDict:
   c.model.width = 64
   c.model.stage_sizes = ()  # () = the backbone's standard depths.
   c.model.attention = 'geca'
+  c.model.geca_variant = 'avgmax'  # G-ECA reading: shared 1-D conv on avg- and max-pooled descriptors.
   c.model.rbg_blocks = 2
   c.model.hidden = 512
   c.model.merge = 'concat'
   c.model.pooling = 'mean'
   c.model.dropout = 0.5
   c.model.dtype = 'float32'
+  c.model.unroll = 1  # lax.scan unroll of the GRU time loop.
 
   c.init = ml_collections.ConfigDict()
   c.init.backbone_weights = ''  # torchvision-layout .safetensors/.npz; '' = random init.
-  c.init.gru_weights = ''
+  c.init.backbone_prefix = ''  # Key prefix inside that file, e.g. 'module.'.
+  c.init.gru_weights = ''  # PyTorch nn.GRU-layout .safetensors/.npz.
+  c.init.gru_prefix = ''
 
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 60.0
@@ -124,7 +128,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = paper_config()
     c.dataset.name = preset
   if preset == 'oulu_casia':
-    c.dataset.config = 'vl_strong'
+    c.dataset.config = 'VL_Strong'
   for pair in pairs:
     key, sep, value = pair.partition('=')
     if not sep:

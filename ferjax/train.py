@@ -26,6 +26,7 @@ import numpy as np
 
 from ferjax import checkpointing, config as config_lib, metrics, sharding, steps
 from ferjax import models
+from ferjax.models import convert
 from ferjax.data import augment, datasets, pipeline, protocols
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<family>.py[:arg]).',
@@ -67,7 +68,6 @@ def _loaders(config, dataset, splits, shard):
 def _init_model(config, num_classes):
   model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
   if config.init.backbone_weights or config.init.gru_weights:
-    from ferjax.models import convert  # Only runs that import weights need it.
     convert.apply_pretrained(model, config.init)
     _log(f'Imported pretrained weights: {config.init.backbone_weights or "-"} (backbone), '
          f'{config.init.gru_weights or "-"} (GRU)')
@@ -241,7 +241,7 @@ def main(argv):
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, checkpointing.CheckpointMismatchError,
-          protocols.DatasetNotPreparedError, TrainingDiverged) as e:
+          protocols.DatasetNotPreparedError, convert.WeightsMismatchError, TrainingDiverged) as e:
     sys.exit(f'error: {e}')
 
 

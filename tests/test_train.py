@@ -127,3 +127,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
   state = _final_state(tmp_path, 2)
   assert all(np.isfinite(x).all() for x in __import__('jax').tree.leaves(state))
+
+
+def test_pretrained_backbone_weights(data_dir, tmp_path):
+  weights = os.path.join(REPO, 'tests', 'data', 'resnet50_w8.safetensors')
+  matching = {'model.width': 8, 'model.stage_sizes': (2, 1, 1, 1), 'model.attention': 'none',
+              'init.backbone_weights': weights, 'train.num_steps': 1}
+  model = train._init_model(_config(data_dir, **matching), num_classes=7)
+  from ferjax.models import convert
+  exported = convert.export_resnet(model.backbone)
+  expected = convert.read_weights(weights)
+  np.testing.assert_array_equal(exported['layer1.0.conv2.weight'], expected['layer1.0.conv2.weight'])
+  # A file of another architecture stops the run before anything is compiled, naming the problem.
+  with pytest.raises(convert.WeightsMismatchError, match='shape'):
+    train.train_and_evaluate(_config(data_dir, **{**matching, 'model.width': 4}), str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists()
