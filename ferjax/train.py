@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from etils import epath
 from flax import nnx
 import jax
@@ -224,12 +224,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _maybe_initialize_distributed() -> None:
+  """Calls `jax.distributed.initialize()` on TPU VMs, under SLURM, or when asked (see --multiprocess).
+
+  Outside a cluster JAX auto-detects, JAX (0.10) reads only JAX_COORDINATOR_ADDRESS from the environment,
+  not the process count nor this process's id, so a hand-started job (e.g. two processes on one machine)
+  also sets JAX_NUM_PROCESSES and JAX_PROCESS_ID; they are passed on when present.
+  """
   wanted = _MULTIPROCESS.value
   if wanted is None:
     wanted = any(v in os.environ for v in ('JAX_COORDINATOR_ADDRESS', 'SLURM_JOB_ID',
                                            'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS'))
-  if wanted:
-    jax.distributed.initialize()
+  if not wanted:
+    return
+  explicit = {}
+  for name, arg in (('JAX_NUM_PROCESSES', 'num_processes'), ('JAX_PROCESS_ID', 'process_id')):
+    if (value := os.environ.get(name, '').strip()):
+      try:
+        explicit[arg] = int(value)
+      except ValueError:
+        sys.exit(f'error: {name} must be an integer; found {value!r}')
+  try:
+    jax.distributed.initialize(**explicit)
+  except ValueError as e:  # JAX found no cluster to take the missing values from.
+    if 'must be defined' not in str(e):
+      raise
+    sys.exit(f'error: jax.distributed.initialize(): {e} Outside a cluster JAX recognises (TPU VM, SLURM, '
+             'Open MPI, ...) set JAX_COORDINATOR_ADDRESS=<host:port of process 0>, JAX_NUM_PROCESSES '
+             'and JAX_PROCESS_ID (0 .. JAX_NUM_PROCESSES-1) on every process.')
 
 
 def main(argv):
@@ -237,6 +258,8 @@ def main(argv):
     sys.exit(f'error: unexpected arguments {argv[1:]}')
   if _CONFIG.value is None or not _WORKDIR.value:
     sys.exit('usage: python -m ferjax.train --config configs/<family>.py[:arg] --workdir DIR')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Library INFO logs (Orbax, TFDS) with --verbosity=0.
   _maybe_initialize_distributed()
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -246,5 +269,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.FLAGS.set_default('verbosity', -1)  # Library INFO logs (Orbax, TFDS) only with --verbosity=0.
   app.run(main, flags_parser=config_lib.parse_flags)
