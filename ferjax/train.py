@@ -193,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.write(step, 'train', scalars)
       _log(f'step {step:>6}/{total_steps}  loss {scalars["loss"]:.4f}  '
            f'acc {100 * scalars["accuracy"]:5.1f}%  {rate:.2f} steps/s  '
-           f'ETA {_eta((total_steps - step) / max(rate, 1e-9))}')
+           f'ETA {_eta((total_steps - step) / rate) if rate else "-"}')
       pending = []
     if splits.validation and (step % config.train.eval_every_steps == 0 or step == total_steps):
       report = evaluate(eval_fn, state, eval_batches(splits.validation), mesh, dataset.class_names)
