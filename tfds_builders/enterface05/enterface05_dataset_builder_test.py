@@ -122,6 +122,7 @@ def test_wrong_manual_dir_names_expected_folders(tmp_path):
 def test_tfds_dataset_builder_test_case():
   """TFDS's standard builder test (as_dataset, reload, configs); needs TensorFlow and dill."""
   pytest.importorskip('tensorflow')
+  pytest.importorskip('dill')  # tensorflow_datasets.testing imports it; not a TFDS dependency.
   testing = pytest.importorskip('tensorflow_datasets.testing')
 
   class Enterface05Test(testing.DatasetBuilderTestCase):
