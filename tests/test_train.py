@@ -131,7 +131,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
 
 def test_pretrained_backbone_weights(data_dir, tmp_path):
   weights = os.path.join(REPO, 'tests', 'data', 'resnet50_w8.safetensors')
-  matching = {'model.width': 8, 'model.stage_sizes': (2, 1, 1, 1), 'model.attention': 'none',
+  matching = {'model.backbone': 'resnet50', 'model.width': 8, 'model.stage_sizes': (2, 1, 1, 1), 'model.attention': 'none',
               'init.backbone_weights': weights, 'train.num_steps': 1}
   model = train._init_model(_config(data_dir, **matching), num_classes=7)
   from ferjax.models import convert
