@@ -1,19 +1,21 @@
-"""Multi-host training for real: `python -m ferjax.train` started as 2 JAX processes on this machine.
+"""Multi-host training for real: `python -m ferjax.train` started as 2 JAX processes on one machine.
 
-The processes meet through a localhost coordinator (`jax.distributed.initialize()`; CPU collectives over
-gloo, JAX's default), each with one CPU device, as the hosts of a pod would: each reads its own part of
-the data, the global batch is assembled with `jax.make_array_from_process_local_data`, both write their
-shards of one Orbax checkpoint in the shared workdir, and process 0 writes metrics and the report.
+The processes meet through a localhost coordinator (`jax.distributed.initialize()`; CPU collectives
+over gloo, JAX's default), each with one CPU device, as the hosts of a pod would: each reads its
+own part of the data, the global batch is assembled with `jax.make_array_from_process_local_data`,
+both write their shards of one Orbax checkpoint in the shared workdir, and process 0 writes metrics
+and the report.
 
-Each host trains on its own records (host h shuffles records h::2 of the training split), so the global
-batches of a 2-process run are not those of a plain 1-process run. The reference is one process with 2
-(simulated) CPU devices fed the same global batches -- host 0's rows, then host 1's -- built from the same
-loaders: the same partitioned program on the same data. A sum over 2 devices is the same addition
-whichever way the collective runs it, so the 2-process run must match it bit for bit. (Against 1 device
-the reduction order changes; tests/test_sharding.py compares 1 and 8 devices up to rounding.)
+Each host trains on its own records (host h shuffles records h::2 of the training split), so the
+global batches of a 2-process run are not those of a plain 1-process run. The reference is one
+process with 2 (simulated) CPU devices fed the same global batches -- host 0's rows, then host 1's
+-- built from the same loaders: the same partitioned program on the same data. A sum over 2 devices
+is the same addition whichever way the collective runs it, so the 2-process run must match it bit
+for bit. (Against 1 device the reduction order changes; tests/test_sharding.py compares 1 and 8
+devices up to rounding.)
 
-The reference runs in a subprocess, at the same time as the job, because the device count must be set
-before JAX starts.
+The reference runs in a subprocess, at the same time as the job, because the device count must be
+set before JAX starts.
 """
 
 import json
@@ -29,14 +31,15 @@ import orbax.checkpoint as ocp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_train import TINY, _cli_args, _config  # noqa: E402  (the configuration of tests/test_train.py)
+# The configuration of tests/test_train.py.
+from test_train import TINY, _cli_args, _config  # noqa: E402
 import tfds_builders.synthetic_expressions as synthetic_expressions  # noqa: E402
 
 NUM_PROCESSES = 2
 NUM_STEPS = 4
 # TINY, 4 steps; checkpoints at steps 2 and 4; validation at the last step only. SGD, as in
-# tests/test_sharding.py: should the two runs ever differ in the last bit, Adam (which divides by tiny
-# second moments) would blow that up to the size of the learning rate, SGD would not.
+# tests/test_sharding.py: should the two runs ever differ in the last bit, Adam (which divides by
+# tiny second moments) would blow that up to the size of the learning rate, SGD would not.
 OVERRIDES = {'train.num_steps': NUM_STEPS, 'train.checkpoint_every_steps': 2,
              'train.log_every_steps': 2, 'train.eval_every_steps': 1000,
              'train.optimizer': 'sgd', 'train.learning_rate': 0.1, 'train.grad_clip': 1.0}
@@ -57,20 +60,20 @@ def _env(**extra) -> dict[str, str]:
 
 
 def _start_job(data_dir, workdir, logs) -> list[subprocess.Popen]:
-  """Starts processes 0..N-1 of one job; the environment is all ferjax.train needs to find its peers."""
+  """Starts processes 0..N-1 of one job; the environment is all ferjax.train needs to meet."""
   port = _free_port()
   processes = []
   for i in range(NUM_PROCESSES):
     env = _env(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(NUM_PROCESSES),
                JAX_PROCESS_ID=str(i))
     with open(logs[i], 'w') as log:
-      processes.append(subprocess.Popen(_cli_args(data_dir, workdir, **OVERRIDES), cwd=REPO, env=env,
-                                        stdout=log, stderr=subprocess.STDOUT))
+      processes.append(subprocess.Popen(_cli_args(data_dir, workdir, **OVERRIDES), cwd=REPO,
+                                        env=env, stdout=log, stderr=subprocess.STDOUT))
   return processes
 
 
 def _wait(processes, logs, names) -> list[str]:
-  """Waits for every process; if one fails or time runs out, kills the rest and fails with the output."""
+  """Waits for all; if one fails or time runs out, kills the rest and fails with the output."""
   deadline = time.time() + TIMEOUT_S
   try:
     # A failed process leaves its peer blocked in a collective: stop waiting at the first failure.
@@ -89,9 +92,12 @@ def _wait(processes, logs, names) -> list[str]:
 
 
 def reference_run(data_dir: str, out_dir: str) -> None:
-  """What train_and_evaluate does, in one process over all its devices, fed with the global batches of
-  NUM_PROCESSES hosts. Saves the final state as an Orbax checkpoint in out_dir/checkpoints/<step>/state,
-  and the per-step losses and the test report in out_dir/reference.json."""
+  """What train_and_evaluate does, in one process over all its devices, fed with the global
+  batches of NUM_PROCESSES hosts.
+
+  Saves the final state as an Orbax checkpoint in out_dir/checkpoints/<step>/state, and the per-step
+  losses and the test report in out_dir/reference.json.
+  """
   from ferjax import sharding, steps, train
   from ferjax.data import datasets, protocols
 
@@ -134,7 +140,7 @@ def reference_run(data_dir: str, out_dir: str) -> None:
 
 
 def _restore_state(workdir, step):
-  """The `state` item of a checkpoint, restored onto this process's first device (any saved topology)."""
+  """The `state` item of a checkpoint, restored onto one device (whatever topology saved it)."""
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
                                   item_handlers={'state': ocp.StandardCheckpointHandler()})
   try:
@@ -153,7 +159,8 @@ def test_two_processes_train_exactly_like_one_process_on_the_same_global_batches
   data_dir = str(tmp_path / 'tfds')
   synthetic_expressions.build(data_dir, 'tiny', workers=1)
   workdir, reference_dir = tmp_path / 'run', tmp_path / 'reference'
-  logs = [tmp_path / f'process_{i}.log' for i in range(NUM_PROCESSES)] + [tmp_path / 'reference.log']
+  logs = [tmp_path / f'process_{i}.log' for i in range(NUM_PROCESSES)]
+  logs.append(tmp_path / 'reference.log')
   processes = _start_job(data_dir, workdir, logs)
   with open(logs[-1], 'w') as log:
     processes.append(subprocess.Popen(
@@ -192,7 +199,8 @@ def test_two_processes_train_exactly_like_one_process_on_the_same_global_batches
   flat, flat_expected = (jax.tree_util.tree_flatten_with_path(s)[0] for s in (final, expected))
   assert [p for p, _ in flat] == [p for p, _ in flat_expected] and len(flat) > 100
   for (path, got), (_, want) in zip(flat, flat_expected):
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
+                                  err_msg=jax.tree_util.keystr(path))
   # Steps 3-4 moved the parameters: the comparison is not one of untouched arrays.
   halfway = _restore_state(workdir, 2)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(halfway['params']),
