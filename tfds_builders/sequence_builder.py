@@ -325,7 +325,8 @@ class SequenceConfig(tfds.core.BuilderConfig):
                        margin=margin, max_frames=self.max_frames, detect_frames=self.detect_frames)
 
 
-class SequenceDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder,
+                             skip_registration=True):
   """Base class: subclasses set ``CLASS_NAMES`` and implement ``_find_sources``.
 
   Subclasses may also override ``_description()``, ``_extra_metadata(sources)`` (counts worth recording,

@@ -37,3 +37,35 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
   if not ok:
     raise ValueError(f'OpenCV could not JPEG-encode an image of shape {rgb.shape}')
   return buf.tobytes()
+
+
+class ArrayRecordTfData:
+  """Builder mixin: `tfds.load` (tf.data) over the ArrayRecord shards the builder writes.
+
+  tensorflow-datasets 4.9 reads ArrayRecord only as a random-access data source (its tf.data reader
+  raises NotImplementedError). Here records come from the same data source `tfds.data_source` uses, as
+  raw bytes, and are parsed and decoded by TFDS's own TF code, so `decoders` (SkipDecoding,
+  PartialDecoding) work as for TFRecord. TFRecord builds use TFDS's own reader. Needs the [tf] extra.
+  """
+
+  def _as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+    file_format = tfds.core.FileFormat.from_value(
+        (read_config and read_config.file_format) or self.info.file_format or 'tfrecord')
+    if file_format != tfds.core.FileFormat.ARRAY_RECORD:
+      return super()._as_dataset(split, decoders=decoders, read_config=read_config,
+                                 shuffle_files=shuffle_files)
+    import tensorflow as tf  # Only tfds.load users have TensorFlow.
+    from tensorflow_datasets.core.data_sources import array_record
+    features = self.info.features
+    if isinstance(decoders, tfds.decode.PartialDecoding):
+      features, decoders = decoders.extract_features(features), decoders.decoders
+    source = array_record.ArrayRecordDataSource(
+        self.info, split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    ds = tf.data.Dataset.range(len(source))
+    if shuffle_files:  # Records are random access: shuffle the order itself.
+      ds = ds.shuffle(len(source), seed=read_config.shuffle_seed if read_config else None)
+    ds = ds.map(lambda i: tf.numpy_function(lambda j: source[int(j)], [i], tf.string, stateful=False),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    parser = tfds.core.example_parser.ExampleParser(features.get_serialized_info())
+    return ds.map(lambda s: features.decode_example(parser.parse_example(s), decoders=decoders),
+                  num_parallel_calls=tf.data.AUTOTUNE)

@@ -87,7 +87,7 @@ def subject_examples(index: int, config: SyntheticExpressionsConfig) -> list[tup
   return out
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for synthetic_expressions (see the module docstring)."""
 
   VERSION = tfds.core.Version('1.0.0')
