@@ -88,7 +88,7 @@ def test_data_level_subjects_disjoint(tmp_path, make_sequence_dataset):
 
 
 def test_dataset_not_prepared(tmp_path, make_sequence_dataset):
-  with pytest.raises(protocols.DatasetNotPreparedError, match=r'no_such_set.*tfds build'):
+  with pytest.raises(protocols.DatasetNotPreparedError, match=r'no_such_set.*python -m tfds_builders no_such_set --manual_dir'):
     protocols.dataset_splits('no_such_set', str(tmp_path))
   name, data_dir = make_sequence_dataset(tmp_path / 'a')
   with pytest.raises(protocols.DatasetNotPreparedError, match='not prepared'):

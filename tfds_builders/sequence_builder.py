@@ -476,8 +476,9 @@ def build(name: str, manual_dir: str, data_dir: str | None = None, config: str |
 def main(argv: Sequence[str] | None = None) -> None:
   """``python -m tfds_builders <name> --manual_dir DIR [--config C] [--data_dir D]``.
 
-  The same build as ``tfds build tfds_builders/<name> --manual_dir DIR``, whose CLI (tensorflow-datasets
-  4.9) imports TensorFlow at start-up; this one does not need it.
+  Like ``tfds build tfds_builders/<name> --file_format array_record --manual_dir DIR``, whose CLI
+  (tensorflow-datasets 4.9) needs TensorFlow, apache-beam and mlcroissant at start-up (the [tf] extra);
+  this one needs none of them and always writes ArrayRecord.
   """
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=main.__doc__.split('\n')[0])

@@ -106,8 +106,10 @@ def dataset_splits(name: str, data_dir: str | None = None) -> list[str]:
   Raises:
     DatasetNotPreparedError: the dataset is not built in data_dir; the message says how to build it.
   """
-  how = (f'Build it first: `tfds build tfds_builders/{name} --manual_dir <raw data dir> '
-         f'--data_dir {data_dir or "~/tensorflow_datasets"}` (see tfds_builders/{name}/README.md).')
+  base, _, config = name.partition('/')
+  how = (f'Build it first from your copy of the dataset: `python -m tfds_builders {base} '
+         f'--manual_dir <your copy>{f" --config {config}" if config else ""} '
+         f'--data_dir {data_dir or "~/tensorflow_datasets"}` (see tfds_builders/{base}/README.md).')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:

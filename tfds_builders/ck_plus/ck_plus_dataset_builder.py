@@ -58,7 +58,8 @@ Cohn-Kanade database agreement (you may not redistribute images; publishing a su
 that subject's consent as listed in the release). Unzip extended-cohn-kanade-images.zip,
 Emotion_labels.zip and (optionally) Landmarks.zip into the manual dir, so that it holds:
 {EXPECTED_LAYOUT}
-Then: tfds build tfds_builders/ck_plus --manual_dir <that dir>
+Then: python -m tfds_builders ck_plus --manual_dir <that dir>
+(or, with the [tf] extra: tfds build tfds_builders/ck_plus --config all --file_format array_record --manual_dir <that dir>)
 """
 
   def _find_sources(self, manual_dir: Path) -> list[sb.SequenceSource]:

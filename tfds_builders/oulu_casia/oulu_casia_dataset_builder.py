@@ -64,7 +64,8 @@ Signal Analysis, University of Oulu (Zhao et al., "Facial expression recognition
 videos", 2011), who release it for non-commercial research under their licence agreement. Extract it
 into the manual dir so that it holds:
 {EXPECTED_LAYOUT}
-Then: tfds build tfds_builders/oulu_casia --config VL_Strong --manual_dir <that dir>
+Then: python -m tfds_builders oulu_casia --config VL_Strong --manual_dir <that dir>
+(or, with the [tf] extra: tfds build tfds_builders/oulu_casia --config VL_Strong --file_format array_record --manual_dir <that dir>)
 """
 
   def _find_sources(self, manual_dir: Path) -> list[sb.SequenceSource]:
