@@ -117,7 +117,7 @@ def synthetic_config() -> ml_collections.ConfigDict:
   c.model.width = 16
   c.model.hidden = 128
   c.model.dropout = 0.1
-  c.train.num_epochs = 35.0
+  c.train.num_epochs = 70.0
   c.train.learning_rate = 1e-3
   c.train.warmup_epochs = 3.0
   c.train.log_every_steps = 25

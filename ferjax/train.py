@@ -84,16 +84,11 @@ def evaluate(eval_fn, state, batches, mesh, class_names) -> dict:
   """Runs the model over every example of `batches` (padded rows masked out) -> classification report."""
   labels, preds = [], []
   for batch in batches:
-    mask = batch['mask']
-    out = eval_fn(state, sharding.global_batch(
-        {'frames': batch['frames'], 'label': batch['label']}, mesh))
-    pred = multihost_utils.process_allgather(out['pred'], tiled=True)
-    label = multihost_utils.process_allgather(sharding.global_batch(
-        {'label': batch['label']}, mesh)['label'], tiled=True)
-    keep = multihost_utils.process_allgather(sharding.global_batch(
-        {'mask': mask}, mesh)['mask'], tiled=True)
-    labels.append(np.asarray(label)[np.asarray(keep)])
-    preds.append(np.asarray(pred)[np.asarray(keep)])
+    batch = sharding.global_batch(batch, mesh)
+    pred, label, keep = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                         for x in (eval_fn(state, batch)['pred'], batch['label'], batch['mask']))
+    labels.append(label[keep])
+    preds.append(pred[keep])
   if not labels:
     raise ValueError('the evaluation split is empty')
   return metrics.classification_report(np.concatenate(labels), np.concatenate(preds), class_names)
