@@ -120,7 +120,7 @@ def synthetic_config() -> ml_collections.ConfigDict:
   c.train.num_epochs = 70.0
   c.train.learning_rate = 1e-3
   c.train.warmup_epochs = 3.0
-  c.train.log_every_steps = 25
+  c.train.log_every_steps = 50
   c.train.eval_every_steps = 175
   c.train.checkpoint_every_steps = 175
   return c
