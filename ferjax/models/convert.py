@@ -65,8 +65,9 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
   if lower.endswith(PICKLE_SUFFIXES):
     raise ValueError(
         f'{path}: pickle-based PyTorch files are not read by ferjax (they can run code). Convert '
-        'it once with PyTorch: `from safetensors.torch import save_file; save_file({k: '
-        'v.contiguous() for k, v in torch.load(f).items()}, "weights.safetensors")`.')
+        'it once where PyTorch is installed: load the state dict there, then `from safetensors.torch '
+        'import save_file; save_file({k: v.contiguous() for k, v in state_dict.items()}, '
+        '"weights.safetensors")` (README: "Starting from ImageNet weights").')
   if lower.endswith('.safetensors'):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     return dict(load_file(path))
