@@ -1,6 +1,5 @@
 """Tests for ferjax.models: ResNet, channel attention, Res-RBG, registry and parameter counts."""
 
-import math
 
 import jax
 import jax.numpy as jnp
