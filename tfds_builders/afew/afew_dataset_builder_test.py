@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from ferjax.data import protocols
 from tfds_builders import sequence_builder
+from tfds_builders import testing
 from tfds_builders.afew import afew_dataset_builder as builder_lib
 
 DUMMY_DATA = pathlib.Path(__file__).resolve().parent / 'dummy_data'
@@ -26,20 +27,12 @@ SPLITS = {'train': 7, 'validation': 4}
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('tfds')
-  builder = builder_lib.Builder(data_dir=data_dir, config=TEST_CONFIG, file_format='array_record')
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(DUMMY_DATA)))
+  testing.build(builder_lib.Builder, TEST_CONFIG, data_dir, DUMMY_DATA)
   return data_dir
 
 
 def _read_all(data_dir):
-  examples = {}
-  for split in SPLITS:
-    source = tfds.data_source('afew/test', split=split, data_dir=data_dir)
-    for i in range(len(source)):
-      ex = source[i]
-      examples[ex['sequence_id'].decode()] = dict(ex, split=split)
-  return examples
+  return testing.read_all('afew/test', SPLITS, data_dir)
 
 
 def test_splits_and_seven_classes(data_dir):

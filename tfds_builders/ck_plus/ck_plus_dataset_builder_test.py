@@ -6,7 +6,6 @@ cascade detects; no CK+ content). The build and the reads run without TensorFlow
 so it runs only where TensorFlow is installed.
 """
 
-import collections
 import pathlib
 import unittest
 
@@ -14,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ferjax.data import protocols
 from tfds_builders import sequence_builder
+from tfds_builders import testing
 from tfds_builders.ck_plus import ck_plus_dataset_builder as builder_lib
 
 DUMMY_DATA = pathlib.Path(__file__).resolve().parent / 'dummy_data'
@@ -50,13 +49,7 @@ def data_dir(tmp_path_factory):
 
 
 def _read_all(data_dir):
-  examples = {}
-  for split in SPLITS:
-    source = tfds.data_source('ck_plus/test', split=split, data_dir=data_dir)
-    for i in range(len(source)):
-      ex = source[i]
-      examples[ex['sequence_id'].decode()] = dict(ex, split=split)
-  return examples
+  return testing.read_all('ck_plus/test', SPLITS, data_dir)
 
 
 def test_splits_labels_subjects_and_folds(data_dir):
@@ -106,20 +99,7 @@ def test_unlabelled_and_skipped_are_recorded(data_dir):
 
 
 def test_no_subject_in_train_and_test_of_any_fold(data_dir):
-  examples = _read_all(data_dir)
-  subjects_by_split = collections.defaultdict(set)
-  for ex in examples.values():
-    subjects_by_split[ex['split']].add(ex['subject'])
-  available = protocols.dataset_splits('ck_plus/test', data_dir=str(data_dir))
-  assert protocols.num_folds(available) == 10
-  for fold in range(10):
-    for holdout in (False, True):
-      splits = protocols.splits_for(available, fold, holdout_validation=holdout)
-      parts = [splits.train, splits.test] + ([splits.validation] if splits.validation else [])
-      subject_sets = [set().union(*(subjects_by_split[s] for s in p.split('+'))) for p in parts]
-      for i, a in enumerate(subject_sets):
-        for b in subject_sets[i + 1:]:
-          assert not a & b, (fold, holdout, a & b)
+  assert testing.assert_subject_independent('ck_plus/test', data_dir, _read_all(data_dir)) == 10
 
 
 def test_first_last3_config_keeps_first_and_last_three(tmp_path):

@@ -5,7 +5,6 @@ real Haar detector finds). The build and the reads run without TensorFlow; TFDS'
 ``DatasetBuilderTestCase`` needs TensorFlow (and dill) and runs only where they are installed.
 """
 
-import collections
 import pathlib
 import unittest
 
@@ -15,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from ferjax.data import protocols
 from tfds_builders import sequence_builder
+from tfds_builders import testing
 from tfds_builders.rml import rml_dataset_builder as builder_lib
 
 NAME = 'rml/test'
@@ -27,20 +27,12 @@ SPLITS = {'subject_1': 2, 'subject_2': 2, 'subject_6': 3, 'subject_7': 2}
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('tfds')
-  builder = builder_lib.Builder(data_dir=data_dir, config=TEST_CONFIG, file_format='array_record')
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(DUMMY_DATA)))
+  testing.build(builder_lib.Builder, TEST_CONFIG, data_dir, DUMMY_DATA)
   return data_dir
 
 
 def _read_all(data_dir):
-  examples = {}
-  for split in SPLITS:
-    source = tfds.data_source('rml/test', split=split, data_dir=data_dir)
-    for i in range(len(source)):
-      ex = source[i]
-      examples[ex['sequence_id'].decode()] = dict(ex, split=split)
-  return examples
+  return testing.read_all('rml/test', SPLITS, data_dir)
 
 
 def test_splits_are_speakers(data_dir):
@@ -78,24 +70,13 @@ def test_frames_and_kept_indices(data_dir):
 
 
 def test_no_subject_in_train_and_test_of_any_fold(data_dir):
-  """Leave-one-subject-out: for every fold (with or without a held-out validation subject) the train,
-  validation and test sets share no subject."""
+  """Every fold, with and without a held-out validation subject: no subject in two of train,
+  validation and test."""
   examples = _read_all(data_dir)
-  subjects_by_split = collections.defaultdict(set)
-  for ex in examples.values():
-    subjects_by_split[ex['split']].add(ex['subject'])
-  available = protocols.dataset_splits(NAME, data_dir=str(data_dir))
-  assert protocols.num_folds(available) == len(SPLITS)
-  for fold in range(len(SPLITS)):
-    for holdout in (False, True):
-      splits = protocols.splits_for(available, fold, holdout_validation=holdout)
-      parts = [splits.train, splits.test] + ([splits.validation] if splits.validation else [])
-      subject_sets = [set().union(*(subjects_by_split[s] for s in p.split('+'))) for p in parts]
-      assert all(subject_sets), (fold, holdout, parts)
-      for i, a in enumerate(subject_sets):
-        for b in subject_sets[i + 1:]:
-          assert not a & b, (fold, holdout, a & b)
-      assert len(subject_sets[1]) == 1  # The test set is exactly one subject.
+  assert testing.assert_subject_independent(NAME, data_dir, examples) == len(SPLITS)
+  for fold in range(len(SPLITS)):  # Leave-one-subject-out: the test set is exactly one subject.
+    test = protocols.splits_for(protocols.dataset_splits(NAME, str(data_dir)), fold).test
+    assert len({ex['subject'] for ex in examples.values() if ex['split'] == test}) == 1
 
 
 def test_wrong_manual_dir_names_expected_folders(tmp_path):
