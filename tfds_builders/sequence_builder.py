@@ -490,3 +490,31 @@ def main(argv: Sequence[str] | None = None) -> None:
   builder = build(args.name, args.manual_dir, args.data_dir, args.config)
   print({split: info.num_examples for split, info in builder.info.splits.items()})
 
+
+
+class SubjectVideoBuilder(SequenceDatasetBuilder, skip_registration=True):
+  """Videos of numbered subjects, one split `subject_<n>` each (leave-one-subject-out): eNTERFACE'05, RML.
+
+  Subclasses implement `_find_clips(manual_dir) -> (clips, excluded)`: clips with `sequence_id`, `subject`,
+  `label` and `path`; excluded entries (`sequence_id`, `reason`) are logged and recorded in the metadata.
+  """
+
+  def _find_clips(self, manual_dir: Path):
+    raise NotImplementedError
+
+  def _find_sources(self, manual_dir: Path) -> list[SequenceSource]:
+    clips, excluded = self._find_clips(manual_dir)
+    self._excluded = excluded
+    for entry in excluded:
+      logging.warning('%s: excluding %s: %s', self.name, entry.sequence_id, entry.reason)
+    subjects = sorted({c.subject for c in clips}, key=int)
+    print(f"{self.name}: {len(clips)} clips of {len(subjects)} subjects ({', '.join(subjects)}); "
+          f"{len(excluded)} videos excluded (listed in info.metadata['excluded'])", flush=True)
+    return [SequenceSource(sequence_id=c.sequence_id, split=f'subject_{c.subject}', label=c.label,
+                           subject=c.subject, video=str(c.path))
+            for c in clips]
+
+  def _extra_metadata(self, sources):
+    excluded = [dataclasses.asdict(e) for e in getattr(self, '_excluded', [])]
+    return {'excluded': excluded, 'num_excluded': len(excluded),
+            'subjects': sorted({s.subject for s in sources}, key=int)}

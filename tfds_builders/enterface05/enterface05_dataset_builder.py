@@ -19,10 +19,8 @@ or from Python::
       download_config=tfds.download.DownloadConfig(manual_dir='~/data/enterface05'))
 """
 
-import dataclasses
 from pathlib import Path
 
-from absl import logging
 import tensorflow_datasets as tfds
 
 from tfds_builders import sequence_builder
@@ -33,7 +31,7 @@ from tfds_builders.enterface05 import layout
 DEFAULT_MAX_FRAMES = 64
 
 
-class Builder(sequence_builder.SequenceDatasetBuilder):
+class Builder(sequence_builder.SubjectVideoBuilder):
   """eNTERFACE'05 audio-visual emotion database (video only): 6 emotions, 43 subjects."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -55,22 +53,5 @@ Subject and label are read from the folder names (file names have typos). Videos
 'sentence <m>' folder (subject 6's long unsegmented recordings) are excluded and reported.
 """
 
-  def _find_sources(self, manual_dir: Path) -> list[sequence_builder.SequenceSource]:
-    clips, excluded = layout.find_clips(manual_dir)
-    self._excluded = excluded
-    for entry in excluded:
-      logging.warning("enterface05: excluding %s: %s", entry.sequence_id, entry.reason)
-    subjects = sorted({c.subject for c in clips}, key=int)
-    print(f"enterface05: {len(clips)} clips of {len(subjects)} subjects; {len(excluded)} videos excluded "
-          "(listed in info.metadata['excluded'])", flush=True)
-    return [
-        sequence_builder.SequenceSource(
-            sequence_id=c.sequence_id, split=f'subject_{c.subject}', label=c.label,
-            subject=c.subject, video=str(c.path))
-        for c in clips
-    ]
-
-  def _extra_metadata(self, sources):
-    excluded = [dataclasses.asdict(e) for e in getattr(self, '_excluded', [])]
-    return {'excluded': excluded, 'num_excluded': len(excluded),
-            'subjects': sorted({s.subject for s in sources}, key=int)}
+  def _find_clips(self, manual_dir: Path):
+    return layout.find_clips(manual_dir)

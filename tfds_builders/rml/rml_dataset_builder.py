@@ -18,10 +18,8 @@ or from Python::
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir='~/data/rml'))
 """
 
-import dataclasses
 from pathlib import Path
 
-from absl import logging
 import tensorflow_datasets as tfds
 
 from tfds_builders import sequence_builder
@@ -31,7 +29,7 @@ from tfds_builders.rml import layout
 DEFAULT_MAX_FRAMES = 64
 
 
-class Builder(sequence_builder.SequenceDatasetBuilder):
+class Builder(sequence_builder.SubjectVideoBuilder):
   """RML audio-visual emotion database (video only): 6 emotions, 8 speakers, 720 clips."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -52,22 +50,5 @@ the builder searches for:
 The speaker comes from the s<n> folder, the label from the first two letters of the file name.
 """
 
-  def _find_sources(self, manual_dir: Path) -> list[sequence_builder.SequenceSource]:
-    clips, excluded = layout.find_clips(manual_dir)
-    self._excluded = excluded
-    for entry in excluded:
-      logging.warning('rml: excluding %s: %s', entry.sequence_id, entry.reason)
-    subjects = sorted({c.subject for c in clips}, key=int)
-    print(f"rml: {len(clips)} clips of speakers {', '.join(subjects)}; {len(excluded)} videos excluded "
-          "(listed in info.metadata['excluded'])", flush=True)
-    return [
-        sequence_builder.SequenceSource(
-            sequence_id=c.sequence_id, split=f'subject_{c.subject}', label=c.label,
-            subject=c.subject, video=str(c.path))
-        for c in clips
-    ]
-
-  def _extra_metadata(self, sources):
-    excluded = [dataclasses.asdict(e) for e in getattr(self, '_excluded', [])]
-    return {'excluded': excluded, 'num_excluded': len(excluded),
-            'subjects': sorted({s.subject for s in sources}, key=int)}
+  def _find_clips(self, manual_dir: Path):
+    return layout.find_clips(manual_dir)
