@@ -1,6 +1,8 @@
 """``python -m tfds_builders <name> --manual_dir DIR``: build a ferjax dataset without TensorFlow."""
 
+import sys
+
 from tfds_builders import sequence_builder
 
 if __name__ == '__main__':
-  sequence_builder.main()
+  sys.exit(sequence_builder.main())

@@ -10,9 +10,13 @@ sequence (which files, label, subject, split). Everything else is shared:
   them with one stable square box per sequence (``ferjax.data.faces``) and JPEG-encoding them;
 * doing that for all sequences in parallel on all CPU cores (``FERJAX_NUM_WORKERS`` overrides the count),
   in a deterministic order, with progress lines on stdout;
-* skipping unusable sequences (undecodable files, no face) with a logged reason; they are listed in the
-  prepared dataset's metadata (``builder.info.metadata['skipped']``: sequence id, path, reason) and counted
-  in the build summary.
+* skipping unusable sequences (undecodable files, no face, an unreadable label file) with a logged reason;
+  they are listed in the prepared dataset's metadata (``builder.info.metadata['skipped']``: sequence id,
+  path, split, reason) and counted in the build summary;
+* writing ArrayRecord (what ``tfds.data_source`` reads) unless the caller asks for another format, also
+  under ``tfds build`` without ``--file_format``;
+* the ``python -m tfds_builders`` command line (:func:`main`), which shows a wrong builder name, config or
+  manual dir as one message without a traceback.
 
 Features: those of ``ferjax.data.tfds_common.sequence_features`` plus two extras that record provenance:
 ``frame_indices`` (int32 [num_frames], 0-based positions of the kept frames in the original sequence or
@@ -22,11 +26,14 @@ video) and ``face_box`` (float32 [4], the crop box x, y, side, side in original 
 import collections
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
+import difflib
+import importlib
 import inspect
 import multiprocessing
 import os
 from pathlib import Path
 import re
+import sys
 import time
 from typing import Any
 
@@ -108,6 +115,11 @@ def describe_dir(folder: str | os.PathLike, limit: int = 25) -> str:
 
 class ManualDirError(FileNotFoundError):
   """The manual dir does not hold the dataset in any layout the builder knows."""
+
+
+class BuildError(ValueError):
+  """A build cannot start because of what the user gave (builder or config name, an ambiguous copy of
+  the dataset); ``python -m tfds_builders`` prints it, like :class:`ManualDirError`, without a traceback."""
 
 
 def manual_dir_error(dataset: str, manual_dir: str | os.PathLike, expected: str,
@@ -330,11 +342,25 @@ class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorB
   """Base class: subclasses set ``CLASS_NAMES`` and implement ``_find_sources``.
 
   Subclasses may also override ``_description()``, ``_extra_metadata(sources)`` (counts worth recording,
-  e.g. CK+'s unlabelled sequences) and ``_homepage``.
+  e.g. CK+'s unlabelled sequences) and ``_homepage``, set ``EXPECTED_LAYOUT`` (the folders the manual dir
+  should hold, for error messages), and call ``_skip_source`` from ``_find_sources`` for a sequence they
+  cannot describe (e.g. an unreadable label file).
+
+  ``file_format`` defaults to ArrayRecord: TFDS's own default is TFRecord, which ``tfds.data_source`` cannot
+  read, and ``tfds build`` passes a format only when given ``--file_format``. A dataset already prepared
+  on disk keeps the format it was written in.
   """
 
   CLASS_NAMES: tuple[str, ...] = ()
   HOMEPAGE: str | None = None
+  EXPECTED_LAYOUT: str = ''
+
+  def __init__(self, *, file_format: str | tfds.core.FileFormat | None = None, **kwargs):
+    super().__init__(file_format=file_format, **kwargs)
+    # `initialized` = restored from the dataset_info.json of a prepared dataset: its format wins.
+    if file_format is None and not self.info.initialized:
+      self.info.set_file_format(tfds.core.FileFormat.ARRAY_RECORD, override=True)
+    self._found_skipped: list[dict[str, Any]] = []
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -346,6 +372,31 @@ class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorB
   def _find_sources(self, manual_dir: Path) -> list[SequenceSource]:
     """All sequences of the user's copy; raise :func:`manual_dir_error` when the layout is not found."""
     raise NotImplementedError
+
+  def _skip_source(self, sequence_id: str, path: str | os.PathLike, reason: str,
+                   split: str | None = None) -> None:
+    """Records a sequence that ``_find_sources`` leaves out because it cannot be used (e.g. its label
+    file is unreadable): logged, listed in ``info.metadata['skipped']`` and counted in the build summary,
+    exactly like a sequence whose frames cannot be decoded."""
+    logging.warning('%s: skipping %s (%s): %s', self.name, sequence_id, path, reason)
+    self._found_skipped.append({'sequence_id': sequence_id, 'path': str(path), 'split': split,
+                                'reason': reason})
+
+  def _expected_layout(self) -> str:
+    return self.EXPECTED_LAYOUT or self.MANUAL_DOWNLOAD_INSTRUCTIONS
+
+  def _manual_dir(self, dl_manager) -> Path:
+    """The manual dir; a missing or empty one raises ManualDirError naming the expected layout."""
+    try:
+      return Path(dl_manager.manual_dir)
+    except (AssertionError, OSError) as e:
+      # TFDS asserts that the manual dir exists and is not empty; its message is the whole download
+      # instructions, not what was expected below the dir and what is there.
+      manual_dir = getattr(dl_manager, '_manual_dir', None)
+      if manual_dir is None:
+        raise
+      raise manual_dir_error(self.name, manual_dir, self._expected_layout(),
+                             problem=f'found no {self.name} data') from e
 
   def _crop_options(self) -> CropOptions:
     """How to crop; called after ``_find_sources`` (which may have chosen, e.g., a pre-cropped set)."""
@@ -377,17 +428,22 @@ class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorB
     )
 
   def _split_generators(self, dl_manager):
-    manual_dir = Path(dl_manager.manual_dir)
+    manual_dir = self._manual_dir(dl_manager)
     self.builder_config.crop_options()  # Fail on a bad config before searching the manual dir.
+    self._found_skipped = []
     sources = self._find_sources(manual_dir)
+    found_skipped = self._found_skipped
     options = self._crop_options()
     if not sources:
-      raise manual_dir_error(self.name, manual_dir, self.MANUAL_DOWNLOAD_INSTRUCTIONS,
-                             problem=f'found the {self.name} folders but no sequences in them')
+      unusable = f' ({len(found_skipped)} unusable, e.g. {found_skipped[0]["reason"]})' if (
+          found_skipped) else ''
+      raise manual_dir_error(self.name, manual_dir, self._expected_layout(),
+                             problem=f'found the {self.name} folders but no usable sequence in them'
+                                     f'{unusable}')
     ids = collections.Counter(s.sequence_id for s in sources)
     duplicates = sorted(i for i, n in ids.items() if n > 1)
     if duplicates:
-      raise ValueError(f'{self.name}: sequence ids must be unique, found duplicates {duplicates[:10]}')
+      raise BuildError(f'{self.name}: sequence ids must be unique, found duplicates {duplicates[:10]}')
     unknown = sorted({s.label for s in sources} - set(self.CLASS_NAMES))
     if unknown:
       raise ValueError(f'{self.name}: labels {unknown} are not among {self.CLASS_NAMES}')
@@ -397,8 +453,8 @@ class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorB
       by_split[source.split].append(source)
     metadata = self.info.metadata
     metadata.update({
-        'num_sequences_found': len(sources),
-        'skipped': [],
+        'num_sequences_found': len(sources) + len(found_skipped),
+        'skipped': list(found_skipped),
         'crop_options': dataclasses.asdict(options),
         **self._extra_metadata(sources),
     })
@@ -460,36 +516,90 @@ def kfold_by_sorted_subjects(subjects: Sequence[str], k: int = 10) -> dict[str, 
   return {s: f'fold_{i % k}' for i, s in enumerate(ordered)}
 
 
-def build(name: str, manual_dir: str, data_dir: str | None = None, config: str | None = None):
+def builder_names() -> list[str]:
+  """The builder packages of tfds_builders/: folders holding a ``<name>/<name>_dataset_builder.py``."""
+  root = Path(__file__).resolve().parent
+  return sorted(p.parent.name for p in root.glob('*/*_dataset_builder.py')
+                if p.name == f'{p.parent.name}_dataset_builder.py')
+
+
+def builder_class(name: str, config: str | None = None) -> type[tfds.core.DatasetBuilder]:
+  """The ``Builder`` of ``tfds_builders/<name>`` (importing it registers it with TFDS).
+
+  Raises:
+    BuildError: no such builder, or it has no config ``config``; the message lists the known names.
+  """
+  names = builder_names()
+  if name not in names:
+    raise BuildError(f'unknown builder {name!r}{_did_you_mean(name, names)}; '
+                     f'known builders: {", ".join(names)}')
+  cls = importlib.import_module(f'tfds_builders.{name}').Builder
+  configs = [c.name for c in cls.BUILDER_CONFIGS or ()]
+  if config is not None and config not in configs:
+    raise BuildError(f'{name} has no config {config!r}{_did_you_mean(config, configs)}; '
+                     f'its configs: {", ".join(configs) or "none"}')
+  return cls
+
+
+def _did_you_mean(name: str, choices: Sequence[str]) -> str:
+  close = difflib.get_close_matches(name, choices, n=1)
+  return f' (did you mean {close[0]}?)' if close else ''
+
+
+def _absolute(path: str | os.PathLike | None) -> str | None:
+  # Paths are stored in the prepared dataset (file templates, the skipped list) and read again from
+  # other working directories and worker processes: make them absolute where the user gives them.
+  return os.path.abspath(os.path.expanduser(path)) if path else None
+
+
+def build(name: str, manual_dir: str | None, data_dir: str | None = None, config: str | None = None):
   """Builds ``tfds_builders/<name>`` (``config``: a config name, default the builder's default) from
-  ``manual_dir`` into ``data_dir`` as ArrayRecord, without TensorFlow; returns the builder."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  importlib.import_module(f'tfds_builders.{name}')  # Registers the builder with TFDS.
+  ``manual_dir`` into ``data_dir`` as ArrayRecord, without TensorFlow; returns the builder.
+
+  Raises:
+    BuildError: unknown builder or config name, a manual dir missing where the builder needs one, or an
+      ambiguous copy of the dataset.
+    ManualDirError: the manual dir is missing, empty, or holds nothing of the dataset's layout.
+  """
+  cls = builder_class(name, config)
+  if manual_dir is None and cls.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    raise BuildError(f'{name} needs --manual_dir: the folder holding your copy of the dataset')
   builder = tfds.builder(name if config is None else f'{name}/{config}',
-                         data_dir=os.path.expanduser(data_dir) if data_dir else None,
-                         file_format='array_record')
+                         data_dir=_absolute(data_dir), file_format='array_record')
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(manual_dir)))
+      manual_dir=_absolute(manual_dir)))
   return builder
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  """``python -m tfds_builders <name> --manual_dir DIR [--config C] [--data_dir D]``.
+USER_ERRORS = (BuildError, ManualDirError)
 
-  Like ``tfds build tfds_builders/<name> --file_format array_record --manual_dir DIR``, whose CLI
-  (tensorflow-datasets 4.9) needs TensorFlow, apache-beam and mlcroissant at start-up (the [tf] extra);
-  this one needs none of them and always writes ArrayRecord.
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """``python -m tfds_builders <name> --manual_dir DIR [--config C] [--data_dir D] [--debug]``.
+
+  Like ``tfds build tfds_builders/<name> --manual_dir DIR``, whose CLI (tensorflow-datasets 4.9) needs
+  TensorFlow, apache-beam and mlcroissant at start-up (the [tf] extra); this one needs none of them and
+  always writes ArrayRecord. A wrong builder or config name or a wrong manual dir is printed as one
+  message (what was expected, what was found) with exit status 2; ``--debug`` shows the traceback.
   """
   import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=main.__doc__.split('\n')[0])
-  parser.add_argument('name', help='builder package under tfds_builders/, e.g. ck_plus')
-  parser.add_argument('--manual_dir', required=True, help="the user's copy of the dataset")
+  parser = argparse.ArgumentParser(prog='python -m tfds_builders',
+                                   description=main.__doc__.split('\n')[0])
+  parser.add_argument('name', help=f'builder package under tfds_builders/: {", ".join(builder_names())}')
+  parser.add_argument('--manual_dir', default=None, help="the user's copy of the dataset")
   parser.add_argument('--data_dir', default=None, help='output root (default ~/tensorflow_datasets)')
   parser.add_argument('--config', default=None, help='builder config name (default: the default)')
+  parser.add_argument('--debug', action='store_true', help='show the traceback of an input error')
   args = parser.parse_args(argv)
-  builder = build(args.name, args.manual_dir, args.data_dir, args.config)
+  try:
+    builder = build(args.name, args.manual_dir, args.data_dir, args.config)
+  except USER_ERRORS as e:
+    if args.debug:
+      raise
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   print({split: info.num_examples for split, info in builder.info.splits.items()})
-
+  return 0
 
 
 class SubjectVideoBuilder(SequenceDatasetBuilder, skip_registration=True):

@@ -42,6 +42,7 @@ class Builder(sequence_builder.SequenceDatasetBuilder):
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
   CLASS_NAMES = layout.EMOTIONS
+  EXPECTED_LAYOUT = layout.EXPECTED_LAYOUT
   HOMEPAGE = 'https://sites.google.com/site/emotiwchallenge/'
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 AFEW (Dhall et al., 2012) is distributed by the EmotiW challenge organisers ({HOMEPAGE}) to researchers who

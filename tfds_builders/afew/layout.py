@@ -70,13 +70,13 @@ def find_split_dirs(manual_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
   Raises:
     ManualDirError: neither split folder is found (the message names the expected layout and what was
       found).
-    ValueError: a split folder is found twice.
+    BuildError: a split folder is found twice.
   """
   found: dict[str, pathlib.Path] = {}
   for folder in sequence_builder.find_dirs(manual_dir, _is_split_dir):
     split = SPLIT_FOLDERS[folder.name.lower()]
     if split in found:
-      raise ValueError(f'Two {split} folders: {found[split]} and {folder}. '
+      raise sequence_builder.BuildError(f'Two {split} folders: {found[split]} and {folder}. '
                        'Point --manual_dir at a single AFEW copy.')
     found[split] = folder
   if not found:

@@ -1,9 +1,12 @@
 """CK+ (Extended Cohn-Kanade, Lucey et al. 2010): the 327 emotion-labelled sequences as face-crop sequences.
 
 Label: the sequence's ``Emotion/S***/NNN/*_emotion.txt`` (``int(float(text))``, 1..7). Sequences without an
-emotion file are unlabelled: they are left out (not an error) and counted in ``info.metadata``.
-Splits: ``fold_0 … fold_9``; a subject's fold is its index in the ascending-sorted list of labelled subjects,
-mod 10 (the Emotion-FAN fold list). Face box: from the ``Landmarks`` files when present, else the detector.
+emotion file are unlabelled: they are left out (not an error) and counted in ``info.metadata``. A sequence
+whose emotion file is unreadable (not a number, or a code outside 1..7) is skipped with that reason and listed
+in ``info.metadata['skipped']``, like one whose frames cannot be decoded; the rest of the build goes on.
+Splits: ``fold_0 … fold_9``; a subject's fold is its index in the ascending-sorted list of labelled subjects
+(those with an emotion file, readable or not), mod 10 (the Emotion-FAN fold list). Face box: from the
+``Landmarks`` files when present, else the detector.
 """
 
 import dataclasses
@@ -44,6 +47,7 @@ class Builder(sb.SequenceDatasetBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   CLASS_NAMES = tuple(sorted(EMOTION_CODES.values()))
+  EXPECTED_LAYOUT = EXPECTED_LAYOUT
   HOMEPAGE = 'https://www.jeffcohn.net/Resources/'
   BUILDER_CONFIGS = [
       CkPlusConfig(name='all', description='All frames of each labelled sequence, 256x256 crops.'),
@@ -74,17 +78,27 @@ Then: python -m tfds_builders ck_plus --manual_dir <that dir>
     print(f'ck_plus: images {images_root}, labels {emotion_root}, landmarks {landmarks_root}',
           flush=True)
 
-    labelled, self._unlabelled = [], []
+    labelled, bad_labels, self._unlabelled = [], [], []
     for subject_dir in sb.subdirs(images_root, SUBJECT_RE):
       for seq_dir in sb.subdirs(subject_dir, SEQUENCE_RE):
-        label = _read_label(emotion_root / subject_dir.name / seq_dir.name)
         sequence_id = f'{subject_dir.name}_{seq_dir.name}'
+        try:
+          label = _read_label(emotion_root / subject_dir.name / seq_dir.name)
+        except LabelError as e:
+          bad_labels.append((sequence_id, subject_dir.name, e))
+          continue
         if label is None:
           self._unlabelled.append(sequence_id)
         else:
           labelled.append((sequence_id, subject_dir.name, label, seq_dir))
-    folds = sb.kfold_by_sorted_subjects([subject for _, subject, _, _ in labelled], NUM_FOLDS)
+    # A damaged emotion file still marks a labelled subject: counting it keeps every other subject in
+    # its published fold.
+    folds = sb.kfold_by_sorted_subjects(
+        [subject for _, subject, _, _ in labelled] + [subject for _, subject, _ in bad_labels],
+        NUM_FOLDS)
     self._folds = folds
+    for sequence_id, subject, error in bad_labels:
+      self._skip_source(sequence_id, error.path, error.reason, split=folds[subject])
     return [self._source(sequence_id, subject, label, seq_dir, folds[subject], landmarks_root)
             for sequence_id, subject, label, seq_dir in labelled]
 
@@ -108,7 +122,8 @@ Then: python -m tfds_builders ck_plus --manual_dir <that dir>
 
   def _extra_metadata(self, sources):
     print(f'ck_plus: {len(sources)} labelled sequences of {len(self._folds)} subjects; '
-          f'{len(self._unlabelled)} unlabelled sequences left out (no emotion file)', flush=True)
+          f'{len(self._unlabelled)} unlabelled sequences left out (no emotion file); '
+          f'{len(self._found_skipped)} with an unreadable emotion file skipped', flush=True)
     return {'num_labelled': len(sources), 'num_unlabelled': len(self._unlabelled),
             'unlabelled': self._unlabelled, 'subject_folds': self._folds}
 
@@ -124,18 +139,37 @@ def _find_root(manual_dir: Path, name_pattern: str) -> Path | None:
   return roots[0] if roots else None
 
 
+class LabelError(ValueError):
+  """An emotion file that cannot be read as one of the codes 1..7."""
+
+  def __init__(self, path: Path, reason: str):
+    super().__init__(f'{path}: {reason}')
+    self.path, self.reason = path, reason
+
+
 def _read_label(folder: Path) -> str | None:
-  """The class name in a sequence's emotion folder, or None when it has no emotion file."""
+  """The class name in a sequence's emotion folder, or None when it has no emotion file.
+
+  Raises:
+    LabelError: the emotion file is unreadable, not a number, or not one of the codes 1..7.
+  """
   if not folder.is_dir():
     return None
   files = [p for p in sorted(folder.glob('*_emotion.txt')) if not media.is_hidden(p.name)]
   if not files:
     return None
-  text = files[-1].read_text().strip()
+  path = files[-1]
+  try:
+    # errors='replace': a binary file is reported with its text below rather than as a decode error.
+    text = path.read_text(errors='replace').strip()
+  except OSError as e:
+    raise LabelError(path, f'cannot read the emotion file: {e.strerror or e}') from e
   try:
     code = int(float(text))
-  except ValueError as e:
-    raise ValueError(f'{files[-1]}: expected one number like "3.0000000e+00", got {text!r}') from e
+  except (ValueError, OverflowError) as e:  # 'garbage', '', 'nan'; 'inf' overflows int().
+    raise LabelError(path, f'emotion file: expected one number like "3.0000000e+00", '
+                           f'got {text[:40]!r}') from e
   if code not in EMOTION_CODES:
-    raise ValueError(f'{files[-1]}: emotion code {code} is not one of {sorted(EMOTION_CODES)}')
+    raise LabelError(path, f'emotion file: code {code} is not one of {sorted(EMOTION_CODES)} '
+                           f'({", ".join(EMOTION_CODES.values())})')
   return EMOTION_CODES[code]

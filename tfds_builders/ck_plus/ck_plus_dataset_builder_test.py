@@ -6,7 +6,11 @@ cascade detects; no CK+ content). The build and the reads run without TensorFlow
 so it runs only where TensorFlow is installed.
 """
 
+import os
 import pathlib
+import shutil
+import subprocess
+import sys
 import unittest
 
 import numpy as np
@@ -32,6 +36,7 @@ EXPECTED = {
     'S506_002': ('fear', 'S506', 3), 'S999_001': ('surprise', 'S999', 4),
 }
 LABELLED_SUBJECTS = sorted({s for _, s, _ in EXPECTED.values()})  # S055_001 is skipped, S055 stays.
+TEST_CONFIG_NAMES = sorted(builder_lib.EMOTION_CODES.values())
 
 
 def _prepare(data_dir, config=TEST_CONFIG, manual_dir=DUMMY_DATA):
@@ -135,6 +140,75 @@ def test_wrong_manual_dir_names_expected_and_found(tmp_path):
                      match=r'(?s)no cohn-kanade-images and no Emotion.*cohn-kanade-images/S005/001'
                      r'.*contains: Train_AFEW/, notes.txt'):
     _prepare(tmp_path / 'out', manual_dir=manual)
+
+
+def test_unreadable_label_files_skip_their_sequence_only(tmp_path, capsys):
+  """A garbage emotion file and an out-of-range code skip those two sequences, with path and reason."""
+  manual = tmp_path / 'manual'
+  shutil.copytree(DUMMY_DATA, manual)
+  labels = manual / 'Emotion_labels'
+  garbage = next((labels / 'S010' / '004').glob('*_emotion.txt'))
+  garbage.write_bytes(b'\x89PNG not a number\n')
+  nine = next((labels / 'S100' / '001').glob('*_emotion.txt'))  # S100's only sequence.
+  nine.write_text('   9.0000000e+00\n')
+  _prepare(tmp_path / 'out', manual_dir=manual)
+  assert 'skipped 3 unusable' in capsys.readouterr().out
+  examples = testing.read_all('ck_plus/test', SPLITS, tmp_path / 'out')
+  expected = {k: v for k, v in EXPECTED.items() if k not in ('S010_004', 'S100_001')}
+  names = TEST_CONFIG_NAMES
+  assert {i: (names[ex['label']], ex['subject'].decode(), int(ex['num_frames']))
+          for i, ex in examples.items()} == expected
+  # S100 still counts as a labelled subject: every other subject keeps its fold.
+  for ex in examples.values():
+    assert ex['split'] == f'fold_{LABELLED_SUBJECTS.index(ex["subject"].decode()) % 10}'
+  metadata = tfds.builder('ck_plus/test', data_dir=tmp_path / 'out').info.metadata
+  skipped = {s['sequence_id']: s for s in metadata['skipped']}
+  assert metadata['num_skipped'] == 3 and set(skipped) == {'S010_004', 'S100_001', 'S055_001'}
+  assert metadata['num_sequences_found'] == 15
+  assert skipped['S010_004']['path'] == str(garbage)
+  assert 'expected one number' in skipped['S010_004']['reason']
+  assert 'not a number' in skipped['S010_004']['reason']
+  assert skipped['S100_001']['path'] == str(nine)
+  assert 'code 9 is not one of [1, 2, 3, 4, 5, 6, 7]' in skipped['S100_001']['reason']
+  assert skipped['S100_001']['split'] == f'fold_{LABELLED_SUBJECTS.index("S100") % 10}'
+
+
+def test_file_format_defaults_to_array_record(tmp_path):
+  """`tfds build` without --file_format constructs the builder without one: ArrayRecord all the same."""
+  builder = builder_lib.Builder(data_dir=tmp_path, config=TEST_CONFIG)
+  assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(DUMMY_DATA)))
+  assert list(tmp_path.glob('ck_plus/test/1.0.0/*.array_record*'))
+  assert not list(tmp_path.glob('ck_plus/test/1.0.0/*.tfrecord*'))
+  # Reopened without a format, the prepared dataset is read as what it was written in.
+  assert tfds.builder('ck_plus/test', data_dir=tmp_path).info.file_format == (
+      tfds.core.FileFormat.ARRAY_RECORD)
+  source = tfds.data_source('ck_plus/test', split='fold_1', data_dir=tmp_path)
+  assert len(source) == SPLITS['fold_1'] and source[0]['frames'][0].shape == (32, 32, 3)
+  # An explicit format is still honoured.
+  explicit = builder_lib.Builder(data_dir=tmp_path / 'other', config=TEST_CONFIG,
+                                 file_format='array_record')
+  assert explicit.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+
+
+def test_tfds_build_cli_without_file_format_writes_array_record(tmp_path):
+  """`tfds build` with no --file_format (TFDS's default would be TFRecord); needs the [tf] extra."""
+  for module in ('tensorflow', 'apache_beam', 'mlcroissant'):  # the tfds CLI imports them at start.
+    pytest.importorskip(module)
+  tfds_cli = shutil.which('tfds', path=os.path.dirname(sys.executable)) or shutil.which('tfds')
+  if tfds_cli is None:
+    pytest.skip('no tfds command next to this Python')
+  repo = DUMMY_DATA.parents[2]
+  result = subprocess.run(
+      [tfds_cli, 'build', 'tfds_builders/ck_plus', '--config', 'first_last3',
+       '--manual_dir', str(DUMMY_DATA), '--data_dir', str(tmp_path)],
+      cwd=repo, capture_output=True, text=True, timeout=240,
+      env=dict(os.environ, FERJAX_NUM_WORKERS='1', TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert len(list(tmp_path.glob('ck_plus/first_last3/1.0.0/*.array_record-*'))) == 10
+  source = tfds.data_source('ck_plus/first_last3', split='fold_1', data_dir=tmp_path)
+  assert len(source) == SPLITS['fold_1']
 
 
 def test_tfds_dataset_builder_test_case():

@@ -43,6 +43,7 @@ class Builder(sequence_builder.SubjectVideoBuilder):
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
   CLASS_NAMES = layout.EMOTIONS
+  EXPECTED_LAYOUT = layout.EXPECTED_LAYOUT
   HOMEPAGE = 'http://www.enterface.net/enterface05/'
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 The eNTERFACE'05 audio-visual emotion database (Martin et al., 2006) is distributed on the eNTERFACE'05

@@ -67,13 +67,13 @@ def find_root(manual_dir: os.PathLike | str) -> pathlib.Path:
 
   Raises:
     ManualDirError: no such folder (the message names the expected layout and what was found).
-    ValueError: several such folders (two copies below the manual dir).
+    BuildError: several such folders (two copies below the manual dir).
   """
   roots = sequence_builder.find_dirs(manual_dir, sequence_builder.has_subdirs(_SUBJECT_RE.pattern))
   if not roots:
     raise sequence_builder.manual_dir_error("eNTERFACE'05", manual_dir, EXPECTED_LAYOUT)
   if len(roots) > 1:
-    raise ValueError(
+    raise sequence_builder.BuildError(
         "Found several eNTERFACE'05 copies (folders holding 'subject <n>' folders): "
         f'{", ".join(map(str, roots))}. Point --manual_dir at one of them.')
   return roots[0]

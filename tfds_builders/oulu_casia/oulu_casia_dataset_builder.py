@@ -55,6 +55,7 @@ class Builder(sb.SequenceDatasetBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   CLASS_NAMES = tuple(sorted(EMOTION_FOLDERS.values()))
+  EXPECTED_LAYOUT = EXPECTED_LAYOUT
   HOMEPAGE = 'https://www.oulu.fi/en/university/faculties-and-units/faculty-information-technology-and-electrical-engineering/center-machine-vision-and-signal-analysis'
   BUILDER_CONFIGS = _configs()
   DEFAULT_BUILDER_CONFIG_NAME = 'VL_Strong'

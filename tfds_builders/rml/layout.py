@@ -77,13 +77,13 @@ def find_subject_dirs(manual_dir: os.PathLike | str) -> dict[str, pathlib.Path]:
 
   Raises:
     ManualDirError: no such folder (the message names the expected layout and what was found).
-    ValueError: the same speaker appears in two folders (two copies below the manual dir).
+    BuildError: the same speaker appears in two folders (two copies below the manual dir).
   """
   found: dict[str, pathlib.Path] = {}
   for folder in sequence_builder.find_dirs(manual_dir, _is_speaker_dir):
     subject = str(int(_SUBJECT_RE.fullmatch(folder.name).group(1)))
     if subject in found:
-      raise ValueError(f'Speaker s{subject} appears twice: {found[subject]} and {folder}. '
+      raise sequence_builder.BuildError(f'Speaker s{subject} appears twice: {found[subject]} and {folder}. '
                        'Point --manual_dir at a single RML copy.')
     found[subject] = folder
   if not found:

@@ -41,6 +41,7 @@ class Builder(sequence_builder.SubjectVideoBuilder):
   ]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
   CLASS_NAMES = layout.EMOTIONS
+  EXPECTED_LAYOUT = layout.EXPECTED_LAYOUT
   HOMEPAGE = 'http://www.rml.ryerson.ca/rml-emotion-database.html'
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 The RML emotion database (Wang & Guan, 2008) is distributed by the Ryerson Multimedia Research Lab
