@@ -42,7 +42,8 @@ def test_unknown_builder_names_the_known_ones(tmp_path):
 
 def test_unknown_config_names_the_configs(tmp_path):
   result = run_cli('ck_plus', '--config', 'first_last', '--manual_dir', CK_DUMMY, cwd=tmp_path)
-  assert_user_error(result, "no config 'first_last'", 'did you mean first_last3?', 'all, first_last3')
+  assert_user_error(result, "no config 'first_last'", 'did you mean first_last3?',
+                    'all, first_last3')
 
 
 @pytest.mark.parametrize('case', ['missing', 'empty', 'afew_layout'])

@@ -6,6 +6,11 @@ tests/data/gru_reference.npz from scripts/make_gru_reference.py (torch.nn.GRU).
 """
 
 import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -125,14 +130,60 @@ def test_mismatch_errors_name_keys_and_leave_model_untouched(io):
 
 
 def test_never_reads_pickle(tmp_path):
-  with pytest.raises(ValueError, match='pickle'):
+  with pytest.raises(convert.WeightsFileError, match='pickle'):
     convert.read_weights(str(tmp_path / 'resnet50.pth'))
   path = str(tmp_path / 'objects.npz')
   np.savez(path, w=np.array([{'a': 1}], dtype=object))
-  with pytest.raises(ValueError, match='allow_pickle'):
+  with pytest.raises(convert.WeightsFileError, match=r'objects\.npz: .*allow_pickle'):
     convert.read_weights(path)
-  with pytest.raises(ValueError, match='safetensors or .npz'):
+  with pytest.raises(convert.WeightsFileError, match='safetensors or .npz'):
     convert.read_weights(str(tmp_path / 'weights.h5'))
+
+
+def _pickled_npz(tmp_path):
+  """A pickle of a dict of arrays, saved under an .npz name (np.load would unpickle it if allowed)."""
+  path = tmp_path / 'pickled.npz'
+  path.write_bytes(pickle.dumps({'conv1.weight': np.zeros((8, 3, 7, 7), np.float32)}))
+  return path
+
+
+def _truncated_safetensors(tmp_path):
+  data = (pathlib.Path(RESNET_FILE)).read_bytes()
+  path = tmp_path / 'truncated.safetensors'
+  path.write_bytes(data[:len(data) // 2])
+  return path
+
+
+def _torch_zip_as_npz(tmp_path):
+  """What torch.save writes by default (a zip holding archive/data.pkl), renamed to .npz."""
+  path = tmp_path / 'renamed.npz'
+  with zipfile.ZipFile(path, 'w') as z:
+    z.writestr('archive/data.pkl', pickle.dumps({'w': 1}))
+  return path
+
+
+@pytest.mark.parametrize('make, words', [
+    (lambda tmp: tmp / 'resnet50.pth', ('pickle-based', 'Starting from ImageNet weights')),
+    (_pickled_npz, ('pickled Python objects', 'allow_pickle=False')),
+    (_truncated_safetensors, ('truncated or corrupt safetensors',)),
+    (_torch_zip_as_npz, ('archive/data.pkl', 'Starting from ImageNet weights')),
+    (lambda tmp: tmp / 'absent.safetensors', ('does not exist',)),
+], ids=['pth', 'pickle_as_npz', 'truncated_safetensors', 'torch_zip_as_npz', 'missing'])
+def test_unreadable_weights_file_is_one_line_naming_it(tmp_path, make, words):
+  path = make(tmp_path)
+  with pytest.raises(convert.WeightsFileError) as err:
+    convert.read_weights(str(path))
+  assert isinstance(err.value, convert.WeightsMismatchError)  # what the training CLI shows
+  message = str(err.value)
+  assert message.startswith(str(path)) and '\n' not in message
+  assert all(w in message for w in words), message
+  # The command line: one line on stderr, exit status 1, no traceback.
+  result = subprocess.run(
+      [sys.executable, '-m', 'ferjax.models.convert', 'check', str(path), '--arch', 'resnet50'],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr, result.stderr
+  assert result.stderr.strip() == f'error: {message}'
 
 
 def test_gru_and_bigru_match_pytorch(gru_ref):

@@ -22,7 +22,9 @@ anything else       its attribute name                           none
 
 Loading checks the file against that view and raises ``WeightsMismatchError`` (a ValueError)
 listing missing keys, unexpected keys and shape mismatches before anything is written, so a
-model is either fully loaded or left untouched.
+model is either fully loaded or left untouched. A file that cannot be read at all (missing,
+pickle-based, truncated, not the format its name says) raises ``WeightsFileError``, a subclass of
+``WeightsMismatchError`` whose one-line message names the file, so callers that show one show both.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import fnmatch
 import os
 import re
 import sys
+import zipfile
+import zlib
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -55,26 +59,97 @@ class WeightsMismatchError(ValueError):
   """A weights file does not fit the model (missing/unexpected keys, wrong shapes)."""
 
 
+class WeightsFileError(WeightsMismatchError):
+  """A weights file cannot be read: missing, pickle-based, truncated/corrupt, or an unknown format.
+
+  The message is one line that starts with the file name.
+  """
+
+
 # ------------------------------------------------------------------------------------------------
 # Files.
 
+_CONVERT_HINT = (
+    'Convert it once where PyTorch is installed: load the state dict there, then `from '
+    'safetensors.torch import save_file; save_file({k: v.contiguous() for k, v in '
+    'state_dict.items()}, "weights.safetensors")` (README: "Starting from ImageNet weights").')
+_PICKLE_MAGIC = b'\x80'  # pickle protocol >= 2
+_ZIP_MAGIC = b'PK\x03\x04'  # .npz, and torch.save's default (zip) format
+
+
+def _head(path: str, size: int = 4) -> bytes:
+  with open(path, 'rb') as f:
+    return f.read(size)
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  try:
+    return dict(load_file(path))
+  except SafetensorError as e:
+    # The Rust library's message ("incomplete metadata, file not fully covered") names no file.
+    head = _head(path)
+    if head.startswith(_PICKLE_MAGIC) or head.startswith(_ZIP_MAGIC):
+      raise WeightsFileError(f'{path}: not a safetensors file but, by its first bytes, a PyTorch '
+                             'checkpoint (pickle), which ferjax never reads. '
+                             f'{_CONVERT_HINT}') from e
+    raise WeightsFileError(f'{path}: truncated or corrupt safetensors file ({_one_line(e)}); '
+                           'download or convert it again.') from e
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  try:
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+      raise WeightsFileError(f'{path}: a single .npy array, not an .npz archive of named arrays '
+                             '(write it with np.savez).')
+    with loaded as f:
+      arrays = {k: f[k] for k in f.files}
+  except ValueError as e:
+    if isinstance(e, WeightsFileError):
+      raise
+    if 'pickle' not in str(e):
+      raise WeightsFileError(f'{path}: unreadable .npz file ({_one_line(e)}).') from e
+    # numpy's message ("This file contains pickled (object) data ...") names no file.
+    raise WeightsFileError(
+        f'{path}: holds pickled Python objects, not plain arrays, and ferjax never unpickles '
+        '(allow_pickle=False). Save plain arrays with np.savez(path, **arrays), or convert a '
+        'PyTorch checkpoint as the README shows ("Starting from ImageNet weights").') from e
+  except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+    raise WeightsFileError(f'{path}: truncated or corrupt .npz file ({type(e).__name__}: '
+                           f'{_one_line(e)}); download or convert it again.') from e
+  # A zip of other files (e.g. torch.save's archive/data.pkl): NpzFile gives their raw bytes.
+  others = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+  if others:
+    raise WeightsFileError(f'{path}: a zip archive with non-array members '
+                           f'({", ".join(others[:3])}), not an .npz of arrays; a renamed PyTorch '
+                           f'checkpoint? {_CONVERT_HINT}')
+  return arrays
+
+
+def _one_line(e: BaseException) -> str:
+  return ' '.join(str(e).split())
+
 
 def read_weights(path: str) -> dict[str, np.ndarray]:
-  """Reads a ``.safetensors`` or ``.npz`` file into ``{key: float array}``; never unpickles."""
+  """Reads a ``.safetensors`` or ``.npz`` file into ``{key: float array}``; never unpickles.
+
+  Raises:
+    WeightsFileError: the file is pickle-based (``.pt``/``.pth``/``.bin``/...; not even opened),
+      missing, truncated or corrupt, or of an unknown format; the one-line message names it.
+  """
   lower = path.lower()
   if lower.endswith(PICKLE_SUFFIXES):
-    raise ValueError(
-        f'{path}: pickle-based PyTorch files are not read by ferjax (they can run code). Convert '
-        'it once where PyTorch is installed: load the state dict there, then `from safetensors.torch '
-        'import save_file; save_file({k: v.contiguous() for k, v in state_dict.items()}, '
-        '"weights.safetensors")` (README: "Starting from ImageNet weights").')
-  if lower.endswith('.safetensors'):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    return dict(load_file(path))
-  if lower.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}
-  raise ValueError(f'{path}: unknown weights format; expected a .safetensors or .npz file.')
+    raise WeightsFileError(
+        f'{path}: pickle-based PyTorch files are not read by ferjax (they can run code). '
+        f'{_CONVERT_HINT}')
+  if not lower.endswith(('.safetensors', '.npz')):
+    raise WeightsFileError(f'{path}: unknown weights format; expected a .safetensors or .npz file.')
+  if not os.path.isfile(path):
+    found = 'is a directory' if os.path.isdir(path) else 'does not exist'
+    raise WeightsFileError(f'{path}: weights file {found}.')
+  return _read_safetensors(path) if lower.endswith('.safetensors') else _read_npz(path)
 
 
 def write_weights(path: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -86,7 +161,7 @@ def write_weights(path: str, arrays: Mapping[str, np.ndarray]) -> None:
   elif path.lower().endswith('.npz'):
     np.savez(path, **arrays)
   else:
-    raise ValueError(f'{path}: unknown weights format; expected a .safetensors or .npz file.')
+    raise WeightsFileError(f'{path}: unknown weights format; expected a .safetensors or .npz file.')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -442,6 +517,18 @@ def main(argv=None) -> int:
     if name == 'export':
       p.add_argument('--out', required=True, help='.safetensors or .npz')
   args = parser.parse_args(argv)
+  try:
+    return _run(args)
+  except WeightsMismatchError as e:  # WeightsFileError included: one message, no traceback.
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+
+
+def _run(args) -> int:
+  if args.command == 'export' and not args.out.lower().endswith(('.safetensors', '.npz')):
+    # Checked before the (slow) load, not after it.
+    raise WeightsFileError(f'{args.out}: unknown output format; expected a .safetensors or .npz '
+                           'file.')
   state_dict = read_weights(args.file)
   model = _build_resnet(args, abstract=args.command == 'check')
   if args.command == 'check':
@@ -449,13 +536,8 @@ def main(argv=None) -> int:
     rules = _resnet_rules(args.num_classes is not None)
     entries = torch_layout(model)
     file_keys, _ = _select(state_dict, args.prefix, rules['ignore'] + ALWAYS_IGNORED, None)
-    try:
-      _check(entries, file_keys, prefix=args.prefix, optional=rules['optional'],
-             source=args.file, target=f'{args.arch} width {args.width}',
-             all_keys=state_dict.keys())
-    except WeightsMismatchError as e:
-      print(e, file=sys.stderr)
-      return 1
+    _check(entries, file_keys, prefix=args.prefix, optional=rules['optional'],
+           source=args.file, target=f'{args.arch} width {args.width}', all_keys=state_dict.keys())
     print(f'{args.file}: OK for {args.arch} width {args.width} '
           f'({sum(k in file_keys for k in entries)} of {len(entries)} tensors in the file).')
     return 0
