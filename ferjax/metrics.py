@@ -23,29 +23,35 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
 
 def classification_report(labels: np.ndarray, preds: np.ndarray,
                           class_names: Sequence[str]) -> dict:
-  """WAR (accuracy), UAR (mean recall over classes present), macro-F1, per-class recall, confusion matrix.
+  """WAR (accuracy), UAR, macro-F1, per-class recall/precision/F1 and the confusion matrix.
 
-  Classes absent from `labels` (possible on one small test fold) are left out of UAR and macro-F1 and
-  reported with recall None, so a fold is not penalised for what it does not contain.
+  * UAR (unweighted average recall) is the mean recall over the classes present in `labels` (as
+    scikit-learn's `balanced_accuracy_score`): a small test fold without, say, contempt is not scored on a
+    class it does not contain. Absent classes get recall None.
+  * Macro-F1 is scikit-learn's `f1_score(average='macro')`: the mean F1 over the union of the true and the
+    predicted classes, so a class that is predicted but absent from `labels` counts with F1 = 0.
   """
   cm = confusion_matrix(labels, preds, len(class_names))
   support = cm.sum(axis=1)
   predicted = cm.sum(axis=0)
-  tp = np.diag(cm)
+  tp = np.diag(cm).astype(np.float64)
   present = support > 0
+  scored = present | (predicted > 0)
   recall = np.where(present, tp / np.maximum(support, 1), np.nan)
   precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
-  f1 = np.where(precision + np.nan_to_num(recall) > 0,
-                2 * precision * np.nan_to_num(recall) / np.maximum(precision + np.nan_to_num(recall),
-                                                                   1e-12), 0.0)
+  # F1 = 2 TP / (2 TP + FP + FN), which is 0 (not undefined) when TP = 0.
+  f1 = 2 * tp / np.maximum(support + predicted, 1)
   total = int(cm.sum())
   return {
       'num_examples': total,
       'war': float(tp.sum() / total) if total else float('nan'),
       'uar': float(np.mean(recall[present])) if present.any() else float('nan'),
-      'macro_f1': float(np.mean(f1[present])) if present.any() else float('nan'),
+      'macro_f1': float(np.mean(f1[scored])) if scored.any() else float('nan'),
       'per_class_recall': {name: (None if math.isnan(r) else float(r))
                            for name, r in zip(class_names, recall)},
+      'per_class_precision': {name: (float(p) if n else None)
+                              for name, p, n in zip(class_names, precision, predicted)},
+      'per_class_f1': {name: (float(f) if s else None) for name, f, s in zip(class_names, f1, scored)},
       'support': {name: int(s) for name, s in zip(class_names, support)},
       'class_names': list(class_names),
       'confusion_matrix': cm.tolist(),

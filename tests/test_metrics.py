@@ -43,3 +43,22 @@ def test_writer_and_png(tmp_path):
   metrics.save_confusion_matrix_png(np.array([[3, 1], [0, 2]]), NAMES[:2], str(png))
   assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   json.dumps(metrics.classification_report(np.array([0]), np.array([0]), NAMES))
+
+
+def test_macro_f1_counts_a_predicted_but_absent_class_like_scikit_learn():
+  # True classes {0, 1}; class 2 is predicted once but never true.
+  labels = np.array([0, 0, 1, 1])
+  preds = np.array([0, 2, 1, 1])
+  r = metrics.classification_report(labels, preds, NAMES)
+  # By hand: F1(0) = 2*1/(2*1+0+1) = 2/3, F1(1) = 1, F1(2) = 0 (one FP, no TP):
+  # sklearn.metrics.f1_score(labels, preds, average='macro') = (2/3 + 1 + 0) / 3.
+  assert r['macro_f1'] == pytest.approx((2 / 3 + 1 + 0) / 3)
+  # UAR is over the classes present in the labels only: (1/2 + 1) / 2.
+  assert r['uar'] == pytest.approx(0.75)
+  assert r['per_class_f1'] == pytest.approx({'anger': 2 / 3, 'happiness': 1.0, 'surprise': 0.0})
+  assert r['per_class_precision']['surprise'] == 0.0 and r['per_class_recall']['surprise'] is None
+
+
+def test_macro_f1_ignores_classes_neither_true_nor_predicted():
+  r = metrics.classification_report(np.array([0, 1]), np.array([0, 1]), NAMES)
+  assert r['macro_f1'] == 1.0 and r['per_class_f1']['surprise'] is None
