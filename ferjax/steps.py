@@ -27,14 +27,24 @@ class TrainState:
   rng: jax.Array  # uint32 key data; the step's dropout key is fold_in(rng, step).
 
 
-def _decays(path, _) -> bool:
-  # Weight decay on kernels and recurrent weight matrices only; never on biases or normalisation.
-  name = str(getattr(path[-1], 'key', path[-1]))
-  return name == 'kernel' or name.startswith('weight')
+def _param_name(path) -> str:
+  """The parameter's own name: the last path key that is not an nnx.Variable's `.value` attribute."""
+  names = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
+  while names and names[-1] == 'value':
+    names.pop()
+  return names[-1] if names else ''
+
+
+def decays(path) -> bool:
+  """Weight decay on convolution/linear kernels and GRU weight matrices only (torchvision, timm and
+  the flax examples exempt biases and normalisation scales/offsets)."""
+  name = _param_name(path)
+  return name == 'kernel' or name.startswith('weight_')
 
 
 def decay_mask(params):
-  return jax.tree_util.tree_map_with_path(_decays, params)
+  """A pytree of bools shaped like `params`: True where weight decay applies (see `decays`)."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
 
 
 def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,

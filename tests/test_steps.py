@@ -1,0 +1,147 @@
+"""The optimizer and the train step, checked against hand-computed values.
+
+Weight decay (which leaves decay, and by how much), the warm-up + cosine schedule, global-norm clipping,
+label smoothing, and the train step's metrics. Each test fails if the behaviour is missing: e.g. a decay
+mask that is all False leaves every parameter unchanged under zero gradients.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ferjax import steps
+from ferjax.models import res_rbg
+
+
+def _train_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(dict(
+      optimizer='adamw', learning_rate=0.1, weight_decay=0.5, momentum=0.0, grad_clip=0.0,
+      warmup_epochs=0.0, label_smoothing=0.0))
+  c.update(overrides)
+  return c
+
+
+@functools.cache
+def _tiny_model() -> res_rbg.ResRBG:
+  # Built once per process (creating a model compiles every initialiser); no test mutates it.
+  return res_rbg.ResRBG(3, backbone='resnet18', width=4, stage_sizes=(1, 1, 1, 1), attention='geca',
+                        rbg_blocks=1, hidden=4, dropout=0.0, rngs=nnx.Rngs(0))
+
+
+def _names(params) -> dict[str, bool]:
+  mask = steps.decay_mask(params)
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path if getattr(k, 'name', None) != 'value'):
+          bool(v) for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+
+
+def test_decay_mask_over_a_real_res_rbg():
+  _, params, _ = nnx.split(_tiny_model(), nnx.Param, ...)
+  mask = _names(params)
+  decayed = {k for k, v in mask.items() if v}
+  kept = {k for k, v in mask.items() if not v}
+  # Kernels of convolutions (backbone, G-ECA's 1-D conv), the classifier and GRU weight matrices decay.
+  for name in ('backbone/conv1/kernel', 'backbone/layer1/0/conv2/kernel', 'backbone/layer1/0/attn/conv/kernel',
+               'head/kernel', 'temporal/0/gru/0/weight_ih', 'temporal/0/gru/0/weight_hh',
+               'temporal/0/bigru/3/weight_hh'):
+    assert name in decayed, (name, sorted(decayed)[:10])
+  # Biases and normalisation parameters never do.
+  for name in ('backbone/bn1/scale', 'backbone/bn1/bias', 'head/bias', 'temporal/0/gru/0/bias_ih',
+               'temporal/0/gru/0/bias_hh', 'temporal/0/norm/0/scale', 'temporal/0/norm/0/bias'):
+    assert name in kept, (name, sorted(kept)[:10])
+  assert all(k.endswith(('kernel', 'weight_ih', 'weight_hh')) for k in decayed)
+  assert all(k.endswith(('bias', 'scale', 'bias_ih', 'bias_hh')) for k in kept)
+
+
+@pytest.mark.parametrize('optimizer', ['adamw', 'sgd'])
+def test_zero_gradient_update_shrinks_exactly_the_decayed_leaves(optimizer):
+  _, params, _ = nnx.split(_tiny_model(), nnx.Param, ...)
+  lr, wd = 0.1, 0.5
+  tx = steps.make_optimizer(_train_config(optimizer=optimizer, learning_rate=lr, weight_decay=wd),
+                            total_steps=100, warmup_steps=0)
+  opt_state = tx.init(params)
+  grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(grads, opt_state, params)
+  new = optax.apply_updates(params, updates)
+  mask = jax.tree.leaves(steps.decay_mask(params))
+  # Step 0 of the cosine schedule is the peak rate: decayed leaves become p * (1 - lr * wd).
+  for decays, before, after in zip(mask, jax.tree.leaves(params), jax.tree.leaves(new)):
+    expected = before * (1 - lr * wd) if decays else before
+    np.testing.assert_allclose(after, expected, rtol=1e-6, atol=1e-7)
+  assert sum(mask) > 10 and sum(not m for m in mask) > 10
+
+
+def test_warmup_cosine_schedule_values():
+  config = _train_config(optimizer='sgd', learning_rate=1.0, weight_decay=0.0)
+  tx = steps.make_optimizer(config, total_steps=110, warmup_steps=10)
+  params = {'w': jnp.zeros(())}
+  state = tx.init(params)
+  rates = []
+  for _ in range(111):
+    updates, state = tx.update({'w': jnp.ones(())}, state, params)
+    rates.append(-float(updates['w']))  # SGD without momentum: the update is -lr(t) * g, g = 1.
+  # Linear warm-up from 0 to the peak over 10 steps, then cosine to 0 at step 110.
+  np.testing.assert_allclose(rates[:11], np.linspace(0, 1, 11), atol=1e-6)
+  t = np.array([10, 35, 60, 85, 110])
+  np.testing.assert_allclose([rates[i] for i in t], 0.5 * (1 + np.cos(np.pi * (t - 10) / 100)),
+                             atol=1e-6)
+
+
+def test_global_norm_clipping():
+  config = _train_config(optimizer='sgd', learning_rate=1.0, weight_decay=0.0, grad_clip=1.0)
+  tx = steps.make_optimizer(config, total_steps=10, warmup_steps=0)
+  params = {'a': jnp.zeros(2), 'b': jnp.zeros(1)}
+  grads = {'a': jnp.array([3.0, 0.0]), 'b': jnp.array([4.0])}  # Global norm 5 -> scaled by 1/5.
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['a'], [-0.6, 0.0], atol=1e-6)
+  np.testing.assert_allclose(updates['b'], [-0.8], atol=1e-6)
+  small = {'a': jnp.array([0.3, 0.0]), 'b': jnp.array([0.4])}  # Norm 0.5 <= 1: unchanged.
+  updates, _ = tx.update(small, tx.init(params), params)
+  np.testing.assert_allclose(updates['b'], [-0.4], atol=1e-6)
+
+
+def test_label_smoothing_cross_entropy():
+  logits = jnp.array([[2.0, 0.0, 0.0]])
+  log_p = np.asarray(jax.nn.log_softmax(logits))[0]
+  # Smoothing 0.3 over 3 classes: targets (0.8, 0.1, 0.1).
+  expected = -(0.8 * log_p[0] + 0.1 * log_p[1] + 0.1 * log_p[2])
+  np.testing.assert_allclose(steps.cross_entropy(logits, jnp.array([0]), 0.3), [expected], rtol=1e-6)
+  np.testing.assert_allclose(steps.cross_entropy(logits, jnp.array([0]), 0.0), [-log_p[0]], rtol=1e-6)
+
+
+def _step_inputs(model, **train):
+  tx = steps.make_optimizer(_train_config(**train), total_steps=10, warmup_steps=0)
+  graphdef, state = steps.init_state(model, tx, seed=0)
+  frames = jax.random.normal(jax.random.key(1), (4, 2, 32, 32, 3))
+  return graphdef, tx, state, {'frames': frames, 'label': jnp.array([0, 1, 2, 0])}
+
+
+def _jit_step(graphdef, tx):
+  return jax.jit(functools.partial(steps.train_step, graphdef, tx, 0.0))
+
+
+def test_train_step_metrics_count_correct_predictions():
+  model = _tiny_model()
+  graphdef, tx, state, batch = _step_inputs(model)
+  logits = jax.jit(lambda s, f: nnx.merge(graphdef, s.params, s.model_state)(f, train=True))(
+      state, batch['frames'])
+  _, metrics = _jit_step(graphdef, tx)(state, batch)
+  assert int(metrics['count']) == 4
+  assert int(metrics['correct']) == int((jnp.argmax(logits, -1) == batch['label']).sum())
+  assert int(metrics['nonfinite']) == 0
+  np.testing.assert_allclose(
+      metrics['loss'], steps.cross_entropy(logits, batch['label'], 0.0).mean(), rtol=1e-5)
+
+
+def test_train_step_flags_a_nonfinite_parameter():
+  graphdef, tx, state, batch = _step_inputs(_tiny_model())
+  leaves, treedef = jax.tree.flatten(state.params)
+  leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.inf)
+  state = state.replace(params=jax.tree.unflatten(treedef, leaves))
+  _, metrics = _jit_step(graphdef, tx)(state, batch)
+  assert int(metrics['nonfinite']) == 1
