@@ -3,7 +3,8 @@
 #   constraints.txt     every package (transitive ones included) of a fresh `pip install -e '.[test]'`
 #   constraints-tf.txt  the same for CI's TensorFlow stage: `pip install -e '.[test,tf]' dill`
 # Each comes from a fresh virtualenv in a temporary folder: newest pip, the install without constraints
-# (so pip picks today's newest releases that fit pyproject.toml), then `pip freeze --exclude-editable`.
+# (so pip picks today's newest releases that fit pyproject.toml), then `pip freeze --all --exclude-editable`
+# without pip and setuptools, which come with the virtualenv (--all keeps e.g. wheel, which TensorFlow needs).
 # The two files are separate locks: TensorFlow and apache-beam cap some shared packages (protobuf,
 # pyarrow, pillow, ...) below what the [test] install resolves to, so constraints-tf.txt is not a superset
 # of constraints.txt and is used on its own.
@@ -49,11 +50,12 @@ lock() {
   {
     echo "# Known-good versions: every package (transitive ones included) that \`pip install $what\`"
     echo "# resolved in a fresh virtualenv on $(date -u +%Y-%m-%d) (Python $py_version, pip $pip_version, $platform)."
-    echo "# Made by scripts/update_constraints.sh (fresh venv, install without constraints, pip freeze --exclude-editable)."
+    echo "# Made by scripts/update_constraints.sh: fresh venv, install without constraints, \`pip freeze --all"
+    echo "# --exclude-editable\` minus pip and setuptools (the virtualenv's own, not resolved by the install)."
     echo "# Use: pip install $what -c $out"
     echo "# Update: bash scripts/update_constraints.sh, run the test suite (python -m pytest -q -n 2; .ci/run),"
     echo "# then commit constraints.txt and constraints-tf.txt together. Do not edit by hand."
-    "$venv/bin/python" -m pip freeze --exclude-editable
+    "$venv/bin/python" -m pip freeze --all --exclude-editable | grep -vE '^(pip|setuptools)=='
   } >"$work/$out"
   echo "== $out: $(grep -cv '^#' "$work/$out") packages"
 }
