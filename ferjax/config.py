@@ -7,6 +7,8 @@ same kind of one-line message instead of a traceback.
 """
 
 from collections.abc import Callable, Sequence
+import importlib.util
+import os
 import re
 import sys
 from typing import Any
@@ -108,7 +110,13 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'model.attention': _one_of('none', 'se', 'eca', 'geca'),
     'model.geca_variant': _one_of('avgmax', 'ghost'),
     'model.unroll': _number(1, 64, integer=True),
+    'model.zero_init_residual': _boolean,
     'model.rbg_blocks': _number(0, 16, integer=True),
+    'model.relu_before_gru': _boolean,
+    'model.bigru_layers': _number(0, 4, integer=True),
+    'model.block_norm': _boolean,
+    'model.residual': _boolean,
+    'model.head_zero_init': _boolean,
     'model.hidden': _number(1, integer=True),
     'model.merge': _one_of('sum', 'concat', 'mean'),
     'model.pooling': _one_of('mean', 'last'),
@@ -134,6 +142,37 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'mesh.data': _mesh_axis,
     'mesh.fsdp': _mesh_axis,
 }
+
+
+# Fields a resumed run may change: they do not alter the computed trajectory (cadences, worker counts,
+# where the data lives, weights that only matter at initialisation), or they extend it (the number of
+# epochs/steps; the learning-rate schedule is then recomputed for the new length). Every other field must
+# equal the checkpoint's.
+RESUMABLE_CHANGES = frozenset({
+    'train.log_every_steps', 'train.eval_every_steps', 'train.checkpoint_every_steps',
+    'train.max_to_keep', 'train.num_epochs', 'train.num_steps', 'input.worker_count',
+    'input.eval_batch_size', 'dataset.data_dir', 'init.backbone_weights', 'init.backbone_prefix',
+    'init.gru_weights', 'init.gru_prefix',
+})
+
+
+def changed_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+  """(key, saved value, current value) for every flattened field that differs (tuples == lists)."""
+  def norm(v):
+    return [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+  a, b = _flatten_dict(saved), _flatten_dict(current)
+  return [(k, a.get(k, '<absent>'), b.get(k, '<absent>')) for k in sorted(set(a) | set(b))
+          if norm(a.get(k, '<absent>')) != norm(b.get(k, '<absent>'))]
+
+
+def _flatten_dict(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(_flatten_dict(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
 
 
 def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
@@ -168,13 +207,88 @@ def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return config.to_dict()
 
 
+def _last_error_line(text: str) -> str:
+  """'ValueError: msg' -> 'msg' from a message that embeds a traceback (ml_collections does)."""
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  for line in reversed(lines):
+    match = re.match(r'^(?:[\w.]+(?:Error|Exception)): (.*)$', line)
+    if match:
+      return match.group(1)
+  return ' '.join(lines)
+
+
+def _config_file_arg(argv: Sequence[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _unknown_override(argv: Sequence[str], config) -> str | None:
+  """'--config.train.foo: ...' for the first override whose key the config does not have."""
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    key = arg[len('--config.'):].split('=', 1)[0]
+    node, parts = config, key.split('.')
+    for depth, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = '.'.join(parts[:depth]) or 'the config'
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        return (f'--config.{key}: unknown key {part!r} in {where}'
+                + (f'; known keys there: {", ".join(known)}' if known else ''))
+      node = node[part]
+  return None
+
+
+def _check_config_file(argv: Sequence[str]) -> None:
+  spec = _config_file_arg(argv)
+  if spec and not os.path.isfile(path := spec.partition(':')[0]):
+    raise ConfigError(f'--config {spec}: no such config file {os.path.abspath(path)} (they live in '
+                      'configs/, e.g. configs/res_rbg.py)')
+
+
+def load_config(holder, argv: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The value of a config_flags flag; a missing or failing config file is a one-line ConfigError."""
+  _check_config_file(argv or sys.argv)
+  try:
+    config = holder.value
+    config.keys()  # The value is lazy: a config file that failed to load raises only when used.
+    return config
+  except (OSError, ValueError, TypeError, AttributeError, KeyError, ImportError, SyntaxError) as e:
+    raise ConfigError(f'--config: {_last_error_line(e)}') from None
+
+
+def _load_config_file(spec: str) -> ml_collections.ConfigDict | None:
+  """`get_config(arg)` of a `path[:arg]` config spec, or None if that fails."""
+  path, _, arg = spec.partition(':')
+  try:
+    module_spec = importlib.util.spec_from_file_location('ferjax_config_file', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(*([arg] if arg else []))
+  except Exception:  # pylint: disable=broad-except  # Then the generic message is shown.
+    return None
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl flag parser for CLIs: config-override mistakes exit with one line, not a traceback."""
+  """absl flag parser for CLIs: config mistakes exit with one line naming the problem, not a traceback."""
+  try:
+    _check_config_file(argv)
+  except ConfigError as e:
+    sys.exit(f'error: {e}')
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f'error: {e}\nPass --helpfull to see the flags.')
-  except (AttributeError, KeyError, ValueError, TypeError) as e:
-    message = str(e).strip('\'"').replace('\\n', ' ').replace('\n', ' ')
-    message = re.sub(r'\s+', ' ', message).replace('\\', '').strip('\'" ')
-    sys.exit(f'error: invalid --config override: {message}')
+    text = str(e)
+    if 'Error whilst parsing config file' in text or 'Failed loading config file' in text:
+      sys.exit(f'error: --config {_config_file_arg(argv)}: {_last_error_line(text)}')
+    sys.exit(f'error: {_last_error_line(text)}\nPass --helpfull to see the flags.')
+  except (AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+    spec = _config_file_arg(argv)
+    config = _load_config_file(spec) if spec else None
+    unknown = _unknown_override(argv, config) if config is not None else None
+    message = unknown or ('--config ' + str(_config_file_arg(argv)) + ': ' + _last_error_line(e))
+    sys.exit(f'error: {message}')

@@ -4,16 +4,28 @@ The one training loop of ferjax. It runs unchanged on a CPU, a GPU or every host
 command on each host; `jax.distributed.initialize()` finds the others). Rerunning the same command in the
 same workdir resumes from the last checkpoint, with the data pipeline at the same position.
 
-Workdir contents: `config.json`, `checkpoints/` (Orbax), `metrics.jsonl`, `tensorboard/`, and at the end
-`report.json` (WAR, UAR, macro-F1, per-class recall, confusion matrix on the test split) and
+Protocol (`ferjax/data/protocols.py`): by default the model trains on every non-test fold and the final
+model is reported, as the papers do. With `dataset.holdout_validation=True` the next fold is held out, the
+model is validated every `train.eval_every_steps`, and the checkpoint with the best validation UAR (ties go to
+the later step) is the one evaluated on the test split. The test split never influences training or selection.
+
+Workdir contents: `config.json` (+ `config_history.jsonl`), `checkpoints/` (Orbax), `best_checkpoint/` (with a
+validation split), `metrics.jsonl`, `tensorboard/`, `run.lock` while running, and at the end `report.json`
+(WAR, UAR, macro-F1, per-class scores, confusion matrix, which checkpoint was selected) and
 `confusion_matrix.png`.
+
+Exit codes of the CLI: 0 done; 1 a user error (one line on stderr); EXIT_PREEMPTED (143) after SIGTERM,
+once the state is saved: schedulers' requeue rules treat it as "terminated by a signal, run again".
 """
 
+import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
+from typing import Any, Callable
 
 from absl import app, flags, logging
 from etils import epath
@@ -24,7 +36,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from ferjax import checkpointing, config as config_lib, metrics, sharding, steps
+from ferjax import checkpointing, config as config_lib, metrics, paths, sharding, steps, workdir as workdir_lib
 from ferjax import models
 from ferjax.models import convert
 from ferjax.data import augment, datasets, pipeline, protocols
@@ -35,10 +47,27 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and 
 _MULTIPROCESS = flags.DEFINE_bool(
     'multiprocess', None, 'Call jax.distributed.initialize() (default: on TPU VMs / SLURM / when '
     'JAX_COORDINATOR_ADDRESS is set).')
+_DEBUG = flags.DEFINE_bool('debug', False, 'Show the full traceback of errors.')
+
+# 128 + SIGTERM: what a scheduler sees from a job its preemption signal ended, so requeue rules match it.
+EXIT_PREEMPTED = 128 + signal.SIGTERM
 
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM (or JAX's multi-host preemption notice) arrived; the state was saved at `step`."""
+
+  def __init__(self, step: int):
+    super().__init__(f'preempted: saved step {step}; rerun the same command to resume')
+    self.step = step
+
+
+# Errors a user can fix; the CLI prints them in one line.
+USER_ERRORS = (config_lib.ConfigError, checkpointing.CheckpointMismatchError, workdir_lib.WorkdirError,
+               protocols.DatasetNotPreparedError, convert.WeightsMismatchError, TrainingDiverged)
 
 
 def _log(message: str) -> None:
@@ -50,6 +79,26 @@ def _eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else \
       f'{seconds // 60}m{seconds % 60:02d}s'
+
+
+@dataclasses.dataclass
+class _Run:
+  """Everything the loop needs, built once by `_set_up`."""
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  dataset: datasets.PreparedDataset
+  splits: protocols.Splits
+  mesh: jax.sharding.Mesh
+  total_steps: int
+  train_iter: Any
+  eval_batches: Callable
+  graphdef: Any
+  state: steps.TrainState
+  abstract_state: Any
+  train_fn: Callable
+  eval_fn: Callable
+  checkpointer: checkpointing.Checkpointer
+  best: checkpointing.BestCheckpoint | None
 
 
 def _loaders(config, dataset, splits, shard):
@@ -80,46 +129,31 @@ def _describe_params(model) -> None:
   _log('Parameters:\n' + '\n'.join(f'  {k:<{width}} {v:>13,}' for k, v in counts.items()))
 
 
-def evaluate(eval_fn, state, batches, mesh, class_names) -> dict:
-  """Runs the model over every example of `batches` (padded rows masked out) -> classification report."""
-  labels, preds = [], []
-  for batch in batches:
-    batch = sharding.global_batch(batch, mesh)
-    pred, label, keep = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                         for x in (eval_fn(state, batch)['pred'], batch['label'], batch['mask']))
-    labels.append(label[keep])
-    preds.append(pred[keep])
-  if not labels:
-    raise ValueError('the evaluation split is empty')
-  return metrics.classification_report(np.concatenate(labels), np.concatenate(preds), class_names)
-
-
-def _write_report(workdir: epath.Path, report: dict, title: str) -> None:
-  if jax.process_index() != 0:
-    return
-  (workdir / 'report.json').write_text(json.dumps(report, indent=2))
-  metrics.save_confusion_matrix_png(np.array(report['confusion_matrix']), report['class_names'],
-                                    os.fspath(workdir / 'confusion_matrix.png'), title=title)
-
-
-def _write_config(workdir: epath.Path, config) -> None:
-  if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(json.dumps(config_lib.to_dict(config), indent=2))
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config`'s model on its fold's training split, evaluates on the test split; returns the report."""
-  config_lib.validate(config)
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-
-  dataset = datasets.prepare(config.dataset)
-  splits = protocols.splits_for(dataset.split_names, config.dataset.fold,
+def _splits(config, dataset) -> protocols.Splits:
+  try:
+    return protocols.splits_for(dataset.split_names, config.dataset.fold,
                                 config.dataset.holdout_validation)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  local_batch = sharding.check_batch_size(config.input.batch_size, mesh)
-  local_eval_batch = sharding.check_batch_size(config.input.eval_batch_size, mesh,
-                                               'input.eval_batch_size')
+  except ValueError as e:
+    raise config_lib.ConfigError(f'config.dataset.fold / holdout_validation: {e}') from None
+
+
+def _batch_sizes(config, mesh) -> tuple[int, int]:
+  try:
+    return (sharding.check_batch_size(config.input.batch_size, mesh),
+            sharding.check_batch_size(config.input.eval_batch_size, mesh, 'input.eval_batch_size'))
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+
+
+def _set_up(config, workdir: epath.Path) -> _Run:
+  """Dataset, protocol, mesh, input pipelines, model, optimizer, jitted steps and checkpointers."""
+  dataset = datasets.prepare(config.dataset)
+  splits = _splits(config, dataset)
+  try:
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  except ValueError as e:
+    raise config_lib.ConfigError(f'config.mesh: {e}') from None
+  local_batch, local_eval_batch = _batch_sizes(config, mesh)
   shard = (jax.process_index(), jax.process_count(), local_batch, local_eval_batch)
   train_loader, eval_batches = _loaders(config, dataset, splits, shard)
 
@@ -127,9 +161,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = max(num_train // config.input.batch_size, 1)
   total_steps = (config.train.num_steps if config.train.num_steps > 0
                  else math.ceil(config.train.num_epochs * steps_per_epoch))
+  selection = 'best validation UAR' if splits.validation else 'final step'
   _log(f'Dataset {dataset.name}: {len(dataset.class_names)} classes {list(dataset.class_names)}\n'
        f'  train {splits.train} ({num_train} sequences), validation {splits.validation or "-"}, '
-       f'test {splits.test}\n'
+       f'test {splits.test}; reported model: {selection}\n'
        f'Mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, '
        f'{jax.process_count()} process(es); global batch {config.input.batch_size}, '
        f'{total_steps} steps ({total_steps / steps_per_epoch:.1f} epochs)')
@@ -145,77 +180,172 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
 
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_fn = steps.jit_train_step(graphdef, tx, config.train.label_smoothing, state_sharding,
+                                  batch_sharding, sharding.replicated(mesh))
+  eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding)
   checkpointer = checkpointing.Checkpointer(
       os.fspath(workdir / 'checkpoints'), max_to_keep=config.train.max_to_keep,
       save_every_steps=config.train.checkpoint_every_steps)
-  train_iter = iter(train_loader)
-  config_dict = config_lib.to_dict(config)
-  if (step := checkpointer.latest_step) is not None:
-    checkpointer.check_compatible(step, abstract_state, config_dict)
-    state = checkpointer.restore(step, abstract_state, train_iter)
-    _log(f'Resumed from {checkpointer.directory} at step {step}')
-  _write_config(workdir, config)
+  best = (checkpointing.BestCheckpoint(os.fspath(workdir / 'best_checkpoint'))
+          if splits.validation else None)
+  return _Run(config, workdir, dataset, splits, mesh, total_steps, iter(train_loader), eval_batches,
+              graphdef, state, abstract_state, train_fn, eval_fn, checkpointer, best)
 
-  batch_sharding = sharding.batch_sharding(mesh)
-  replicated = sharding.replicated(mesh)
-  train_fn = steps.jit_train_step(graphdef, tx, config.train.label_smoothing, state_sharding,
-                                  batch_sharding, replicated)
-  eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding)
-  writer = metrics.MetricWriter(os.fspath(workdir))
 
-  step = int(state.step)
-  last_saved = step
+def _restore_or_init(run: _Run) -> None:
+  """Resumes from the newest readable checkpoint (same config required) and records the config."""
+  config_dict = config_lib.to_dict(run.config)
+  restored = run.checkpointer.restore_latest(run.abstract_state, run.train_iter, config_dict, log=_log)
+  resumed_from, changes = None, []
+  if restored is not None:
+    resumed_from, run.state, changes = restored
+    _log(f'Resumed from {run.checkpointer.directory} at step {resumed_from}'
+         + (f' (changed: {"; ".join(changes)})' if changes else ''))
+  if jax.process_index() == 0:
+    workdir_lib.record_config(run.workdir, config_dict, resumed_from=resumed_from, changes=changes)
+
+
+def evaluate(eval_fn, state, batches, mesh, class_names, stop: Callable[[], bool] = lambda: False):
+  """Runs the model over every example of `batches` (padded rows masked out) -> classification report.
+
+  Returns None when `stop()` turns True between batches (preemption during evaluation).
+  """
+  labels, preds = [], []
+  for batch in batches:
+    if stop():
+      return None
+    batch = sharding.global_batch(batch, mesh)
+    pred, label, keep = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                         for x in (eval_fn(state, batch)['pred'], batch['label'], batch['mask']))
+    labels.append(label[keep])
+    preds.append(pred[keep])
+  if not labels:
+    raise ValueError('the evaluation split is empty')
+  return metrics.classification_report(np.concatenate(labels), np.concatenate(preds), class_names)
+
+
+def _validate(run: _Run, step: int, writer: metrics.MetricWriter) -> None:
+  """Validation report of `step`; keeps the state as the best checkpoint when its UAR is the best."""
+  report = evaluate(run.eval_fn, run.state, run.eval_batches(run.splits.validation), run.mesh,
+                    run.dataset.class_names)
+  scores = {k: report[k] for k in ('war', 'uar', 'macro_f1')}
+  writer.write(step, 'validation', scores)
+  kept = run.best.update(step, run.state, scores)
+  _log(f'  validation ({run.splits.validation}): WAR {100 * report["war"]:.2f}%  '
+       f'UAR {100 * report["uar"]:.2f}%' + ('  (best so far)' if kept else ''))
+
+
+def _train_loop(run: _Run, writer: metrics.MetricWriter) -> None:
+  """Steps until `total_steps`; raises Preempted after saving when SIGTERM arrives."""
+  config, checkpointer = run.config, run.checkpointer
+  step = int(run.state.step)
+  last_saved = checkpointer.latest_step
   pending, t0, t0_step = [], None, step
-  while step < total_steps:
-    batch = sharding.global_batch(next(train_iter), mesh)
-    state, step_metrics = train_fn(state, batch)
+  while step < run.total_steps:
+    if checkpointer.preempted(step):  # Also reached when the signal came during compilation.
+      _save(run, step)
+      raise Preempted(step)
+    batch = sharding.global_batch(next(run.train_iter), run.mesh)
+    run.state, step_metrics = run.train_fn(run.state, batch)
     step += 1
     pending.append(step_metrics)
-    if step % config.train.log_every_steps == 0 or step == total_steps or \
+    if step % config.train.log_every_steps == 0 or step == run.total_steps or \
         checkpointer.should_save(step):
       summed = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(pending))
       if summed['nonfinite']:
-        checkpointer.close()
         raise TrainingDiverged(
             f'the training loss became NaN/inf by step {step}; training stopped. The last good '
-            f'checkpoint (step {last_saved if checkpointer.latest_step is not None else "none"}) '
-            f'is kept in {checkpointer.directory}. Lower train.learning_rate or set '
-            f'train.grad_clip.')
+            f'checkpoint (step {last_saved if last_saved is not None else "none"}) is kept in '
+            f'{checkpointer.directory}. Lower train.learning_rate or set train.grad_clip.')
       rate = (step - t0_step) / (time.perf_counter() - t0) if t0 and step > t0_step else 0.0
       scalars = {'loss': summed['loss'] / len(pending),
                  'accuracy': summed['correct'] / summed['count'],
                  'grad_norm': summed['grad_norm'] / len(pending), 'steps_per_sec': rate}
       writer.write(step, 'train', scalars)
-      _log(f'step {step:>6}/{total_steps}  loss {scalars["loss"]:.4f}  '
+      _log(f'step {step:>6}/{run.total_steps}  loss {scalars["loss"]:.4f}  '
            f'acc {100 * scalars["accuracy"]:5.1f}%  {rate:.2f} steps/s  '
-           f'ETA {_eta((total_steps - step) / rate) if rate else "-"}')
+           f'ETA {_eta((run.total_steps - step) / rate) if rate else "-"}')
       pending = []
-    if splits.validation and (step % config.train.eval_every_steps == 0 or step == total_steps):
-      report = evaluate(eval_fn, state, eval_batches(splits.validation), mesh, dataset.class_names)
-      writer.write(step, 'validation', {k: report[k] for k in ('war', 'uar', 'macro_f1')})
-      _log(f'  validation ({splits.validation}): WAR {100 * report["war"]:.2f}%  '
-           f'UAR {100 * report["uar"]:.2f}%')
-    if checkpointer.should_save(step) or step == total_steps:
-      checkpointer.save(step, state, train_iter, config_dict)
+    if run.best and (step % config.train.eval_every_steps == 0 or step == run.total_steps):
+      _validate(run, step, writer)
+    if checkpointer.should_save(step) or step == run.total_steps:
+      _save(run, step)
       last_saved = step
-    if checkpointer.preempted(step):
-      checkpointer.close()
-      _log(f'Preempted: saved step {step}; rerun the same command to resume.')
-      sys.exit(0)
     if t0 is None:  # Start the clock after the first (compiling) step.
-      jax.block_until_ready(state)
+      jax.block_until_ready(run.state)
       t0, t0_step = time.perf_counter(), step
+  if checkpointer.preempted(step):
+    raise Preempted(step)
 
-  report = evaluate(eval_fn, state, eval_batches(splits.test), mesh, dataset.class_names)
-  report.update(dataset=dataset.name, split=splits.test, fold=config.dataset.fold, step=step)
-  writer.write(step, 'test', {k: report[k] for k in ('war', 'uar', 'macro_f1')})
-  writer.close()
-  _write_report(workdir, report, f'{dataset.name} {splits.test} (step {step})')
-  checkpointer.close()
-  _log(f'Test ({splits.test}, {report["num_examples"]} sequences): WAR {100 * report["war"]:.2f}%  '
-       f'UAR {100 * report["uar"]:.2f}%  macro-F1 {100 * report["macro_f1"]:.2f}%\n'
-       f'Report: {workdir / "report.json"}')
+
+def _save(run: _Run, step: int) -> None:
+  if run.checkpointer.latest_step != step:
+    run.checkpointer.save(step, run.state, run.train_iter, config_lib.to_dict(run.config))
+
+
+def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
+  """Evaluates the selected checkpoint on the test split; writes report.json and the confusion matrix."""
+  state, selection = run.state, {'mode': 'final', 'step': int(run.state.step)}
+  if run.best is not None:
+    if run.best.step is None:  # A finished run always validated its last step; be safe anyway.
+      _validate(run, int(run.state.step), writer)
+    validation = run.best.validation()
+    state = run.best.restore(run.abstract_state)
+    selection = {'mode': 'best_validation_uar', 'step': int(validation['step']),
+                 'validation_split': run.splits.validation,
+                 'validation': {k: validation[k] for k in ('war', 'uar', 'macro_f1')}}
+  report = evaluate(run.eval_fn, state, run.eval_batches(run.splits.test), run.mesh,
+                    run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']))
+  if report is None:
+    raise Preempted(int(run.state.step))
+  report.update(dataset=run.dataset.name, split=run.splits.test, fold=run.config.dataset.fold,
+                step=int(run.state.step), selection=selection)
+  writer.write(selection['step'], 'test', {k: report[k] for k in ('war', 'uar', 'macro_f1')})
+  if jax.process_index() == 0:
+    (run.workdir / 'report.json').write_text(json.dumps(report, indent=2))
+    metrics.save_confusion_matrix_png(
+        np.array(report['confusion_matrix']), report['class_names'],
+        os.fspath(run.workdir / 'confusion_matrix.png'),
+        title=f'{run.dataset.name} {run.splits.test} (step {selection["step"]})')
+  where = (f'best validation UAR, step {selection["step"]}' if run.best else
+           f'final step {selection["step"]}')
+  _log(f'Test ({run.splits.test}, {report["num_examples"]} sequences, {where}): '
+       f'WAR {100 * report["war"]:.2f}%  UAR {100 * report["uar"]:.2f}%  '
+       f'macro-F1 {100 * report["macro_f1"]:.2f}%\nReport: {run.workdir / "report.json"}')
   return report
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config`'s model on its fold's training split, evaluates on the test split; returns the report.
+
+  Raises Preempted (after saving) when SIGTERM arrives; the same call then resumes.
+  """
+  config_lib.validate(paths.resolve_config_paths(config))
+  workdir = epath.Path(paths.resolve(workdir))
+  workdir_lib.prepare(workdir)
+  lock = workdir_lib.RunLock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()
+    if lock.took_over:
+      _log(f'note: took over the lock of a run that ended without releasing it: {lock.took_over}')
+  run = None
+  try:
+    run = _set_up(config, workdir)
+    _restore_or_init(run)
+    writer = metrics.MetricWriter(os.fspath(workdir))
+    try:
+      _train_loop(run, writer)
+      return _final_report(run, writer)
+    finally:
+      writer.close()
+  finally:
+    if run is not None:
+      run.checkpointer.close()
+      if run.best is not None:
+        run.best.close()
+    if lock is not None:
+      lock.release()
 
 
 def _maybe_initialize_distributed() -> None:
@@ -237,29 +367,36 @@ def _maybe_initialize_distributed() -> None:
       try:
         explicit[arg] = int(value)
       except ValueError:
-        sys.exit(f'error: {name} must be an integer; found {value!r}')
+        raise config_lib.ConfigError(f'{name} must be an integer; found {value!r}') from None
   try:
     jax.distributed.initialize(**explicit)
   except ValueError as e:  # JAX found no cluster to take the missing values from.
     if 'must be defined' not in str(e):
       raise
-    sys.exit(f'error: jax.distributed.initialize(): {e} Outside a cluster JAX recognises (TPU VM, SLURM, '
-             'Open MPI, ...) set JAX_COORDINATOR_ADDRESS=<host:port of process 0>, JAX_NUM_PROCESSES '
-             'and JAX_PROCESS_ID (0 .. JAX_NUM_PROCESSES-1) on every process.')
+    raise config_lib.ConfigError(
+        f'jax.distributed.initialize(): {e} Outside a cluster JAX recognises (TPU VM, SLURM, Open MPI, '
+        '...) set JAX_COORDINATOR_ADDRESS=<host:port of process 0>, JAX_NUM_PROCESSES and '
+        'JAX_PROCESS_ID (0 .. JAX_NUM_PROCESSES-1) on every process.') from None
 
 
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
-  if _CONFIG.value is None or not _WORKDIR.value:
+  if not flags.FLAGS['config'].present or not _WORKDIR.value:
     sys.exit('usage: python -m ferjax.train --config configs/<family>.py[:arg] --workdir DIR')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Library INFO logs (Orbax, TFDS) with --verbosity=0.
-  _maybe_initialize_distributed()
   try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, checkpointing.CheckpointMismatchError,
-          protocols.DatasetNotPreparedError, convert.WeightsMismatchError, TrainingDiverged) as e:
+    config = config_lib.load_config(_CONFIG)
+    _maybe_initialize_distributed()
+    train_and_evaluate(config, paths.resolve(_WORKDIR.value))
+  except Preempted as e:
+    _log(f'Preempted: saved step {e.step}; rerun the same command to resume '
+         f'(exit code {EXIT_PREEMPTED}).')
+    sys.exit(EXIT_PREEMPTED)
+  except USER_ERRORS as e:
+    if _DEBUG.value:
+      raise
     sys.exit(f'error: {e}')
 
 

@@ -89,3 +89,30 @@ def test_cli_rejects_bad_overrides_in_one_line(override, key, tmp_path):
   assert 'Traceback' not in result.stderr
   # Nothing was prepared or compiled: the workdir holds no checkpoint.
   assert not (tmp_path / 'w' / 'checkpoints').exists()
+
+
+def test_ablation_rows_are_cumulative_and_end_at_the_full_model():
+  rows = {row: _load(f'ck_plus,ablation={row}') for row in
+          ('baseline', 'rm', 'bigru', 'rbg', 'eca', 'geca')}
+  for config in rows.values():
+    config_lib.validate(config)
+  b = rows['baseline']
+  assert (b.model.attention, b.augment.mask_prob, b.model.rbg_blocks, b.model.bigru_layers,
+          b.model.block_norm, b.model.residual) == ('none', 0.0, 1, 0, False, False)
+  assert rows['rm'].augment.mask_prob == 0.5 and rows['rm'].model.bigru_layers == 0
+  assert rows['bigru'].model.bigru_layers == 4 and not rows['bigru'].model.residual
+  r = rows['rbg']
+  assert (r.model.residual, r.model.block_norm, r.model.rbg_blocks, r.model.attention) == (
+      True, True, 2, 'none')
+  assert rows['eca'].model.attention == 'eca'
+  assert rows['geca'].to_dict() == _load('ck_plus').to_dict()  # The last row is the full model.
+  assert _load('ck_plus,ablation=rbg,rbg_blocks=3').model.rbg_blocks == 3
+  with pytest.raises(ValueError, match="ablation='bogus'.*baseline"):
+    _load('ck_plus,ablation=bogus')
+
+
+def test_paper_presets_train_on_every_non_test_fold_and_relu_before_every_gru():
+  for arg in ('ck_plus', 'oulu_casia', 'synthetic'):
+    config = _load(arg)
+    assert config.dataset.holdout_validation is False
+    assert config.model.relu_before_gru is True

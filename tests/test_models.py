@@ -138,8 +138,8 @@ def test_default_param_count_close_to_paper():
   counts = models.count_params(model)
   assert set(counts) == {'backbone', 'temporal', 'head', 'total'}
   assert counts['total'] == counts['backbone'] + counts['temporal'] + counts['head']
-  assert counts['head'] == 1024 * 7 + 7
-  assert abs(counts['total'] / 64.20e6 - 1) < 0.06, counts
+  assert counts['head'] == 560 * 7 + 7
+  assert counts['total'] == 63_720_045 and abs(counts['total'] / 64.20e6 - 1) < 0.01, counts
   # The full-size forward traces (abstractly) at the paper's input size: T=16, 224 px.
   x = jax.ShapeDtypeStruct((2, 16, 224, 224, 3), jnp.float32)
   assert nnx.eval_shape(lambda m, x: m(x), model, x).shape == (2, 7)
@@ -218,3 +218,47 @@ def test_create_model_rejects_bad_values():
     models.create_model(tiny_config(name='nope'), 7, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='model.dtype'):
     models.create_model(tiny_config(dtype='float16'), 7, rngs=nnx.Rngs(0))
+
+
+def _rbg_reference(block, x, relu_before_gru):
+  """Algorithm 1 written out layer by layer (eval mode), for comparison with RBGBlock.__call__."""
+  for gru in block.gru:
+    y, _ = gru(jax.nn.relu(x) if relu_before_gru else x)
+    x = y + x if y.shape == x.shape else y
+  for norm, bigru in zip(block.norm, block.bigru):
+    y, _ = bigru(jax.nn.relu(norm(x, use_running_average=True)))
+    x = y + x if y.shape == x.shape else y
+  return x
+
+
+@pytest.mark.parametrize('relu_before_gru', [True, False])
+def test_rbg_block_follows_algorithm_1(relu_before_gru):
+  from ferjax.models import res_rbg
+  block = res_rbg.RBGBlock(6, 6, merge='sum', relu_before_gru=relu_before_gru, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (2, 5, 6))
+  np.testing.assert_allclose(block(x, train=False), _rbg_reference(block, x, relu_before_gru),
+                             rtol=1e-6, atol=1e-6)
+  # ReLU before the GRUs matters: negative inputs change the result.
+  other = _rbg_reference(block, x, not relu_before_gru)
+  assert np.abs(np.asarray(other) - np.asarray(block(x, train=False))).max() > 1e-3
+
+
+def test_rbg_block_plain_stack_options():
+  from ferjax.models import res_rbg
+  plain = res_rbg.RBGBlock(6, 6, bigru_layers=0, residual=False, norm=False, rngs=nnx.Rngs(0))
+  assert len(plain.bigru) == 0 and plain.out_features == 6
+  x = jax.random.normal(jax.random.key(1), (2, 5, 6))
+  y, _ = plain.gru[0](jax.nn.relu(x))
+  y, _ = plain.gru[1](jax.nn.relu(y))
+  np.testing.assert_allclose(plain(x), y, rtol=1e-6, atol=1e-6)  # No residual additions.
+  no_norm = res_rbg.RBGBlock(6, 6, norm=False, rngs=nnx.Rngs(0))
+  assert all(n is None for n in no_norm.norm) and len(no_norm.bigru) == 4
+
+
+def test_head_zero_init_and_zero_init_residual():
+  model = models.create_model(tiny_config(head_zero_init=True, zero_init_residual=True), 3,
+                              rngs=nnx.Rngs(0))
+  assert not np.asarray(model.head.kernel[...]).any()
+  assert not np.asarray(model.backbone.layer1[0].bn3.scale[...]).any()
+  default = models.create_model(tiny_config(), 3, rngs=nnx.Rngs(0))
+  assert np.asarray(default.head.kernel[...]).any() and np.asarray(default.backbone.layer1[0].bn3.scale[...]).all()

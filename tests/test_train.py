@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -51,8 +52,8 @@ def _cli_args(data_dir, workdir, **overrides):
   return args
 
 
-def _final_state(workdir, step):
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
+def _final_state(workdir, step, directory='checkpoints'):
+  manager = ocp.CheckpointManager(os.path.join(workdir, directory),
                                   item_handlers={'state': ocp.StandardCheckpointHandler()})
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   manager.close()
@@ -64,16 +65,47 @@ def test_train_evaluate_report(data_dir, tmp_path):
   assert set(report) >= {'war', 'uar', 'macro_f1', 'per_class_recall', 'confusion_matrix'}
   assert report['split'] == 'fold_0' and report['num_examples'] > 0
   assert np.array(report['confusion_matrix']).sum() == report['num_examples']
+  # The papers' protocol (the default): train on every non-test fold, report the final model.
+  assert report['selection'] == {'mode': 'final', 'step': 6}
   saved = json.loads((tmp_path / 'report.json').read_text())
   assert saved['war'] == report['war']
   assert (tmp_path / 'confusion_matrix.png').read_bytes()[:4] == b'\x89PNG'
   assert json.loads((tmp_path / 'config.json').read_text())['model']['hidden'] == 8
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records if r['split'] == 'train'] == [2, 4, 6]
-  assert [r['step'] for r in records if r['split'] == 'validation'] == [3, 6]
+  assert not [r for r in records if r['split'] == 'validation']
   assert [r['split'] for r in records][-1] == 'test'
   assert all(np.isfinite(r['loss']) for r in records if r['split'] == 'train')
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '6']  # max_to_keep=2
+  assert not (tmp_path / 'best_checkpoint').exists()
+
+
+def test_holdout_validation_selects_the_best_validation_checkpoint(data_dir, tmp_path):
+  config = _config(data_dir, **{'dataset.holdout_validation': True, 'train.eval_every_steps': 1,
+                                'train.num_steps': 6, 'train.learning_rate': 3e-3})
+  report = train.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  validation = [(r['uar'], r['step']) for r in records if r['split'] == 'validation']
+  assert [s for _, s in validation] == [1, 2, 3, 4, 5, 6]
+  best_uar, best_step = max(validation)  # Ties go to the later step.
+  selection = report['selection']
+  assert selection['mode'] == 'best_validation_uar' and selection['validation_split'] == 'fold_1'
+  assert (selection['step'], selection['validation']['uar']) == (best_step, best_uar)
+  assert report['step'] == 6 and [r['step'] for r in records if r['split'] == 'test'] == [best_step]
+  # The test split was evaluated with the selected parameters: re-evaluate them by hand.
+  best = _final_state(tmp_path, best_step, directory='best_checkpoint')
+  run = train._set_up(config, tmp_path / 'again')
+  state = run.state.replace(params=_like(run.state.params, best['params']),
+                            model_state=_like(run.state.model_state, best['model_state']))
+  again = train.evaluate(run.eval_fn, state, run.eval_batches('fold_0'), run.mesh, ('a',) * 7)
+  assert again['confusion_matrix'] == report['confusion_matrix']
+  run.checkpointer.close()
+  run.best.close()
+
+
+def _like(target, restored):
+  """Restored nested dicts (string keys) -> the structure of `target`, leaf by leaf in order."""
+  return jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(restored))
 
 
 def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
@@ -101,7 +133,7 @@ def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resumed from' in resumed.stdout
   a, b = _final_state(tmp_path / 'a', 40), _final_state(workdir, 40)
-  leaves_a, leaves_b = map(lambda s: __import__('jax').tree.leaves(s), (a, b))
+  leaves_a, leaves_b = map(lambda s: jax.tree.leaves(s), (a, b))
   assert len(leaves_a) == len(leaves_b) > 10
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)
@@ -118,15 +150,17 @@ def test_workdir_of_another_model_is_a_clear_error(data_dir, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
-  train.train_and_evaluate(_config(data_dir, **{'train.num_steps': 2}), str(tmp_path))
+  # Warm-up makes step 1's learning rate exactly 0 (a finite step, checkpointed); step 2's is ~1e29,
+  # which overflows the parameters' norm: the run must stop there and keep checkpoint 1.
+  config = _config(data_dir, **{'train.num_steps': 8, 'train.learning_rate': 1e30,
+                                'train.warmup_epochs': 1000.0, 'train.checkpoint_every_steps': 1,
+                                'train.log_every_steps': 1})
   with pytest.raises(train.TrainingDiverged, match='NaN') as info:
-    train.train_and_evaluate(
-        _config(data_dir, **{'train.num_steps': 8, 'train.learning_rate': 1e30,
-                             'train.log_every_steps': 1}), str(tmp_path))
-  assert 'step 2' in str(info.value)
-  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
-  state = _final_state(tmp_path, 2)
-  assert all(np.isfinite(x).all() for x in __import__('jax').tree.leaves(state))
+    train.train_and_evaluate(config, str(tmp_path))
+  assert 'by step 2' in str(info.value) and 'checkpoint (step 1)' in str(info.value)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
+  state = _final_state(tmp_path, 1)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
 
 
 def test_pretrained_backbone_weights(data_dir, tmp_path):
@@ -142,3 +176,27 @@ def test_pretrained_backbone_weights(data_dir, tmp_path):
   with pytest.raises(convert.WeightsMismatchError, match='shape'):
     train.train_and_evaluate(_config(data_dir, **{**matching, 'model.width': 4}), str(tmp_path))
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_relative_workdir_and_data_dir_from_another_directory(data_dir, tmp_path):
+  # Orbax rejects relative checkpoint paths in a background thread; the CLI resolves every path first.
+  cwd = tmp_path / 'here'
+  cwd.mkdir()
+  os.symlink(data_dir, cwd / 'data')
+  args = [sys.executable, '-m', 'ferjax.train', '--config', os.path.join(REPO, 'configs/res_rbg.py:synthetic'),
+          '--workdir', 'runs/rel']
+  overrides = {**TINY, 'dataset.data_dir': 'data', 'train.num_steps': 4, 'train.checkpoint_every_steps': 2}
+  args += [f'--config.{k}={v}' for k, v in overrides.items()]
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  first = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+  assert first.returncode == 0, first.stderr[-3000:]
+  workdir = cwd / 'runs' / 'rel'
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
+  assert json.loads((workdir / 'config.json').read_text())['dataset']['data_dir'] == str(cwd / 'data')
+  # Extending the run resumes from step 4 and checkpoints again, all through relative paths.
+  args = [a.replace('train.num_steps=4', 'train.num_steps=6') for a in args]
+  second = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'Resumed from' in second.stdout and 'at step 4' in second.stdout
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['4', '6']
+  assert json.loads((workdir / 'report.json').read_text())['step'] == 6

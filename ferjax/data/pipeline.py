@@ -24,7 +24,11 @@ and every host yields ``ceil(n / (B * H))`` batches, the last ones padded with `
 """
 
 import dataclasses
+import functools
 import math
+import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -118,13 +122,34 @@ def _check_sharding(num_records: int, batch_size: int, shard_index: int, shard_c
     raise ValueError('the input source has no records')
 
 
+def _exit_with(main_pid: int, worker_index: int, worker_count: int) -> None:
+  """grain worker init: end this worker soon after the training process is gone.
+
+  A SIGKILL-ed trainer cannot stop its workers, and they are children of grain's forkserver, not of
+  the trainer, so no parent-death signal reaches them; a daemon thread polls the trainer's pid instead.
+  """
+  del worker_index, worker_count
+
+  def watch():
+    while True:
+      time.sleep(0.5)
+      try:
+        os.kill(main_pid, 0)
+      except ProcessLookupError:
+        os._exit(0)
+      except PermissionError:  # The pid was reused by another user's process: ours is gone.
+        os._exit(0)
+  threading.Thread(target=watch, name='ferjax-exit-with-trainer', daemon=True).start()
+
+
 def _parallel(ds: grain.IterDataset, worker_count: int) -> grain.IterDataset:
   if worker_count < 0:
     raise ValueError(f'worker_count must be >= 0 (0 = in-process); got {worker_count}')
   if worker_count == 0:
     return ds
-  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                     per_worker_buffer_size=1))
+  return ds.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=1),
+      worker_init_fn=functools.partial(_exit_with, os.getpid()))
 
 
 class _ResumableIterator(grain.DatasetIterator):

@@ -8,11 +8,12 @@ RBG block (Algorithm 1 of the paper): six stacked layers, layers 1–2 GRU, laye
 BatchNorm → ReLU → BiGRU, with residual connections. The paper leaves open, and this project
 chooses (all exposed as arguments):
 
-* the hidden size ``hidden`` (per direction for BiGRUs) — default 512 (see ``create_model``);
-* the BiGRU merge — default 'concat' (PyTorch's ``bidirectional=True`` layout, 2 * hidden);
+* the hidden size ``hidden`` (per direction for BiGRUs) — default 560 (see ``create_model``);
+* the BiGRU merge — default 'sum' (the directions' outputs added: every BiGRU keeps the width, so it
+  has a residual connection; 'concat' is PyTorch's ``bidirectional=True`` layout, 2 * hidden);
 * residual connections on every layer whose input and output widths match (``residual=True``):
-  with the defaults these are layers 2, 4, 5, 6 (layer 1 maps 2048 → hidden, layer 3 maps
-  hidden → 2 * hidden); with merge 'sum'/'mean' also layer 3;
+  with the defaults every layer but the first (2048 → hidden); with merge 'concat' layer 3
+  (hidden → 2 * hidden) and the next block's layer 1 have none;
 * BatchNorm over the feature axis, statistics over batch and time;
 * temporal pooling ('mean' over frames, or the 'last' frame) and dropout rate before the
   classifier (default 0.5).
@@ -31,23 +32,34 @@ POOLING_MODES = ('mean', 'last')
 
 
 class RBGBlock(nnx.Module):
-  """One RBG block: GRU, GRU, then 4 x (BatchNorm → ReLU → BiGRU), residual where widths match.
+  """One RBG block (Algorithm 1 of the paper): ReLU → GRU twice, then 4 x (BatchNorm → ReLU → BiGRU),
+  with a residual connection around every layer whose input and output widths match.
 
-  Submodules: ``gru`` (list of 2 ``GRU``), ``norm`` and ``bigru`` (lists of 4; layer ``l`` of the
-  paper, l = 3..6, is ``norm[l-3]`` + ``bigru[l-3]``).
+  Submodules: ``gru`` (list of 2 ``GRU``), ``norm`` and ``bigru`` (lists of ``bigru_layers``; layer
+  ``l`` of the paper, l = 3..6, is ``norm[l-3]`` + ``bigru[l-3]``).
+
+  Args:
+    relu_before_gru: the paper applies ReLU before every layer, the two GRU layers included
+      (Algorithm 1); False feeds the GRUs the un-rectified stream.
+    bigru_layers: BiGRU layers after the two GRUs (4 in the paper; 0 leaves a plain 2-layer GRU, the
+      ablation's "Baseline").
+    norm: BatchNorm before each BiGRU (the paper); False for the ablation's plain stacks.
+    residual: residual connections where widths match (the paper); False for plain stacks.
   """
 
   def __init__(self, in_features: int, hidden: int, *, merge: str = 'concat',
-               residual: bool = True, dtype=None, unroll: int | bool = 1, rngs: nnx.Rngs):
+               residual: bool = True, norm: bool = True, relu_before_gru: bool = True,
+               bigru_layers: int = 4, dtype=None, unroll: int | bool = 1, rngs: nnx.Rngs):
     self.residual = residual
+    self.relu_before_gru = relu_before_gru
     grus, norms, bigrus = [], [], []
     d = in_features
     for _ in range(2):
       grus.append(recurrent.GRU(d, hidden, dtype=dtype, unroll=unroll, rngs=rngs))
       d = hidden
-    for _ in range(4):
+    for _ in range(bigru_layers):
       norms.append(nnx.BatchNorm(d, momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON,
-                                 dtype=dtype, rngs=rngs))
+                                 dtype=dtype, rngs=rngs) if norm else None)
       bigru = recurrent.BiGRU(d, hidden, merge=merge, dtype=dtype, unroll=unroll, rngs=rngs)
       bigrus.append(bigru)
       d = bigru.out_features
@@ -62,11 +74,11 @@ class RBGBlock(nnx.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Maps [B, T, in_features] to [B, T, out_features]."""
     for gru in self.gru:
-      y, _ = gru(x)
+      y, _ = gru(jax.nn.relu(x) if self.relu_before_gru else x)
       x = self._add(y, x)
     for norm, bigru in zip(self.norm, self.bigru):
-      y = jax.nn.relu(norm(x, use_running_average=not train))
-      y, _ = bigru(y)
+      y = x if norm is None else norm(x, use_running_average=not train)
+      y, _ = bigru(jax.nn.relu(y))
       x = self._add(y, x)
     return x
 
@@ -85,7 +97,12 @@ class ResRBG(nnx.Module):
     stage_sizes: optional ResNet stage depths override.
     attention: channel attention in every ResNet block ('none' | 'se' | 'eca' | 'geca').
     attention_kwargs: extra arguments for the attention module (e.g. ``{'variant': 'ghost'}``).
+    zero_init_residual: start the last BatchNorm scale of every ResNet block at 0 (torchvision's
+      option, the flax examples' default), so each block starts as its shortcut.
     rbg_blocks: number of RBG blocks (0 = pool the frame features directly).
+    relu_before_gru, bigru_layers, block_norm, residual: the RBG block's structure (``RBGBlock``).
+    head_zero_init: start the classifier's kernel at 0 (big_vision's default), so no gradient reaches the
+      frame and sequence layers before the classifier has aligned with the labels.
     hidden: GRU hidden size (per direction).
     merge: BiGRU merge ('concat' | 'sum' | 'mean').
     pooling: temporal pooling ('mean' | 'last').
@@ -96,7 +113,10 @@ class ResRBG(nnx.Module):
 
   def __init__(self, num_classes: int, *, backbone: str = 'resnet50', width: int = 64,
                stage_sizes=None, attention: str = 'geca', attention_kwargs: dict | None = None,
-               rbg_blocks: int = 2, hidden: int = 512, merge: str = 'concat',
+               zero_init_residual: bool = False, rbg_blocks: int = 2,
+               relu_before_gru: bool = True, bigru_layers: int = 4, block_norm: bool = True,
+               residual: bool = True, head_zero_init: bool = False, hidden: int = 560,
+               merge: str = 'sum',
                pooling: str = 'mean', dropout: float = 0.5, dtype=jnp.float32,
                unroll: int | bool = 1, rngs: nnx.Rngs):
     if pooling not in POOLING_MODES:
@@ -109,15 +129,19 @@ class ResRBG(nnx.Module):
     self.dtype = dtype
     self.backbone = resnet.ResNet(backbone, width=width, stage_sizes=stage_sizes,
                                   attention=attention, attention_kwargs=attention_kwargs,
-                                  dtype=dtype, rngs=rngs)
+                                  zero_init_residual=zero_init_residual, dtype=dtype, rngs=rngs)
     blocks = []
     d = self.backbone.num_features
     for _ in range(rbg_blocks):
-      blocks.append(RBGBlock(d, hidden, merge=merge, dtype=dtype, unroll=unroll, rngs=rngs))
+      blocks.append(RBGBlock(d, hidden, merge=merge, residual=residual, norm=block_norm,
+                             relu_before_gru=relu_before_gru, bigru_layers=bigru_layers,
+                             dtype=dtype, unroll=unroll, rngs=rngs))
       d = blocks[-1].out_features
     self.temporal = nnx.List(blocks)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(d, num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(d, num_classes, dtype=dtype, rngs=rngs,
+                           kernel_init=(nnx.initializers.zeros if head_zero_init
+                                        else nnx.initializers.lecun_normal()))
 
   def __call__(self, frames: jax.Array, *, train: bool = False,
                rngs: nnx.Rngs | None = None) -> jax.Array:
