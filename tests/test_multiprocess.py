@@ -20,6 +20,7 @@ set before JAX starts.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -205,6 +206,49 @@ def test_two_processes_train_exactly_like_one_process_on_the_same_global_batches
   halfway = _restore_state(workdir, 2)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(halfway['params']),
                                                       jax.tree.leaves(final['params'])))
+
+
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
+  """A preemption notice reaches one host only: JAX's preemption service brings both to one step,
+  both save that step together and exit with the requeue code; nobody hangs in a collective."""
+  from ferjax import train
+  data_dir = str(tmp_path / 'tfds')
+  synthetic_expressions.build(data_dir, 'tiny', workers=1)
+  workdir = tmp_path / 'run'
+  logs = [tmp_path / f'process_{i}.log' for i in range(NUM_PROCESSES)]
+  port = _free_port()
+  overrides = {**OVERRIDES, 'train.num_steps': 400, 'train.checkpoint_every_steps': 1000,
+               'train.log_every_steps': 1}
+  processes = []
+  for i in range(NUM_PROCESSES):
+    env = _env(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(NUM_PROCESSES),
+               JAX_PROCESS_ID=str(i))
+    with open(logs[i], 'w') as log:
+      processes.append(subprocess.Popen(_cli_args(data_dir, workdir, **overrides), cwd=REPO, env=env,
+                                        stdout=log, stderr=subprocess.STDOUT))
+  try:
+    deadline = time.time() + TIMEOUT_S
+    while not (workdir / 'metrics.jsonl').exists():  # Process 0 logged step 1: both are training.
+      assert all(p.poll() is None for p in processes), [open(log).read()[-3000:] for log in logs]
+      assert time.time() < deadline, 'training did not start'
+      time.sleep(0.1)
+    processes[1].send_signal(signal.SIGTERM)  # Host 1 only.
+    for p in processes:
+      p.wait(timeout=120)
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  outputs = [open(log).read() for log in logs]
+  for i, p in enumerate(processes):
+    assert p.returncode == train.EXIT_PREEMPTED, f'process {i}: {p.returncode}\n{outputs[i][-3000:]}'
+  saved = sorted(int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit())
+  assert len(saved) == 1 and 0 < saved[0] < 400, saved
+  # Both hosts' iterator positions are in that one checkpoint: they stopped at the same step.
+  for i in range(NUM_PROCESSES):
+    data_state = workdir / 'checkpoints' / str(saved[0]) / 'data' / f'process_{i}-of-{NUM_PROCESSES}.json'
+    assert json.loads(data_state.read_text()) == {'next_batch': saved[0]}
 
 
 if __name__ == '__main__':
