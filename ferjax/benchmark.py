@@ -6,6 +6,12 @@ RSS). Numbers in the README come from this command; timed assertions never live 
 
   python -m ferjax.benchmark --config configs/res_rbg.py:synthetic --steps 20
   python -m ferjax.benchmark --config configs/res_rbg.py --config.input.batch_size=32 --json out.json
+
+`--input` measures the grain input pipeline alone instead (no model): reading, decoding, temporal sampling
+and augmentation of the config's training split, in the calling process (one worker's throughput), as
+frames/s and sequences/s per worker process. It needs the config's dataset prepared.
+
+  python -m ferjax.benchmark --input --config configs/res_rbg.py:ck_plus --batches 20
 """
 
 import json
@@ -21,11 +27,14 @@ from ml_collections import config_flags
 import numpy as np
 
 from ferjax import config as config_lib, models, sharding, steps
+from ferjax.data import datasets, protocols, spec
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<family>.py[:arg]).',
                                           lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one warm-up step).')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 7, 'Classifier width.')
+_INPUT = flags.DEFINE_bool('input', False, 'Time the input pipeline alone (per worker).')
+_BATCHES = flags.DEFINE_integer('batches', 20, '--input: timed batches (after one warm-up).')
 _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
 
 
@@ -94,14 +103,40 @@ def run(config, num_steps: int, num_classes: int) -> dict:
   }
 
 
+def run_input(config, num_batches: int) -> dict:
+  """Throughput of the training input pipeline of `config` in this process (worker_count 0)."""
+  config_lib.validate(config)
+  dataset = datasets.prepare(config.dataset)
+  splits = protocols.splits_for(dataset.split_names, config.dataset.fold, False)
+  batch = config.input.batch_size
+  loader = spec.train_loader(config, dataset.source(splits.train), (0, 1, batch), worker_count=0)
+  iterator = iter(loader)
+  first = next(iterator)  # Warm-up: opens the source.
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    next(iterator)
+  seconds = time.perf_counter() - start
+  iterator.close()
+  frames = first['frames']
+  return {
+      'dataset': f'{dataset.name} {splits.train}',
+      'batch': {k: f'{v.dtype}{list(v.shape)}' for k, v in first.items()},
+      'batch_bytes': int(sum(v.nbytes for v in first.values())),
+      'frames_per_s_per_worker': round(num_batches * batch * frames.shape[1] / seconds, 1),
+      'sequences_per_s_per_worker': round(num_batches * batch / seconds, 2),
+      'host': platform.processor() or platform.machine(),
+  }
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
   if _CONFIG.value is None:
     sys.exit('usage: python -m ferjax.benchmark --config configs/<family>.py[:arg] [--steps N]')
   try:
-    result = run(_CONFIG.value, _STEPS.value, _NUM_CLASSES.value)
-  except config_lib.ConfigError as e:
+    result = (run_input(_CONFIG.value, _BATCHES.value) if _INPUT.value else
+              run(_CONFIG.value, _STEPS.value, _NUM_CLASSES.value))
+  except (config_lib.ConfigError, protocols.DatasetNotPreparedError) as e:
     sys.exit(f'error: {e}')
   width = max(map(len, result))
   print('\n'.join(f'{k:<{width}}  {v}' for k, v in result.items()))

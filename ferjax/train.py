@@ -39,7 +39,7 @@ import numpy as np
 from ferjax import checkpointing, config as config_lib, metrics, paths, sharding, steps, workdir as workdir_lib
 from ferjax import models
 from ferjax.models import convert
-from ferjax.data import augment, datasets, pipeline, protocols
+from ferjax.data import datasets, protocols, spec
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<family>.py[:arg]).',
                                           lock_config=True)
@@ -102,15 +102,10 @@ class _Run:
 
 
 def _loaders(config, dataset, splits, shard):
-  options = augment.AugmentOptions.from_config(config.augment)
-  common = dict(num_frames=config.dataset.num_frames, image_size=config.dataset.image_size,
-                options=options, shard_index=shard[0], shard_count=shard[1])
-  train = pipeline.train_loader(
-      dataset.source(splits.train), batch_size_per_host=shard[2], seed=config.seed,
-      worker_count=config.input.worker_count, **common)
+  train = spec.train_loader(config, dataset.source(splits.train), shard[:3], config.input.worker_count)
 
   def evaluation(split):
-    return pipeline.eval_batches(dataset.source(split), batch_size_per_host=shard[3], **common)
+    return spec.eval_batches(config, dataset.source(split), (shard[0], shard[1], shard[3]))
   return train, evaluation
 
 

@@ -1,0 +1,28 @@
+"""What the pipeline builds for a config: the loaders of a run, from the config alone.
+
+The trainer and `python -m ferjax.benchmark --input` build their loaders here, so the benchmark measures
+exactly the input path training uses.
+"""
+
+import ml_collections
+
+from ferjax.data import augment, pipeline
+
+
+def input_args(config: ml_collections.ConfigDict) -> dict:
+  """Keyword arguments of `pipeline.train_loader` / `eval_batches` that the config implies."""
+  return dict(num_frames=config.dataset.num_frames, image_size=config.dataset.image_size,
+              options=augment.AugmentOptions.from_config(config.augment))
+
+
+def train_loader(config, source, shard: tuple[int, int, int], worker_count: int):
+  """The endless training loader of `source` for host `shard = (index, count, local batch size)`."""
+  return pipeline.train_loader(
+      source, batch_size_per_host=shard[2], seed=config.seed, worker_count=worker_count,
+      shard_index=shard[0], shard_count=shard[1], **input_args(config))
+
+
+def eval_batches(config, source, shard: tuple[int, int, int]):
+  """One evaluation pass over `source` for host `shard = (index, count, local batch size)`."""
+  return pipeline.eval_batches(source, batch_size_per_host=shard[2], shard_index=shard[0],
+                               shard_count=shard[1], **input_args(config))
