@@ -97,3 +97,24 @@ def test_dataset_not_prepared(tmp_path, make_sequence_dataset):
     (tmp_path / 'b' / 'ferjax_test_sequences.json').write_text(
         (tmp_path / 'a' / 'ferjax_test_sequences.json').read_text())
     protocols.dataset_splits(name, str(tmp_path / 'b'))
+
+
+@pytest.mark.parametrize('holdout', [False, True])
+def test_subject_independent_k_fold_over_a_loso_dataset(holdout):
+  subjects = [f'subject_{i}' for i in (1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13)]
+  assert protocols.num_folds(subjects) == 12 and protocols.num_folds(subjects, subject_folds=5) == 5
+  seen_test = []
+  for fold in range(5):
+    s = protocols.splits_for(subjects, fold, holdout, subject_folds=5)
+    test = s.test.split('+')
+    # Naturally sorted subjects dealt round-robin: fold 0 = 1st, 6th, 11th subject.
+    assert test == sorted(subjects, key=protocols._natural_key)[fold::5]
+    parts = [set(p.split('+')) for p in (s.train, s.validation or '', s.test) if p]
+    assert sum(map(len, parts)) == len(subjects) and set().union(*parts) == set(subjects)
+    assert bool(s.validation) == holdout
+    seen_test += test
+  assert sorted(seen_test) == sorted(subjects)  # Every subject is tested exactly once.
+  with pytest.raises(ValueError, match=r'subject_folds must be in \[2, 12\]'):
+    protocols.splits_for(subjects, 0, subject_folds=13)
+  # k-fold datasets ignore subject_folds (their folds are already subject-independent).
+  assert protocols.num_folds([f'fold_{i}' for i in range(10)], subject_folds=5) == 10

@@ -66,13 +66,29 @@ def _layout(available: Sequence[str]) -> tuple[str, list[str]]:
       f'found {sorted(names)}')
 
 
-def num_folds(available: Sequence[str]) -> int:
-  """Number of folds the protocol of these splits has (k, number of subjects, or 1 for AFEW)."""
+def _groups(available: Sequence[str], subject_folds: int) -> tuple[str, list[str]]:
+  """(kind, the protocol's fold units): split names, or '+'-joined groups of subject splits."""
   kind, names = _layout(available)
+  if subject_folds and kind == 'loso':
+    if not 2 <= subject_folds <= len(names):
+      raise ValueError(f'subject_folds must be in [2, {len(names)}] for {len(names)} subjects; '
+                       f'got {subject_folds}')
+    # Subject-independent k-fold: the naturally sorted subjects dealt round-robin, [i::k].
+    return 'kfold', ['+'.join(names[i::subject_folds]) for i in range(subject_folds)]
+  return kind, names
+
+
+def num_folds(available: Sequence[str], subject_folds: int = 0) -> int:
+  """Number of folds the protocol of these splits has (k, number of subjects, or 1 for AFEW).
+
+  ``subject_folds=k`` turns a leave-one-subject-out dataset into subject-independent k-fold.
+  """
+  kind, names = _groups(available, subject_folds)
   return 1 if kind == 'train_validation' else len(names)
 
 
-def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = False) -> Splits:
+def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = False,
+               subject_folds: int = 0) -> Splits:
   """The train / validation / test split expressions of ``fold`` for a dataset with ``available`` splits.
 
   Args:
@@ -80,11 +96,13 @@ def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = F
     fold: which fold, in ``[0, num_folds(available))``.
     holdout_validation: also hold out the next fold / subject as a validation set (not used for AFEW,
       whose only labelled sets are train and validation).
+    subject_folds: 0 keeps leave-one-subject-out; k >= 2 groups the subjects of a LOSO dataset into k
+      subject-independent folds (subjects sorted naturally, fold i = subjects [i::k]).
 
   Returns:
     Splits whose train, validation and test are disjoint and together cover every available split.
   """
-  kind, names = _layout(available)
+  kind, names = _groups(available, subject_folds)
   n = 1 if kind == 'train_validation' else len(names)
   if not 0 <= fold < n:
     raise ValueError(f'fold must be in [0, {n - 1}] for splits {names}; got {fold}')
