@@ -106,11 +106,11 @@ def _subjects_by_split(dataset: datasets.PreparedDataset) -> dict[str, list[str]
 
 
 def manifest(split_names, subjects: dict[str, list[str]], holdout_validation: bool,
-             folds: list[int]) -> dict[str, Any]:
+             folds: list[int], subject_folds: int = 0) -> dict[str, Any]:
   """fold -> {train, validation, test: {splits, subjects}}; raises if a subject is in two parts."""
   out = {}
   for fold in folds:
-    splits = protocols.splits_for(split_names, fold, holdout_validation)
+    splits = protocols.splits_for(split_names, fold, holdout_validation, subject_folds)
     parts = {'train': splits.train, 'validation': splits.validation, 'test': splits.test}
     entry = {}
     for part, expression in parts.items():
@@ -234,12 +234,13 @@ def run(config, workdir: str, folds: str = '', retrain: str = '') -> dict[str, A
   workdir = epath.Path(paths.resolve(workdir))
   workdir.mkdir(parents=True, exist_ok=True)
   dataset = datasets.prepare(config.dataset)
-  num_folds = protocols.num_folds(dataset.split_names)
+  subject_folds = int(config.dataset.get('subject_folds', 0))
+  num_folds = protocols.num_folds(dataset.split_names, subject_folds)
   wanted = parse_folds(folds, num_folds) or list(range(num_folds))
   again = set(parse_folds(retrain, num_folds, '--retrain'))
   state = _load_state(workdir, config)
   fold_manifest = manifest(dataset.split_names, _subjects_by_split(dataset),
-                           config.dataset.holdout_validation, wanted)
+                           config.dataset.holdout_validation, wanted, subject_folds)
   _save_state(workdir, state)
 
   todo = [k for k in wanted if str(k) not in state['folds'] or k in again]
@@ -268,7 +269,7 @@ def run(config, workdir: str, folds: str = '', retrain: str = '') -> dict[str, A
   results = {
       'model': config.model.name,
       'dataset': {**provenance.dataset_version(dataset.name, dataset.data_dir)},
-      'protocol': _protocol_name(dataset.split_names, config),
+      'protocol': _protocol_name(dataset.split_names, config, subject_folds),
       'num_folds': num_folds,
       'selection': ('best validation UAR' if config.dataset.holdout_validation
                     and num_folds > 1 else 'final step'),
@@ -288,10 +289,12 @@ def run(config, workdir: str, folds: str = '', retrain: str = '') -> dict[str, A
   return results
 
 
-def _protocol_name(split_names, config) -> str:
+def _protocol_name(split_names, config, subject_folds: int = 0) -> str:
   kind, _ = protocols._layout(split_names)  # pylint: disable=protected-access
-  name = {'kfold': f'{len(split_names)}-fold subject-independent',
-          'loso': 'leave-one-subject-out', 'train_validation': 'train / validation'}[kind]
+  num = protocols.num_folds(split_names, subject_folds)
+  name = {'kfold': f'{num}-fold subject-independent', 'train_validation': 'train / validation',
+          'loso': (f'{num}-fold subject-independent (over {len(split_names)} subjects)' if subject_folds
+                   else 'leave-one-subject-out')}[kind]
   return name + (' with a held-out validation fold' if config.dataset.holdout_validation else '')
 
 
