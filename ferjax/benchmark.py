@@ -29,13 +29,17 @@ import numpy as np
 from ferjax import config as config_lib, models, sharding, steps
 from ferjax.data import datasets, protocols, spec
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<family>.py[:arg]).',
-                                          lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one warm-up step).')
-_NUM_CLASSES = flags.DEFINE_integer('num_classes', 7, 'Classifier width.')
-_INPUT = flags.DEFINE_bool('input', False, 'Time the input pipeline alone (per worker).')
-_BATCHES = flags.DEFINE_integer('batches', 20, '--input: timed batches (after one warm-up).')
-_JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+
+def _define_flags() -> None:
+  """The CLI's flags, defined only when run as a program: ferjax.train defines --config too, and a
+  process (a test) that imports both modules would fail with a duplicate flag."""
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/<family>.py[:arg]).',
+                                  lock_config=True)
+  flags.DEFINE_integer('steps', 10, 'Timed steps (after one warm-up step).')
+  flags.DEFINE_integer('num_classes', 7, 'Classifier width.')
+  flags.DEFINE_bool('input', False, 'Time the input pipeline alone (per worker).')
+  flags.DEFINE_integer('batches', 20, '--input: timed batches (after one warm-up).')
+  flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
 
 
 def _peak_memory_bytes() -> tuple[int, str]:
@@ -66,13 +70,12 @@ def run(config, num_steps: int, num_classes: int) -> dict:
   state_sharding = sharding.state_shardings(state, mesh)
   state = jax.device_put(state, state_sharding)
   batch_sharding = sharding.batch_sharding(mesh)
-  train_fn = steps.jit_train_step(graphdef, tx, config.train.label_smoothing, state_sharding,
+  family = models.get_family(config.model.name)
+  train_fn = steps.jit_train_step(graphdef, tx, family.losses(config), state_sharding,
                                   batch_sharding, sharding.replicated(mesh))
   eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding)
   rng = np.random.default_rng(0)
-  data = sharding.global_batch({
-      'frames': rng.normal(size=(batch, t, size, size, 3)).astype(np.float32),
-      'label': rng.integers(0, num_classes, size=(batch,)).astype(np.int32)}, mesh)
+  data = sharding.global_batch(spec.random_batch(config, batch, num_classes, rng), mesh)
 
   start = time.perf_counter()
   compiled = train_fn.lower(state, data).compile()
@@ -88,8 +91,7 @@ def run(config, num_steps: int, num_classes: int) -> dict:
   peak, peak_kind = _peak_memory_bytes()
   device = jax.devices()[0]
   return {
-      'config': f'{config.model.name} {config.model.backbone} width {config.model.width}, '
-                f'{config.model.rbg_blocks} RBG, dtype {config.model.dtype}',
+      'config': ', '.join(f'{k}={v}' for k, v in config.model.items()),
       'params_total': params['total'],
       'batch_size': batch, 'num_frames': t, 'image_size': size,
       'devices': f'{jax.device_count()} x {device.device_kind} ({device.platform})',
@@ -131,19 +133,20 @@ def run_input(config, num_batches: int) -> dict:
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
-  if _CONFIG.value is None:
+  f = flags.FLAGS
+  if f.config is None:
     sys.exit('usage: python -m ferjax.benchmark --config configs/<family>.py[:arg] [--steps N]')
   try:
-    result = (run_input(_CONFIG.value, _BATCHES.value) if _INPUT.value else
-              run(_CONFIG.value, _STEPS.value, _NUM_CLASSES.value))
+    result = (run_input(f.config, f.batches) if f.input else run(f.config, f.steps, f.num_classes))
   except (config_lib.ConfigError, protocols.DatasetNotPreparedError) as e:
     sys.exit(f'error: {e}')
   width = max(map(len, result))
   print('\n'.join(f'{k:<{width}}  {v}' for k, v in result.items()))
-  if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump(result, f, indent=2)
+  if f.json:
+    with open(f.json, 'w') as out:
+      json.dump(result, out, indent=2)
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main, flags_parser=config_lib.parse_flags)

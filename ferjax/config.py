@@ -81,6 +81,11 @@ def _mesh_axis(value) -> str | None:
   return None if ok else '-1 (all remaining devices) or a positive integer'
 
 
+# Public names for family schemas (ferjax/models/<family>.py).
+one_of, number, range_pair, int_tuple, string, boolean = (
+    _one_of, _number, _range_pair, _int_tuple, _string, _boolean)
+
+# The generic sections; config.model's fields beyond `name` come from the family's schema.
 RULES: dict[str, Callable[[Any], str | None]] = {
     'seed': _number(0, integer=True),
     'dataset.name': _string,
@@ -103,25 +108,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'augment.mask_size': _range_pair(0.0, 1.0),
     'augment.mask_count': _number(0, 16, integer=True),
     'augment.eval_crop': _number(0.1, 1.0),
-    'model.name': _one_of('res_rbg'),
-    'model.backbone': _one_of('resnet18', 'resnet34', 'resnet50'),
-    'model.width': _number(1, integer=True),
-    'model.stage_sizes': _int_tuple,
-    'model.attention': _one_of('none', 'se', 'eca', 'geca'),
-    'model.geca_variant': _one_of('avgmax', 'ghost'),
-    'model.unroll': _number(1, 64, integer=True),
-    'model.zero_init_residual': _boolean,
-    'model.rbg_blocks': _number(0, 16, integer=True),
-    'model.relu_before_gru': _boolean,
-    'model.bigru_layers': _number(0, 4, integer=True),
-    'model.block_norm': _boolean,
-    'model.residual': _boolean,
-    'model.head_zero_init': _boolean,
-    'model.hidden': _number(1, integer=True),
-    'model.merge': _one_of('sum', 'concat', 'mean'),
-    'model.pooling': _one_of('mean', 'last'),
-    'model.dropout': _number(0, 1, hi_open=True),
-    'model.dtype': _one_of('float32', 'bfloat16'),
+    'model.name': _string,  # Then the family's schema checks the rest of config.model.
     'init.backbone_weights': _string,
     'init.backbone_prefix': _string,
     'init.gru_weights': _string,
@@ -185,18 +172,41 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, A
   return out
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks every field against RULES; raises ConfigError naming the first bad key."""
-  flat = _flatten(config)
+def _family(config: ml_collections.ConfigDict):
+  from ferjax import models  # pylint: disable=import-outside-toplevel  # models import this module.
+  name = config.get('model', {}).get('name', None)
+  try:
+    return models.get_family(name)
+  except ValueError:
+    raise ConfigError(f'config.model.name: expected one of {", ".join(map(repr, models.names()))} '
+                      f'(or a family the config file registers), found {name!r}') from None
+
+
+def check_fields(flat: dict[str, Any], rules: dict[str, Callable[[Any], str | None]],
+                 partial: bool = False) -> None:
+  """Raises ConfigError for the first unknown, missing (unless `partial`) or invalid field."""
   for key in flat:
-    if key not in RULES:
-      raise ConfigError(f'config key {key!r} is unknown; known keys: {", ".join(sorted(RULES))}')
-  for key, check in RULES.items():
+    if key not in rules:
+      raise ConfigError(f'config key {key!r} is unknown; known keys: {", ".join(sorted(rules))}')
+  for key, check in rules.items():
     if key not in flat:
+      if partial:
+        continue
       raise ConfigError(f'config key {key!r} is missing; the config file must set it')
     expected = check(flat[key])
     if expected:
       raise ConfigError(f'config.{key}: expected {expected}, found {flat[key]!r}')
+
+
+def model_rules(family) -> dict[str, Callable[[Any], str | None]]:
+  return {'model.name': _string, **{f'model.{k}': v for k, v in family.schema.items()}}
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks the generic sections against RULES and config.model against its family's schema; raises
+  ConfigError naming the first bad key."""
+  family = _family(config)
+  check_fields(_flatten(config), {**RULES, **model_rules(family)})
   if config.mesh.data == -1 and config.mesh.fsdp == -1:
     raise ConfigError('config.mesh: at most one of mesh.data and mesh.fsdp may be -1, found both')
   return config

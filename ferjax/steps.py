@@ -17,6 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ferjax import losses
+from ferjax.data import augment
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -78,45 +81,83 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, label_smoothing: float,
+def normalize_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """On the device: uint8 RGB `frames` -> float32 ImageNet-normalised (the host sends 4x fewer
+  bytes); every other entry as it is."""
+  frames = batch.get('frames')
+  if frames is None or frames.dtype != jnp.uint8:
+    return batch
+  mean = jnp.asarray(augment.IMAGENET_MEAN, jnp.float32)
+  std = jnp.asarray(augment.IMAGENET_STD, jnp.float32)
+  return {**batch, 'frames': (frames.astype(jnp.float32) / 255.0 - mean) / std}
+
+
+def _as_loss(loss: 'losses.Loss | float') -> losses.Loss:
+  """A Loss; a number is the label smoothing of the default cross-entropy (the older signature)."""
+  return loss if isinstance(loss, losses.Loss) else losses.classification(float(loss))
+
+
+def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss,
                state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
-  """One optimizer update on a global batch; returns the new state and summed metrics."""
+  """One optimizer update on a global batch; returns the new state and summed metrics.
+
+  Metrics: `loss` (the weighted total), `loss/<term>` for every term of `loss`, `correct`, `count`,
+  `grad_norm`, `nonfinite`.
+  """
+  loss = _as_loss(loss)
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  inputs = normalize_inputs(batch)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.model_state, copy=True)
-    logits = model(batch['frames'], train=True, rngs=nnx.Rngs(dropout=dropout_key))
-    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+    outputs = model(inputs, train=True, rngs=nnx.Rngs(dropout=dropout_key))
+    total, terms = loss(outputs, inputs, params)
     _, _, model_state = nnx.split(model, nnx.Param, ...)
-    return loss, (logits, model_state)
+    return total, (outputs['logits'], terms, model_state)
 
-  (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (total, (logits, terms, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  correct = (jnp.argmax(logits, -1) == batch['label']).sum()
-  metrics = {'loss': loss, 'correct': correct, 'count': jnp.asarray(logits.shape[0]),
+  correct = (jnp.argmax(sequence_probabilities(logits), -1) == batch['label']).sum()
+  metrics = {'loss': total, 'correct': correct, 'count': jnp.asarray(logits.shape[0]),
              'grad_norm': optax.tree.norm(grads),
+             **{f'loss/{name}': value for name, value in terms.items()},
              # Checked on the host before every save, so no checkpoint ever holds NaN/inf.
-             'nonfinite': (~(jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))))
+             'nonfinite': (~(jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(params))))
                           .astype(jnp.int32)}
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                             opt_state=opt_state)
   return new_state, metrics
 
 
+def sequence_probabilities(logits: jax.Array) -> jax.Array:
+  """Class probabilities [B, C] of sequence logits [B, C], or of per-frame logits [B, T, C] (an image
+  model run on every frame): then the mean of the frames' probabilities scores the sequence."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+  return probs.mean(axis=1) if probs.ndim == 3 else probs
+
+
 def eval_step(graphdef: nnx.GraphDef, state: TrainState,
               batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Predictions of the model in inference mode (BatchNorm running averages, no dropout)."""
+  """Sequence class probabilities (and their argmax) in inference mode (BatchNorm running averages,
+  no dropout); `frames_scored` [B] is 1 for sequence logits, T when frame probabilities were averaged."""
   model = nnx.merge(graphdef, state.params, state.model_state, copy=True)
-  logits = model(batch['frames'], train=False)
-  return {'pred': jnp.argmax(logits, -1).astype(jnp.int32), 'probs': jax.nn.softmax(logits, -1)}
+  logits = model(normalize_inputs(batch), train=False)['logits']
+  probs = sequence_probabilities(logits)
+  frames_scored = logits.shape[1] if logits.ndim == 3 else 1
+  return {'pred': jnp.argmax(probs, -1).astype(jnp.int32), 'probs': probs,
+          'frames_scored': jnp.full(probs.shape[:1], frames_scored, jnp.int32)}
 
 
-def jit_train_step(graphdef, tx, label_smoothing: float, state_sharding, batch_sharding,
+def jit_train_step(graphdef, tx, loss: 'losses.Loss | float', state_sharding, batch_sharding,
                    replicated) -> Callable:
-  """The jitted train step with explicit shardings; the incoming state is donated."""
+  """The jitted train step with explicit shardings; the incoming state is donated.
+
+  `loss` is a `losses.Loss` (a number means cross-entropy with that label smoothing).
+  """
   return jax.jit(
-      functools.partial(train_step, graphdef, tx, label_smoothing),
+      functools.partial(train_step, graphdef, tx, _as_loss(loss)),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=(0,))

@@ -111,10 +111,11 @@ def _loaders(config, dataset, splits, shard):
 
 def _init_model(config, num_classes):
   model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
-  if config.init.backbone_weights or config.init.gru_weights:
-    convert.apply_pretrained(model, config.init)
-    _log(f'Imported pretrained weights: {config.init.backbone_weights or "-"} (backbone), '
-         f'{config.init.gru_weights or "-"} (GRU)')
+  family = models.get_family(config.model.name)
+  if family.pretrained and any(config.init.values()):
+    family.pretrained(model, config.init)
+    _log('Imported pretrained weights: ' + ', '.join(
+        f'{k}={v}' for k, v in config.init.items() if v and k.endswith('_weights')))
   return model
 
 
@@ -176,8 +177,9 @@ def _set_up(config, workdir: epath.Path) -> _Run:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
 
   batch_sharding = sharding.batch_sharding(mesh)
-  train_fn = steps.jit_train_step(graphdef, tx, config.train.label_smoothing, state_sharding,
-                                  batch_sharding, sharding.replicated(mesh))
+  loss = models.get_family(config.model.name).losses(config)
+  train_fn = steps.jit_train_step(graphdef, tx, loss, state_sharding, batch_sharding,
+                                  sharding.replicated(mesh))
   eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding)
   checkpointer = checkpointing.Checkpointer(
       os.fspath(workdir / 'checkpoints'), max_to_keep=config.train.max_to_keep,
@@ -204,20 +206,30 @@ def _restore_or_init(run: _Run) -> None:
 def evaluate(eval_fn, state, batches, mesh, class_names, stop: Callable[[], bool] = lambda: False):
   """Runs the model over every example of `batches` (padded rows masked out) -> classification report.
 
-  Returns None when `stop()` turns True between batches (preemption during evaluation).
+  Predictions are the argmax of each sequence's class probabilities; a per-frame model's sequence
+  probabilities are the mean of its frames' (`report['scoring']` says which). Returns None when
+  `stop()` turns True between batches (preemption during evaluation).
   """
-  labels, preds = [], []
+  labels, probs, frames_scored = [], [], []
   for batch in batches:
     if stop():
       return None
     batch = sharding.global_batch(batch, mesh)
-    pred, label, keep = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                         for x in (eval_fn(state, batch)['pred'], batch['label'], batch['mask']))
+    out = eval_fn(state, batch)
+    prob, label, keep, scored = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                                 for x in (out['probs'], batch['label'], batch['mask'],
+                                           out['frames_scored']))
     labels.append(label[keep])
-    preds.append(pred[keep])
+    probs.append(prob[keep])
+    frames_scored.append(scored[keep])
   if not labels:
     raise ValueError('the evaluation split is empty')
-  return metrics.classification_report(np.concatenate(labels), np.concatenate(preds), class_names)
+  report = metrics.classification_report(np.concatenate(labels), np.concatenate(probs).argmax(-1),
+                                         class_names)
+  scored = int(np.concatenate(frames_scored).max(initial=1))
+  report['scoring'] = ('argmax of the sequence class probabilities' if scored == 1 else
+                       f'argmax of the mean class probabilities of {scored} frames per sequence')
+  return report
 
 
 def _validate(run: _Run, step: int, writer: metrics.MetricWriter) -> None:
@@ -229,6 +241,19 @@ def _validate(run: _Run, step: int, writer: metrics.MetricWriter) -> None:
   kept = run.best.update(step, run.state, scores)
   _log(f'  validation ({run.splits.validation}): WAR {100 * report["war"]:.2f}%  '
        f'UAR {100 * report["uar"]:.2f}%' + ('  (best so far)' if kept else ''))
+
+
+def _train_scalars(summed: dict, num_steps: int, rate: float) -> dict:
+  """Per-step means of the summed step metrics; every loss term keeps its name ('loss/<term>')."""
+  return {'loss': summed['loss'] / num_steps, 'accuracy': summed['correct'] / summed['count'],
+          'grad_norm': summed['grad_norm'] / num_steps, 'steps_per_sec': rate,
+          **{k: v / num_steps for k, v in summed.items() if k.startswith('loss/')}}
+
+
+def _describe_loss(scalars: dict) -> str:
+  """'loss 1.2345', with the terms in brackets when there is more than one."""
+  terms = [f'{k[len("loss/"):]} {v:.4f}' for k, v in scalars.items() if k.startswith('loss/')]
+  return f'loss {scalars["loss"]:.4f}' + (f' ({", ".join(terms)})' if len(terms) > 1 else '')
 
 
 def _train_loop(run: _Run, writer: metrics.MetricWriter) -> None:
@@ -254,11 +279,9 @@ def _train_loop(run: _Run, writer: metrics.MetricWriter) -> None:
             f'checkpoint (step {last_saved if last_saved is not None else "none"}) is kept in '
             f'{checkpointer.directory}. Lower train.learning_rate or set train.grad_clip.')
       rate = (step - t0_step) / (time.perf_counter() - t0) if t0 and step > t0_step else 0.0
-      scalars = {'loss': summed['loss'] / len(pending),
-                 'accuracy': summed['correct'] / summed['count'],
-                 'grad_norm': summed['grad_norm'] / len(pending), 'steps_per_sec': rate}
+      scalars = _train_scalars(summed, len(pending), rate)
       writer.write(step, 'train', scalars)
-      _log(f'step {step:>6}/{run.total_steps}  loss {scalars["loss"]:.4f}  '
+      _log(f'step {step:>6}/{run.total_steps}  {_describe_loss(scalars)}  '
            f'acc {100 * scalars["accuracy"]:5.1f}%  {rate:.2f} steps/s  '
            f'ETA {_eta((run.total_steps - step) / rate) if rate else "-"}')
       pending = []

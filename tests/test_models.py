@@ -28,7 +28,8 @@ def frames(b=2, t=4, size=32, seed=0):
 @nnx.jit(static_argnames='train')
 def call(model, x, train=False, rngs=None):
   """Jitted model call (one compile instead of op-by-op dispatch); updates BatchStats in place."""
-  return model(x, train=train) if rngs is None else model(x, train=train, rngs=rngs)
+  fn = getattr(model, 'logits', model)  # Res-RBG's array API; plain layers are called directly.
+  return fn(x, train=train) if rngs is None else fn(x, train=train, rngs=rngs)
 
 
 @pytest.fixture(scope='module')
@@ -142,7 +143,7 @@ def test_default_param_count_close_to_paper():
   assert counts['total'] == 63_720_045 and abs(counts['total'] / 64.20e6 - 1) < 0.01, counts
   # The full-size forward traces (abstractly) at the paper's input size: T=16, 224 px.
   x = jax.ShapeDtypeStruct((2, 16, 224, 224, 3), jnp.float32)
-  assert nnx.eval_shape(lambda m, x: m(x), model, x).shape == (2, 7)
+  assert nnx.eval_shape(lambda m, x: m.logits(x), model, x).shape == (2, 7)
 
 
 def test_res_rbg_forward_and_grad(tiny_model):
@@ -154,7 +155,7 @@ def test_res_rbg_forward_and_grad(tiny_model):
 
   def loss_fn(params, rest, key):
     m = nnx.merge(graphdef, params, rest, copy=True)
-    logits = m(x, train=True, rngs=nnx.Rngs(dropout=key))
+    logits = m.logits(x, train=True, rngs=nnx.Rngs(dropout=key))
     loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
     return loss, nnx.state(m, nnx.BatchStat)
 
@@ -179,7 +180,7 @@ def test_dropout_uses_call_time_rngs(tiny_model):
   np.testing.assert_array_equal(run(0), run(0))
   assert not np.allclose(run(0), run(1))
   with pytest.raises(ValueError, match='rngs'):
-    tiny_model(x, train=True)
+    tiny_model.logits(x, train=True)
   # Eval ignores dropout entirely.
   np.testing.assert_array_equal(call(tiny_model, x, rngs=nnx.Rngs(dropout=5)),
                                 call(tiny_model, x))
@@ -191,7 +192,7 @@ def test_res_rbg_variants(merge, pooling):
   model = nnx.eval_shape(lambda: models.create_model(cfg, 3, rngs=nnx.Rngs(0)))
   assert model.temporal[0].out_features == 8
   x = jax.ShapeDtypeStruct((2, 3, 32, 32, 3), jnp.float32)
-  assert nnx.eval_shape(lambda m, x: m(x), model, x).shape == (2, 3)
+  assert nnx.eval_shape(lambda m, x: m.logits(x), model, x).shape == (2, 3)
 
 
 def test_state_holds_only_params_and_batch_stats(tiny_model):
@@ -208,6 +209,12 @@ def test_bfloat16_compute_returns_float32_logits(tiny_model):
   assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
   ref = call(tiny_model, frames())
   np.testing.assert_allclose(logits, ref, atol=0.1 * float(jnp.abs(ref).max()) + 0.05)
+
+
+def test_model_contract_takes_the_batch_and_returns_a_dict(tiny_model):
+  x = frames()
+  outputs = nnx.jit(lambda m, b: m(b))(tiny_model, {'frames': x, 'label': jnp.zeros(2, jnp.int32)})
+  np.testing.assert_allclose(outputs['logits'], call(tiny_model, x), rtol=1e-5, atol=1e-5)
 
 
 def test_create_model_rejects_bad_values():

@@ -43,8 +43,8 @@ def _source_index(source, generated: int) -> int:
 
 
 def _ids(frames, source):
-  """[B, T, S, S, 3] normalised frames -> ([B] indices into source, [B, T] frame ids)."""
-  pixels = (frames * augment.IMAGENET_STD + augment.IMAGENET_MEAN) * 255
+  """[B, T, S, S, 3] uint8 frames -> ([B] indices into source, [B, T] frame ids)."""
+  pixels = frames
   ids = np.array([[identify(f)[:2] for f in seq] for seq in pixels])  # [B, T, 2]
   assert np.all(ids[:, :, 0] == ids[:, :1, 0])  # All frames of a row come from one record.
   return np.array([_source_index(source, int(i)) for i in ids[:, 0, 0]]), ids[:, :, 1]
@@ -58,9 +58,9 @@ def test_shapes_dtypes_labels(dataset):
   labels = {dataset[i]['label'] for i in range(len(dataset))}
   for batch in _take(iter(_train(dataset, augment.AugmentOptions(), batch=3)), 4):
     assert set(batch) == {'frames', 'label'}
-    assert batch['frames'].shape == (3, T, S, S, 3) and batch['frames'].dtype == np.float32
+    assert batch['frames'].shape == (3, T, S, S, 3) and batch['frames'].dtype == np.uint8
     assert batch['label'].shape == (3,) and batch['label'].dtype == np.int32
-    assert set(batch['label']) <= labels and np.isfinite(batch['frames']).all()
+    assert set(batch['label']) <= labels
 
 
 def test_epochs_cover_all_and_reshuffle(dataset):
@@ -145,7 +145,7 @@ def test_eval_covers_every_record_once(dataset, batch, shard_count):
     batches = list(_eval(dataset, batch, shard_index=shard, shard_count=shard_count))
     assert len(batches) == per_host == -(-n // (batch * shard_count))
     for b in batches:
-      assert b['frames'].shape == (batch, T, S, S, 3) and b['frames'].dtype == np.float32
+      assert b['frames'].shape == (batch, T, S, S, 3) and b['frames'].dtype == np.uint8
       assert b['label'].dtype == np.int32 and b['mask'].dtype == np.bool_
       assert np.all(b['frames'][~b['mask']] == 0) and np.all(b['label'][~b['mask']] == 0)
       ids, frame_ids = _ids(b['frames'][b['mask']], dataset)
@@ -175,7 +175,7 @@ def test_grey_and_encoded_frames():
   ]
   batch = next(_eval(source, 3))
   assert batch['frames'].shape == (3, T, S, S, 3)
-  np.testing.assert_allclose(batch['frames'], augment.normalize(np.full((3, T, S, S, 3), 100)), atol=0.05)
+  np.testing.assert_allclose(batch['frames'], 100, atol=2)
   assert next(iter(_train(source, batch=3)))['frames'].shape == (3, T, S, S, 3)
 
 
@@ -190,3 +190,19 @@ def test_bad_input(dataset):
     _train([{'frames': [np.zeros((S, S, 3), np.uint8)], 'label': 0}] * 3, shard_index=0, shard_count=4)
   with pytest.raises(ValueError, match=r'expected frames of shape .*got \(8, 8, 2\)'):
     next(_eval([{'frames': [np.zeros((8, 8, 2), np.uint8)], 'label': 0}], 1))
+
+
+def test_only_the_sampled_frames_are_decoded(tmp_path):
+  from ferjax.data import datasets
+  name, data_dir = build_sequence_dataset(tmp_path, splits={'fold_0': 4}, min_frames=8, max_frames=12)
+  source = datasets.PreparedDataset(name, data_dir, (), ()).source('fold_0')
+  lengths = [len(source[i]['frames']) for i in range(4)]
+  assert all(isinstance(f, bytes) for f in source[0]['frames'])  # Read, not decoded.
+  before = pipeline.DECODE_COUNT.value
+  batches = list(_eval(source, 4))  # One pass over the 4 records, in this process.
+  assert len(batches) == 1 and batches[0]['frames'].dtype == np.uint8
+  assert pipeline.DECODE_COUNT.value - before == 4 * T < sum(lengths)
+  ids, frame_ids = _ids(batches[0]['frames'], source)
+  assert list(ids) == [0, 1, 2, 3]
+  for n, f in zip(lengths, frame_ids):  # The decoded frames are the sampled ones.
+    np.testing.assert_array_equal(f, sampling.eval_indices(n, T))

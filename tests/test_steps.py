@@ -15,7 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ferjax import steps
+from ferjax import losses, steps
 from ferjax.models import res_rbg
 
 
@@ -128,14 +128,15 @@ def _jit_step(graphdef, tx):
 def test_train_step_metrics_count_correct_predictions():
   model = _tiny_model()
   graphdef, tx, state, batch = _step_inputs(model)
-  logits = jax.jit(lambda s, f: nnx.merge(graphdef, s.params, s.model_state)(f, train=True))(
-      state, batch['frames'])
+  logits = jax.jit(lambda s, f: nnx.merge(graphdef, s.params, s.model_state).logits(f, train=True))(
+      state, steps.normalize_inputs(batch)['frames'])
   _, metrics = _jit_step(graphdef, tx)(state, batch)
   assert int(metrics['count']) == 4
   assert int(metrics['correct']) == int((jnp.argmax(logits, -1) == batch['label']).sum())
   assert int(metrics['nonfinite']) == 0
   np.testing.assert_allclose(
       metrics['loss'], steps.cross_entropy(logits, batch['label'], 0.0).mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss/cross_entropy'], metrics['loss'], rtol=1e-6)
 
 
 def test_train_step_flags_a_nonfinite_parameter():
@@ -145,3 +146,34 @@ def test_train_step_flags_a_nonfinite_parameter():
   state = state.replace(params=jax.tree.unflatten(treedef, leaves))
   _, metrics = _jit_step(graphdef, tx)(state, batch)
   assert int(metrics['nonfinite']) == 1
+
+
+class _PerFrame(nnx.Module):
+  """An image model run on every frame: logits [B, T, 3] = scale * the frame's top-left pixel."""
+
+  def __init__(self):
+    self.scale = nnx.Param(jnp.ones(()))
+
+  def __call__(self, batch, *, train=False, rngs=None):
+    return {'logits': self.scale[...] * batch['frames'][:, :, 0, 0, :]}
+
+
+def test_per_frame_model_is_scored_per_sequence_by_mean_probability():
+  tx = optax.sgd(0.0)
+  graphdef, state = steps.init_state(_PerFrame(), tx, 0)
+  # Sequence 0: two frames mildly for class 0, one strongly for class 2 -> a frame vote says 0, the mean
+  # of probabilities says 2. Sequence 1: all frames for class 1.
+  frames = np.zeros((2, 3, 2, 2, 3), np.float32)
+  frames[0, :2, 0, 0] = [1.0, 0.0, 0.0]
+  frames[0, 2, 0, 0] = [0.0, 0.0, 8.0]
+  frames[1, :, 0, 0] = [0.0, 2.0, 0.0]
+  out = jax.jit(functools.partial(steps.eval_step, graphdef))(state, {'frames': jnp.asarray(frames)})
+  expected = jax.nn.softmax(jnp.asarray(frames[:, :, 0, 0]), -1).mean(1)
+  np.testing.assert_allclose(out['probs'], expected, rtol=1e-6)
+  assert out['pred'].tolist() == [2, 1] and out['frames_scored'].tolist() == [3, 3]
+  # Training: every frame carries its sequence's label.
+  loss = losses.cross_entropy()({'logits': jnp.asarray(frames[:, :, 0, 0])}, {'label': jnp.array([2, 1])},
+                                {})
+  by_hand = -jax.nn.log_softmax(jnp.asarray(frames[:, :, 0, 0]), -1)[
+      jnp.arange(2)[:, None], jnp.arange(3)[None], jnp.array([[2] * 3, [1] * 3])].mean()
+  np.testing.assert_allclose(loss, by_hand, rtol=1e-6)

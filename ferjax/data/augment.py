@@ -5,11 +5,14 @@ colour jitter, masked rectangles) is drawn once per sequence and applied identic
 per-frame randomness would add motion that is not in the data.
 
 Training: random resized crop -> horizontal flip (p = 0.5) -> rotation, all composed into one affine warp
-per frame (one interpolation, reflected borders) -> brightness/contrast jitter -> ImageNet normalisation ->
-random masking ("RM" of the Res-RBG paper: ``mask_count`` rectangles set to 0, i.e. to the ImageNet mean
-colour, on every frame, with probability ``mask_prob`` per sequence).
+per frame (one interpolation, reflected borders) -> brightness/contrast jitter (rounded back to uint8) ->
+random masking ("RM" of the Res-RBG paper: ``mask_count`` rectangles set to the ImageNet mean colour,
+``MASK_FILL``, i.e. to ~0 after normalisation, on every frame, with probability ``mask_prob`` per sequence).
 Evaluation: centre crop of ``eval_crop`` of the shorter side, resized to the output size (the same as
-resizing to size / eval_crop and centre-cropping, e.g. 256 -> 224), then normalisation.
+resizing to size / eval_crop and centre-cropping, e.g. 256 -> 224).
+Both return uint8: ImageNet normalisation runs on the device, inside the jitted step
+(``ferjax.steps.normalize_inputs``), so the host sends a quarter of the bytes. ``normalize`` is its numpy
+twin.
 """
 
 import dataclasses
@@ -21,6 +24,8 @@ import numpy as np
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # RGB, of [0, 1] pixel values.
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+# uint8 colour of masked rectangles: the ImageNet mean, which normalises to within 0.006 of 0.
+MASK_FILL = np.round(IMAGENET_MEAN * 255).astype(np.uint8)
 
 
 def _pair(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
@@ -128,7 +133,7 @@ def _affine(height: int, width: int, size: int, options: AugmentOptions,
 
 
 def random_mask(frames: np.ndarray, options: AugmentOptions, rng: np.random.Generator) -> np.ndarray:
-  """Sets ``mask_count`` random rectangles to 0 on every frame, with probability ``mask_prob``.
+  """Sets ``mask_count`` random rectangles to ``MASK_FILL`` on every frame, with probability ``mask_prob``.
 
   Always draws the same number of random values, so later draws do not depend on whether it masked.
   """
@@ -143,30 +148,31 @@ def random_mask(frames: np.ndarray, options: AugmentOptions, rng: np.random.Gene
   if apply and options.mask_size[1] > 0:
     frames = frames.copy()
     for y, x, h, w in boxes:
-      frames[:, y:y + h, x:x + w] = 0.0
+      frames[:, y:y + h, x:x + w] = MASK_FILL
   return frames
 
 
 def train_augment(frames: np.ndarray, size: int, options: AugmentOptions,
                   rng: np.random.Generator) -> np.ndarray:
-  """Augments one sequence: uint8 [T, H, W, 3] -> float32 [T, size, size, 3], ImageNet-normalised."""
+  """Augments one sequence: uint8 [T, H, W, 3] -> uint8 [T, size, size, 3] (normalised on the device)."""
   frames = _check_frames(frames)
   _, height, width, _ = frames.shape
   matrix = _affine(height, width, size, options, rng)
   warped = np.stack([
       cv2.warpAffine(f, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                     borderMode=cv2.BORDER_REFLECT_101) for f in frames]).astype(np.float32)
+                     borderMode=cv2.BORDER_REFLECT_101) for f in frames])
   brightness = rng.uniform(1 - options.brightness, 1 + options.brightness)
   contrast = rng.uniform(1 - options.contrast, 1 + options.contrast)
   if brightness != 1.0 or contrast != 1.0:
-    warped *= brightness
-    mean = warped.mean()  # One grey level for the whole sequence keeps the jitter identical per frame.
-    warped = np.clip((warped - mean) * contrast + mean, 0.0, 255.0)
-  return random_mask(normalize(warped), options, rng)
+    jittered = warped.astype(np.float32) * brightness
+    mean = jittered.mean()  # One grey level for the whole sequence keeps the jitter identical per frame.
+    jittered = np.clip((jittered - mean) * contrast + mean, 0.0, 255.0)
+    warped = np.rint(jittered).astype(np.uint8)
+  return random_mask(warped, options, rng)
 
 
 def eval_preprocess(frames: np.ndarray, size: int, options: AugmentOptions) -> np.ndarray:
-  """Centre crop + resize + normalise: uint8 [T, H, W, 3] -> float32 [T, size, size, 3]."""
+  """Centre crop + resize: uint8 [T, H, W, 3] -> uint8 [T, size, size, 3] (normalised on the device)."""
   frames = _check_frames(frames)
   _, height, width, _ = frames.shape
   side = max(1, round(options.eval_crop * min(height, width)))
@@ -175,4 +181,4 @@ def eval_preprocess(frames: np.ndarray, size: int, options: AugmentOptions) -> n
   if side != size:
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     crop = np.stack([cv2.resize(f, (size, size), interpolation=interpolation) for f in crop])
-  return normalize(crop)
+  return np.ascontiguousarray(crop, np.uint8)

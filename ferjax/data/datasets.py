@@ -24,9 +24,38 @@ class PreparedDataset:
   class_names: tuple[str, ...]
   split_names: tuple[str, ...]
 
-  def source(self, split: str):
-    """Random-access ArrayRecord source of a split expression ('fold_1+fold_2'); no TensorFlow."""
-    return tfds.data_source(self.name, split=split, data_dir=self.data_dir)
+  def source(self, split: str) -> 'EncodedFrames':
+    """Random-access ArrayRecord source of a split expression ('fold_1+fold_2'), frames left as JPEG
+    bytes (see EncodedFrames); no TensorFlow."""
+    return EncodedFrames(tfds.data_source(self.name, split=split, data_dir=self.data_dir))
+
+
+class EncodedFrames:
+  """A TFDS data source whose records keep `frames` as encoded bytes.
+
+  `tfds.data_source` decodes every frame of a record, though a model sees only T of them (CK+ sequences
+  average ~18 frames, videos hundreds; T = 16). This source parses the raw ArrayRecord bytes with TFDS's
+  numpy example parser (no TensorFlow) and leaves the frames encoded: the pipeline decodes only the
+  sampled ones, in the worker (`ferjax.data.pipeline.DECODE_COUNT`). Pickles with the TFDS source, so
+  grain workers open their own readers.
+  """
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index) -> dict:
+    raw = self._source.data_source[int(index)]
+    # TFDS's own parser for `deserialize_example_np`, minus the decoding step.
+    record = self._source.dataset_info.features._example_parser_np.parse_example(raw)  # pylint: disable=protected-access
+    record['frames'] = list(record['frames'])
+    return record
+
+  def __repr__(self) -> str:
+    return f'EncodedFrames({self._source!r})'
+
 
 
 def _register_builder(name: str) -> None:

@@ -4,8 +4,11 @@ The source is anything with ``len`` and ``__getitem__`` returning a record dict 
 of decoded uint8 [H, W, 3] arrays, or JPEG bytes) and ``label`` -- typically
 ``tfds.data_source(name, split=..., data_dir=...)``.
 
-Batches follow the batch contract of DESIGN.md: ``frames`` float32 [B, T, S, S, 3] (ImageNet-normalised),
-``label`` int32 [B]; evaluation batches add ``mask`` bool [B] (False on padding rows).
+Batches follow the batch contract of DESIGN.md: ``frames`` uint8 [B, T, S, S, 3] (normalised on the device,
+``ferjax.steps.normalize_inputs``), ``label`` int32 [B], plus the other inputs named in ``inputs`` (see
+``INPUTS``); evaluation batches add ``mask`` bool [B] (False on padding rows).
+
+JPEG frames are decoded here, in the worker, and only the T sampled ones (``DECODE_COUNT`` counts them).
 
 Training (:func:`train_loader`):
   * each host keeps the records ``shard_index::shard_count`` (disjoint, covering), and reshuffles them
@@ -43,9 +46,39 @@ from ferjax.data import sampling
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
 
 
+class _Counter:
+  """Frames decoded by this process (a test checks that only sampled frames are decoded)."""
+  value = 0
+
+
+DECODE_COUNT = _Counter()
+
+
+def _frame_positions(indices: np.ndarray, num_frames: int) -> np.ndarray:
+  return (indices / max(num_frames - 1, 1)).astype(np.float32)
+
+
+# Inputs besides `frames` a family may ask for (Family.inputs): name -> (indices of the sampled frames,
+# number of frames of the sequence) -> array. `frame_positions`: where each sampled frame lies in the
+# sequence, float32 [T] in [0, 1] (0 = first frame, 1 = last).
+INPUTS = {'frame_positions': _frame_positions}
+
+
+def _check_inputs(inputs: Sequence[str]) -> tuple[str, ...]:
+  unknown = [name for name in inputs if name != 'frames' and name not in INPUTS]
+  if 'frames' not in inputs or unknown:
+    raise ValueError(f'inputs must include frames and may add {sorted(INPUTS)}; got {list(inputs)}')
+  return tuple(inputs)
+
+
+def _extra_inputs(inputs, indices, num_frames) -> dict[str, np.ndarray]:
+  return {name: INPUTS[name](indices, num_frames) for name in inputs if name != 'frames'}
+
+
 def _as_rgb(frame: Any) -> np.ndarray:
   """A decoded frame as uint8 [H, W, 3]; decodes JPEG/PNG bytes, repeats grey to three channels."""
   if isinstance(frame, bytes):
+    DECODE_COUNT.value += 1
     decoded = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
       raise ValueError('could not decode a frame of an input record (expected JPEG/PNG bytes)')
@@ -84,14 +117,17 @@ class _TrainExample:
   options: augment.AugmentOptions
   seed: int
   records_per_epoch: int
+  inputs: tuple[str, ...] = ('frames',)
 
   def __call__(self, position: int, indexed: tuple[int, dict]) -> dict[str, np.ndarray]:
     record_index, record = indexed
     epoch = position // self.records_per_epoch
     rng = np.random.default_rng([self.seed, record_index, epoch])
-    indices = sampling.train_indices(_num_frames(record), self.num_frames, rng)
+    n = _num_frames(record)
+    indices = sampling.train_indices(n, self.num_frames, rng)
     frames = augment.train_augment(_select_frames(record, indices), self.image_size, self.options, rng)
-    return {'frames': frames, 'label': np.int32(record['label'])}
+    return {'frames': frames, 'label': np.int32(record['label']),
+            **_extra_inputs(self.inputs, indices, n)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,16 +137,21 @@ class _EvalExample:
   num_frames: int
   image_size: int
   options: augment.AugmentOptions
+  inputs: tuple[str, ...] = ('frames',)
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
     index = int(index)
     if index >= len(self.source):
       shape = (self.num_frames, self.image_size, self.image_size, 3)
-      return {'frames': np.zeros(shape, np.float32), 'label': np.int32(0), 'mask': np.bool_(False)}
+      extra = _extra_inputs(self.inputs, np.zeros(self.num_frames, np.int32), 1)
+      return {'frames': np.zeros(shape, np.uint8), 'label': np.int32(0), 'mask': np.bool_(False),
+              **{k: np.zeros_like(v) for k, v in extra.items()}}
     record = self.source[index]
-    indices = sampling.eval_indices(_num_frames(record), self.num_frames)
+    n = _num_frames(record)
+    indices = sampling.eval_indices(n, self.num_frames)
     frames = augment.eval_preprocess(_select_frames(record, indices), self.image_size, self.options)
-    return {'frames': frames, 'label': np.int32(record['label']), 'mask': np.bool_(True)}
+    return {'frames': frames, 'label': np.int32(record['label']), 'mask': np.bool_(True),
+            **_extra_inputs(self.inputs, indices, n)}
 
 
 def _check_sharding(num_records: int, batch_size: int, shard_index: int, shard_count: int) -> None:
@@ -217,7 +258,8 @@ class TrainLoader:
 
 def train_loader(source: Sequence[dict], *, num_frames: int, image_size: int,
                  options: augment.AugmentOptions, batch_size_per_host: int, seed: int,
-                 shard_index: int = 0, shard_count: int = 1, worker_count: int = 0) -> TrainLoader:
+                 shard_index: int = 0, shard_count: int = 1, worker_count: int = 0,
+                 inputs: Sequence[str] = ('frames',)) -> TrainLoader:
   """Endless training batches of this host's shard; ``iter()`` gives a checkpointable iterator.
 
   Args:
@@ -231,9 +273,10 @@ def train_loader(source: Sequence[dict], *, num_frames: int, image_size: int,
       ``jax.process_count()``); each host reads a disjoint part of the records.
     worker_count: grain worker processes (0 = in the calling process). Batches do not depend on it,
       and a state saved under one worker count restores under another.
+    inputs: the batch's inputs: 'frames' and any of ``INPUTS``.
 
   Returns:
-    A TrainLoader; its iterators yield dict(frames=float32 [B, T, S, S, 3], label=int32 [B]) and have
+    A TrainLoader; its iterators yield dict(frames=uint8 [B, T, S, S, 3], label=int32 [B], ...) and have
     ``get_state``/``set_state`` (a ``grain.DatasetIterator``, so ``grain.checkpoint.CheckpointSave``
     and ``CheckpointRestore`` store them in an Orbax checkpoint).
   """
@@ -243,7 +286,8 @@ def train_loader(source: Sequence[dict], *, num_frames: int, image_size: int,
   if len(source) < shard_count:
     raise ValueError(f'{len(source)} records cannot be split over {shard_count} hosts')
   ds = grain.MapDataset.source(source).map_with_index(_attach_index)[shard_index::shard_count]
-  example = _TrainExample(num_frames, image_size, options, seed, records_per_epoch=len(ds))
+  example = _TrainExample(num_frames, image_size, options, seed, records_per_epoch=len(ds),
+                          inputs=_check_inputs(inputs))
   ds = ds.shuffle(seed=seed).repeat(None).map_with_index(example)
   return TrainLoader(ds.batch(batch_size_per_host, drop_remainder=True), worker_count)
 
@@ -255,17 +299,18 @@ def num_eval_batches(num_records: int, batch_size_per_host: int, shard_count: in
 
 def eval_batches(source: Sequence[dict], *, num_frames: int, image_size: int,
                  options: augment.AugmentOptions, batch_size_per_host: int, shard_index: int = 0,
-                 shard_count: int = 1, worker_count: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                 shard_count: int = 1, worker_count: int = 0,
+                 inputs: Sequence[str] = ('frames',)) -> Iterator[dict[str, np.ndarray]]:
   """One deterministic pass over ``source``: uniform temporal sampling, centre crop, padded batches.
 
   Every host yields ``num_eval_batches(len(source), batch_size_per_host, shard_count)`` batches of
-  dict(frames=float32 [B, T, S, S, 3], label=int32 [B], mask=bool [B]); ``mask`` is False on padding
+  dict(frames=uint8 [B, T, S, S, 3], label=int32 [B], mask=bool [B], ...); ``mask`` is False on padding
   rows (zero frames, label 0), so all batches have one shape and all hosts step together.
   Reads ``options.eval_crop`` only.
   """
   _check_sharding(len(source), batch_size_per_host, shard_index, shard_count)
   per_host = num_eval_batches(len(source), batch_size_per_host, shard_count) * batch_size_per_host
   ds = grain.MapDataset.range(per_host * shard_count)[shard_index::shard_count]
-  ds = ds.map(_EvalExample(source, num_frames, image_size, options))
+  ds = ds.map(_EvalExample(source, num_frames, image_size, options, _check_inputs(inputs)))
   ds = ds.batch(batch_size_per_host, drop_remainder=True)  # per_host is a multiple of B.
   return iter(_parallel(ds.to_iter_dataset(_READ_OPTIONS), worker_count))

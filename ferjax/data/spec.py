@@ -5,14 +5,17 @@ exactly the input path training uses.
 """
 
 import ml_collections
+import numpy as np
 
-from ferjax.data import augment, pipeline
+from ferjax import models
+from ferjax.data import augment, pipeline, sampling
 
 
 def input_args(config: ml_collections.ConfigDict) -> dict:
   """Keyword arguments of `pipeline.train_loader` / `eval_batches` that the config implies."""
   return dict(num_frames=config.dataset.num_frames, image_size=config.dataset.image_size,
-              options=augment.AugmentOptions.from_config(config.augment))
+              options=augment.AugmentOptions.from_config(config.augment),
+              inputs=models.get_family(config.model.name).inputs)
 
 
 def train_loader(config, source, shard: tuple[int, int, int], worker_count: int):
@@ -26,3 +29,15 @@ def eval_batches(config, source, shard: tuple[int, int, int]):
   """One evaluation pass over `source` for host `shard = (index, count, local batch size)`."""
   return pipeline.eval_batches(source, batch_size_per_host=shard[2], shard_index=shard[0],
                                shard_count=shard[1], **input_args(config))
+
+
+def random_batch(config, batch_size: int, num_classes: int, rng: np.random.Generator) -> dict:
+  """A batch of the config's shape and inputs with random uint8 frames (for the step benchmark)."""
+  t, size = config.dataset.num_frames, config.dataset.image_size
+  batch = {'frames': rng.integers(0, 256, (batch_size, t, size, size, 3), dtype=np.uint8),
+           'label': rng.integers(0, num_classes, (batch_size,)).astype(np.int32)}
+  indices = sampling.eval_indices(2 * t, t)
+  for name in models.get_family(config.model.name).inputs:
+    if name != 'frames':
+      batch[name] = np.stack([pipeline.INPUTS[name](indices, 2 * t)] * batch_size)
+  return batch
