@@ -130,3 +130,56 @@ def test_from_config_and_validation():
     augment.AugmentOptions(mask_prob=1.5)
   with pytest.raises(ValueError, match=r'expected frames of shape \[T, H, W, 3\]'):
     augment.eval_preprocess(np.zeros((4, 8, 8), np.uint8), 8, NONE)
+
+
+def _matrix(a, size, src_centre):
+  """2x3 output->source matrix with linear part `a` mapping the output centre to `src_centre`."""
+  a = np.asarray(a, np.float64)
+  dst = np.full(2, size / 2 - 0.5)
+  return np.concatenate([a, (np.asarray(src_centre) - a @ dst)[:, None]], axis=1)
+
+
+def test_flow_warp_corrects_vectors_for_flip_rotation_and_zoom():
+  size = 16
+  flow = np.zeros((2, size, size, 3), np.float32)
+  flow[..., 0], flow[..., 1] = 2.0, 1.0  # Every pixel moves 2 right, 1 down.
+  flow[..., 2] = np.hypot(2.0, 1.0)
+  centre = (size / 2 - 0.5,) * 2
+  identity = augment.warp_flow(flow, _matrix(np.eye(2), size, centre), size)
+  np.testing.assert_allclose(identity, flow, atol=1e-5)
+  flipped = augment.warp_flow(flow, _matrix(np.diag([-1.0, 1.0]), size, centre), size)
+  np.testing.assert_allclose(flipped[..., :2], np.broadcast_to([-2.0, 1.0], flipped[..., :2].shape),
+                             atol=1e-5)
+  # Output x runs along source y (a 90-degree rotation): the vector (2, 1) becomes (1, -2).
+  rotated = augment.warp_flow(flow, _matrix([[0.0, -1.0], [1.0, 0.0]], size, centre), size)
+  np.testing.assert_allclose(rotated[..., :2], np.broadcast_to([1.0, -2.0], rotated[..., :2].shape),
+                             atol=1e-5)
+  # A crop of half the side zoomed to the full side: displacements double; magnitude follows.
+  zoomed = augment.warp_flow(flow, _matrix(0.5 * np.eye(2), size, centre), size)
+  np.testing.assert_allclose(zoomed[..., :2], np.broadcast_to([4.0, 2.0], zoomed[..., :2].shape), atol=1e-5)
+  np.testing.assert_allclose(zoomed[..., 2], np.hypot(4.0, 2.0), atol=1e-5)
+
+
+def test_flow_warp_moves_positions_like_the_frames():
+  # A flow field that is non-zero on one pixel lands where the frames' warp puts that pixel.
+  size = 8
+  flow = np.zeros((1, size, size, 2), np.float32)
+  flow[0, 2, 1] = (3.0, 0.0)
+  flip = _matrix(np.diag([-1.0, 1.0]), size, (size / 2 - 0.5,) * 2)
+  out = augment.warp_flow(flow, flip, size)
+  frame = np.zeros((1, size, size, 3), np.uint8)
+  frame[0, 2, 1] = 255
+  moved = augment.warp(frame, flip, size)[0, ..., 0] > 0
+  assert np.argwhere(moved).tolist() == [[2, size - 2]]
+  np.testing.assert_allclose(out[0, 2, size - 2], (-3.0, 0.0), atol=1e-5)
+  assert np.abs(out).sum() == pytest.approx(3.0, abs=1e-4)
+
+
+def test_draw_then_apply_equals_train_augment():
+  frames = _frames()
+  options = augment.AugmentOptions(mask_prob=1.0)
+  d = augment.draw(H, H, S, options, np.random.default_rng(3))
+  applied = augment.apply_mask(augment.photometric(augment.warp(frames, d.matrix, S), d.brightness,
+                                                   d.contrast), d.boxes)
+  np.testing.assert_array_equal(applied, augment.train_augment(frames, S, options, np.random.default_rng(3)))
+  assert d.boxes and d.matrix.shape == (2, 3)

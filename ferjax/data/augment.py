@@ -4,7 +4,9 @@ A sequence is one expression unfolding over time, so every random choice (crop b
 colour jitter, masked rectangles) is drawn once per sequence and applied identically to all T frames;
 per-frame randomness would add motion that is not in the data.
 
-Training: random resized crop -> horizontal flip (p = 0.5) -> rotation, all composed into one affine warp
+Training, drawn once per sequence (``draw``), then applied (``warp`` -> ``photometric`` -> ``apply_mask``;
+``warp_flow`` applies the same warp to optical flow, vectors corrected): random resized crop -> horizontal
+flip (p = 0.5) -> rotation, all composed into one affine warp
 per frame (one interpolation, reflected borders) -> brightness/contrast jitter (rounded back to uint8) ->
 random masking ("RM" of the Res-RBG paper: ``mask_count`` rectangles set to the ImageNet mean colour,
 ``MASK_FILL``, i.e. to ~0 after normalisation, on every frame, with probability ``mask_prob`` per sequence).
@@ -132,12 +134,24 @@ def _affine(height: int, width: int, size: int, options: AugmentOptions,
   return np.concatenate([a, (src_centre - a @ dst_centre)[:, None]], axis=1)
 
 
-def random_mask(frames: np.ndarray, options: AugmentOptions, rng: np.random.Generator) -> np.ndarray:
-  """Sets ``mask_count`` random rectangles to ``MASK_FILL`` on every frame, with probability ``mask_prob``.
+@dataclasses.dataclass(frozen=True)
+class Draw:
+  """The random parameters of one sequence's augmentation, drawn once (``draw``), applied to all frames.
 
-  Always draws the same number of random values, so later draws do not depend on whether it masked.
+  Attributes:
+    matrix: 2x3 affine map from output pixels to source pixels (crop, flip, rotation).
+    brightness, contrast: jitter factors (1.0 = none).
+    boxes: masked rectangles (y, x, h, w) in output pixels; empty when the sequence is not masked.
   """
-  _, height, width, _ = frames.shape
+  matrix: np.ndarray
+  brightness: float
+  contrast: float
+  boxes: tuple[tuple[int, int, int, int], ...]
+
+
+def _mask_boxes(height: int, width: int, options: AugmentOptions,
+                rng: np.random.Generator) -> tuple[tuple[int, int, int, int], ...]:
+  """Always draws the same number of random values, so later draws do not depend on whether it masks."""
   apply = rng.random() < options.mask_prob
   boxes = []
   for _ in range(options.mask_count):
@@ -145,30 +159,76 @@ def random_mask(frames: np.ndarray, options: AugmentOptions, rng: np.random.Gene
     w = max(1, round(rng.uniform(*options.mask_size) * width))
     y, x = rng.random(2)
     boxes.append((int(y * (height - h + 1)), int(x * (width - w + 1)), h, w))
-  if apply and options.mask_size[1] > 0:
-    frames = frames.copy()
-    for y, x, h, w in boxes:
-      frames[:, y:y + h, x:x + w] = MASK_FILL
+  return tuple(boxes) if apply and options.mask_size[1] > 0 else ()
+
+
+def draw(height: int, width: int, size: int, options: AugmentOptions, rng: np.random.Generator) -> Draw:
+  """Draws the augmentation of one [T, height, width] sequence with output side ``size``."""
+  matrix = _affine(height, width, size, options, rng)
+  brightness = rng.uniform(1 - options.brightness, 1 + options.brightness)
+  contrast = rng.uniform(1 - options.contrast, 1 + options.contrast)
+  return Draw(matrix, brightness, contrast, _mask_boxes(size, size, options, rng))
+
+
+def warp(frames: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+  """The geometric part: every frame through one affine warp (one interpolation, reflected borders)."""
+  return np.stack([
+      cv2.warpAffine(f, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                     borderMode=cv2.BORDER_REFLECT_101) for f in frames])
+
+
+def warp_flow(flow: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+  """The same warp for optical flow [T, H, W, C >= 2] (dx, dy in source pixels, then e.g. magnitude).
+
+  Positions are resampled like the frames' pixels; the vectors are mapped into output pixels too
+  (d_out = A^-1 d_src, A the matrix's linear part): a flip negates dx, a rotation rotates (dx, dy), a
+  zoom scales them. A third channel is recomputed as the new magnitude.
+  """
+  moved = np.stack([warp(f[None], matrix, size)[0] for f in np.asarray(flow, np.float32)])
+  inverse = np.linalg.inv(matrix[:, :2]).astype(np.float32)
+  vectors = moved[..., :2] @ inverse.T
+  out = np.concatenate([vectors, moved[..., 2:]], axis=-1)
+  if out.shape[-1] >= 3:
+    out[..., 2] = np.linalg.norm(vectors, axis=-1)
+  return out
+
+
+def photometric(frames: np.ndarray, brightness: float, contrast: float) -> np.ndarray:
+  """Brightness/contrast jitter around the sequence's mean grey (identical on every frame), as uint8."""
+  if brightness == 1.0 and contrast == 1.0:
+    return frames
+  jittered = frames.astype(np.float32) * brightness
+  mean = jittered.mean()
+  jittered = np.clip((jittered - mean) * contrast + mean, 0.0, 255.0)
+  return np.rint(jittered).astype(np.uint8)
+
+
+def apply_mask(frames: np.ndarray, boxes) -> np.ndarray:
+  """Sets every rectangle of ``boxes`` to ``MASK_FILL`` on every frame."""
+  if not boxes:
+    return frames
+  frames = frames.copy()
+  for y, x, h, w in boxes:
+    frames[:, y:y + h, x:x + w] = MASK_FILL
   return frames
+
+
+def random_mask(frames: np.ndarray, options: AugmentOptions, rng: np.random.Generator) -> np.ndarray:
+  """Sets ``mask_count`` random rectangles to ``MASK_FILL`` on every frame, with probability ``mask_prob``."""
+  _, height, width, _ = frames.shape
+  return apply_mask(frames, _mask_boxes(height, width, options, rng))
 
 
 def train_augment(frames: np.ndarray, size: int, options: AugmentOptions,
                   rng: np.random.Generator) -> np.ndarray:
-  """Augments one sequence: uint8 [T, H, W, 3] -> uint8 [T, size, size, 3] (normalised on the device)."""
+  """Augments one sequence: uint8 [T, H, W, 3] -> uint8 [T, size, size, 3] (normalised on the device).
+
+  ``draw`` then apply: ``warp`` -> ``photometric`` -> ``apply_mask``.
+  """
   frames = _check_frames(frames)
   _, height, width, _ = frames.shape
-  matrix = _affine(height, width, size, options, rng)
-  warped = np.stack([
-      cv2.warpAffine(f, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                     borderMode=cv2.BORDER_REFLECT_101) for f in frames])
-  brightness = rng.uniform(1 - options.brightness, 1 + options.brightness)
-  contrast = rng.uniform(1 - options.contrast, 1 + options.contrast)
-  if brightness != 1.0 or contrast != 1.0:
-    jittered = warped.astype(np.float32) * brightness
-    mean = jittered.mean()  # One grey level for the whole sequence keeps the jitter identical per frame.
-    jittered = np.clip((jittered - mean) * contrast + mean, 0.0, 255.0)
-    warped = np.rint(jittered).astype(np.uint8)
-  return random_mask(warped, options, rng)
+  d = draw(height, width, size, options, rng)
+  return apply_mask(photometric(warp(frames, d.matrix, size), d.brightness, d.contrast), d.boxes)
 
 
 def eval_preprocess(frames: np.ndarray, size: int, options: AugmentOptions) -> np.ndarray:
