@@ -35,6 +35,9 @@ def paper_config() -> ml_collections.ConfigDict:
   # True holds out the next fold/subject for validation, and the best validation UAR then selects the
   # reported checkpoint (never the test fold).
   c.dataset.holdout_validation = False
+  # Leave-one-subject-out datasets (eNTERFACE'05, RML): 0 = LOSO; k >= 2 = subject-independent k-fold
+  # (subjects sorted, fold i = subjects [i::k]). k-fold datasets ignore it.
+  c.dataset.subject_folds = 0
   c.dataset.num_frames = 16  # T
   c.dataset.image_size = 224
 

@@ -93,6 +93,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'dataset.data_dir': _string,
     'dataset.fold': _number(0, integer=True),
     'dataset.holdout_validation': _boolean,
+    'dataset.subject_folds': _number(0, integer=True),
     'dataset.num_frames': _number(1, 512, integer=True),
     'dataset.image_size': _number(16, 1024, integer=True),
     'input.batch_size': _number(1, integer=True),

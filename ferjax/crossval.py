@@ -234,7 +234,7 @@ def run(config, workdir: str, folds: str = '', retrain: str = '') -> dict[str, A
   workdir = epath.Path(paths.resolve(workdir))
   workdir.mkdir(parents=True, exist_ok=True)
   dataset = datasets.prepare(config.dataset)
-  subject_folds = int(config.dataset.get('subject_folds', 0))
+  subject_folds = config.dataset.subject_folds
   num_folds = protocols.num_folds(dataset.split_names, subject_folds)
   wanted = parse_folds(folds, num_folds) or list(range(num_folds))
   again = set(parse_folds(retrain, num_folds, '--retrain'))

@@ -36,7 +36,8 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from ferjax import checkpointing, config as config_lib, metrics, paths, sharding, steps, workdir as workdir_lib
+from ferjax import (checkpointing, config as config_lib, metrics, paths, provenance, sharding, steps,
+                    workdir as workdir_lib)
 from ferjax import models
 from ferjax.models import convert
 from ferjax.data import datasets, protocols, spec
@@ -128,9 +129,10 @@ def _describe_params(model) -> None:
 def _splits(config, dataset) -> protocols.Splits:
   try:
     return protocols.splits_for(dataset.split_names, config.dataset.fold,
-                                config.dataset.holdout_validation)
+                                config.dataset.holdout_validation, config.dataset.subject_folds)
   except ValueError as e:
-    raise config_lib.ConfigError(f'config.dataset.fold / holdout_validation: {e}') from None
+    raise config_lib.ConfigError(
+        f'config.dataset.fold / holdout_validation / subject_folds: {e}') from None
 
 
 def _batch_sizes(config, mesh) -> tuple[int, int]:
@@ -317,6 +319,9 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
                     run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']))
   if report is None:
     raise Preempted(int(run.state.step))
+  # What is needed to repeat the run: code and library versions, devices, the dataset's version.
+  report['provenance'] = {**provenance.collect(),
+                          'dataset': provenance.dataset_version(run.dataset.name, run.dataset.data_dir)}
   report.update(dataset=run.dataset.name, split=run.splits.test, fold=run.config.dataset.fold,
                 step=int(run.state.step), selection=selection)
   writer.write(selection['step'], 'test', {k: report[k] for k in ('war', 'uar', 'macro_f1')})

@@ -116,3 +116,11 @@ def test_paper_presets_train_on_every_non_test_fold_and_relu_before_every_gru():
     config = _load(arg)
     assert config.dataset.holdout_validation is False
     assert config.model.relu_before_gru is True
+
+
+def test_subject_folds_is_validated():
+  config = _load('rml')
+  assert config.dataset.subject_folds == 0  # Leave-one-subject-out by default.
+  config.dataset.subject_folds = -1
+  with pytest.raises(config_lib.ConfigError, match=r'config\.dataset\.subject_folds: expected an integer >= 0'):
+    config_lib.validate(config)
