@@ -60,15 +60,16 @@ def _env(**extra) -> dict[str, str]:
   return env
 
 
-def _start_job(data_dir, workdir, logs) -> list[subprocess.Popen]:
+def _start_job(data_dir, workdir, logs, overrides=None) -> list[subprocess.Popen]:
   """Starts processes 0..N-1 of one job; the environment is all ferjax.train needs to meet."""
+  overrides = OVERRIDES if overrides is None else overrides
   port = _free_port()
   processes = []
   for i in range(NUM_PROCESSES):
     env = _env(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(NUM_PROCESSES),
                JAX_PROCESS_ID=str(i))
     with open(logs[i], 'w') as log:
-      processes.append(subprocess.Popen(_cli_args(data_dir, workdir, **OVERRIDES), cwd=REPO,
+      processes.append(subprocess.Popen(_cli_args(data_dir, workdir, **overrides), cwd=REPO,
                                         env=env, stdout=log, stderr=subprocess.STDOUT))
   return processes
 
@@ -216,16 +217,9 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
   synthetic_expressions.build(data_dir, 'tiny', workers=1)
   workdir = tmp_path / 'run'
   logs = [tmp_path / f'process_{i}.log' for i in range(NUM_PROCESSES)]
-  port = _free_port()
   overrides = {**OVERRIDES, 'train.num_steps': 400, 'train.checkpoint_every_steps': 1000,
                'train.log_every_steps': 1}
-  processes = []
-  for i in range(NUM_PROCESSES):
-    env = _env(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(NUM_PROCESSES),
-               JAX_PROCESS_ID=str(i))
-    with open(logs[i], 'w') as log:
-      processes.append(subprocess.Popen(_cli_args(data_dir, workdir, **overrides), cwd=REPO, env=env,
-                                        stdout=log, stderr=subprocess.STDOUT))
+  processes = _start_job(data_dir, workdir, logs, overrides)
   try:
     deadline = time.time() + TIMEOUT_S
     while not (workdir / 'metrics.jsonl').exists():  # Process 0 logged step 1: both are training.
