@@ -74,6 +74,14 @@ def _start_job(data_dir, workdir, logs, overrides=None) -> list[subprocess.Popen
   return processes
 
 
+def _kill_survivors(processes) -> None:
+  """Kills what is still running (a process blocked in a collective waits forever)."""
+  for p in processes:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
 def _wait(processes, logs, names) -> list[str]:
   """Waits for all; if one fails or time runs out, kills the rest and fails with the output."""
   deadline = time.time() + TIMEOUT_S
@@ -83,10 +91,7 @@ def _wait(processes, logs, names) -> list[str]:
            and all(p.poll() in (None, 0) for p in processes)):
       time.sleep(0.2)
   finally:
-    for p in processes:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+    _kill_survivors(processes)
   outputs = [open(log).read() for log in logs]
   for name, p, out in zip(names, processes, outputs):
     assert p.returncode == 0, f'{name} exited with {p.returncode}:\n{out[-4000:]}'
@@ -230,10 +235,7 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
     for p in processes:
       p.wait(timeout=120)
   finally:
-    for p in processes:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+    _kill_survivors(processes)
   outputs = [open(log).read() for log in logs]
   for i, p in enumerate(processes):
     assert p.returncode == train.EXIT_PREEMPTED, f'process {i}: {p.returncode}\n{outputs[i][-3000:]}'
