@@ -63,9 +63,57 @@ def test_clip_indices():
   np.testing.assert_array_equal(sampling.clip_indices(5, 5), np.arange(5))
 
 
+def test_apex_indices():
+  np.testing.assert_array_equal(sampling.apex_indices(20, 4), [16, 17, 18, 19])
+  np.testing.assert_array_equal(sampling.apex_indices(3, 5), [0, 0, 0, 1, 2])  # First frame repeated.
+  np.testing.assert_array_equal(sampling.apex_indices(7, 1), [6])  # T = 1: the apex frame.
+  np.testing.assert_array_equal(sampling.apex_indices(4, 4), [0, 1, 2, 3])
+
+
+def test_modes_train_and_eval():
+  rng = np.random.default_rng(0)
+  # segments: random per segment in training, segment centres in evaluation.
+  np.testing.assert_array_equal(sampling.indices('segments', 16, 4), [2, 6, 10, 14])
+  draws = {tuple(sampling.indices('segments', 16, 4, rng)) for _ in range(10)}
+  assert len(draws) > 1
+  # clip and apex: the same indices in training and evaluation (no temporal jitter).
+  for _ in range(5):
+    np.testing.assert_array_equal(sampling.indices('clip', 10, 4, rng), [3, 4, 5, 6])
+    np.testing.assert_array_equal(sampling.indices('apex', 10, 4, rng), [6, 7, 8, 9])
+  np.testing.assert_array_equal(sampling.indices('clip', 10, 4), [3, 4, 5, 6])
+  np.testing.assert_array_equal(sampling.indices('apex', 2, 3), [0, 0, 1])
+  with pytest.raises(ValueError, match="sampling mode must be one of .*got 'middle'"):
+    sampling.indices('middle', 10, 4)
+
+
+@pytest.mark.parametrize('n, t, expected', [
+    (10, 4, [[0, 1, 2, 3], [4, 5, 6, 7], [6, 7, 8, 9]]),  # The last window ends at the last frame.
+    (8, 4, [[0, 1, 2, 3], [4, 5, 6, 7]]),
+    (4, 4, [[0, 1, 2, 3]]),
+    (3, 5, [[0, 0, 1, 2, 2]]),  # Short: one window, the mode's evaluation indices (clip here).
+])
+def test_windows_cover_every_frame(n, t, expected):
+  count = sampling.num_windows(n, t)
+  got = [sampling.window_indices('clip', n, t, w).tolist() for w in range(count)]
+  assert got == expected
+  assert set(np.concatenate(got)) == set(range(n))
+  with pytest.raises(ValueError, match=f'window must be in \\[0, {count - 1}\\]'):
+    sampling.window_indices('clip', n, t, count)
+
+
+@pytest.mark.parametrize('n, t', [(1, 4), (5, 3), (17, 4), (100, 16), (33, 8)])
+def test_windows_are_consecutive_and_cover(n, t):
+  windows = [sampling.window_indices('segments', n, t, w) for w in range(sampling.num_windows(n, t))]
+  assert set(np.concatenate(windows)) == set(range(n))
+  for w in windows:
+    assert w.shape == (t,) and w.dtype == np.int32 and w.min() >= 0 and w.max() < n
+    if n >= t:
+      assert np.all(np.diff(w) == 1)
+
+
 @pytest.mark.parametrize('fn', [
     lambda n, t: sampling.train_indices(n, t, np.random.default_rng(0)),
-    sampling.eval_indices, sampling.clip_indices])
+    sampling.eval_indices, sampling.clip_indices, sampling.apex_indices])
 def test_bad_input(fn):
   with pytest.raises(ValueError, match='num_frames=0'):
     fn(0, 4)

@@ -5,7 +5,12 @@ and one frame is drawn at random from each, so every epoch sees a different but 
 whole-sequence subset. Evaluation takes the centre frame of every segment, deterministically.
 Sequences shorter than T repeat frames (sorted, so time still runs forward), using every frame at least
 once. :func:`clip_indices` is the RFSCNN paper's alternative: the central T consecutive frames, edges
-repeated for short sequences.
+repeated for short sequences. :func:`apex_indices` takes the last T frames (CK+ and Oulu-CASIA sequences
+run from neutral to the apex, so with T = 1 it is the apex frame for image models).
+
+``config.dataset.sampling`` picks the mode (``MODES``); :func:`indices` maps a mode to the indices of a
+training or an evaluation example. :func:`windows` lists the consecutive T-frame windows that cover a
+whole sequence (evaluation of long videos, ``config.eval.windows = 'all'``).
 """
 
 import numpy as np
@@ -60,3 +65,58 @@ def clip_indices(num_frames: int, num_samples: int) -> np.ndarray:
   _check(num_frames, num_samples)
   start = (num_frames - num_samples) // 2  # negative when padding: edges are clipped to 0 / N-1
   return np.clip(np.arange(start, start + num_samples), 0, num_frames - 1).astype(np.int32)
+
+
+def apex_indices(num_frames: int, num_samples: int) -> np.ndarray:
+  """The last T frames (the apex of CK+/Oulu-CASIA sequences); shorter sequences repeat their first frame
+  at the start, so the last index is always the apex frame N - 1.
+
+  Returns:
+    int32 array of shape [T] with values in [0, num_frames).
+  """
+  _check(num_frames, num_samples)
+  return np.clip(np.arange(num_frames - num_samples, num_frames), 0, None).astype(np.int32)
+
+
+# config.dataset.sampling -> (training indices (n, T, rng), evaluation indices (n, T)).
+# 'clip' and 'apex' are deterministic in training too: the RFSCNN paper takes the central clip and the
+# apex is the last frame by construction; shifting them at random would change what they select (the
+# frames still get their random spatial augmentation).
+MODES = {
+    'segments': (train_indices, eval_indices),
+    'clip': (lambda n, t, rng: clip_indices(n, t), clip_indices),
+    'apex': (lambda n, t, rng: apex_indices(n, t), apex_indices),
+}
+
+
+def indices(mode: str, num_frames: int, num_samples: int,
+            rng: np.random.Generator | None = None) -> np.ndarray:
+  """The T indices of sampling ``mode`` (one of ``MODES``): random (training) when ``rng`` is given,
+  else the deterministic evaluation indices."""
+  if mode not in MODES:
+    raise ValueError(f'sampling mode must be one of {sorted(MODES)}; got {mode!r}')
+  train, evaluation = MODES[mode]
+  return evaluation(num_frames, num_samples) if rng is None else train(num_frames, num_samples, rng)
+
+
+def num_windows(num_frames: int, num_samples: int) -> int:
+  """How many windows :func:`windows` gives: ceil(N / T), at least 1."""
+  _check(num_frames, num_samples)
+  return max(1, -(-num_frames // num_samples))
+
+
+def window_indices(mode: str, num_frames: int, num_samples: int, window: int) -> np.ndarray:
+  """Window ``window`` of the consecutive T-frame windows that together cover every frame.
+
+  Windows start at 0, T, 2T, ...; the last one is shifted back to end at the last frame (it overlaps
+  its neighbour rather than repeating frames). A sequence of at most T frames has one window: the
+  evaluation indices of ``mode``.
+  """
+  count = num_windows(num_frames, num_samples)
+  if not 0 <= window < count:
+    raise ValueError(f'window must be in [0, {count - 1}] for {num_frames} frames and T={num_samples}; '
+                     f'got {window}')
+  if num_frames <= num_samples:
+    return indices(mode, num_frames, num_samples)
+  start = min(window * num_samples, num_frames - num_samples)
+  return np.arange(start, start + num_samples, dtype=np.int32)
