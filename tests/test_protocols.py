@@ -10,7 +10,9 @@ LAYOUTS = {
     'loso8': [f'subject_{i}' for i in range(1, 9)],
     'loso43': [f'subject_{i}' for i in range(1, 44)],
     'afew': ['validation', 'train'],
+    'fer2013': ['test', 'train', 'validation'],
 }
+SINGLE_FOLD = ('afew', 'fer2013')
 
 
 @pytest.mark.parametrize('layout', LAYOUTS)
@@ -18,7 +20,7 @@ LAYOUTS = {
 def test_every_fold_is_disjoint_and_covering(layout, holdout):
   available = LAYOUTS[layout]
   n = protocols.num_folds(available)
-  assert n == (1 if layout == 'afew' else len(available))
+  assert n == (1 if layout in SINGLE_FOLD else len(available))
   tests = []
   for fold in range(n):
     s = protocols.splits_for(available, fold, holdout)
@@ -29,7 +31,7 @@ def test_every_fold_is_disjoint_and_covering(layout, holdout):
     assert sorted(s.split_names()) == sorted(available)  # union is everything, no duplicates
     assert bool(validation) == (holdout and layout != 'afew')
     tests.append(s.test)
-  if layout != 'afew':
+  if layout not in SINGLE_FOLD:
     assert sorted(tests) == sorted(available)  # every split is the test set exactly once
 
 
@@ -52,12 +54,27 @@ def test_afew():
       train='train', validation=None, test='validation')
 
 
+@pytest.mark.parametrize('holdout, expected', [
+    (True, protocols.Splits(train='train', validation='validation', test='test')),
+    # Without a hold-out set, train on all labelled non-test data (as the k-fold protocols do).
+    (False, protocols.Splits(train='train+validation', validation=None, test='test')),
+])
+def test_train_validation_test(holdout, expected):
+  """FER2013: Training -> train, PublicTest -> validation, PrivateTest -> test; one fold."""
+  for available in (['train', 'validation', 'test'], ['validation', 'test', 'train']):
+    assert protocols.num_folds(available) == 1
+    assert protocols.splits_for(available, 0, holdout) == expected
+  with pytest.raises(ValueError, match=r'fold must be in \[0, 0\]'):
+    protocols.splits_for(['train', 'validation', 'test'], 1, holdout)
+
+
 @pytest.mark.parametrize('available, fold, match', [
     (LAYOUTS['kfold10'], 10, r'fold must be in \[0, 9\]'),
     (LAYOUTS['loso8'], -1, r'fold must be in \[0, 7\]'),
     (['train', 'validation'], 1, r'\[0, 0\]'),
     (['fold_0', 'fold_2'], 0, r"exactly \['fold_0', 'fold_1'\]"),
     (['train', 'test'], 0, r"unknown split layout.*\['test', 'train'\]"),
+    (['train', 'validation', 'test', 'extra'], 0, 'unknown split layout'),
     (['fold_0', 'subject_1'], 0, 'unknown split layout'),
     ([], 0, 'unknown split layout'),
 ])
@@ -118,3 +135,24 @@ def test_subject_independent_k_fold_over_a_loso_dataset(holdout):
     protocols.splits_for(subjects, 0, subject_folds=13)
   # k-fold datasets ignore subject_folds (their folds are already subject-independent).
   assert protocols.num_folds([f'fold_{i}' for i in range(10)], subject_folds=5) == 10
+
+
+@pytest.mark.parametrize('holdout', [False, True])
+def test_data_level_train_validation_test(tmp_path, make_sequence_dataset, holdout):
+  """A FER2013-like dataset of one-frame records: the expressions read exactly the splits they name."""
+  splits = {'train': 5, 'validation': 2, 'test': 3}
+  name, data_dir = make_sequence_dataset(tmp_path, splits=splits, min_frames=1, max_frames=1)
+  available = protocols.dataset_splits(name, data_dir)
+  assert protocols.num_folds(available) == 1
+  s = protocols.splits_for(available, 0, holdout_validation=holdout)
+  read = {}
+  for part in ('train', 'validation', 'test'):
+    expression = getattr(s, part)
+    source = tfds.data_source(name, split=expression, data_dir=data_dir) if expression else []
+    read[part] = sorted(source[i]['subject'].decode() for i in range(len(source)))
+    assert all(source[i]['num_frames'] == 1 for i in range(len(source)))
+  assert read['test'] == ['test'] * 3
+  if holdout:
+    assert read == {'train': ['train'] * 5, 'validation': ['validation'] * 2, 'test': ['test'] * 3}
+  else:
+    assert read['train'] == ['train'] * 5 + ['validation'] * 2 and read['validation'] == []

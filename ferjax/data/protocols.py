@@ -10,6 +10,11 @@ This is the one place that knows the split layouts of DESIGN.md:
   (cyclically) when asked, and trains on the rest.
 * AFEW exposes ``train`` and ``validation`` (its test labels are not public); there is one fold: train on
   ``train``, test on ``validation``, no separate validation set.
+* FER2013 (and the built-in ``synthetic_expressions/images``) expose ``train``, ``validation`` and ``test``
+  (FER2013's Training, PublicTest and PrivateTest); there is one fold and it always tests on ``test``. With a
+  hold-out validation set it trains on ``train`` and validates on ``validation`` (the published FER2013
+  recipes); without one it trains on ``train+validation``, like every other layout, which trains on all the
+  labelled data that is not the test set.
 
 Train sets are TFDS split arithmetic (``'fold_1+fold_2+...'``), so ``tfds.data_source(name, split=...)``
 reads them directly.
@@ -24,6 +29,8 @@ import tensorflow_datasets as tfds
 _FOLD = re.compile(r'fold_(\d+)')
 _SUBJECT = re.compile(r'subject_(.+)')
 _TRAIN_VALIDATION = ('train', 'validation')
+_TRAIN_VALIDATION_TEST = ('train', 'validation', 'test')
+_SINGLE_FOLD = ('train_validation', 'train_validation_test')
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -49,7 +56,7 @@ def _natural_key(name: str) -> list:
 
 
 def _layout(available: Sequence[str]) -> tuple[str, list[str]]:
-  """Returns (kind, ordered split names) with kind in {'kfold', 'loso', 'train_validation'}."""
+  """(kind, ordered split names), kind in {'kfold', 'loso', 'train_validation', 'train_validation_test'}."""
   names = list(available)
   if names and all(_FOLD.fullmatch(n) for n in names):
     folds = sorted(names, key=_natural_key)
@@ -61,9 +68,11 @@ def _layout(available: Sequence[str]) -> tuple[str, list[str]]:
     return 'loso', sorted(names, key=_natural_key)
   if sorted(names) == sorted(_TRAIN_VALIDATION):
     return 'train_validation', list(_TRAIN_VALIDATION)
+  if sorted(names) == sorted(_TRAIN_VALIDATION_TEST):
+    return 'train_validation_test', list(_TRAIN_VALIDATION_TEST)
   raise ValueError(
-      'unknown split layout: expected fold_0..fold_{k-1}, subject_<id> splits, or train+validation; '
-      f'found {sorted(names)}')
+      'unknown split layout: expected fold_0..fold_{k-1}, subject_<id> splits, train+validation, or '
+      f'train+validation+test; found {sorted(names)}')
 
 
 def _groups(available: Sequence[str], subject_folds: int) -> tuple[str, list[str]]:
@@ -79,12 +88,12 @@ def _groups(available: Sequence[str], subject_folds: int) -> tuple[str, list[str
 
 
 def num_folds(available: Sequence[str], subject_folds: int = 0) -> int:
-  """Number of folds the protocol of these splits has (k, number of subjects, or 1 for AFEW).
+  """Number of folds the protocol of these splits has (k, number of subjects, or 1 for AFEW / FER2013).
 
   ``subject_folds=k`` turns a leave-one-subject-out dataset into subject-independent k-fold.
   """
   kind, names = _groups(available, subject_folds)
-  return 1 if kind == 'train_validation' else len(names)
+  return 1 if kind in _SINGLE_FOLD else len(names)
 
 
 def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = False,
@@ -95,7 +104,8 @@ def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = F
     available: the dataset's split names (e.g. from :func:`dataset_splits`).
     fold: which fold, in ``[0, num_folds(available))``.
     holdout_validation: also hold out the next fold / subject as a validation set (not used for AFEW,
-      whose only labelled sets are train and validation).
+      whose only labelled sets are train and validation); for train/validation/test datasets, validate on
+      ``validation`` instead of training on it.
     subject_folds: 0 keeps leave-one-subject-out; k >= 2 groups the subjects of a LOSO dataset into k
       subject-independent folds (subjects sorted naturally, fold i = subjects [i::k]).
 
@@ -103,11 +113,15 @@ def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = F
     Splits whose train, validation and test are disjoint and together cover every available split.
   """
   kind, names = _groups(available, subject_folds)
-  n = 1 if kind == 'train_validation' else len(names)
+  n = 1 if kind in _SINGLE_FOLD else len(names)
   if not 0 <= fold < n:
     raise ValueError(f'fold must be in [0, {n - 1}] for splits {names}; got {fold}')
   if kind == 'train_validation':
     return Splits(train='train', validation=None, test='validation')
+  if kind == 'train_validation_test':
+    if holdout_validation:
+      return Splits(train='train', validation='validation', test='test')
+    return Splits(train='train+validation', validation=None, test='test')
   if n < (3 if holdout_validation else 2):
     raise ValueError(
         f'{n} split(s) {names} are too few for a train/{"validation/" if holdout_validation else ""}'
