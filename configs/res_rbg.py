@@ -40,6 +40,10 @@ def paper_config() -> ml_collections.ConfigDict:
   c.dataset.subject_folds = 0
   c.dataset.num_frames = 16  # T
   c.dataset.image_size = 224
+  # Which T frames: 'segments' (TSN: a random frame of each of T segments in training, their centres in
+  # evaluation), 'clip' (the central T frames, RFSCNN's rule) or 'apex' (the last T frames).
+  c.dataset.sampling = 'segments'
+  c.dataset.flow = 'dis'  # Optical flow, for families whose inputs include it: 'dis' or 'farneback'.
 
   c.input = ml_collections.ConfigDict()
   c.input.batch_size = 32  # Global, over all hosts and devices.
@@ -107,6 +111,14 @@ def paper_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 = all devices not used by the other axes.
   c.mesh.fsdp = 1  # >1 shards parameters and optimizer state over this many devices.
+
+  c.eval = ml_collections.ConfigDict()
+  # Test-time augmentation: K copies per window (copy 0 plain, the others the training flip/crop/rotation
+  # from a fixed per-(sequence, copy) seed), probabilities averaged; 0 or 1 = none.
+  c.eval.tta_copies = 0
+  # 'one': one window per sequence (the sampling mode's); 'all': consecutive T-frame windows covering
+  # every frame, probabilities averaged (long videos).
+  c.eval.windows = 'one'
   return c
 
 

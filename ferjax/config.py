@@ -96,6 +96,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'dataset.subject_folds': _number(0, integer=True),
     'dataset.num_frames': _number(1, 512, integer=True),
     'dataset.image_size': _number(16, 1024, integer=True),
+    'dataset.sampling': _one_of('segments', 'clip', 'apex'),
+    'dataset.flow': _one_of('dis', 'farneback'),
     'input.batch_size': _number(1, integer=True),
     'input.eval_batch_size': _number(1, integer=True),
     'input.worker_count': _number(0, 64, integer=True),
@@ -129,6 +131,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'train.max_to_keep': _number(1, integer=True),
     'mesh.data': _mesh_axis,
     'mesh.fsdp': _mesh_axis,
+    'eval.tta_copies': _number(0, 64, integer=True),
+    'eval.windows': _one_of('one', 'all'),
 }
 
 
@@ -139,7 +143,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
 RESUMABLE_CHANGES = frozenset({
     'train.log_every_steps', 'train.eval_every_steps', 'train.checkpoint_every_steps',
     'train.max_to_keep', 'train.num_epochs', 'train.num_steps', 'input.worker_count',
-    'input.eval_batch_size', 'dataset.data_dir', 'init.backbone_weights', 'init.backbone_prefix',
+    'input.eval_batch_size', 'eval.tta_copies', 'eval.windows',  # How it is scored, not trained.
+    'dataset.data_dir', 'init.backbone_weights', 'init.backbone_prefix',
     'init.gru_weights', 'init.gru_prefix',
 })
 

@@ -205,32 +205,61 @@ def _restore_or_init(run: _Run) -> None:
     workdir_lib.record_config(run.workdir, config_dict, resumed_from=resumed_from, changes=changes)
 
 
+def _aggregate(index: np.ndarray, label: np.ndarray, prob: np.ndarray):
+  """Mean class probabilities and label per record (`index`), and the number of rows each record had."""
+  records, inverse, rows = np.unique(index, return_inverse=True, return_counts=True)
+  mean = np.zeros((len(records), prob.shape[-1]), np.float64)
+  np.add.at(mean, inverse, prob)
+  labels = np.zeros(len(records), label.dtype)
+  labels[inverse] = label
+  if np.any(labels[inverse] != label):
+    raise ValueError('evaluation rows of one record carry different labels')
+  return mean / rows[:, None], labels, rows
+
+
+def _scoring(frames: int, rows: np.ndarray, views: str) -> str:
+  """report['scoring']: how a sequence's prediction was made from the model's outputs."""
+  if rows.max(initial=1) == 1:
+    return ('argmax of the sequence class probabilities' if frames == 1 else
+            f'argmax of the mean class probabilities of {frames} frames per sequence')
+  count = (f'{rows.min()}' if rows.min() == rows.max() else f'{rows.min()}-{rows.max()}')
+  return (f'argmax of the mean class probabilities of {count} rows per sequence'
+          + (f' ({views})' if views else '')
+          + (f', each row the mean of {frames} frames' if frames > 1 else ''))
+
+
 def evaluate(eval_fn, state, batches, mesh, class_names, stop: Callable[[], bool] = lambda: False):
   """Runs the model over every example of `batches` (padded rows masked out) -> classification report.
 
-  Predictions are the argmax of each sequence's class probabilities; a per-frame model's sequence
-  probabilities are the mean of its frames' (`report['scoring']` says which). Returns None when
-  `stop()` turns True between batches (preemption during evaluation).
+  A record may have several rows (test-time augmentation copies, windows of a long video; rows carry
+  the record's `index`): its class probabilities are the mean over its rows, then the argmax; a per-frame
+  model's row probabilities are already the mean of its frames'. `report['scoring']` says which, and
+  `report['num_examples']` counts records. Returns None when `stop()` turns True between batches
+  (preemption during evaluation).
   """
-  labels, probs, frames_scored = [], [], []
-  for batch in batches:
+  labels, probs, indices, frames_scored = [], [], [], []
+  for position, batch in enumerate(batches):
     if stop():
       return None
+    if 'index' not in batch:  # One row per record, in order.
+      batch = {**batch, 'index': np.full(len(batch['label']), -1, np.int32)}
     batch = sharding.global_batch(batch, mesh)
     out = eval_fn(state, batch)
-    prob, label, keep, scored = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                                 for x in (out['probs'], batch['label'], batch['mask'],
-                                           out['frames_scored']))
+    prob, label, keep, scored, index = (
+        np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        for x in (out['probs'], batch['label'], batch['mask'], out['frames_scored'], batch['index']))
+    if np.all(index[keep] == -1):
+      index = position * len(index) + np.arange(len(index))
     labels.append(label[keep])
     probs.append(prob[keep])
+    indices.append(index[keep])
     frames_scored.append(scored[keep])
   if not labels:
     raise ValueError('the evaluation split is empty')
-  report = metrics.classification_report(np.concatenate(labels), np.concatenate(probs).argmax(-1),
-                                         class_names)
+  prob, label, rows = _aggregate(np.concatenate(indices), np.concatenate(labels), np.concatenate(probs))
+  report = metrics.classification_report(label, prob.argmax(-1), class_names)
   scored = int(np.concatenate(frames_scored).max(initial=1))
-  report['scoring'] = ('argmax of the sequence class probabilities' if scored == 1 else
-                       f'argmax of the mean class probabilities of {scored} frames per sequence')
+  report['scoring'] = _scoring(scored, rows, getattr(batches, 'views', ''))
   return report
 
 

@@ -219,16 +219,20 @@ def random_mask(frames: np.ndarray, options: AugmentOptions, rng: np.random.Gene
   return apply_mask(frames, _mask_boxes(height, width, options, rng))
 
 
+def apply(frames: np.ndarray, d: Draw, size: int) -> np.ndarray:
+  """Applies a draw to uint8 frames [T, H, W, 3]: ``warp`` -> ``photometric`` -> ``apply_mask``."""
+  return apply_mask(photometric(warp(frames, d.matrix, size), d.brightness, d.contrast), d.boxes)
+
+
 def train_augment(frames: np.ndarray, size: int, options: AugmentOptions,
                   rng: np.random.Generator) -> np.ndarray:
   """Augments one sequence: uint8 [T, H, W, 3] -> uint8 [T, size, size, 3] (normalised on the device).
 
-  ``draw`` then apply: ``warp`` -> ``photometric`` -> ``apply_mask``.
+  ``draw`` then ``apply``: ``warp`` -> ``photometric`` -> ``apply_mask``.
   """
   frames = _check_frames(frames)
   _, height, width, _ = frames.shape
-  d = draw(height, width, size, options, rng)
-  return apply_mask(photometric(warp(frames, d.matrix, size), d.brightness, d.contrast), d.boxes)
+  return apply(frames, draw(height, width, size, options, rng), size)
 
 
 def eval_preprocess(frames: np.ndarray, size: int, options: AugmentOptions) -> np.ndarray:

@@ -6,9 +6,13 @@ of decoded uint8 [H, W, 3] arrays, or JPEG bytes) and ``label`` -- typically
 
 Batches follow the batch contract of DESIGN.md: ``frames`` uint8 [B, T, S, S, 3] (normalised on the device,
 ``ferjax.steps.normalize_inputs``), ``label`` int32 [B], plus the other inputs named in ``inputs`` (see
-``INPUTS``); evaluation batches add ``mask`` bool [B] (False on padding rows).
+``INPUTS``, e.g. ``flow`` float32 [B, T - 1, S, S, 3]); evaluation batches add ``mask`` bool [B] (False on
+padding rows) and ``index`` int32 [B] (the row's record in the split, -1 on padding rows), so that
+evaluation can average the rows of one record (test-time augmentation, windows).
 
+Which T frames an example holds is the sampling mode (``sampling.MODES``: 'segments', 'clip', 'apex').
 JPEG frames are decoded here, in the worker, and only the T sampled ones (``DECODE_COUNT`` counts them).
+A record that cannot be made into an example raises ``RecordError`` naming its ``sequence_id``.
 
 Training (:func:`train_loader`):
   * each host keeps the records ``shard_index::shard_count`` (disjoint, covering), and reshuffles them
@@ -22,8 +26,11 @@ Training (:func:`train_loader`):
     it is saved with ``grain.checkpoint.CheckpointSave`` in an Orbax checkpoint
     (see ferjax/checkpointing.py) and restores exactly, under any worker count.
 
-Evaluation (:func:`eval_batches`): one deterministic pass; host ``h`` reads records ``h, h + H, ...``
-and every host yields ``ceil(n / (B * H))`` batches, the last ones padded with ``mask=False`` rows.
+Evaluation (:func:`eval_batches`): one deterministic pass over the rows of every record: one row per
+window (``windows='one'``: the sampling mode's evaluation frames; ``'all'``: consecutive T-frame windows
+covering the sequence) and test-time-augmentation copy (copy 0 plain, copies 1.. the geometric part of the
+training augmentation drawn from a fixed per-(record, copy) seed). Host ``h`` takes rows ``h, h + H, ...``
+and every host yields ``ceil(rows / (B * H))`` batches, the last ones padded with ``mask=False`` rows.
 """
 
 import dataclasses
@@ -32,7 +39,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -40,6 +47,7 @@ import grain
 import numpy as np
 
 from ferjax.data import augment
+from ferjax.data import flow as flow_lib
 from ferjax.data import sampling
 
 # Records each in-process reader thread keeps ready; batches are large (B*T*S*S*3 float32), so keep few.
@@ -54,14 +62,73 @@ class _Counter:
 DECODE_COUNT = _Counter()
 
 
-def _frame_positions(indices: np.ndarray, num_frames: int) -> np.ndarray:
-  return (indices / max(num_frames - 1, 1)).astype(np.float32)
+class RecordError(ValueError):
+  """A record could not be made into an example; the message names its sequence_id."""
 
 
-# Inputs besides `frames` a family may ask for (Family.inputs): name -> (indices of the sampled frames,
-# number of frames of the sequence) -> array. `frame_positions`: where each sampled frame lies in the
-# sequence, float32 [T] in [0, 1] (0 = first frame, 1 = last).
-INPUTS = {'frame_positions': _frame_positions}
+def _record_name(record: dict, index: int) -> str:
+  sequence_id = record.get('sequence_id', None)
+  if isinstance(sequence_id, bytes):
+    sequence_id = sequence_id.decode('utf-8', 'replace')
+  return f'record {sequence_id!r} (index {index})' if sequence_id is not None else f'record {index}'
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """What an input is computed from: one example's sampled frames and the geometry of its frames.
+
+  Attributes:
+    frames: the sampled source frames, uint8 [T, H, W, 3], before augmentation.
+    indices: their indices in the sequence, int32 [T].
+    num_frames: N, frames in the sequence.
+    matrix: the frames' 2x3 output -> source pixel warp (augmentation or evaluation centre crop).
+    size: S, the output side.
+    flow_method: ``config.dataset.flow`` ('dis' or 'farneback').
+  """
+  frames: np.ndarray
+  indices: np.ndarray
+  num_frames: int
+  matrix: np.ndarray
+  size: int
+  flow_method: str = 'dis'
+
+
+@dataclasses.dataclass(frozen=True)
+class Input:
+  """An input besides ``frames``: how to compute it from a View, and its shape and dtype for (T, S)
+  (padding rows get zeros of that shape; ``random`` fills benchmark batches)."""
+  compute: Callable[[View], np.ndarray]
+  shape: Callable[[int, int], tuple[int, ...]]
+  dtype: type
+  random: Callable[[int, int, np.random.Generator], np.ndarray]
+
+
+def _frame_positions(view: View) -> np.ndarray:
+  return (view.indices / max(view.num_frames - 1, 1)).astype(np.float32)
+
+
+def _flow(view: View) -> np.ndarray:
+  if view.num_frames < 2:
+    raise ValueError(f'optical flow needs a sequence of at least 2 frames; found {view.num_frames}')
+  # float32 on the host, unlike the uint8 frames: flow has no natural 8-bit range; the model scales it.
+  return flow_lib.sequence_flow(view.frames, view.matrix, view.size, view.flow_method)
+
+
+def _random_flow(t: int, s: int, rng: np.random.Generator) -> np.ndarray:
+  vectors = rng.normal(0.0, 2.0, (t - 1, s, s, 2)).astype(np.float32)
+  return np.concatenate([vectors, np.linalg.norm(vectors, axis=-1, keepdims=True)], axis=-1)
+
+
+# Inputs besides `frames` a family may ask for (Family.inputs).
+# `frame_positions`: where each sampled frame lies in the sequence, float32 [T] in [0, 1] (0 = first).
+# `flow`: optical flow between consecutive sampled frames, float32 [T - 1, S, S, 3] (dx, dy, magnitude in
+# output pixels; see ferjax/data/flow.py), warped like the frames, never jittered or masked.
+INPUTS = {
+    'frame_positions': Input(
+        _frame_positions, lambda t, s: (t,), np.float32,
+        lambda t, s, rng: (sampling.eval_indices(2 * t, t) / (2 * t - 1)).astype(np.float32)),
+    'flow': Input(_flow, lambda t, s: (t - 1, s, s, 3), np.float32, _random_flow),
+}
 
 
 def _check_inputs(inputs: Sequence[str]) -> tuple[str, ...]:
@@ -71,8 +138,20 @@ def _check_inputs(inputs: Sequence[str]) -> tuple[str, ...]:
   return tuple(inputs)
 
 
-def _extra_inputs(inputs, indices, num_frames) -> dict[str, np.ndarray]:
-  return {name: INPUTS[name](indices, num_frames) for name in inputs if name != 'frames'}
+def _extra_inputs(inputs, view: View) -> dict[str, np.ndarray]:
+  return {name: INPUTS[name].compute(view) for name in inputs if name != 'frames'}
+
+
+def _padding_inputs(inputs, num_frames: int, size: int) -> dict[str, np.ndarray]:
+  return {name: np.zeros(INPUTS[name].shape(num_frames, size), INPUTS[name].dtype)
+          for name in inputs if name != 'frames'}
+
+
+def random_inputs(inputs: Sequence[str], batch_size: int, num_frames: int, size: int,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Random values of the non-frame ``inputs`` with a batch's shapes (for the step benchmark)."""
+  return {name: np.stack([INPUTS[name].random(num_frames, size, rng) for _ in range(batch_size)])
+          for name in _check_inputs(inputs) if name != 'frames'}
 
 
 def _as_rgb(frame: Any) -> np.ndarray:
@@ -81,7 +160,8 @@ def _as_rgb(frame: Any) -> np.ndarray:
     DECODE_COUNT.value += 1
     decoded = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
-      raise ValueError('could not decode a frame of an input record (expected JPEG/PNG bytes)')
+      raise ValueError(f'could not decode it (expected JPEG/PNG bytes; got {len(frame)} bytes '
+                       f'starting {frame[:4]!r})')
     frame = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
   frame = np.asarray(frame)
   if frame.ndim == 2:
@@ -93,14 +173,21 @@ def _as_rgb(frame: Any) -> np.ndarray:
 
 def _select_frames(record: dict, indices: np.ndarray) -> np.ndarray:
   """Stacks the frames at ``indices`` (decoding only those when frames are bytes)."""
-  frames = record['frames']
-  return np.stack([_as_rgb(frames[i]) for i in indices])
+  frames, out = record['frames'], []
+  for i in indices:
+    try:
+      out.append(_as_rgb(frames[i]))
+    except ValueError as e:
+      raise ValueError(f'frame {i}: {e}') from e
+  if len({f.shape for f in out}) > 1:
+    raise ValueError(f'frames of one sequence must have one size; got {sorted({f.shape for f in out})}')
+  return np.stack(out)
 
 
 def _num_frames(record: dict) -> int:
   n = len(record['frames'])
   if n == 0:
-    raise ValueError(f'record {record.get("sequence_id", "?")!r} has no frames')
+    raise ValueError('the record has no frames')
   return n
 
 
@@ -110,48 +197,116 @@ def _attach_index(index: int, record: dict) -> tuple[int, dict]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _TrainExample:
-  """Maps (position in this host's endless stream, (record index, record)) to a training example."""
+class ExampleSpec:
+  """How an example is made, shared by training and evaluation (``ferjax.data.spec`` builds it).
+
+  Attributes:
+    num_frames: T, frames per example.
+    image_size: S, output side in pixels.
+    options: augmentation settings.
+    inputs: 'frames' and any of ``INPUTS``.
+    sampling: temporal sampling mode, one of ``sampling.MODES``.
+    flow: optical-flow method, one of ``flow.METHODS`` (read when inputs include 'flow').
+  """
   num_frames: int
   image_size: int
   options: augment.AugmentOptions
+  inputs: tuple[str, ...] = ('frames',)
+  sampling: str = 'segments'
+  flow: str = 'dis'
+
+  def __post_init__(self):
+    object.__setattr__(self, 'inputs', _check_inputs(self.inputs))
+    if self.sampling not in sampling.MODES:
+      raise ValueError(f'sampling must be one of {sorted(sampling.MODES)}; got {self.sampling!r}')
+    if self.flow not in flow_lib.METHODS:
+      raise ValueError(f'flow must be one of {flow_lib.METHODS}; got {self.flow!r}')
+
+  def example(self, record: dict, indices: np.ndarray, frames: np.ndarray, matrix: np.ndarray,
+              out_frames: np.ndarray) -> dict[str, np.ndarray]:
+    view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow)
+    return {'frames': out_frames, 'label': np.int32(record['label']),
+            **_extra_inputs(self.inputs, view)}
+
+
+def _naming_record(fn):
+  """Re-raises any error of making an example from record ``index`` as a RecordError naming it."""
+  @functools.wraps(fn)
+  def wrapper(self, record: dict, index: int, *args):
+    try:
+      return fn(self, record, index, *args)
+    except RecordError:
+      raise
+    except (ValueError, cv2.error, IndexError, KeyError) as e:
+      message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+      raise RecordError(f'{_record_name(record, index)}: {message}') from e
+  return wrapper
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainExample:
+  """Maps (position in this host's endless stream, (record index, record)) to a training example."""
+  spec: ExampleSpec
   seed: int
   records_per_epoch: int
-  inputs: tuple[str, ...] = ('frames',)
 
   def __call__(self, position: int, indexed: tuple[int, dict]) -> dict[str, np.ndarray]:
     record_index, record = indexed
-    epoch = position // self.records_per_epoch
+    return self._make(record, record_index, position // self.records_per_epoch)
+
+  @_naming_record
+  def _make(self, record: dict, record_index: int, epoch: int) -> dict[str, np.ndarray]:
+    spec = self.spec
     rng = np.random.default_rng([self.seed, record_index, epoch])
-    n = _num_frames(record)
-    indices = sampling.train_indices(n, self.num_frames, rng)
-    frames = augment.train_augment(_select_frames(record, indices), self.image_size, self.options, rng)
-    return {'frames': frames, 'label': np.int32(record['label']),
-            **_extra_inputs(self.inputs, indices, n)}
+    indices = sampling.indices(spec.sampling, _num_frames(record), spec.num_frames, rng)
+    frames = _select_frames(record, indices)
+    _, height, width, _ = frames.shape
+    d = augment.draw(height, width, spec.image_size, spec.options, rng)
+    return spec.example(record, indices, frames, d.matrix, augment.apply(frames, d, spec.image_size))
+
+
+# Test-time augmentation copy c of record r uses np.random.default_rng([TTA_STREAM, r, c]): the same
+# views for every run, seed and host, so TTA scores of different models are comparable.
+TTA_STREAM = 7007
 
 
 @dataclasses.dataclass(frozen=True)
 class _EvalExample:
-  """Maps a padded record index to an evaluation example; indices past the source are padding."""
-  source: Any
-  num_frames: int
-  image_size: int
-  options: augment.AugmentOptions
-  inputs: tuple[str, ...] = ('frames',)
+  """Maps a padded row position to an evaluation example; positions past ``rows`` are padding.
 
-  def __call__(self, index: int) -> dict[str, np.ndarray]:
-    index = int(index)
-    if index >= len(self.source):
-      shape = (self.num_frames, self.image_size, self.image_size, 3)
-      extra = _extra_inputs(self.inputs, np.zeros(self.num_frames, np.int32), 1)
+  ``rows`` [R, 3] holds (record index, window, copy) per row; window -1 = the sampling mode's
+  evaluation frames, w >= 0 = ``sampling.window_indices(.., w)``; copy 0 = plain, c > 0 = the geometric
+  part of the training augmentation from the (record, copy) seed.
+  """
+  source: Any
+  spec: ExampleSpec
+  rows: np.ndarray
+
+  def __call__(self, position: int) -> dict[str, np.ndarray]:
+    position, spec = int(position), self.spec
+    if position >= len(self.rows):
+      shape = (spec.num_frames, spec.image_size, spec.image_size, 3)
       return {'frames': np.zeros(shape, np.uint8), 'label': np.int32(0), 'mask': np.bool_(False),
-              **{k: np.zeros_like(v) for k, v in extra.items()}}
-    record = self.source[index]
-    n = _num_frames(record)
-    indices = sampling.eval_indices(n, self.num_frames)
-    frames = augment.eval_preprocess(_select_frames(record, indices), self.image_size, self.options)
-    return {'frames': frames, 'label': np.int32(record['label']), 'mask': np.bool_(True),
-            **_extra_inputs(self.inputs, indices, n)}
+              'index': np.int32(-1), **_padding_inputs(spec.inputs, spec.num_frames, spec.image_size)}
+    record_index, window, copy = (int(v) for v in self.rows[position])
+    example = self._make(self.source[record_index], record_index, window, copy)
+    return {**example, 'mask': np.bool_(True), 'index': np.int32(record_index)}
+
+  @_naming_record
+  def _make(self, record: dict, record_index: int, window: int, copy: int) -> dict[str, np.ndarray]:
+    spec, n = self.spec, _num_frames(record)
+    indices = (sampling.indices(spec.sampling, n, spec.num_frames) if window < 0 else
+               sampling.window_indices(spec.sampling, n, spec.num_frames, window))
+    frames = _select_frames(record, indices)
+    _, height, width, _ = frames.shape
+    if copy == 0:
+      matrix = flow_lib.eval_matrix(height, width, spec.image_size, spec.options.eval_crop)
+      out = augment.eval_preprocess(frames, spec.image_size, spec.options)
+    else:
+      rng = np.random.default_rng([TTA_STREAM, record_index, copy])
+      matrix = augment.draw(height, width, spec.image_size, spec.options, rng).matrix
+      out = augment.warp(frames, matrix, spec.image_size)
+    return spec.example(record, indices, frames, matrix, out)
 
 
 def _check_sharding(num_records: int, batch_size: int, shard_index: int, shard_count: int) -> None:
@@ -259,12 +414,13 @@ class TrainLoader:
 def train_loader(source: Sequence[dict], *, num_frames: int, image_size: int,
                  options: augment.AugmentOptions, batch_size_per_host: int, seed: int,
                  shard_index: int = 0, shard_count: int = 1, worker_count: int = 0,
-                 inputs: Sequence[str] = ('frames',)) -> TrainLoader:
+                 inputs: Sequence[str] = ('frames',), sampling_mode: str = 'segments',
+                 flow: str = 'dis') -> TrainLoader:
   """Endless training batches of this host's shard; ``iter()`` gives a checkpointable iterator.
 
   Args:
     source: random-access records (see module docstring).
-    num_frames: T, frames sampled per sequence (TSN-style random segments).
+    num_frames: T, frames sampled per sequence (see ``sampling_mode``).
     image_size: S, output side in pixels.
     options: augmentation settings.
     batch_size_per_host: B, batch size of this host (the stream is endless, so every batch is full).
@@ -274,6 +430,9 @@ def train_loader(source: Sequence[dict], *, num_frames: int, image_size: int,
     worker_count: grain worker processes (0 = in the calling process). Batches do not depend on it,
       and a state saved under one worker count restores under another.
     inputs: the batch's inputs: 'frames' and any of ``INPUTS``.
+    sampling_mode: one of ``sampling.MODES``: 'segments' (TSN: a random frame of each of T segments),
+      'clip' (the central T frames) or 'apex' (the last T frames).
+    flow: optical-flow method when inputs include 'flow': 'dis' or 'farneback'.
 
   Returns:
     A TrainLoader; its iterators yield dict(frames=uint8 [B, T, S, S, 3], label=int32 [B], ...) and have
@@ -286,8 +445,8 @@ def train_loader(source: Sequence[dict], *, num_frames: int, image_size: int,
   if len(source) < shard_count:
     raise ValueError(f'{len(source)} records cannot be split over {shard_count} hosts')
   ds = grain.MapDataset.source(source).map_with_index(_attach_index)[shard_index::shard_count]
-  example = _TrainExample(num_frames, image_size, options, seed, records_per_epoch=len(ds),
-                          inputs=_check_inputs(inputs))
+  spec = ExampleSpec(num_frames, image_size, options, tuple(inputs), sampling_mode, flow)
+  example = _TrainExample(spec, seed, records_per_epoch=len(ds))
   ds = ds.shuffle(seed=seed).repeat(None).map_with_index(example)
   return TrainLoader(ds.batch(batch_size_per_host, drop_remainder=True), worker_count)
 
@@ -297,20 +456,85 @@ def num_eval_batches(num_records: int, batch_size_per_host: int, shard_count: in
   return math.ceil(num_records / (batch_size_per_host * shard_count))
 
 
+WINDOWS = ('one', 'all')
+
+
+def eval_rows(source: Sequence[dict], num_frames: int, windows: str = 'one',
+              tta_copies: int = 0) -> np.ndarray:
+  """The rows of one evaluation pass, int64 [R, 3] of (record index, window, copy), record-major.
+
+  ``windows='one'`` gives each record one window (-1: the sampling mode's evaluation frames); ``'all'``
+  gives it ``sampling.num_windows(N, T)`` (this reads every record once, for its frame count).
+  ``tta_copies`` K > 1 repeats every window K times (copy 0 plain); 0 or 1 = no test-time augmentation.
+  """
+  if windows not in WINDOWS:
+    raise ValueError(f'windows must be one of {WINDOWS}; got {windows!r}')
+  if tta_copies < 0:
+    raise ValueError(f'tta_copies must be >= 0; got {tta_copies}')
+  copies = np.arange(max(1, tta_copies))
+  rows = []
+  for i in range(len(source)):
+    count = 1
+    if windows == 'all':
+      count = sampling.num_windows(_num_frames_of(source[i], i), num_frames)
+    for w in (range(count) if windows == 'all' else [-1]):
+      rows.extend((i, w, c) for c in copies)
+  return np.array(rows, np.int64).reshape(-1, 3)
+
+
+def _num_frames_of(record: dict, index: int) -> int:
+  try:
+    return _num_frames(record)
+  except ValueError as e:
+    raise RecordError(f'{_record_name(record, index)}: {e}') from None
+
+
+class EvalBatches(Iterator[dict[str, np.ndarray]]):
+  """One evaluation pass (an iterator of batches) that says how many rows each record has.
+
+  Attributes:
+    num_batches: batches this host yields (the same on every host).
+    views: what the rows of one record are, in words (for ``report['scoring']``); '' for one plain row.
+  """
+
+  def __init__(self, iterator: Iterator[dict[str, np.ndarray]], num_batches: int, views: str):
+    self._iterator, self.num_batches, self.views = iterator, num_batches, views
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iterator)
+
+
+def _describe_views(windows: str, tta_copies: int, num_frames: int) -> str:
+  parts = []
+  if windows == 'all':
+    parts.append(f'every consecutive {num_frames}-frame window')
+  if tta_copies > 1:
+    parts.append(f'{tta_copies} test-time augmentation copies (1 plain + {tta_copies - 1} with the '
+                 'training flip/crop/rotation)')
+  return ' x '.join(parts)
+
+
 def eval_batches(source: Sequence[dict], *, num_frames: int, image_size: int,
                  options: augment.AugmentOptions, batch_size_per_host: int, shard_index: int = 0,
                  shard_count: int = 1, worker_count: int = 0,
-                 inputs: Sequence[str] = ('frames',)) -> Iterator[dict[str, np.ndarray]]:
-  """One deterministic pass over ``source``: uniform temporal sampling, centre crop, padded batches.
+                 inputs: Sequence[str] = ('frames',), sampling_mode: str = 'segments',
+                 flow: str = 'dis', windows: str = 'one', tta_copies: int = 0) -> EvalBatches:
+  """One deterministic pass over ``source``: the sampling mode's evaluation frames, centre crop, padded
+  batches.
 
-  Every host yields ``num_eval_batches(len(source), batch_size_per_host, shard_count)`` batches of
-  dict(frames=uint8 [B, T, S, S, 3], label=int32 [B], mask=bool [B], ...); ``mask`` is False on padding
-  rows (zero frames, label 0), so all batches have one shape and all hosts step together.
-  Reads ``options.eval_crop`` only.
+  Every host yields ``num_eval_batches(rows, batch_size_per_host, shard_count)`` batches of
+  dict(frames=uint8 [B, T, S, S, 3], label=int32 [B], mask=bool [B], index=int32 [B], ...); ``mask`` is
+  False on padding rows (zero frames and inputs, label 0, index -1), so all batches have one shape and
+  all hosts step together. ``rows`` = records x windows x copies (see :func:`eval_rows`); ``index`` says
+  which record a row scores, and evaluation averages the class probabilities of a record's rows.
+  Reads ``options.eval_crop``, and the geometric options (crop, flip, rotation) for TTA copies.
   """
   _check_sharding(len(source), batch_size_per_host, shard_index, shard_count)
-  per_host = num_eval_batches(len(source), batch_size_per_host, shard_count) * batch_size_per_host
-  ds = grain.MapDataset.range(per_host * shard_count)[shard_index::shard_count]
-  ds = ds.map(_EvalExample(source, num_frames, image_size, options, _check_inputs(inputs)))
-  ds = ds.batch(batch_size_per_host, drop_remainder=True)  # per_host is a multiple of B.
-  return iter(_parallel(ds.to_iter_dataset(_READ_OPTIONS), worker_count))
+  spec = ExampleSpec(num_frames, image_size, options, tuple(inputs), sampling_mode, flow)
+  rows = eval_rows(source, num_frames, windows, tta_copies)
+  batches = num_eval_batches(len(rows), batch_size_per_host, shard_count)
+  ds = grain.MapDataset.range(batches * batch_size_per_host * shard_count)[shard_index::shard_count]
+  ds = ds.map(_EvalExample(source, spec, rows))
+  ds = ds.batch(batch_size_per_host, drop_remainder=True)  # Exactly `batches` full batches.
+  iterator = iter(_parallel(ds.to_iter_dataset(_READ_OPTIONS), worker_count))
+  return EvalBatches(iterator, batches, _describe_views(windows, tta_copies, num_frames))

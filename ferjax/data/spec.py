@@ -8,27 +8,35 @@ import ml_collections
 import numpy as np
 
 from ferjax import models
-from ferjax.data import augment, pipeline, sampling
+from ferjax.data import augment, pipeline
 
 
-def input_args(config: ml_collections.ConfigDict) -> dict:
-  """Keyword arguments of `pipeline.train_loader` / `eval_batches` that the config implies."""
+def input_args(config: ml_collections.ConfigDict, extra_inputs: tuple[str, ...] = ()) -> dict:
+  """Keyword arguments of `pipeline.train_loader` / `eval_batches` that the config implies.
+
+  `extra_inputs` adds inputs the family does not ask for (`benchmark --input --flow`).
+  """
+  inputs = models.get_family(config.model.name).inputs
   return dict(num_frames=config.dataset.num_frames, image_size=config.dataset.image_size,
               options=augment.AugmentOptions.from_config(config.augment),
-              inputs=models.get_family(config.model.name).inputs)
+              inputs=tuple(inputs) + tuple(i for i in extra_inputs if i not in inputs),
+              sampling_mode=config.dataset.sampling, flow=config.dataset.flow)
 
 
-def train_loader(config, source, shard: tuple[int, int, int], worker_count: int):
+def train_loader(config, source, shard: tuple[int, int, int], worker_count: int,
+                 extra_inputs: tuple[str, ...] = ()):
   """The endless training loader of `source` for host `shard = (index, count, local batch size)`."""
   return pipeline.train_loader(
       source, batch_size_per_host=shard[2], seed=config.seed, worker_count=worker_count,
-      shard_index=shard[0], shard_count=shard[1], **input_args(config))
+      shard_index=shard[0], shard_count=shard[1], **input_args(config, extra_inputs))
 
 
 def eval_batches(config, source, shard: tuple[int, int, int]):
-  """One evaluation pass over `source` for host `shard = (index, count, local batch size)`."""
+  """One evaluation pass over `source` for host `shard = (index, count, local batch size)`: the rows
+  of `config.eval` (windows x test-time augmentation copies) of every record."""
   return pipeline.eval_batches(source, batch_size_per_host=shard[2], shard_index=shard[0],
-                               shard_count=shard[1], **input_args(config))
+                               shard_count=shard[1], windows=config.eval.windows,
+                               tta_copies=config.eval.tta_copies, **input_args(config))
 
 
 def random_batch(config, batch_size: int, num_classes: int, rng: np.random.Generator) -> dict:
@@ -36,8 +44,5 @@ def random_batch(config, batch_size: int, num_classes: int, rng: np.random.Gener
   t, size = config.dataset.num_frames, config.dataset.image_size
   batch = {'frames': rng.integers(0, 256, (batch_size, t, size, size, 3), dtype=np.uint8),
            'label': rng.integers(0, num_classes, (batch_size,)).astype(np.int32)}
-  indices = sampling.eval_indices(2 * t, t)
-  for name in models.get_family(config.model.name).inputs:
-    if name != 'frames':
-      batch[name] = np.stack([pipeline.INPUTS[name](indices, 2 * t)] * batch_size)
-  return batch
+  inputs = models.get_family(config.model.name).inputs
+  return {**batch, **pipeline.random_inputs(inputs, batch_size, t, size, rng)}

@@ -1,0 +1,99 @@
+"""Optical flow between consecutive sampled frames (OpenCV), for two-stream models such as RFSCNN.
+
+The temporal stream of RFSCNN (Zhou, JIPS) sees the T - 1 flow images between neighbouring frames of its
+clip, three channels: dx, dy and the magnitude sqrt(dx^2 + dy^2). ferjax computes them in the input
+pipeline, in the worker:
+
+  1. the sampled frames are turned grey and shrunk to a working resolution whose shorter side is the
+     output side S (never enlarged), which bounds the cost whatever the source resolution;
+  2. flow between frames t and t + 1 with OpenCV's DIS (Kroeger et al., ECCV 2016; preset ULTRAFAST,
+     ``'dis'``, the default) or Farneback (``'farneback'``, OpenCV's sample parameters; ~20x slower);
+     flow[t](p) = d means the content at p in frame t is at p + d in frame t + 1;
+  3. the geometric warp drawn for the frames (crop, flip, rotation; or the evaluation centre crop) is
+     applied to the flow field with ``augment.warp_flow``, which also maps the vectors into output
+     pixels (a flip negates dx, a rotation rotates, a zoom scales) and recomputes the magnitude.
+
+Flow is in pixels of the S x S output frame, float32. It gets no photometric jitter and no masking.
+"""
+
+import threading
+
+import cv2
+import numpy as np
+
+from ferjax.data import augment
+
+METHODS = ('dis', 'farneback')
+# Farneback parameters of OpenCV's sample (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma,
+# flags); the papers do not give theirs.
+FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
+
+_LOCAL = threading.local()  # One DIS object per thread: calc() keeps state, grain reads in threads.
+
+
+def _dis() -> cv2.DISOpticalFlow:
+  if not hasattr(_LOCAL, 'dis'):
+    _LOCAL.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+  return _LOCAL.dis
+
+
+def working_scale(height: int, width: int, size: int) -> float:
+  """Factor from source to working pixels: the shorter side becomes ``size``, never enlarged."""
+  return min(1.0, size / min(height, width))
+
+
+def _grey(frames: np.ndarray, scale: float) -> list[np.ndarray]:
+  out = []
+  for frame in frames:
+    grey = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+    if scale != 1.0:
+      h, w = grey.shape
+      grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))),
+                        interpolation=cv2.INTER_AREA)
+    out.append(grey)
+  return out
+
+
+def compute(frames: np.ndarray, method: str = 'dis', scale: float = 1.0) -> np.ndarray:
+  """Flow between consecutive frames: uint8 RGB [T, H, W, 3] -> float32 [T - 1, h, w, 3] (dx, dy,
+  magnitude) in working pixels, h, w = round(scale * (H, W))."""
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) < 2:
+    raise ValueError(f'optical flow needs frames of shape [T >= 2, H, W, 3]; got {frames.shape}')
+  if method not in METHODS:
+    raise ValueError(f'flow method must be one of {METHODS}; got {method!r}')
+  grey = _grey(frames, scale)
+  fields = []
+  for prev, nxt in zip(grey[:-1], grey[1:]):
+    if method == 'dis':
+      field = _dis().calc(prev, nxt, None)
+    else:
+      field = cv2.calcOpticalFlowFarneback(prev, nxt, None, *FARNEBACK)
+    fields.append(field)
+  vectors = np.stack(fields).astype(np.float32)
+  return np.concatenate([vectors, np.linalg.norm(vectors, axis=-1, keepdims=True)], axis=-1)
+
+
+def _to_working(matrix: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
+  """An output -> source pixel matrix as output -> working pixels (pixel centres: x_w = s (x + 0.5) - 0.5)."""
+  s = np.array([[scale_x], [scale_y]])
+  matrix = np.asarray(matrix, np.float64)
+  return np.concatenate([s * matrix[:, :2], s * (matrix[:, 2:] + 0.5) - 0.5], axis=1)
+
+
+def eval_matrix(height: int, width: int, size: int, eval_crop: float) -> np.ndarray:
+  """The output -> source matrix of ``augment.eval_preprocess`` (centre crop of ``eval_crop`` of the
+  shorter side, resized to ``size``)."""
+  side = max(1, round(eval_crop * min(height, width)))
+  y0, x0 = (height - side) // 2, (width - side) // 2
+  k = side / size
+  return np.array([[k, 0.0, x0 + 0.5 * k - 0.5], [0.0, k, y0 + 0.5 * k - 0.5]])
+
+
+def sequence_flow(frames: np.ndarray, matrix: np.ndarray, size: int, method: str = 'dis') -> np.ndarray:
+  """Flow of the sampled source frames [T, H, W, 3] under the frames' output -> source ``matrix``:
+  float32 [T - 1, size, size, 3] (dx, dy, magnitude) in output pixels."""
+  _, height, width, _ = np.shape(frames)
+  fields = compute(frames, method, working_scale(height, width, size))
+  _, h, w, _ = fields.shape  # Rounded sides: the exact scale of each axis.
+  return augment.warp_flow(fields, _to_working(matrix, w / width, h / height), size)
