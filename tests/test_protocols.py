@@ -156,3 +156,22 @@ def test_data_level_train_validation_test(tmp_path, make_sequence_dataset, holdo
     assert read == {'train': ['train'] * 5, 'validation': ['validation'] * 2, 'test': ['test'] * 3}
   else:
     assert read['train'] == ['train'] * 5 + ['validation'] * 2 and read['validation'] == []
+
+
+def test_builtin_image_dataset_is_prepared_on_first_use(tmp_path):
+  """datasets.prepare builds synthetic_expressions/images_tiny (train/validation/test, one frame per
+  record) and its test split feeds the pipeline with T = 1, as an image model (RMN) uses it."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from ferjax.data import augment, datasets, pipeline  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(
+      {'name': 'synthetic_expressions', 'config': 'images_tiny', 'data_dir': str(tmp_path)})
+  dataset = datasets.prepare(config)
+  assert sorted(dataset.split_names) == ['test', 'train', 'validation']
+  assert len(dataset.class_names) == 7
+  splits = protocols.splits_for(dataset.split_names, 0, holdout_validation=True)
+  source = dataset.source(splits.test)
+  assert len(source) == 14
+  batches = list(pipeline.eval_batches(source, num_frames=1, image_size=32,
+                                       options=augment.AugmentOptions(), batch_size_per_host=8))
+  assert [b['frames'].shape for b in batches] == [(8, 1, 32, 32, 3)] * 2
+  assert sum(int(b['mask'].sum()) for b in batches) == 14

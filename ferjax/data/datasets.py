@@ -1,7 +1,9 @@
 """Finding a prepared TFDS dataset, preparing the built-in one, and opening its splits for grain.
 
 Real datasets are licensed and prepared once by the user (`tfds build tfds_builders/<name> --manual_dir ...`);
-only `synthetic_expressions`, generated in code, is prepared here on first use.
+only `synthetic_expressions`, generated in code, is prepared here on first use: every config of it, the
+sequence sets (`default`, `tiny`) and the static-image sets (`images`, `images_tiny`: one apex frame per
+record, splits train / validation / test).
 """
 
 import dataclasses
@@ -79,7 +81,8 @@ def prepare(dataset: ml_collections.ConfigDict) -> PreparedDataset:
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
     if not builder.is_prepared():
       if jax.process_index() == 0:
-        print(f'Preparing the built-in dataset {name} in {builder.data_dir} (once, about a minute)...')
+        print(f'Preparing the built-in dataset {name} in {builder.data_dir} (once, seconds to a '
+              'minute)...')
         builder.download_and_prepare(file_format='array_record')
       multihost_utils.sync_global_devices('ferjax_prepare_dataset')
       builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')

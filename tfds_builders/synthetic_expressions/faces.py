@@ -27,6 +27,7 @@ cheek folds; sadness = inner brows raised (slanted the other way from anger) + c
 surprise = high arched brows + forehead lines + wide eyes + round dropped jaw.
 """
 
+from collections.abc import Sequence
 import dataclasses
 import math
 
@@ -250,6 +251,11 @@ def _draw_background(identity: Identity, px: int) -> np.ndarray:
   return canvas
 
 
+def draw_background(identity: Identity, size: int, supersample: int = 4) -> np.ndarray:
+  """The subject's background canvas at size * supersample px (the same for all its frames)."""
+  return _draw_background(identity, size * supersample)
+
+
 def _draw_head(pen: _Pen, idn: Identity):
   """Hair behind the head, neck, ears, face, fringe: the parts no expression changes."""
   cx, cy = idn.face_center
@@ -464,12 +470,19 @@ def intensity_curve(num_frames: int, onset: float, apex: float) -> np.ndarray:
 
 
 def render_sequence(identity: Identity, expression: str, num_frames: int, size: int,
-                    rng: np.random.Generator, *, supersample: int = 4) -> np.ndarray:
+                    rng: np.random.Generator, *, supersample: int = 4,
+                    keep: Sequence[int] | None = None,
+                    background: np.ndarray | None = None) -> np.ndarray:
   """A neutral-to-apex sequence [num_frames, size, size, 3] uint8 RGB of `identity`, `expression`.
 
   From `rng`: onset in [0, 0.25] and apex in [0.6, 1.0] of the sequence, per-AU intensity factors in
   [0.85, 1.15], an overall apex intensity in [0.85, 1.0], a smooth head-motion path (roll, shift)
   that starts at the subject's resting pose, and per-frame noise.
+
+  `keep` (frame positions) draws only those frames, [len(keep), size, size, 3]; they are identical to
+  the same frames of the full sequence, because the skipped frames' noise is still drawn from `rng`
+  (drawing is the cost, the noise draw is cheap). The image dataset keeps the apex frame this way.
+  `background`: `draw_background(identity, size, supersample)`, to draw it once per subject.
   """
   onset, apex = rng.uniform(0.0, 0.25), rng.uniform(0.6, 1.0)
   strength = rng.uniform(0.85, 1.0)
@@ -484,10 +497,21 @@ def render_sequence(identity: Identity, expression: str, num_frames: int, size: 
     velocity = 0.7 * velocity + steps[i]
     pose = np.clip(pose + velocity, [-5.0, -0.03, -0.03], [5.0, 0.03, 0.03])
     motion[i] = pose
-  background = _draw_background(identity, size * supersample)
-  frames = np.empty((num_frames, size, size, 3), np.uint8)
+  keep = list(range(num_frames)) if keep is None else [int(i) for i in keep]
+  if any(not 0 <= i < num_frames for i in keep):
+    raise ValueError(f'keep must hold frame positions in [0, {num_frames}); got {keep}')
+  if background is None:
+    background = draw_background(identity, size, supersample)
+  frames = np.empty((len(keep), size, size, 3), np.uint8)
   for i in range(num_frames):
+    if i not in keep:
+      if identity.noise_sigma > 0:  # render_face's noise draw, so later frames stay the same
+        rng.normal(0.0, identity.noise_sigma, (size, size, 3))
+      continue
     aus = expression_aus(expression, identity, strength * curve[i], jitter)
-    frames[i] = render_face(identity, aus, size, roll=motion[i, 0], shift=motion[i, 1:], rng=rng,
-                            supersample=supersample, background=background)
+    frame = render_face(identity, aus, size, roll=motion[i, 0], shift=motion[i, 1:], rng=rng,
+                        supersample=supersample, background=background)
+    for j, k in enumerate(keep):
+      if k == i:
+        frames[j] = frame
   return frames

@@ -5,6 +5,12 @@ Generated in code (no download, no licence): every subject is a random cartoon i
 Splits `fold_0..fold_9` are by subject (subject i -> fold i % 10), like the CK+ and Oulu-CASIA
 10-fold protocols, so a test fold only has unseen identities.
 
+The `images` configs are a static-image dataset (for image models such as RMN, and FER2013-style runs):
+each sequence's apex (last) frame alone, as a one-frame sequence with the parent's label, subject and
+sequence id; the frame is exactly the last frame of the sequence the matching sequence config draws
+(`images_tiny` = the apex frames of `tiny`). Splits `train` / `validation` / `test` like FER2013's, still by
+subject: folds 0-7 -> train, fold 8 -> validation, fold 9 -> test.
+
 Determinism: subject i's identity comes from `np.random.default_rng([BASE_SEED, 0, i])` and its
 sequence of expression k from `np.random.default_rng([BASE_SEED, 1, i, k])`; nothing uses global
 random state. Rebuilding the same version and config gives records whose every field (JPEG bytes
@@ -48,6 +54,8 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
     min_frames / max_frames: sequence length, uniform in [min_frames, max_frames] per sequence.
     supersample: frames are drawn at image_size * supersample and shrunk (anti-aliases thin lines).
     jpeg_quality: OpenCV JPEG quality of the stored frames.
+    apex_images: keep only each sequence's apex (last) frame, and split train (subjects of folds 0-7) /
+      validation (fold 8) / test (fold 9) instead of fold_0..fold_9.
   """
   num_subjects: int = 100
   image_size: int = 64
@@ -55,6 +63,7 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
   max_frames: int = 32
   supersample: int = 4
   jpeg_quality: int = 95
+  apex_images: bool = False
 
 
 def subject_id(index: int) -> str:
@@ -66,23 +75,37 @@ def fold_of(index: int) -> int:
   return index % NUM_FOLDS
 
 
+# apex_images configs: fold -> split (80 / 10 / 10 % of the subjects, as many validation as test).
+IMAGE_SPLITS = {**{k: 'train' for k in range(NUM_FOLDS - 2)}, NUM_FOLDS - 2: 'validation',
+                NUM_FOLDS - 1: 'test'}
+
+
+def split_of(index: int, config: 'SyntheticExpressionsConfig') -> str:
+  """Subject index -> split name: `fold_<i % 10>`, or train / validation / test for apex_images."""
+  fold = fold_of(index)
+  return IMAGE_SPLITS[fold] if config.apex_images else f'fold_{fold}'
+
+
 def subject_examples(index: int, config: SyntheticExpressionsConfig) -> list[tuple[str, dict]]:
   """The 7 (key, example) pairs of subject `index`: a pure function of (index, config)."""
   identity = faces.sample_identity(np.random.default_rng([BASE_SEED, 0, index]))
   subject = subject_id(index)
+  background = faces.draw_background(identity, config.image_size, config.supersample)
   out = []
   for k, expression in enumerate(faces.EXPRESSIONS):
     rng = np.random.default_rng([BASE_SEED, 1, index, k])
     num_frames = int(rng.integers(config.min_frames, config.max_frames + 1))
+    keep = [num_frames - 1] if config.apex_images else None
     frames = faces.render_sequence(identity, expression, num_frames, config.image_size, rng,
-                                   supersample=config.supersample)
+                                   supersample=config.supersample, keep=keep,
+                                   background=background)
     sequence_id = f'{subject}_{expression}'
     out.append((sequence_id, {
         'frames': [tfds_common.encode_jpeg(f, quality=config.jpeg_quality) for f in frames],
         'label': expression,
         'subject': subject,
         'sequence_id': sequence_id,
-        'num_frames': num_frames,
+        'num_frames': len(frames),
     }))
   return out
 
@@ -98,6 +121,16 @@ class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
       SyntheticExpressionsConfig(
           name='tiny', description='20 subjects x 7 expressions, 32x32 px, 4-8 frames (for tests).',
           num_subjects=20, image_size=32, min_frames=4, max_frames=8),
+      SyntheticExpressionsConfig(
+          name='images', description=(
+              'Static images: the apex frame of 200 subjects x 7 expressions at 48x48 px (FER2013 '
+              'size), splits train / validation / test by subject (1120 / 140 / 140).'),
+          num_subjects=200, image_size=48, apex_images=True),
+      SyntheticExpressionsConfig(
+          name='images_tiny', description=(
+              'Static images for tests: the apex frames of `tiny` (20 subjects x 7, 32x32 px), '
+              'train / validation / test (112 / 14 / 14).'),
+          num_subjects=20, image_size=32, min_frames=4, max_frames=8, apex_images=True),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
@@ -136,11 +169,13 @@ class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
-    n = self.builder_config.num_subjects
-    folds = [[i for i in range(n) if fold_of(i) == k] for k in range(NUM_FOLDS)]
+    config = self.builder_config
+    names = sorted({split_of(i, config) for i in range(NUM_FOLDS)},
+                   key=[split_of(i, config) for i in range(NUM_FOLDS)].index)
+    folds = [[i for i in range(config.num_subjects) if split_of(i, config) == name] for name in names]
     workers = self._workers or min(4, len(os.sched_getaffinity(0)))
     if workers <= 1:
-      return {f'fold_{k}': self._generate_examples(subjects) for k, subjects in enumerate(folds)}
+      return {name: self._generate_examples(subjects) for name, subjects in zip(names, folds)}
     # One pool for the whole build, all subjects submitted up front so that workers draw ahead
     # while TFDS
     # writes a fold. Forkserver because forking a process with TFDS/absl threads running is unsafe.
@@ -151,7 +186,7 @@ class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
         workers, mp_context=multiprocessing.get_context('forkserver'))
     futures = [[pool.submit(subject_examples, i, self.builder_config) for i in subjects]
                for subjects in folds]
-    remaining = [NUM_FOLDS]
+    remaining = [len(folds)]
 
     def fold_examples(fold_futures):
       try:
@@ -162,7 +197,7 @@ class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
         if remaining[0] == 0:
           pool.shutdown()
 
-    return {f'fold_{k}': fold_examples(f) for k, f in enumerate(futures)}
+    return {name: fold_examples(f) for name, f in zip(names, futures)}
 
   def _generate_examples(self, subjects: list[int]):
     """In-process generation (workers=1); see `_split_generators` for the process pool."""

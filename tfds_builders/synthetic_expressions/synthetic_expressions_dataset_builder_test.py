@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
 import tfds_builders.synthetic_expressions as synthetic_expressions
+from ferjax.data import protocols
 from ferjax.data import tfds_common
 from tfds_builders.synthetic_expressions import faces
 from tfds_builders.synthetic_expressions import (
@@ -125,3 +126,49 @@ def test_too_few_subjects_is_a_clear_error(tmp_path):
   config = synthetic_expressions.SyntheticExpressionsConfig(name='bad', num_subjects=5)
   with pytest.raises(ValueError, match='num_subjects must be >= 10'):
     synthetic_expressions.Builder(config=config, data_dir=str(tmp_path))
+
+
+@pytest.fixture(scope='module')
+def images_tiny_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds_images'))
+  synthetic_expressions.build(data_dir, config='images_tiny', workers=1)
+  return data_dir
+
+
+def test_images_are_the_apex_frames_of_the_sequences(tiny_dir, images_tiny_dir):
+  """images_tiny: one frame per record, the parent's last frame, label and subject; split by fold."""
+  builder = tfds.builder('synthetic_expressions/images_tiny', data_dir=images_tiny_dir)
+  assert builder.info.features['label'].names == _CLASSES
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+      'train': 112, 'validation': 14, 'test': 14}
+  parent = {r['sequence_id']: r for records in _read_all(tiny_dir).values() for r in records}
+  seen = set()
+  for split in ('train', 'validation', 'test'):
+    for r in tfds.data_source('synthetic_expressions/images_tiny', split=split,
+                              data_dir=images_tiny_dir):
+      sequence = parent[r['sequence_id']]
+      assert r['num_frames'] == len(r['frames']) == 1
+      np.testing.assert_array_equal(r['frames'][0], sequence['frames'][-1])
+      assert (r['label'], r['subject']) == (sequence['label'], sequence['subject'])
+      fold = int(r['subject'].decode()[1:]) % 10
+      assert split == ('train' if fold < 8 else 'validation' if fold == 8 else 'test')
+      seen.add(r['sequence_id'])
+  assert seen == set(parent)
+
+
+def test_images_protocol_is_train_validation_test(images_tiny_dir):
+  available = protocols.dataset_splits('synthetic_expressions/images_tiny', images_tiny_dir)
+  assert protocols.splits_for(available, 0, holdout_validation=True) == protocols.Splits(
+      train='train', validation='validation', test='test')
+
+
+def test_render_sequence_keep_draws_the_same_frames():
+  """keep=[...] returns exactly those frames of the full sequence (the skipped frames' noise is drawn)."""
+  identity = faces.sample_identity(np.random.default_rng([99, 3]))
+  assert identity.noise_sigma > 0
+  full = faces.render_sequence(identity, 'happiness', 7, 32, np.random.default_rng(1))
+  for keep in ([6], [0, 3, 6], [2]):
+    part = faces.render_sequence(identity, 'happiness', 7, 32, np.random.default_rng(1), keep=keep)
+    np.testing.assert_array_equal(part, full[keep])
+  with pytest.raises(ValueError, match=r'keep must hold frame positions in \[0, 7\)'):
+    faces.render_sequence(identity, 'happiness', 7, 32, np.random.default_rng(1), keep=[7])
