@@ -40,7 +40,7 @@ from ferjax import (checkpointing, config as config_lib, metrics, paths, provena
                     workdir as workdir_lib)
 from ferjax import models
 from ferjax.models import convert
-from ferjax.data import datasets, protocols, spec
+from ferjax.data import datasets, pipeline, protocols, spec
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<family>.py[:arg]).',
                                           lock_config=True)
@@ -68,7 +68,8 @@ class Preempted(RuntimeError):
 
 # Errors a user can fix; the CLI prints them in one line.
 USER_ERRORS = (config_lib.ConfigError, checkpointing.CheckpointMismatchError, workdir_lib.WorkdirError,
-               protocols.DatasetNotPreparedError, convert.WeightsMismatchError, TrainingDiverged)
+               protocols.DatasetNotPreparedError, convert.WeightsMismatchError, TrainingDiverged,
+               pipeline.RecordError)
 
 
 def _log(message: str) -> None:

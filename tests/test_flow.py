@@ -1,0 +1,199 @@
+"""Tests for the optical-flow input (ferjax/data/flow.py and the pipeline's `flow` input)."""
+
+import math
+
+import cv2
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import build_sequence_dataset
+from ferjax import models
+from ferjax.data import augment, flow, pipeline, spec, tfds_common
+
+S = 48
+SHIFT = (2.0, -1.0)  # The content moves 2 px right and 1 px up per frame.
+# DIS and Farneback on a blurred-noise texture with integer shifts: the median vector of the interior
+# (8 px from the borders, where the warp reflects) is within 0.15 px of the truth.
+TOL = 0.15
+
+
+def _texture(size: int, seed: int = 0) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  grey = cv2.GaussianBlur((rng.random((size, size)) * 255).astype(np.uint8), (0, 0), 1.5)
+  grey = cv2.normalize(grey, None, 0, 255, cv2.NORM_MINMAX)
+  return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _moving(t: int, size: int, shift=SHIFT, scale: int = 1) -> np.ndarray:
+  """t frames of a texture whose content moves by `shift` * scale source pixels per frame."""
+  big = _texture(size + 16 * scale * t)
+  dx, dy = int(shift[0] * scale), int(shift[1] * scale)
+  x0, y0 = 8 * scale * t, 8 * scale * t
+  return np.stack([big[y0 - k * dy:y0 - k * dy + size, x0 - k * dx:x0 - k * dx + size]
+                   for k in range(t)])
+
+
+def _interior(field: np.ndarray, margin: int = 8) -> np.ndarray:
+  """Median (dx, dy, magnitude) over the interior of [T - 1, H, W, 3] fields."""
+  return np.median(field[:, margin:-margin, margin:-margin].reshape(-1, field.shape[-1]), axis=0)
+
+
+def _matrix(a, size, src_centre):
+  a = np.asarray(a, np.float64)
+  return np.concatenate([a, (np.asarray(src_centre) - a @ np.full(2, size / 2 - 0.5))[:, None]], axis=1)
+
+
+IDENTITY = _matrix(np.eye(2), S, (S / 2 - 0.5,) * 2)
+
+
+@pytest.mark.parametrize('method', flow.METHODS)
+def test_known_translation(method):
+  frames = _moving(4, S)
+  raw = flow.compute(frames, method)
+  assert raw.shape == (3, S, S, 3) and raw.dtype == np.float32
+  np.testing.assert_allclose(_interior(raw)[:2], SHIFT, atol=TOL)
+  np.testing.assert_allclose(raw[..., 2], np.hypot(raw[..., 0], raw[..., 1]), rtol=1e-5, atol=1e-5)
+  out = flow.sequence_flow(frames, IDENTITY, S, method)  # The identity warp keeps it.
+  np.testing.assert_allclose(_interior(out), [*SHIFT, math.hypot(*SHIFT)], atol=TOL)
+
+
+@pytest.mark.parametrize('method', flow.METHODS)
+def test_horizontal_flip_negates_dx(method):
+  frames = _moving(3, S)
+  flip = _matrix(np.diag([-1.0, 1.0]), S, (S / 2 - 0.5,) * 2)
+  plain = flow.sequence_flow(frames, IDENTITY, S, method)
+  flipped = flow.sequence_flow(frames, flip, S, method)
+  np.testing.assert_allclose(_interior(flipped)[:2], (-SHIFT[0], SHIFT[1]), atol=TOL)
+  # Pixel by pixel: the flipped field is the mirrored field with dx negated.
+  np.testing.assert_allclose(flipped[..., 0], -plain[:, :, ::-1, 0], atol=1e-3)
+  np.testing.assert_allclose(flipped[..., 1], plain[:, :, ::-1, 1], atol=1e-3)
+
+
+def test_rotation_rotates_the_vectors():
+  frames = _moving(3, S)
+  for degrees in (90.0, 30.0):
+    theta = math.radians(degrees)
+    rotation = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    out = flow.sequence_flow(frames, _matrix(rotation, S, (S / 2 - 0.5,) * 2), S)
+    expected = np.linalg.inv(rotation) @ np.array(SHIFT)  # d_out = A^-1 d_src.
+    np.testing.assert_allclose(_interior(out, margin=14)[:2], expected, atol=TOL)
+    assert _interior(out, margin=14)[2] == pytest.approx(math.hypot(*SHIFT), abs=TOL)
+
+
+def test_working_resolution_and_zoom_scale_the_vectors():
+  # 96 px sources, output 48 px: flow is computed at 48 px (working scale 0.5) and reported in output
+  # pixels: a 4 px source shift is 2 output px.
+  frames = _moving(3, 96, scale=2)
+  assert flow.working_scale(96, 96, S) == 0.5
+  whole = _matrix(2 * np.eye(2), S, (96 / 2 - 0.5,) * 2)  # The whole 96 px frame onto 48 px.
+  np.testing.assert_allclose(_interior(flow.sequence_flow(frames, whole, S))[:2], SHIFT, atol=TOL)
+  # A centre crop of half the side (48 source px) zoomed onto 48 px: 4 output px per frame.
+  half = _matrix(np.eye(2), S, (96 / 2 - 0.5,) * 2)
+  np.testing.assert_allclose(_interior(flow.sequence_flow(frames, half, S))[:2],
+                             (2 * SHIFT[0], 2 * SHIFT[1]), atol=2 * TOL)
+  # The evaluation centre crop's matrix matches augment.eval_preprocess: same pixels.
+  m = flow.eval_matrix(96, 80, S, 0.875)
+  np.testing.assert_allclose(augment.warp(frames[:1, :, :80], m, S).astype(float),
+                             augment.eval_preprocess(frames[:1, :, :80], S,
+                                                     augment.AugmentOptions.none(0.875)), atol=12)
+
+
+def test_bad_frames():
+  with pytest.raises(ValueError, match=r'needs frames of shape \[T >= 2, H, W, 3\]; got \(1, 8, 8, 3\)'):
+    flow.compute(np.zeros((1, 8, 8, 3), np.uint8))
+  with pytest.raises(ValueError, match="flow method must be one of .*got 'lk'"):
+    flow.compute(np.zeros((2, 8, 8, 3), np.uint8), 'lk')
+
+
+T = 4
+PLAIN = augment.AugmentOptions.none()
+
+
+def _loader_source():
+  """In-memory records of moving texture, JPEG-encoded like a real source."""
+  frames = _moving(6, S)
+  return [{'frames': [tfds_common.encode_jpeg(f) for f in frames], 'label': i % 2,
+           'sequence_id': f'moving/{i}'} for i in range(4)]
+
+
+def test_train_flow_follows_the_frames_flip():
+  source = _loader_source()
+  options = augment.AugmentOptions(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=True,
+                                   rotation=0.0, brightness=0.3, contrast=0.3, mask_prob=1.0)
+  loader = pipeline.train_loader(source, num_frames=T, image_size=S, options=options,
+                                 batch_size_per_host=4, seed=0, inputs=('frames', 'flow'),
+                                 sampling_mode='clip')
+  iterator = iter(loader)
+  original = augment.eval_preprocess(_moving(6, S)[1:2], S, PLAIN)[0].astype(float)  # Clip frame 0.
+  signs = []
+  for batch in (next(iterator), next(iterator)):
+    assert batch['flow'].shape == (4, T - 1, S, S, 3) and batch['flow'].dtype == np.float32
+    for frames, field in zip(batch['frames'], batch['flow']):
+      first = frames[0].astype(float)
+      flipped = np.abs(first - original[:, ::-1]).mean() < np.abs(first - original).mean()
+      dx, dy, magnitude = _interior(field)
+      # Photometric jitter and masking touch the frames, never the flow: it is still the true motion.
+      assert dx == pytest.approx(-SHIFT[0] if flipped else SHIFT[0], abs=0.3)
+      assert dy == pytest.approx(SHIFT[1], abs=0.3) and magnitude == pytest.approx(math.hypot(*SHIFT), abs=0.3)
+      signs.append(flipped)
+  assert 0 < sum(signs) < len(signs)  # Both cases were seen.
+
+
+def test_flow_of_the_real_loader_and_eval_padding(tmp_path):
+  name, data_dir = build_sequence_dataset(tmp_path, splits={'fold_0': 3}, size=32, min_frames=3,
+                                          max_frames=6)
+  from ferjax.data import datasets
+  source = datasets.PreparedDataset(name, data_dir, (), ()).source('fold_0')
+  kw = dict(num_frames=T, image_size=32, inputs=('frames', 'flow'), sampling_mode='clip')
+  batch = next(iter(pipeline.train_loader(source, options=augment.AugmentOptions(), batch_size_per_host=2,
+                                          seed=1, worker_count=1, **kw)))
+  assert batch['flow'].shape == (2, T - 1, 32, 32, 3) and batch['flow'].dtype == np.float32
+  assert batch['frames'].dtype == np.uint8
+  # Flat-colour frames have no texture to track: zero flow (no motion is invented).
+  assert np.abs(batch['flow']).max() < 0.05
+  batches = list(pipeline.eval_batches(source, options=PLAIN, batch_size_per_host=2, **kw))
+  assert [b['mask'].tolist() for b in batches] == [[True, True], [True, False]]
+  assert batches[1]['flow'].shape == (2, T - 1, 32, 32, 3)
+  np.testing.assert_array_equal(batches[1]['flow'][1], 0.0)  # The padding row.
+
+
+def _one_frame_source():
+  frames = [tfds_common.encode_jpeg(f) for f in _moving(3, S)]
+  return [{'frames': frames, 'label': 0, 'sequence_id': 'ok/0'},
+          {'frames': frames[:1], 'label': 1, 'sequence_id': b'subject_7/single_frame'},
+          {'frames': frames, 'label': 0, 'sequence_id': 'ok/1'}]
+
+
+@pytest.mark.parametrize('worker_count', [0, 1])
+def test_one_frame_record_is_named(worker_count):
+  """The error of a record without flow reaches the caller naming it, from a grain worker too."""
+  loader = pipeline.train_loader(_one_frame_source(), num_frames=T, image_size=S, options=PLAIN,
+                                 batch_size_per_host=3, seed=0, worker_count=worker_count,
+                                 inputs=('frames', 'flow'))
+  with pytest.raises(pipeline.RecordError, match=r"record 'subject_7/single_frame' \(index 1\): optical "
+                                                r'flow needs a sequence of at least 2 frames; found 1'):
+    next(iter(loader))  # grain re-raises a worker's exception, type and message, in the caller.
+  with pytest.raises(pipeline.RecordError, match='subject_7/single_frame'):
+    list(pipeline.eval_batches(_one_frame_source(), num_frames=T, image_size=S, options=PLAIN,
+                               batch_size_per_host=3, inputs=('frames', 'flow')))
+
+
+def test_undecodable_frame_is_named():
+  source = _one_frame_source()
+  source[1] = {**source[2], 'frames': source[2]['frames'][:2] + [b'not a jpeg'], 'sequence_id': 'bad/3'}
+  with pytest.raises(pipeline.RecordError, match=r"record 'bad/3' \(index 1\): frame 2: could not decode"):
+    list(pipeline.eval_batches(source, num_frames=T, image_size=S, options=PLAIN, batch_size_per_host=3,
+                               sampling_mode='clip', inputs=('frames', 'flow')))
+
+
+def test_random_batch_has_flow():
+  family = models.register(models.Family('flow_toy', {}, lambda *a, **k: None,
+                                         inputs=('frames', 'flow')))
+  config = ml_collections.ConfigDict({'model': {'name': family.name},
+                                      'dataset': {'num_frames': T, 'image_size': 32}})
+  batch = spec.random_batch(config, 2, 3, np.random.default_rng(0))
+  assert batch['flow'].shape == (2, T - 1, 32, 32, 3) and batch['flow'].dtype == np.float32
+  np.testing.assert_allclose(batch['flow'][..., 2], np.hypot(batch['flow'][..., 0], batch['flow'][..., 1]),
+                             rtol=1e-5)
