@@ -26,8 +26,8 @@ def _train(source, options=PLAIN, batch=2, seed=0, **kw):
                                batch_size_per_host=batch, seed=seed, **kw)
 
 
-def _eval(source, batch, **kw):
-  return pipeline.eval_batches(source, num_frames=T, image_size=S, options=PLAIN,
+def _eval(source, batch, options=PLAIN, **kw):
+  return pipeline.eval_batches(source, num_frames=T, image_size=S, options=options,
                                batch_size_per_host=batch, **kw)
 
 
@@ -206,3 +206,110 @@ def test_only_the_sampled_frames_are_decoded(tmp_path):
   assert list(ids) == [0, 1, 2, 3]
   for n, f in zip(lengths, frame_ids):  # The decoded frames are the sampled ones.
     np.testing.assert_array_equal(f, sampling.eval_indices(n, T))
+
+
+@pytest.mark.parametrize('mode, rule', [('clip', sampling.clip_indices), ('apex', sampling.apex_indices)])
+def test_sampling_modes_in_training_and_evaluation(dataset, mode, rule):
+  """'clip' (central T frames) and 'apex' (last T) pick the same frames in training and evaluation."""
+  lengths = [len(dataset[i]['frames']) for i in range(len(dataset))]
+  assert min(lengths) < T < max(lengths)  # Both the short (edge-repeating) and the long case occur.
+  for batch in _take(iter(_train(dataset, batch=5, sampling_mode=mode)), 2):
+    for i, f in zip(*_ids(batch['frames'], dataset)):
+      np.testing.assert_array_equal(f, rule(lengths[i], T))
+  for batch in _eval(dataset, 5, sampling_mode=mode):
+    for i, f in zip(*_ids(batch['frames'], dataset)):
+      np.testing.assert_array_equal(f, rule(lengths[i], T))
+  # By hand, for the frame counts of this dataset's first records.
+  hand = {'clip': {3: [0, 0, 1, 2], 5: [0, 1, 2, 3], 8: [2, 3, 4, 5], 9: [2, 3, 4, 5]},
+          'apex': {3: [0, 0, 1, 2], 5: [1, 2, 3, 4], 8: [4, 5, 6, 7], 9: [5, 6, 7, 8]}}[mode]
+  for n, expected in hand.items():
+    np.testing.assert_array_equal(rule(n, T), expected)
+  with pytest.raises(ValueError, match="sampling must be one of .*got 'middle'"):
+    _train(dataset, sampling_mode='middle')
+
+
+def test_eval_rows_carry_the_record_index(dataset):
+  batches = list(_eval(dataset, 4))
+  index = np.concatenate([b['index'] for b in batches])
+  mask = np.concatenate([b['mask'] for b in batches])
+  assert index.dtype == np.int32 and list(index[mask]) == list(range(len(dataset)))
+  assert np.all(index[~mask] == -1)
+  ids = np.concatenate([_ids(b['frames'][b['mask']], dataset)[0] for b in batches])
+  np.testing.assert_array_equal(ids, index[mask])  # The index is the record the row shows.
+
+
+GEOMETRIC = augment.AugmentOptions(crop_scale=(0.5, 0.9), flip=True, rotation=10.0, brightness=0.5,
+                                   contrast=0.5, mask_prob=1.0)
+
+
+@pytest.mark.parametrize('shard_count', [1, 2])
+def test_tta_copies(dataset, shard_count):
+  """K copies per record: copy 0 is the plain view, the others the training warp from a fixed
+  per-(record, copy) seed, without photometric jitter or masking; every host steps the same number of
+  batches."""
+  k, n = 3, len(dataset)
+  rows = pipeline.eval_rows(dataset, T, 'one', k)
+  assert rows.tolist() == [[i, -1, c] for i in range(n) for c in range(k)]
+  copies = {}
+  counts = []
+  for shard in range(shard_count):
+    batches = list(_eval(dataset, 4, GEOMETRIC, tta_copies=k, shard_index=shard, shard_count=shard_count))
+    counts.append(len(batches))
+    assert batches[0]['frames'].shape == (4, T, S, S, 3)
+    for b in batches:
+      for i, f in zip(b['index'][b['mask']], b['frames'][b['mask']]):
+        copies.setdefault(int(i), []).append(f)
+  assert counts == [pipeline.num_eval_batches(n * k, 4, shard_count)] * shard_count
+  assert sorted(copies) == list(range(n)) and all(len(v) == k for v in copies.values())
+  for i, views in copies.items():  # Flat colours survive any warp: each row shows its record.
+    assert _ids(np.stack(views), dataset)[0].tolist() == [i] * k
+
+
+def _textured():
+  rng = np.random.default_rng(0)
+  return [{'frames': list(rng.integers(0, 256, (5, 40, 40, 3), dtype=np.uint8)), 'label': i}
+          for i in range(3)]
+
+
+def test_tta_copies_by_hand():
+  """Textured frames: row (record i, copy c) is the plain view for c = 0, else the training warp drawn
+  from default_rng([TTA_STREAM, i, c]) -- no photometric jitter, no masking."""
+  source = _textured()
+  k = 3
+  batch = next(_eval(source, 9, GEOMETRIC, tta_copies=k))
+  assert batch['index'].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and batch['mask'].all()
+  assert batch['label'].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  for row, (i, c) in enumerate((i, c) for i in range(3) for c in range(k)):
+    frames = np.stack(source[i]['frames'])[sampling.eval_indices(5, T)]
+    if c == 0:
+      want = augment.eval_preprocess(frames, S, GEOMETRIC)
+    else:
+      draw = augment.draw(40, 40, S, GEOMETRIC, np.random.default_rng([pipeline.TTA_STREAM, i, c]))
+      want = augment.warp(frames, draw.matrix, S)
+      assert not np.array_equal(want, augment.eval_preprocess(frames, S, GEOMETRIC))
+    np.testing.assert_array_equal(batch['frames'][row], want)
+
+
+def test_tta_is_deterministic():
+  """The same views in every pass, in-process or in a grain worker."""
+  first = np.concatenate([b['frames'] for b in _eval(_textured(), 4, GEOMETRIC, tta_copies=2)])
+  again = np.concatenate([b['frames'] for b in _eval(_textured(), 4, GEOMETRIC, tta_copies=2,
+                                                     worker_count=1)])
+  np.testing.assert_array_equal(first, again)
+
+
+def test_all_windows_cover_every_frame(dataset):
+  lengths = [len(dataset[i]['frames']) for i in range(len(dataset))]
+  batches = list(_eval(dataset, 4, windows='all', sampling_mode='clip'))
+  frames_of = {}
+  for b in batches:
+    ids, frame_ids = _ids(b['frames'][b['mask']], dataset)
+    np.testing.assert_array_equal(ids, b['index'][b['mask']])
+    for i, f in zip(ids, frame_ids):
+      frames_of.setdefault(int(i), []).append(f)
+  for i, windows in frames_of.items():
+    assert len(windows) == -(-lengths[i] // T)  # ceil(N / T) windows of T consecutive frames ...
+    assert set(np.concatenate(windows)) == set(range(lengths[i]))  # ... covering every frame.
+  assert sorted(frames_of) == list(range(len(dataset)))
+  with pytest.raises(ValueError, match="windows must be one of .*got 'some'"):
+    _eval(dataset, 4, windows='some')
