@@ -1,4 +1,4 @@
-"""Writes the `dummy_data/` of the image-sequence builders (CK+, Oulu-CASIA) in each dataset's real layout.
+"""Writes the `dummy_data/` of the image builders (CK+, Oulu-CASIA, FER2013) in each dataset's real layout.
 
 Usage::
 
@@ -238,6 +238,98 @@ def make_oulu_casia(out: Path) -> None:
       if (s + e) % 7 == 0:
         write_ds_store(original / 'VL' / 'Strong' / subject / emotion)
         write_ds_store(cropped / subject / emotion)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FER2013: both published forms (csv/ and folders/), no real content.
+
+# One data row of fer2013.csv per entry: (emotion code, Usage, pixel problem or None, FER+ votes in
+# fer2013new.csv's column order: neutral happiness surprise sadness anger disgust fear contempt unknown NF).
+FER_ROWS = [
+    (0, 'Training', None, (0, 0, 0, 0, 10, 0, 0, 0, 0, 0)),      # 0 anger
+    (1, 'Training', None, (4, 0, 0, 0, 0, 0, 0, 6, 0, 0)),       # 1 FER+: contempt (6 of 10)
+    (3, 'Training', None, (0, 5, 4, 0, 0, 0, 1, 0, 0, 0)),       # 2 FER+: happiness once fear's 1 vote goes
+    (4, 'Training', None, (5, 0, 0, 5, 0, 0, 0, 0, 0, 0)),       # 3 FER+: tie -> excluded
+    (6, 'Training', None, (4, 0, 0, 0, 0, 0, 0, 0, 6, 0)),       # 4 FER+: unknown -> excluded
+    (5, 'Training', 'short', (0, 0, 10, 0, 0, 0, 0, 0, 0, 0)),   # 5 2303 values: skipped
+    (2, 'Training', None, (0, 0, 0, 0, 0, 0, 0, 0, 0, 10)),      # 6 FER+: not a face -> excluded
+    (2, 'Training', None, (0, 0, 8, 0, 0, 0, 2, 0, 0, 0)),       # 7 FER+: surprise
+    (3, 'Training', None, (0, 10, 0, 0, 0, 0, 0, 0, 0, 0)),
+    (4, 'Training', None, (1, 0, 0, 9, 0, 0, 0, 0, 0, 0)),
+    (5, 'Training', 'range', (0, 0, 10, 0, 0, 0, 0, 0, 0, 0)),   # 10 a value of 256: skipped
+    (6, 'Training', None, (10, 0, 0, 0, 0, 0, 0, 0, 0, 0)),
+    (0, 'Training', None, (0, 0, 0, 0, 7, 3, 0, 0, 0, 0)),
+    (1, 'Training', None, (0, 0, 0, 0, 2, 8, 0, 0, 0, 0)),
+    (0, 'PublicTest', None, (0, 0, 0, 0, 9, 0, 0, 0, 1, 0)),
+    (1, 'PublicTest', None, (0, 0, 0, 0, 0, 10, 0, 0, 0, 0)),
+    (2, 'PublicTest', None, (0, 0, 0, 0, 0, 0, 10, 0, 0, 0)),
+    (7, 'PublicTest', None, (0, 10, 0, 0, 0, 0, 0, 0, 0, 0)),    # 17 emotion 7: skipped
+    (3, 'PublicTest', None, (0, 10, 0, 0, 0, 0, 0, 0, 0, 0)),
+    (4, 'PublicTest', None, (0, 0, 0, 10, 0, 0, 0, 0, 0, 0)),
+    (6, 'PublicTest', None, (10, 0, 0, 0, 0, 0, 0, 0, 0, 0)),
+    (0, 'PrivateTest', None, (0, 0, 0, 0, 10, 0, 0, 0, 0, 0)),
+    (1, 'PrivateTest', None, (0, 0, 0, 0, 3, 7, 0, 0, 0, 0)),
+    (2, 'PrivateTest', None, (0, 0, 0, 0, 0, 0, 10, 0, 0, 0)),
+    (3, 'PrivateTest', None, (0, 10, 0, 0, 0, 0, 0, 0, 0, 0)),
+    (4, 'PrivateTest', None, (0, 0, 0, 10, 0, 0, 0, 0, 0, 0)),
+    (5, 'PrivateTest', None, (0, 0, 10, 0, 0, 0, 0, 0, 0, 0)),
+    (6, 'PrivateTest', None, (10, 0, 0, 0, 0, 0, 0, 0, 0, 0)),
+    (4, 'PrivateTest', 'truncated', (0, 0, 0, 10, 0, 0, 0, 0, 0, 0)),  # 28 cut off at the end: skipped
+]
+FER_FOLDERS = {  # split -> class folder -> file names; 'big.jpg' is 64x64, 'broken.jpg' is not an image.
+    'train': {'angry': ['a1.jpg', 'a2.jpg', 'a3.jpg'], 'disgust': ['d1.jpg', 'd2.jpg'],
+              'fear': ['f1.jpg', 'f2.jpg'], 'happy': ['h1.jpg', 'h2.jpg', 'h3.png', 'h4.jpg'],
+              'neutral': ['n1.jpg', 'n2.jpg'], 'sad': ['s1.jpg', 's2.jpg'],
+              'surprise': ['u1.jpg', 'u2.jpg', 'big.jpg', 'broken.jpg']},
+    'test': {'angry': ['PublicTest_1.jpg'], 'disgust': ['PrivateTest_2.jpg'], 'fear': ['t3.jpg'],
+             'happy': ['colour.jpg', 't5.jpg'], 'neutral': ['t6.jpg'], 'sad': ['t7.jpg'],
+             'surprise': ['t8.jpg']},
+}
+
+
+def fer_pixels(index: int) -> np.ndarray:
+  """A deterministic 48x48 grey face, different for every index."""
+  rng = np.random.default_rng([2013, index])
+  grey = cv2.cvtColor(draw_face(48, 48, t=(index % 5) / 4), cv2.COLOR_RGB2GRAY).astype(np.int64)
+  return np.clip(grey + rng.integers(-20, 21, grey.shape), 0, 255).astype(np.uint8)
+
+
+@register('fer2013')
+def make_fer2013(out: Path) -> None:
+  """csv/fer2013/{fer2013.csv, fer2013new.csv} (29 rows, 4 unusable) and folders/FER2013/{train,test}/."""
+  lines, ferplus = ['emotion,pixels,Usage'], [
+      'Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF']
+  for i, (code, usage, problem, votes) in enumerate(FER_ROWS):
+    values = [str(v) for v in fer_pixels(i).ravel()]
+    if problem == 'short':
+      values = values[:-1]
+    elif problem == 'range':
+      values[100] = '256'
+    pixels = ' '.join(values)
+    lines.append(f'{code},{pixels[:200]}' if problem == 'truncated' else f'{code},{pixels},{usage}')
+    name = '' if votes[-1] == 10 else f'fer{i:07d}.png'  # FER+ leaves non-faces unnamed.
+    ferplus.append(','.join([usage, name] + [str(v) for v in votes]))
+  folder = out / 'csv' / 'fer2013'
+  folder.mkdir(parents=True)
+  (folder / 'fer2013.csv').write_text('\n'.join(lines))  # No newline after the truncated row.
+  (folder / 'fer2013new.csv').write_text('\n'.join(ferplus) + '\n')
+  index = 100
+  for split, classes in FER_FOLDERS.items():
+    for class_name, names in classes.items():
+      for name in names:
+        path = out / 'folders' / 'FER2013' / split / class_name / name
+        index += 1
+        grey = fer_pixels(index)
+        if name == 'broken.jpg':
+          path.parent.mkdir(parents=True, exist_ok=True)
+          path.write_bytes(b'not an image')
+        elif name == 'big.jpg':
+          write_image(path, cv2.resize(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), (64, 64)), grey=True)
+        elif name == 'colour.jpg':
+          write_image(path, draw_face(48, 48, background=(40, 90, 160)))
+        else:
+          write_image(path, cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), grey=True)
+  write_ds_store(out / 'folders' / 'FER2013' / 'train' / 'happy')
 
 
 def dummy_data_dir(name: str) -> Path:
