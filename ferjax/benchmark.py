@@ -1,11 +1,31 @@
-r"""Speed and memory of the jitted train and eval steps: `python -m ferjax.benchmark --config ...`.
+r"""Speed, FLOPs, MFU and memory of the jitted train and eval steps: `python -m ferjax.benchmark --config ...`.
 
-Uses random frames of the config's shape, so no dataset is needed, and reports compile time, steps/s,
-sequences/s, frames/s and peak memory (device memory where the backend reports it, else the process's peak
-RSS). Numbers in the README come from this command; timed assertions never live in tests.
+Uses random frames of the config's shape, so no dataset is needed. Reports the train step's compile time,
+its median steady-state time over `--steps` steps with the spread (min, quartiles, max; every step is
+waited for, so the times are the device's), sequences/s and frames/s at the median, the FLOPs of one
+step from XLA's cost analysis of the compiled program, the achieved TFLOP/s and, on accelerators, the
+MFU against the chip's dense bfloat16 peak (`PEAK_TFLOPS`; CPUs have no entry, so no MFU), and memory:
+the compiled program's own estimate (arguments + outputs + temporaries - donated) and the measured peak
+(device `peak_bytes_in_use` where the backend reports it, else the process's peak RSS). Numbers in the
+README come from this command; timed assertions never live in tests.
 
   python -m ferjax.benchmark --config configs/res_rbg.py:synthetic --steps 20
   python -m ferjax.benchmark --config configs/res_rbg.py --config.input.batch_size=32 --json out.json
+  python -m ferjax.benchmark --config configs/res_rbg.py --sweep batch=2,4,8 --sweep T=4,8,16
+  python -m ferjax.benchmark --config configs/res_rbg.py --sweep model.rbg_blocks=0,2  # RBG share
+  python -m ferjax.benchmark --config configs/res_rbg.py:synthetic --profile /tmp/trace
+
+`--sweep KEY=V1,V2,...` (repeatable; the runs are the product of all sweeps) reruns the benchmark for every
+value: KEY is `batch` (input.batch_size), `T` (dataset.num_frames), `px` (dataset.image_size) or any
+dotted config field. It prints one table row per run with the step time relative to the first row.
+`--profile DIR` records a JAX profiler trace (TensorBoard/XProf/Perfetto) of `--profile_steps` train
+steps after the timed ones and prints the XLA operations that took the most time in it.
+
+FLOPs caveats: XLA counts a convolution or matmul as 2 FLOPs per multiply-add (the convention of MFU), and
+counts the body of a `while` loop (the GRU's `lax.scan`) once, not once per time step, so recurrent
+layers are under-counted by about their trip count (for Res-RBG at the paper's size the GRUs are ~1 % of
+the step). With more than one device the compiled program is one device's share (SPMD), and the totals
+below multiply it by the device count.
 
 `--input` measures the grain input pipeline alone instead (no model): reading, decoding, temporal sampling
 and augmentation of the config's training split, in the calling process (one worker's throughput), as
@@ -14,7 +34,11 @@ frames/s and sequences/s per worker process. It needs the config's dataset prepa
   python -m ferjax.benchmark --input --config configs/res_rbg.py:ck_plus --batches 20
 """
 
+import collections
+import glob
+import itertools
 import json
+import os
 import platform
 import resource
 import sys
@@ -23,11 +47,28 @@ import time
 from absl import app, flags
 from flax import nnx
 import jax
+import jaxlib
 from ml_collections import config_flags
 import numpy as np
 
 from ferjax import config as config_lib, models, sharding, steps
 from ferjax.data import datasets, protocols, spec
+
+# Dense bfloat16 peak TFLOP/s per chip (what one jax device is on these; vendors' data sheets, without
+# sparsity). Matched in order against the lower-cased `device_kind`, so 'lite' TPUs come before the others.
+PEAK_TFLOPS = (
+    (('tpu v6 lite', 'tpu v6e'), 918.0),
+    (('tpu v5 lite', 'tpu v5e'), 197.0),
+    (('tpu v5p', 'tpu v5'), 459.0),
+    (('tpu v4',), 275.0),
+    (('h200',), 989.0),
+    (('h100 pcie',), 756.0),
+    (('h100',), 989.0),  # SXM.
+    (('a100',), 312.0),
+)
+
+# Short names accepted by --sweep, and the config fields they set.
+SWEEP_KEYS = {'batch': 'input.batch_size', 'T': 'dataset.num_frames', 'px': 'dataset.image_size'}
 
 
 def _define_flags() -> None:
@@ -37,9 +78,72 @@ def _define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_integer('steps', 10, 'Timed steps (after one warm-up step).')
   flags.DEFINE_integer('num_classes', 7, 'Classifier width.')
+  flags.DEFINE_bool('eval', True, 'Also time the eval step.')
+  flags.DEFINE_multi_string('sweep', [], 'KEY=V1,V2,...: rerun for every value (KEY: batch, T, px '
+                            'or a dotted config field); several sweeps run their product.')
+  flags.DEFINE_string('profile', None, 'Write a JAX profiler trace of a few train steps here.')
+  flags.DEFINE_integer('profile_steps', 3, '--profile: traced train steps.')
+  flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s per device for MFU (0 = from PEAK_TFLOPS).')
   flags.DEFINE_bool('input', False, 'Time the input pipeline alone (per worker).')
   flags.DEFINE_integer('batches', 20, '--input: timed batches (after one warm-up).')
   flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  """Dense bfloat16 peak TFLOP/s of one device of `device_kind`; None when unknown (CPUs)."""
+  kind = device_kind.lower()
+  for patterns, peak in PEAK_TFLOPS:
+    if any(p in kind for p in patterns):
+      return peak
+  return None
+
+
+def _cost(analysis) -> dict:
+  """XLA's cost analysis as one dict: jax returns a dict, older versions a list of one per program."""
+  if analysis is None:
+    return {}
+  if isinstance(analysis, (list, tuple)):
+    out = collections.Counter()
+    for part in analysis:
+      out.update({k: v for k, v in (part or {}).items() if isinstance(v, (int, float))})
+    return dict(out)
+  return dict(analysis)
+
+
+def flops(staged) -> float | None:
+  """FLOPs of a `jax.jit(...).lower(...)` or `.compile()` result from XLA's cost analysis (None if the
+  backend has none). A lowered computation is analysed before optimisation, without compiling."""
+  try:
+    value = _cost(staged.cost_analysis()).get('flops')
+  except NotImplementedError:
+    return None
+  return float(value) if value is not None and value >= 0 else None
+
+
+def forward_flops(module: nnx.Module, input_shape: tuple[int, ...], dtype=jax.numpy.float32) -> float:
+  """FLOPs of `module(x)` for one input of `input_shape`, from XLA's cost analysis of the lowered (not
+  compiled) forward pass; `module` may be abstract (`nnx.eval_shape`), so nothing is allocated."""
+  graphdef, state = nnx.split(module)
+  lowered = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(
+      state, jax.ShapeDtypeStruct(input_shape, dtype))
+  return flops(lowered)
+
+
+def _sig(x: float | None, digits: int = 4) -> float | None:
+  """`x` rounded to `digits` significant digits (tiny test models and big ones in one table)."""
+  return None if x is None or x == 0 else float(f'{x:.{digits}g}')
+
+
+def compiled_memory_bytes(compiled) -> int | None:
+  """The compiled program's memory estimate: arguments + outputs + temporaries - donated (aliased)."""
+  try:
+    m = compiled.memory_analysis()
+  except NotImplementedError:
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
 
 
 def _peak_memory_bytes() -> tuple[int, str]:
@@ -49,21 +153,21 @@ def _peak_memory_bytes() -> tuple[int, str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process peak RSS'
 
 
-def _time(fn, n: int) -> float:
-  start = time.perf_counter()
+def _step_times(fn, n: int) -> np.ndarray:
+  """Seconds of each of `n` calls of `fn`, each waited for."""
+  times = []
   for _ in range(n):
-    out = fn()
-  jax.block_until_ready(out)
-  return time.perf_counter() - start
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return np.asarray(times)
 
 
-def run(config, num_steps: int, num_classes: int) -> dict:
-  """Benchmarks `config`'s model: compile time and throughput of the train and eval steps."""
-  config_lib.validate(config)
+def _setup(config, num_classes: int):
+  """Mesh, jitted train/eval steps, initial state and a random global batch of `config`'s shape."""
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  batch, t, size = config.input.batch_size, config.dataset.num_frames, config.dataset.image_size
   model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
-  params = models.count_params(model)
+  params = models.count_params(model)['total']
   tx = steps.make_optimizer(config.train, total_steps=1000, warmup_steps=10)
   graphdef, state = steps.init_state(model, tx, config.seed)
   del model
@@ -75,7 +179,21 @@ def run(config, num_steps: int, num_classes: int) -> dict:
                                   batch_sharding, sharding.replicated(mesh))
   eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding)
   rng = np.random.default_rng(0)
-  data = sharding.global_batch(spec.random_batch(config, batch, num_classes, rng), mesh)
+  data = sharding.global_batch(
+      spec.random_batch(config, config.input.batch_size, num_classes, rng), mesh)
+  return params, train_fn, eval_fn, state, data
+
+
+def run(config, num_steps: int, num_classes: int, *, eval_step: bool = True,
+        profile_dir: str | None = None, profile_steps: int = 3,
+        peak_tflops_per_device: float | None = None) -> dict:
+  """Benchmarks `config`'s model: compile time, step time, FLOPs, MFU and memory of the train step
+  (and the eval step's throughput unless `eval_step` is False)."""
+  config_lib.validate(config)
+  if num_steps < 1:
+    raise ValueError(f'the benchmark needs at least 1 timed step; found {num_steps}')
+  batch, t, size = config.input.batch_size, config.dataset.num_frames, config.dataset.image_size
+  params, train_fn, eval_fn, state, data = _setup(config, num_classes)
 
   start = time.perf_counter()
   compiled = train_fn.lower(state, data).compile()
@@ -85,24 +203,151 @@ def run(config, num_steps: int, num_classes: int) -> dict:
   def train_once():
     holder['state'], metrics = compiled(holder['state'], data)
     return metrics
-  train_s = _time(train_once, num_steps)
-  jax.block_until_ready(eval_fn(holder['state'], data))
-  eval_s = _time(lambda: eval_fn(holder['state'], data), num_steps)
-  peak, peak_kind = _peak_memory_bytes()
+  times = _step_times(train_once, num_steps)
+  median = float(np.median(times))
   device = jax.devices()[0]
-  return {
+  n_dev = jax.device_count()
+  step_flops = flops(compiled)
+  peak = peak_tflops_per_device or peak_tflops(device.device_kind)
+  result = {
       'config': ', '.join(f'{k}={v}' for k, v in config.model.items()),
-      'params_total': params['total'],
+      'params_total': params,
       'batch_size': batch, 'num_frames': t, 'image_size': size,
-      'devices': f'{jax.device_count()} x {device.device_kind} ({device.platform})',
-      'host': f'{platform.processor() or platform.machine()}, {jax.local_device_count()} local',
+      'devices': f'{n_dev} x {device.device_kind} ({device.platform})',
+      'host': f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, '
+              f'{jax.local_device_count()} local devices',
+      'versions': f'jax {jax.__version__}, jaxlib {jaxlib.__version__}',
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'compile_s': round(compile_s, 2),
-      'train_steps_per_s': round(num_steps / train_s, 3),
-      'train_sequences_per_s': round(num_steps * batch / train_s, 2),
-      'train_frames_per_s': round(num_steps * batch * t / train_s, 1),
-      'eval_sequences_per_s': round(num_steps * batch / eval_s, 2),
-      'peak_memory_gib': round(peak / 2**30, 3), 'peak_memory_kind': peak_kind,
+      'train_step_s': _sig(median),
+      'train_step_s_spread': [_sig(float(q)) for q in np.quantile(times, (0, .25, .75, 1))],
+      'timed_steps': num_steps,
+      'train_steps_per_s': round(1 / median, 3),
+      'train_sequences_per_s': round(batch / median, 2),
+      'train_frames_per_s': round(batch * t / median, 1),
+      'train_gflops_per_step': None if step_flops is None else _sig(step_flops * n_dev / 1e9),
+      'train_tflops_per_s': None if step_flops is None else _sig(step_flops * n_dev / median / 1e12),
+      'peak_tflops_per_device': peak,
+      'mfu': (None if step_flops is None or peak is None
+              else _sig(step_flops / median / (peak * 1e12))),
   }
+  if peak is None:
+    result['mfu_note'] = f'no peak known for {device.device_kind!r}: MFU not reported'
+  mem = compiled_memory_bytes(compiled)
+  result['compiled_memory_gib_per_device'] = None if mem is None else _sig(mem / 2**30)
+  if eval_step:
+    eval_compiled = eval_fn.lower(holder['state'], data).compile()
+    jax.block_until_ready(eval_compiled(holder['state'], data))
+    eval_times = _step_times(lambda: eval_compiled(holder['state'], data), num_steps)
+    eval_flops = flops(eval_compiled)
+    result['eval_sequences_per_s'] = round(batch / float(np.median(eval_times)), 2)
+    result['eval_gflops_per_step'] = (None if eval_flops is None
+                                      else _sig(eval_flops * n_dev / 1e9))
+  if profile_dir:
+    result['profile'] = profile(train_once, profile_dir, profile_steps)
+  peak_bytes, peak_kind = _peak_memory_bytes()
+  result['peak_memory_gib'] = round(peak_bytes / 2**30, 3)
+  result['peak_memory_kind'] = peak_kind
+  return result
+
+
+def profile(fn, log_dir: str, num_steps: int, top: int = 12) -> dict:
+  """Traces `num_steps` calls of `fn` into `log_dir` (jax.profiler) and sums the trace's XLA operation
+  events by name: {'trace': path of the .xplane.pb, 'top_ops_ms': {op: ms per step}}."""
+  log_dir = os.path.abspath(log_dir)
+  with jax.profiler.trace(log_dir):
+    for _ in range(num_steps):
+      jax.block_until_ready(fn())
+  paths = sorted(glob.glob(os.path.join(log_dir, '**', '*.xplane.pb'), recursive=True),
+                 key=os.path.getmtime)
+  if not paths:
+    return {'trace': None, 'top_ops_ms': {}}
+  return {'trace': paths[-1], 'top_ops_ms': top_ops(paths[-1], num_steps, top)}
+
+
+# Trace events that are runtime bookkeeping, not XLA operations.
+_NOT_OPS = ('ThreadpoolListener', 'ThunkExecutor', 'PjRt', 'CommonPjRt', 'PjitFunction', 'Execute', 'end: ',
+            'ParseArguments', 'Handle inputs', 'Allocate', 'PythonRefManager', '$')
+
+
+def top_ops(xplane_path: str, num_steps: int = 1, top: int = 12) -> dict[str, float]:
+  """Milliseconds per step of the `top` XLA operations (events summed by name, over every host
+  thread) of a profiler trace: where a CPU step spends its time."""
+  data = jax.profiler.ProfileData.from_file(xplane_path)
+  totals = collections.Counter()
+  for plane in data.planes:
+    if not plane.name.startswith('/host:CPU') and not plane.name.startswith('/device:'):
+      continue
+    for line in plane.lines:
+      if line.name == 'python':
+        continue
+      for event in line.events:
+        if not event.name.startswith(_NOT_OPS):
+          totals[event.name] += event.duration_ns
+  return {name: round(ns / 1e6 / num_steps, 2) for name, ns in totals.most_common(top)}
+
+
+def _sweep_values(sweeps: list[str]) -> list[tuple[str, list]]:
+  """[('input.batch_size', [2, 4]), ...] from ['batch=2,4', ...]; values parsed as int, float or str."""
+  out = []
+  for item in sweeps:
+    key, sep, values = item.partition('=')
+    if not sep or not values:
+      raise ValueError(f'--sweep expects KEY=V1,V2,...; found {item!r}')
+    parsed = []
+    for v in values.split(','):
+      if v in ('True', 'False'):
+        parsed.append(v == 'True')
+        continue
+      for cast in (int, float):
+        try:
+          v = cast(v)
+          break
+        except ValueError:
+          pass
+      parsed.append(v)
+    out.append((SWEEP_KEYS.get(key, key), parsed))
+  return out
+
+
+def sweep(config, sweeps: list[str], num_steps: int, num_classes: int, **kwargs) -> list[dict]:
+  """`run` for every combination of the `--sweep` values; each row records the fields it set and
+  `step_vs_first`, its median step time relative to the first row's."""
+  axes = _sweep_values(sweeps)
+  rows = []
+  for values in itertools.product(*(v for _, v in axes)):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+      for (key, _), value in zip(axes, values):
+        section, _, field = key.rpartition('.')
+        target = c
+        for part in section.split('.') if section else ():
+          target = target[part]
+        if field not in target:
+          raise ValueError(f'--sweep key {key!r} is not a config field')
+        target[field] = value
+    row = {'sweep': dict(zip((k for k, _ in axes), values))}
+    row.update(run(c, num_steps, num_classes, **kwargs))
+    row['step_vs_first'] = round(row['train_step_s'] / rows[0]['train_step_s'], 3) if rows else 1.0
+    rows.append(row)
+  return rows
+
+
+SWEEP_COLUMNS = ('batch_size', 'num_frames', 'image_size', 'compile_s', 'train_step_s',
+                 'step_vs_first', 'train_frames_per_s', 'train_gflops_per_step', 'train_tflops_per_s',
+                 'mfu', 'compiled_memory_gib_per_device')
+
+
+def sweep_table(rows: list[dict]) -> str:
+  """A Markdown table of sweep rows: the swept fields, then SWEEP_COLUMNS."""
+  keys = list(rows[0]['sweep']) if rows else []
+  extra = [k for k in keys if k not in SWEEP_KEYS.values()]
+  header = extra + list(SWEEP_COLUMNS)
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+  for row in rows:
+    cells = [row['sweep'][k] for k in extra] + [row.get(k) for k in SWEEP_COLUMNS]
+    lines.append('| ' + ' | '.join('-' if c is None else str(c) for c in cells) + ' |')
+  return '\n'.join(lines)
 
 
 def run_input(config, num_batches: int) -> dict:
@@ -130,18 +375,42 @@ def run_input(config, num_batches: int) -> dict:
   }
 
 
+def _print(result: dict) -> None:
+  width = max(map(len, result))
+  for k, v in result.items():
+    if isinstance(v, dict):
+      print(f'{k}:')
+      for name, value in (v.get('top_ops_ms') or v).items():
+        print(f'  {value!s:>10}  {name}')
+      if v.get('trace'):
+        print(f'  trace: {v["trace"]}')
+    else:
+      print(f'{k:<{width}}  {v}')
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
   f = flags.FLAGS
   if f.config is None:
-    sys.exit('usage: python -m ferjax.benchmark --config configs/<family>.py[:arg] [--steps N]')
+    sys.exit('usage: python -m ferjax.benchmark --config configs/<family>.py[:arg] [--steps N] '
+             '[--sweep KEY=V1,V2] [--profile DIR]')
+  kwargs = {'eval_step': f.eval, 'profile_dir': f.profile, 'profile_steps': f.profile_steps,
+            'peak_tflops_per_device': f.peak_tflops or None}
   try:
-    result = (run_input(f.config, f.batches) if f.input else run(f.config, f.steps, f.num_classes))
-  except (config_lib.ConfigError, protocols.DatasetNotPreparedError) as e:
+    if f.input:
+      result = run_input(f.config, f.batches)
+    elif f.sweep:
+      result = sweep(f.config, f.sweep, f.steps, f.num_classes, **kwargs)
+    else:
+      result = run(f.config, f.steps, f.num_classes, **kwargs)
+  except (config_lib.ConfigError, protocols.DatasetNotPreparedError, ValueError) as e:
     sys.exit(f'error: {e}')
-  width = max(map(len, result))
-  print('\n'.join(f'{k:<{width}}  {v}' for k, v in result.items()))
+  if isinstance(result, list):
+    _print({k: v for k, v in result[0].items() if k not in SWEEP_COLUMNS and k != 'sweep'})
+    print(sweep_table(result))
+  else:
+    _print(result)
   if f.json:
     with open(f.json, 'w') as out:
       json.dump(result, out, indent=2)
