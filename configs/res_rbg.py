@@ -92,6 +92,8 @@ def paper_config() -> ml_collections.ConfigDict:
   c.init.backbone_prefix = ''  # Key prefix inside that file, e.g. 'module.'.
   c.init.gru_weights = ''  # PyTorch nn.GRU-layout .safetensors/.npz.
   c.init.gru_prefix = ''
+  # Any init.<submodule>_weights / _prefix loads a file into that submodule (ResNet or GRU layout).
+  c.init.checkpoint = ''  # A previous run's workdir: its final params initialise the model.
 
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 60.0
@@ -107,6 +109,9 @@ def paper_config() -> ml_collections.ConfigDict:
   c.train.eval_every_steps = 200
   c.train.checkpoint_every_steps = 200
   c.train.max_to_keep = 2
+  # Regex over parameter paths ('backbone/layer1/0/conv1/kernel'); '' trains all. The others stay frozen
+  # (no update, no weight decay).
+  c.train.trainable = ''
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 = all devices not used by the other axes.

@@ -72,6 +72,17 @@ def _string(value) -> str | None:
   return None if isinstance(value, str) else 'a string'
 
 
+def _regex(value) -> str | None:
+  expected = "a regular expression ('' = everything)"
+  if not isinstance(value, str):
+    return expected
+  try:
+    re.compile(value)
+  except re.error as e:
+    return f'{expected} ({e})'
+  return None
+
+
 def _boolean(value) -> str | None:
   return None if isinstance(value, bool) else 'True or False'
 
@@ -112,10 +123,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'augment.mask_count': _number(0, 16, integer=True),
     'augment.eval_crop': _number(0.1, 1.0),
     'model.name': _string,  # Then the family's schema checks the rest of config.model.
-    'init.backbone_weights': _string,
-    'init.backbone_prefix': _string,
-    'init.gru_weights': _string,
-    'init.gru_prefix': _string,
+    # Also any init.<submodule>_weights / init.<submodule>_prefix (INIT_KEY; ferjax.models.convert).
+    'init.checkpoint': _string,  # A previous run's workdir whose final params initialise the model.
     'train.num_epochs': _number(0, lo_open=True),
     'train.num_steps': _number(-1, integer=True),
     'train.optimizer': _one_of('adamw', 'sgd'),
@@ -129,6 +138,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'train.eval_every_steps': _number(1, integer=True),
     'train.checkpoint_every_steps': _number(1, integer=True),
     'train.max_to_keep': _number(1, integer=True),
+    'train.trainable': _regex,  # Parameters to train (re.search on 'backbone_rgb/conv1/kernel'); '' = all.
     'mesh.data': _mesh_axis,
     'mesh.fsdp': _mesh_axis,
     'eval.tta_copies': _number(0, 64, integer=True),
@@ -136,11 +146,22 @@ RULES: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+# Pretrained weight files for named submodules: init.backbone_weights, init.backbone_rgb_prefix, ...
+INIT_KEY = re.compile(r'init\.\w+_(weights|prefix)')
+
+
+class _Resumable(frozenset):
+  """The set below, plus every init.* field (they only act when a run starts from scratch)."""
+
+  def __contains__(self, key) -> bool:
+    return frozenset.__contains__(self, key) or str(key).startswith('init.')
+
+
 # Fields a resumed run may change: they do not alter the computed trajectory (cadences, worker counts,
 # where the data lives, weights that only matter at initialisation), or they extend it (the number of
 # epochs/steps; the learning-rate schedule is then recomputed for the new length). Every other field must
 # equal the checkpoint's.
-RESUMABLE_CHANGES = frozenset({
+RESUMABLE_CHANGES = _Resumable({
     'train.log_every_steps', 'train.eval_every_steps', 'train.checkpoint_every_steps',
     'train.max_to_keep', 'train.num_epochs', 'train.num_steps', 'input.worker_count',
     'input.eval_batch_size', 'eval.tta_copies', 'eval.windows',  # How it is scored, not trained.
@@ -212,7 +233,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks the generic sections against RULES and config.model against its family's schema; raises
   ConfigError naming the first bad key."""
   family = _family(config)
-  check_fields(_flatten(config), {**RULES, **model_rules(family)})
+  flat = _flatten(config)
+  init_keys = {k: _string for k in flat if INIT_KEY.fullmatch(k)}
+  check_fields(flat, {**RULES, **init_keys, **model_rules(family)})
   if config.mesh.data == -1 and config.mesh.fsdp == -1:
     raise ConfigError('config.mesh: at most one of mesh.data and mesh.fsdp may be -1, found both')
   return config

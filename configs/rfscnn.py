@@ -1,0 +1,213 @@
+"""RFSCNN (Zhou, JIPS): two streams (faces, optical flow), spatial and temporal recursive layers, fusion, SVM.
+
+Usage:
+  python -m ferjax.train --config configs/rfscnn.py:synthetic --workdir /tmp/rf    # the CPU quickstart
+  python -m ferjax.crossval --config configs/rfscnn.py:enterface05 --workdir runs/rf_ent  # every LOSO fold
+  python -m ferjax.train --config configs/rfscnn.py:rml,fold=3,fusion=sum,head=softmax --workdir runs/rf
+  python -m ferjax.train --config configs/rfscnn.py:afew --workdir runs/rf_afew            # train -> validation
+
+The argument is `<preset>[,key=value...]`; presets are `enterface05` (default), `rml`, `afew`, `synthetic`.
+Keys: `fusion=concat|sum|product`, `head=svm|softmax`, `fold=<k>` (the left-out subject of the LOSO
+datasets), `seed=<s>`, `stage=2` (the paper's second stage: the fused SVM on frozen streams; add
+`--config.init.checkpoint=<stage-1 workdir>`).
+
+The paper's settings: L = 16-frame clips (the central 16 frames; shorter videos repeat their edge frames),
+15 optical-flow images (dx, dy, magnitude), product fusion, an SVM. Where it is silent (this project's
+reading, all overridable, see README "RFSCNN"): ResNet-18 per stream (its depth description is unusable),
+224 px faces (the paper's 227 px comes from AlexNet's stem; ResNets are trained at 224, which gives a 7x7
+grid; 227 px gives 8x8: set `model.grid=8`), the spatial/temporal layers' sizes, AdamW with warm-up and
+cosine decay, one joint training of both streams and the fused classifier (stage 1).
+"""
+
+import ml_collections
+
+PRESETS = ('enterface05', 'rml', 'afew', 'synthetic')
+
+
+def paper_config() -> ml_collections.ConfigDict:
+  """The paper's model on eNTERFACE'05, left-out subject 0."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'enterface05'
+  c.dataset.config = ''  # TFDS builder config ('' = the builder's default).
+  c.dataset.data_dir = ''  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+  c.dataset.fold = 0  # LOSO datasets: the left-out subject's index; AFEW: 0 (train -> validation).
+  # The paper trains on every other subject and reports the final model; True holds out the next subject
+  # for validation and reports the checkpoint with the best validation UAR.
+  c.dataset.holdout_validation = False
+  c.dataset.subject_folds = 0  # 0 = leave-one-subject-out (the paper); k >= 2 = subject-independent k-fold.
+  c.dataset.num_frames = 16  # L (the flow stream sees L - 1 flow images).
+  c.dataset.image_size = 224
+  # 'clip': the central L frames, edge frames repeated for short videos (the paper's rule).
+  c.dataset.sampling = 'clip'
+  c.dataset.flow = 'dis'  # Optical flow: OpenCV 'dis' (ultrafast preset) or 'farneback'.
+
+  c.input = ml_collections.ConfigDict()
+  c.input.batch_size = 16  # Global, over all hosts and devices.
+  c.input.eval_batch_size = 16
+  c.input.worker_count = 2  # grain worker processes per host (0 = in-process).
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_scale = (0.7, 1.0)  # Geometric augmentation is applied to the flow too (vector-correct).
+  c.augment.crop_ratio = (0.9, 1.1)
+  c.augment.flip = True
+  c.augment.rotation = 10.0  # Degrees.
+  c.augment.brightness = 0.2  # Photometric jitter: frames only, never the flow.
+  c.augment.contrast = 0.2
+  c.augment.mask_prob = 0.0  # Random masking is Res-RBG's, not RFSCNN's.
+  c.augment.mask_size = (0.1, 0.3)
+  c.augment.mask_count = 1
+  c.augment.eval_crop = 0.875  # 224 of 256.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'rfscnn'
+  # L: follows dataset.num_frames (overriding --config.dataset.num_frames changes it too); the temporal
+  # layer's sparse projection is L x L_d.
+  c.model.num_frames = c.dataset.get_ref('num_frames')
+  c.model.backbone = 'resnet18'  # Per stream; the paper's depth description is unusable.
+  c.model.width = 64
+  c.model.stage_sizes = ()  # () = the backbone's standard depths.
+  c.model.grid = 7  # Side of the ResNet's last feature map: 7 at 224 px, 8 at 227 px.
+  # Spatial recursive layer: node state H, nodes after the sparse projection K_d (of K = 49), size D of
+  # each projected node after P^r (m_t has K_d * D = 256 features), sigma.
+  c.model.spatial_hidden = 128
+  c.model.spatial_proj = 16
+  c.model.spatial_out = 16
+  c.model.spatial_activation = 'tanh'
+  # Temporal recursive layer: RNN state per direction, steps after the sparse time projection L_d (of L),
+  # size O after P (the stream's output has L_d * O = 256 features), cell ('rnn' = the paper's).
+  c.model.temporal_hidden = 128
+  c.model.temporal_proj = 8
+  c.model.temporal_out = 32
+  c.model.temporal_cell = 'rnn'
+  c.model.fusion = 'product'  # The paper's best; 'concat' | 'sum' | 'product'.
+  c.model.streams = 'both'  # 'rgb' or 'flow' trains one stream alone (no fusion).
+  c.model.freeze_streams = False  # Stage 2: streams in inference mode, no gradient (see `stage=2`).
+  c.model.head = 'svm'  # The paper's: linear, multiclass hinge + svm_l2 * ||W||^2; or 'softmax'.
+  c.model.svm_l2 = 1e-4
+  c.model.l1_weight = 1e-5  # L1 on every sparse projection (G^r, and the temporal L -> L_d matrices).
+  # The flow (pixels of the S x S frame) is multiplied by this before its ResNet (whose first BatchNorm
+  # normalises the scale anyway; it matters for ImageNet weights in the flow stream).
+  c.model.flow_scale = 0.2
+  c.model.dropout = 0.5
+  c.model.dtype = 'float32'
+  c.model.unroll = 1  # lax.scan unroll over the spatial layer's h + w - 1 diagonals.
+
+  c.init = ml_collections.ConfigDict()
+  # torchvision-layout ResNet weights per stream (.safetensors/.npz; '' = random init). ImageNet weights
+  # fit the flow stream too: its first convolution also takes 3 channels (dx, dy, magnitude).
+  c.init.backbone_rgb_weights = ''
+  c.init.backbone_rgb_prefix = ''
+  c.init.backbone_flow_weights = ''
+  c.init.backbone_flow_prefix = ''
+  c.init.checkpoint = ''  # A previous run's workdir (stage 1): its final params initialise the model.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_epochs = 30.0
+  c.train.num_steps = -1  # > 0 overrides num_epochs.
+  c.train.optimizer = 'adamw'
+  c.train.learning_rate = 3e-4  # Peak, for the global batch.
+  c.train.warmup_epochs = 2.0
+  c.train.weight_decay = 0.05  # Kernels and RNN weights; not biases, norms or the L1-penalised projections.
+  c.train.momentum = 0.9  # sgd only.
+  c.train.grad_clip = 1.0  # Global-norm clipping; 0 disables.
+  c.train.label_smoothing = 0.0  # softmax head only.
+  c.train.log_every_steps = 10
+  c.train.eval_every_steps = 200
+  c.train.checkpoint_every_steps = 200
+  c.train.max_to_keep = 2
+  c.train.trainable = ''  # Regex over parameter paths to train ('' = all); `stage=2` trains only the head.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1 = all devices not used by the other axes.
+  c.mesh.fsdp = 1  # >1 shards parameters and optimizer state over this many devices.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.tta_copies = 0  # Test-time augmentation copies per window; 0 or 1 = none.
+  c.eval.windows = 'one'  # 'one' clip per video (the paper); 'all' = consecutive clips, averaged.
+  return c
+
+
+def synthetic_config() -> ml_collections.ConfigDict:
+  """The quickstart on the built-in procedural dataset: both streams on a 2-core CPU in minutes.
+
+  The full architecture at toy sizes: ResNet-18 at width 16 with one block per stage per stream (a 2x2
+  feature grid at 48 px), 8 frames (7 flow images), small recursive layers, product fusion and the SVM
+  head; folds 1-9 for training, tested on fold 0.
+  """
+  c = paper_config()
+  c.dataset.name = 'synthetic_expressions'
+  c.dataset.fold = 0
+  c.dataset.num_frames = 8
+  c.dataset.image_size = 48
+  c.input.batch_size = 16
+  c.input.eval_batch_size = 32
+  c.input.worker_count = 1
+  c.augment.crop_scale = (0.8, 1.0)
+  c.augment.rotation = 5.0
+  c.model.width = 16
+  c.model.stage_sizes = (1, 1, 1, 1)
+  c.model.grid = 2
+  c.model.spatial_hidden = 32
+  c.model.spatial_proj = 4
+  c.model.spatial_out = 16
+  c.model.temporal_hidden = 64
+  c.model.temporal_proj = 4
+  c.model.temporal_out = 16
+  c.model.flow_scale = 1.0  # 48 px frames: flows of a few pixels.
+  c.model.dropout = 0.1
+  c.train.num_epochs = 15.0
+  c.train.learning_rate = 1e-3
+  c.train.warmup_epochs = 1.0
+  c.train.log_every_steps = 50
+  c.train.eval_every_steps = 200
+  c.train.checkpoint_every_steps = 200
+  return c
+
+
+def _int(key: str, value: str) -> int:
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f'config argument {key}={value!r}: expected an integer') from None
+
+
+ARG_KEYS = ('fusion', 'head', 'fold', 'seed', 'stage')
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """`<preset>[,fusion=f][,head=h][,fold=k][,seed=s][,stage=1|2]`, e.g. `rml,fold=3,fusion=sum`."""
+  preset, *pairs = (arg or 'enterface05').split(',')
+  if preset not in PRESETS:
+    raise ValueError(f'config preset {preset!r} is unknown; expected one of {PRESETS}')
+  c = synthetic_config() if preset == 'synthetic' else paper_config()
+  if preset != 'synthetic':
+    c.dataset.name = preset
+  for pair in pairs:
+    key, sep, value = pair.partition('=')
+    if not sep or key not in ARG_KEYS:
+      raise ValueError(f'config argument {pair!r}: expected key=value with key one of {ARG_KEYS}')
+    if key == 'fusion':
+      c.model.fusion = value  # Validated with the rest of the config.
+    elif key == 'head':
+      c.model.head = value
+    elif key == 'fold':
+      c.dataset.fold = _int(key, value)
+    elif key == 'seed':
+      c.seed = _int(key, value)
+    elif key == 'stage':
+      if value not in ('1', '2'):
+        raise ValueError(f'config argument stage={value!r}: expected 1 or 2')
+      if value == '2':
+        set_stage_2(c)
+  return c
+
+
+def set_stage_2(c: ml_collections.ConfigDict) -> None:
+  """The paper's second stage: the fused classifier on frozen streams (init.checkpoint = stage 1)."""
+  c.model.freeze_streams = True
+  c.train.trainable = r'^head/'
+  c.train.num_epochs = max(c.train.num_epochs / 3, 1.0)
+  c.train.warmup_epochs = 0.0
