@@ -149,7 +149,7 @@ manual dir. The builder searches for:
         'form': copy.form,
         'source': str(copy.csv or copy.train_dir.parent),
         'labels': config.labels,
-        'num_images_found': len(images) + len(skipped),
+        'num_images_found': len(images) + len(skipped) + extra.get('num_ferplus_excluded', 0),
         'skipped': [dataclasses.asdict(s) for s in skipped],
         'num_skipped': len(skipped),
         **extra,

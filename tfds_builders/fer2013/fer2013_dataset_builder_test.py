@@ -132,7 +132,7 @@ def test_ferplus_majority_vote(ferplus_data_dir):
       'fer0000004': (6, "FER+: the majority vote is 'unknown'"),
       'fer0000006': (8, "FER+: the majority vote is 'NF' (not a face)"),
   }
-  assert metadata['num_skipped'] == 4
+  assert metadata['num_skipped'] == 4 and metadata['num_images_found'] == 29
 
 
 @pytest.mark.parametrize('votes, expected', [
