@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import unittest
 import zlib
 
 import cv2
@@ -267,3 +268,21 @@ def test_cli_builds_without_tensorflow(tmp_path):
                        capture_output=True, text=True, timeout=300,
                        cwd=pathlib.Path(__file__).resolve().parents[2])
   assert bad.returncode == 2 and bad.stderr.startswith('error: found no fer2013 data'), bad.stderr
+
+
+def test_tfds_dataset_builder_test_case():
+  """TFDS's standard builder test (as_dataset, reload, configs); needs TensorFlow and dill."""
+  pytest.importorskip('tensorflow')
+  pytest.importorskip('dill')  # tensorflow_datasets.testing imports it; not a TFDS dependency.
+  tfds_testing = pytest.importorskip('tensorflow_datasets.testing')
+
+  class Fer2013Test(tfds_testing.DatasetBuilderTestCase):
+    DATASET_CLASS = builder_lib.Builder
+    BUILDER_CONFIG_NAMES_TO_TEST = ['default']
+    EXAMPLE_DIR = str(CSV_DIR)  # the manual dir: the CSV form
+    SPLITS = {'train': 12, 'validation': 6, 'test': 7}
+    SKIP_CHECKSUMS = True
+
+  result = unittest.TextTestRunner(verbosity=2).run(
+      unittest.defaultTestLoader.loadTestsFromTestCase(Fer2013Test))
+  assert result.wasSuccessful(), result.failures + result.errors
