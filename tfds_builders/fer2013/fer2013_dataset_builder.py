@@ -44,7 +44,7 @@ class Fer2013Config(tfds.core.BuilderConfig):
     labels: 'fer2013' (the challenge's 7 labels) or 'ferplus' (FER+ majority vote, 8 labels; needs
       fer2013.csv and fer2013new.csv).
     validation_every: image-folder form only: every k-th image of each train class (ordered by CRC-32 of
-      its file name) goes to ``validation`` (k = 8 gives ~3,589 images, PublicTest's size). Must be >= 2.
+      its file name) goes to ``validation`` (k = 8: 3,585 images, about PublicTest's 3,589). Must be >= 2.
   """
   labels: str = 'fer2013'
   validation_every: int = 8
