@@ -84,8 +84,11 @@ def paper_config() -> ml_collections.ConfigDict:
   c.model.merge = 'sum'
   c.model.pooling = 'mean'
   c.model.dropout = 0.5
-  c.model.dtype = 'float32'
+  # Compute dtype: 'auto' = bfloat16 on TPU/GPU, float32 on CPU; parameters always float32.
+  c.model.dtype = 'auto'
   c.model.unroll = 1  # lax.scan unroll of the GRU time loop.
+  # 'blocks' recomputes every ResNet and RBG block in the backward pass (less memory, ~1 more forward).
+  c.model.remat = 'none'
 
   c.init = ml_collections.ConfigDict()
   c.init.backbone_weights = ''  # torchvision-layout .safetensors/.npz; '' = random init.

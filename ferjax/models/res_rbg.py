@@ -27,10 +27,13 @@ from flax import nnx
 
 from ferjax import config as config_lib
 from ferjax.models import attention as attention_lib
+from ferjax.models import precision
 from ferjax.models import recurrent
 from ferjax.models import resnet
 
 POOLING_MODES = ('mean', 'last')
+# 'blocks': every ResNet block and every RBG block is rematerialised (recomputed in the backward pass).
+REMAT_MODES = ('none', 'blocks')
 
 
 class RBGBlock(nnx.Module):
@@ -111,6 +114,9 @@ class ResRBG(nnx.Module):
     dropout: dropout rate before the classifier.
     dtype: compute dtype (float32 or bfloat16); parameters are float32, logits float32.
     unroll: ``lax.scan`` unroll factor of the recurrent layers.
+    remat: 'none' | 'blocks': rematerialise every ResNet block and every RBG block (``nnx.remat``),
+      so the backward pass keeps only the blocks' inputs and recomputes the rest; same values, about
+      one more forward pass of compute, a fraction of the activation memory (README "Performance").
   """
 
   def __init__(self, num_classes: int, *, backbone: str = 'resnet50', width: int = 64,
@@ -120,18 +126,22 @@ class ResRBG(nnx.Module):
                residual: bool = True, head_zero_init: bool = False, hidden: int = 560,
                merge: str = 'sum',
                pooling: str = 'mean', dropout: float = 0.5, dtype=jnp.float32,
-               unroll: int | bool = 1, rngs: nnx.Rngs):
+               unroll: int | bool = 1, remat: str = 'none', rngs: nnx.Rngs):
     if pooling not in POOLING_MODES:
       raise ValueError(f'Unknown pooling {pooling!r}; expected one of {POOLING_MODES}.')
     if rbg_blocks < 0:
       raise ValueError(f'rbg_blocks must be >= 0, got {rbg_blocks}.')
     if not 0.0 <= dropout < 1.0:
       raise ValueError(f'dropout must be in [0, 1), got {dropout}.')
+    if remat not in REMAT_MODES:
+      raise ValueError(f'Unknown remat {remat!r}; expected one of {REMAT_MODES}.')
     self.pooling = pooling
+    self.remat = remat == 'blocks'
     self.dtype = dtype
     self.backbone = resnet.ResNet(backbone, width=width, stage_sizes=stage_sizes,
                                   attention=attention, attention_kwargs=attention_kwargs,
-                                  zero_init_residual=zero_init_residual, dtype=dtype, rngs=rngs)
+                                  zero_init_residual=zero_init_residual, dtype=dtype,
+                                  remat=self.remat, rngs=rngs)
     blocks = []
     d = self.backbone.num_features
     for _ in range(rbg_blocks):
@@ -166,13 +176,11 @@ class ResRBG(nnx.Module):
     x = self.backbone(frames.reshape(b * t, *frames.shape[2:]), train)
     x = x.reshape(b, t, x.shape[-1])
     for block in self.temporal:
-      x = block(x, train)
+      x = resnet.call_block(block, x, train, self.remat)
     x = jnp.mean(x, axis=1) if self.pooling == 'mean' else x[:, -1]
     x = self.dropout(x, deterministic=not train, rngs=rngs)
     return self.head(x).astype(jnp.float32)
 
-
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # config.model of 'res_rbg': the checks; the defaults are in configs/res_rbg.py (this project's reading of
 # the paper where it is silent, documented there).
@@ -194,7 +202,8 @@ SCHEMA = {
     'merge': config_lib.one_of(*recurrent.MERGE_MODES),
     'pooling': config_lib.one_of(*POOLING_MODES),
     'dropout': config_lib.number(0, 1, hi_open=True),
-    'dtype': config_lib.one_of(*_DTYPES),
+    'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
+    'remat': config_lib.one_of(*REMAT_MODES),
 }
 
 
@@ -205,7 +214,7 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> ResRBG:
   config_lib.check_fields({f'model.{k}': v for k, v in fields.items()},
                           {f'model.{k}': v for k, v in SCHEMA.items()}, partial=True)
   if 'dtype' in fields:
-    fields['dtype'] = _DTYPES[fields['dtype']]
+    fields['dtype'] = precision.resolve_dtype(fields['dtype'])
   variant = fields.pop('geca_variant', 'avgmax')
   if fields.get('attention', 'geca') == 'geca':
     fields['attention_kwargs'] = {'variant': variant}

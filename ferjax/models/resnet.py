@@ -129,6 +129,15 @@ class Bottleneck(nnx.Module):
     return jax.nn.relu(y + shortcut)
 
 
+def call_block(block: nnx.Module, x: jax.Array, train: bool, remat: bool) -> jax.Array:
+  """``block(x, train)``, rematerialised when ``remat``: ``nnx.remat`` (``jax.checkpoint`` lifted to NNX)
+  saves only the block's input for the backward pass and propagates BatchNorm's running-average
+  updates made inside it. ``train`` is a Python bool closed over, so it stays static."""
+  if not remat:
+    return block(x, train)
+  return nnx.remat(lambda b, y: b(y, train))(block, x)
+
+
 class ResNet(nnx.Module):
   """ResNet feature extractor (and optional classifier) on NHWC images.
 
@@ -142,6 +151,9 @@ class ResNet(nnx.Module):
     num_classes: if set, adds a linear classifier ``fc`` on the pooled features.
     zero_init_residual: start each block's last BN scale at 0 (torchvision's option; default off).
     dtype: compute dtype (parameters stay float32).
+    remat: rematerialise every block (``nnx.remat``): the backward pass recomputes a block's
+      activations from its input instead of keeping them, so only the blocks' inputs stay in memory
+      (about one forward pass more compute for much less activation memory; same values).
 
   ``__call__(x, train=False)`` returns pooled features [N, num_features] (or logits [N,
   num_classes] when ``fc`` exists); ``features(x, train)`` returns the last feature map.
@@ -150,7 +162,8 @@ class ResNet(nnx.Module):
   def __init__(self, arch: str = 'resnet50', *, width: int = 64,
                stage_sizes: Sequence[int] | None = None, attention: str = 'none',
                attention_kwargs: dict | None = None, num_classes: int | None = None,
-               zero_init_residual: bool = False, dtype=None, rngs: nnx.Rngs):
+               zero_init_residual: bool = False, dtype=None, remat: bool = False,
+               rngs: nnx.Rngs):
     if arch not in RESNET_SPECS:
       raise ValueError(f'Unknown ResNet {arch!r}; expected one of {sorted(RESNET_SPECS)}.')
     spec = RESNET_SPECS[arch]
@@ -163,6 +176,7 @@ class ResNet(nnx.Module):
     self.arch = arch
     self.stage_sizes = stage_sizes
     self.dtype = dtype
+    self.remat = remat
 
     self.conv1 = nnx.Conv(3, width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                           kernel_init=conv_init, dtype=dtype, rngs=rngs)
@@ -196,7 +210,7 @@ class ResNet(nnx.Module):
     x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for stage in self.layers:
       for block in stage:
-        x = block(x, train)
+        x = call_block(block, x, train, self.remat)
     return x
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
