@@ -32,6 +32,12 @@ and augmentation of the config's training split, in the calling process (one wor
 frames/s and sequences/s per worker process. It needs the config's dataset prepared.
 
   python -m ferjax.benchmark --input --config configs/res_rbg.py:ck_plus --batches 20
+
+For a family whose inputs include optical flow (RFSCNN) it also reports flow images/s per worker; `--flow`
+adds flow to any family, and `--source_px N` reads built-in moving-texture JPEG sequences of N px instead
+of a dataset (the README's flow figure):
+
+  python -m ferjax.benchmark --input --config configs/rfscnn.py --source_px 256 --batches 10
 """
 
 import collections
@@ -45,6 +51,7 @@ import sys
 import time
 
 from absl import app, flags
+import cv2
 from flax import nnx
 import jax
 import jaxlib
@@ -52,7 +59,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from ferjax import config as config_lib, models, sharding, steps
-from ferjax.data import datasets, protocols, spec
+from ferjax.data import datasets, protocols, spec, tfds_common
 
 # Dense bfloat16 peak TFLOP/s per chip (what one jax device is on these; vendors' data sheets, without
 # sparsity). Matched in order against the lower-cased `device_kind`, so 'lite' TPUs come before the others.
@@ -86,6 +93,10 @@ def _define_flags() -> None:
   flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s per device for MFU (0 = from PEAK_TFLOPS).')
   flags.DEFINE_bool('input', False, 'Time the input pipeline alone (per worker).')
   flags.DEFINE_integer('batches', 20, '--input: timed batches (after one warm-up).')
+  flags.DEFINE_bool('flow', False, '--input: add the optical-flow input even if the family does not '
+                    'ask for it (a family that does always gets it).')
+  flags.DEFINE_integer('source_px', 0, '--input: 0 = the config\'s dataset; N = built-in moving-texture '
+                       'JPEG sequences of N x N px (no dataset needed).')
   flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
 
 
@@ -350,29 +361,65 @@ def sweep_table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def run_input(config, num_batches: int) -> dict:
-  """Throughput of the training input pipeline of `config` in this process (worker_count 0)."""
+def moving_texture_source(num_records: int, num_frames: int, px: int, seed: int = 0) -> list[dict]:
+  """In-memory records of JPEG frames (px x px) of a blurred-noise texture moving 1-3 px per frame:
+  an input-benchmark source with realistic decoding and optical-flow cost, without a dataset."""
+  rng = np.random.default_rng(seed)
+  records = []
+  for i in range(num_records):
+    dx, dy = rng.integers(1, 4, 2) * rng.choice([-1, 1], 2)
+    margin = 3 * num_frames
+    noise = (rng.random((px + 2 * margin, px + 2 * margin)) * 255).astype(np.uint8)
+    big = np.repeat(cv2.GaussianBlur(noise, (0, 0), 2.0)[..., None], 3, axis=-1)
+    frames = [tfds_common.encode_jpeg(np.ascontiguousarray(
+        big[margin + k * dy:margin + k * dy + px, margin + k * dx:margin + k * dx + px]))
+              for k in range(num_frames)]
+    records.append({'frames': frames, 'label': i % 7, 'sequence_id': f'moving_texture/{i}'})
+  return records
+
+
+def run_input(config, num_batches: int, flow: bool = False, source_px: int = 0) -> dict:
+  """Throughput of the training input pipeline of `config` in this process (worker_count 0).
+
+  `flow` adds the optical-flow input; `source_px` > 0 reads `moving_texture_source` records of that
+  size (24 frames each) instead of the config's dataset.
+  """
   config_lib.validate(config)
-  dataset = datasets.prepare(config.dataset)
-  splits = protocols.splits_for(dataset.split_names, config.dataset.fold, False)
   batch = config.input.batch_size
-  loader = spec.train_loader(config, dataset.source(splits.train), (0, 1, batch), worker_count=0)
+  if source_px:
+    name, source = f'moving_texture {source_px}px', moving_texture_source(32, 24, source_px)
+  else:
+    dataset = datasets.prepare(config.dataset)
+    splits = protocols.splits_for(dataset.split_names, config.dataset.fold, False)
+    name, source = f'{dataset.name} {splits.train}', dataset.source(splits.train)
+  loader = spec.train_loader(config, source, (0, 1, batch), worker_count=0,
+                             extra_inputs=('flow',) if flow else ())
   iterator = iter(loader)
   first = next(iterator)  # Warm-up: opens the source.
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(num_batches):
     next(iterator)
-  seconds = time.perf_counter() - start
+  seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
   iterator.close()
   frames = first['frames']
-  return {
-      'dataset': f'{dataset.name} {splits.train}',
+  result = {
+      'dataset': name,
       'batch': {k: f'{v.dtype}{list(v.shape)}' for k, v in first.items()},
       'batch_bytes': int(sum(v.nbytes for v in first.values())),
+      'sampling': config.dataset.sampling,
       'frames_per_s_per_worker': round(num_batches * batch * frames.shape[1] / seconds, 1),
       'sequences_per_s_per_worker': round(num_batches * batch / seconds, 2),
+      # CPU seconds of this process per wall second: well below 1 when other processes share the cores;
+      # the *_per_cpu_s figures are then what a worker with a core of its own would reach.
+      'cpu_load': round(cpu_seconds / seconds, 2),
+      'frames_per_cpu_s': round(num_batches * batch * frames.shape[1] / cpu_seconds, 1),
       'host': platform.processor() or platform.machine(),
   }
+  if 'flow' in first:  # Flow images (T - 1 per sequence) per second, decoding and augmentation included.
+    flows = num_batches * batch * first['flow'].shape[1]
+    result.update(flow=config.dataset.flow, flow_frames_per_s_per_worker=round(flows / seconds, 1),
+                  flow_frames_per_cpu_s=round(flows / cpu_seconds, 1))
+  return result
 
 
 def _print(result: dict) -> None:
@@ -399,7 +446,7 @@ def main(argv):
             'peak_tflops_per_device': f.peak_tflops or None}
   try:
     if f.input:
-      result = run_input(f.config, f.batches)
+      result = run_input(f.config, f.batches, flow=f.flow, source_px=f.source_px)
     elif f.sweep:
       result = sweep(f.config, f.sweep, f.steps, f.num_classes, **kwargs)
     else:

@@ -197,3 +197,30 @@ def test_random_batch_has_flow():
   assert batch['flow'].shape == (2, T - 1, 32, 32, 3) and batch['flow'].dtype == np.float32
   np.testing.assert_allclose(batch['flow'][..., 2], np.hypot(batch['flow'][..., 0], batch['flow'][..., 1]),
                              rtol=1e-5)
+
+
+def test_input_benchmark_reports_flow_frames():
+  """`benchmark --input --flow --source_px N`: moving-texture sequences, flow images per second."""
+  import os
+  import sys
+  from ferjax import benchmark
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs'))
+  try:
+    import res_rbg
+  finally:
+    sys.path.pop(0)
+  config = res_rbg.get_config('synthetic')
+  config.dataset.num_frames, config.dataset.image_size, config.input.batch_size = 4, 32, 2
+  config.dataset.sampling = 'clip'
+  records = benchmark.moving_texture_source(2, 5, 40)
+  assert len(records) == 2 and len(records[0]['frames']) == 5 and isinstance(records[0]['frames'][0], bytes)
+  # The texture really moves: the flow of a record's clip is its constant shift, non-zero somewhere.
+  raw = flow.compute(np.stack([cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR)
+                               for f in records[1]['frames']]))
+  assert np.abs(_interior(raw)[:2]).min() >= 0.8  # 1-3 px along both axes.
+  result = benchmark.run_input(config, num_batches=2, flow=True, source_px=40)
+  assert result['batch']['flow'] == 'float32[2, 3, 32, 32, 3]'
+  assert result['flow_frames_per_s_per_worker'] > 0 and result['flow_frames_per_cpu_s'] > 0
+  assert result['dataset'] == 'moving_texture 40px' and result['flow'] == 'dis'
+  without = benchmark.run_input(config, num_batches=1, source_px=40)  # res_rbg asks for no flow.
+  assert 'flow' not in without['batch'] and 'flow_frames_per_s_per_worker' not in without

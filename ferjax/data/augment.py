@@ -177,19 +177,29 @@ def warp(frames: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
                      borderMode=cv2.BORDER_REFLECT_101) for f in frames])
 
 
-def warp_flow(flow: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+def warp_flow(flow: np.ndarray, matrix: np.ndarray, size: int,
+              magnitude: bool | None = None) -> np.ndarray:
   """The same warp for optical flow [T, H, W, C >= 2] (dx, dy in source pixels, then e.g. magnitude).
 
   Positions are resampled like the frames' pixels; the vectors are mapped into output pixels too
   (d_out = A^-1 d_src, A the matrix's linear part): a flip negates dx, a rotation rotates (dx, dy), a
-  zoom scales them. A third channel is recomputed as the new magnitude.
+  zoom scales them. Channel 2 is the magnitude of the new vectors (its input values are not read); more
+  channels are resampled as they are. ``magnitude=True`` adds the magnitude channel to a 2-channel flow
+  (default: keep the channel count).
   """
-  moved = np.stack([warp(f[None], matrix, size)[0] for f in np.asarray(flow, np.float32)])
-  inverse = np.linalg.inv(matrix[:, :2]).astype(np.float32)
-  vectors = moved[..., :2] @ inverse.T
-  out = np.concatenate([vectors, moved[..., 2:]], axis=-1)
-  if out.shape[-1] >= 3:
-    out[..., 2] = np.linalg.norm(vectors, axis=-1)
+  flow = np.asarray(flow, np.float32)
+  if flow.ndim != 4 or flow.shape[-1] < 2:
+    raise ValueError(f'expected optical flow of shape [T, H, W, C >= 2]; got {flow.shape}')
+  channels = max(flow.shape[-1], 3 if magnitude else 2)
+  inverse = np.linalg.inv(np.asarray(matrix, np.float64)[:, :2]).astype(np.float32)
+  out = np.empty((len(flow), size, size, channels), np.float32)
+  for t, field in enumerate(flow):  # Per field with OpenCV: ~10x faster than numpy on [T, S, S, 2].
+    moved = warp(np.ascontiguousarray(field[None, ..., :2]), matrix, size)[0]
+    dx, dy = cv2.split(cv2.transform(moved, inverse))
+    parts = [dx, dy] + ([cv2.magnitude(dx, dy)] if channels >= 3 else [])
+    parts += [warp(np.ascontiguousarray(field[None, ..., c]), matrix, size)[0]
+              for c in range(3, channels)]
+    cv2.merge(parts, dst=out[t])
   return out
 
 

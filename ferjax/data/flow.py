@@ -54,24 +54,28 @@ def _grey(frames: np.ndarray, scale: float) -> list[np.ndarray]:
   return out
 
 
-def compute(frames: np.ndarray, method: str = 'dis', scale: float = 1.0) -> np.ndarray:
-  """Flow between consecutive frames: uint8 RGB [T, H, W, 3] -> float32 [T - 1, h, w, 3] (dx, dy,
-  magnitude) in working pixels, h, w = round(scale * (H, W))."""
+def _vectors(frames: np.ndarray, method: str, scale: float) -> np.ndarray:
+  """float32 [T - 1, h, w, 2]: (dx, dy) between consecutive frames, in working pixels."""
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) < 2:
     raise ValueError(f'optical flow needs frames of shape [T >= 2, H, W, 3]; got {frames.shape}')
   if method not in METHODS:
     raise ValueError(f'flow method must be one of {METHODS}; got {method!r}')
   grey = _grey(frames, scale)
-  fields = []
-  for prev, nxt in zip(grey[:-1], grey[1:]):
+  out = np.empty((len(grey) - 1,) + grey[0].shape + (2,), np.float32)
+  for t, (prev, nxt) in enumerate(zip(grey[:-1], grey[1:])):
     if method == 'dis':
-      field = _dis().calc(prev, nxt, None)
+      out[t] = _dis().calc(prev, nxt, None)
     else:
-      field = cv2.calcOpticalFlowFarneback(prev, nxt, None, *FARNEBACK)
-    fields.append(field)
-  vectors = np.stack(fields).astype(np.float32)
-  return np.concatenate([vectors, np.linalg.norm(vectors, axis=-1, keepdims=True)], axis=-1)
+      out[t] = cv2.calcOpticalFlowFarneback(prev, nxt, None, *FARNEBACK)
+  return out
+
+
+def compute(frames: np.ndarray, method: str = 'dis', scale: float = 1.0) -> np.ndarray:
+  """Flow between consecutive frames: uint8 RGB [T, H, W, 3] -> float32 [T - 1, h, w, 3] (dx, dy,
+  magnitude) in working pixels, h, w = round(scale * (H, W))."""
+  vectors = _vectors(frames, method, scale)
+  return np.concatenate([vectors, np.sqrt((vectors ** 2).sum(-1, keepdims=True))], axis=-1)
 
 
 def _to_working(matrix: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
@@ -94,6 +98,6 @@ def sequence_flow(frames: np.ndarray, matrix: np.ndarray, size: int, method: str
   """Flow of the sampled source frames [T, H, W, 3] under the frames' output -> source ``matrix``:
   float32 [T - 1, size, size, 3] (dx, dy, magnitude) in output pixels."""
   _, height, width, _ = np.shape(frames)
-  fields = compute(frames, method, working_scale(height, width, size))
+  fields = _vectors(frames, method, working_scale(height, width, size))
   _, h, w, _ = fields.shape  # Rounded sides: the exact scale of each axis.
-  return augment.warp_flow(fields, _to_working(matrix, w / width, h / height), size)
+  return augment.warp_flow(fields, _to_working(matrix, w / width, h / height), size, magnitude=True)
