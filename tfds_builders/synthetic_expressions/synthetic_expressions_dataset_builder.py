@@ -170,8 +170,7 @@ class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
     config = self.builder_config
-    names = sorted({split_of(i, config) for i in range(NUM_FOLDS)},
-                   key=[split_of(i, config) for i in range(NUM_FOLDS)].index)
+    names = list(dict.fromkeys(split_of(i, config) for i in range(NUM_FOLDS)))  # in fold order
     folds = [[i for i in range(config.num_subjects) if split_of(i, config) == name] for name in names]
     workers = self._workers or min(4, len(os.sched_getaffinity(0)))
     if workers <= 1:
