@@ -107,7 +107,11 @@ def _subjects_by_split(dataset: datasets.PreparedDataset) -> dict[str, list[str]
 
 def manifest(split_names, subjects: dict[str, list[str]], holdout_validation: bool,
              folds: list[int], subject_folds: int = 0) -> dict[str, Any]:
-  """fold -> {train, validation, test: {splits, subjects}}; raises if a subject is in two parts."""
+  """fold -> {train, validation, test: {splits, subjects}}; raises if a subject is in two parts.
+
+  Records without a subject id (``''``: AFEW, FER2013) cannot be checked: their datasets' official splits
+  are taken as they are, and ``''`` is not reported as a shared subject.
+  """
   out = {}
   for fold in folds:
     splits = protocols.splits_for(split_names, fold, holdout_validation, subject_folds)
@@ -118,7 +122,7 @@ def manifest(split_names, subjects: dict[str, list[str]], holdout_validation: bo
       entry[part] = {'splits': names,
                      'subjects': sorted({s for name in names for s in subjects[name]})}
     for a, b in (('train', 'test'), ('validation', 'test'), ('train', 'validation')):
-      leaked = set(entry[a]['subjects']) & set(entry[b]['subjects'])
+      leaked = (set(entry[a]['subjects']) & set(entry[b]['subjects'])) - {''}
       if leaked:
         raise CrossvalError(f'fold {fold}: subjects {sorted(leaked)[:5]} are in both {a} and {b}; '
                             'the dataset\'s splits are not subject-independent')
@@ -293,6 +297,7 @@ def _protocol_name(split_names, config, subject_folds: int = 0) -> str:
   kind, _ = protocols._layout(split_names)  # pylint: disable=protected-access
   num = protocols.num_folds(split_names, subject_folds)
   name = {'kfold': f'{num}-fold subject-independent', 'train_validation': 'train / validation',
+          'train_validation_test': 'official train / validation / test splits',
           'loso': (f'{num}-fold subject-independent (over {len(split_names)} subjects)' if subject_folds
                    else 'leave-one-subject-out')}[kind]
   return name + (' with a held-out validation fold' if config.dataset.holdout_validation else '')

@@ -8,23 +8,22 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import pytest
 
 from ferjax import crossval, report
 from ferjax.data import protocols
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_train import REPO, TINY, _config  # noqa: E402
-import tfds_builders.synthetic_expressions as synthetic_expressions  # noqa: E402
+from test_train import REPO, TINY  # noqa: E402
 
-FOLDS = {**TINY, 'train.num_steps': 8, 'train.checkpoint_every_steps': 2}
+# Checkpoints at steps 4 and 8 of each fold: the kill below comes at a fold's step-4 checkpoint.
+FOLDS = {**TINY, 'train.num_steps': 8, 'train.checkpoint_every_steps': 4}
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  synthetic_expressions.build(path, 'tiny', workers=1)
-  return path
+def data_dir(synthetic_tiny):
+  return synthetic_tiny
 
 
 def _args(data_dir, workdir, *extra, **overrides):
@@ -52,13 +51,15 @@ def test_three_folds_killed_in_the_second_resume_to_the_same_results(data_dir, t
   workdir = tmp_path / 'b'
   process = subprocess.Popen(_args(data_dir, workdir, '--folds', '0,1,2'), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 400
-  while not (workdir / 'fold_1' / 'checkpoints' / '2').is_dir():
-    assert process.poll() is None, 'the cross-validation ended before fold 1 checkpointed'
-    assert time.time() < deadline
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  try:
+    deadline = time.time() + 400
+    while not (workdir / 'fold_1' / 'checkpoints' / '4').is_dir():
+      assert process.poll() is None, 'the cross-validation ended before fold 1 checkpointed'
+      assert time.time() < deadline
+      time.sleep(0.01)
+  finally:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
   assert not (workdir / 'fold_1' / 'report.json').exists(), 'killed too late'
   resumed = _run(_args(data_dir, workdir, '--folds', '0,1,2'))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -121,6 +122,17 @@ def test_every_fold_manifest_is_subject_independent(layout, holdout):
   leaky = dict(subjects, **{splits[1]: [f'{splits[0]}/a']})
   with pytest.raises(crossval.CrossvalError, match=f"{splits[0]}/a"):
     crossval.manifest(splits, leaky, holdout, folds)
+
+
+@pytest.mark.parametrize('splits', [['train', 'validation'], ['train', 'validation', 'test']])
+def test_datasets_without_subject_ids_use_their_official_splits(splits):
+  # AFEW and FER2013 records carry subject '' (unknown): not a subject shared by every split.
+  subjects = {name: [''] for name in splits}
+  m = crossval.manifest(splits, subjects, False, [0])
+  assert m['0']['test']['splits'] == [splits[-1]]
+  config = ml_collections.ConfigDict({'dataset': {'holdout_validation': False}})
+  assert crossval._protocol_name(splits, config) == {  # pylint: disable=protected-access
+      2: 'train / validation', 3: 'official train / validation / test splits'}[len(splits)]
 
 
 def test_report_of_a_single_run_and_missing_results(tmp_path):
