@@ -73,6 +73,18 @@ def test_brightness_contrast_jitter():
   assert len(means) == 4 and len(spreads) == 4
 
 
+def test_photometric_equals_per_pixel_jitter():
+  """The lookup-table jitter is bit-identical to jittering every pixel in float32."""
+  rng = np.random.default_rng(0)
+  for _ in range(10):
+    frames = rng.integers(0, 256, (T, H, H, 3), dtype=np.uint8)
+    b, c = rng.uniform(0.5, 1.5, 2)
+    jittered = frames.astype(np.float32) * b
+    mean = jittered.mean()
+    want = np.rint(np.clip((jittered - mean) * c + mean, 0.0, 255.0)).astype(np.uint8)
+    np.testing.assert_array_equal(augment.photometric(frames, b, c), want)
+
+
 @pytest.mark.parametrize('count', [1, 3])
 def test_masking(count):
   frames = np.full((T, S, S, 3), 200, np.uint8)  # Far from the mean: masked pixels stand out.

@@ -207,10 +207,13 @@ def photometric(frames: np.ndarray, brightness: float, contrast: float) -> np.nd
   """Brightness/contrast jitter around the sequence's mean grey (identical on every frame), as uint8."""
   if brightness == 1.0 and contrast == 1.0:
     return frames
-  jittered = frames.astype(np.float32) * brightness
-  mean = jittered.mean()
-  jittered = np.clip((jittered - mean) * contrast + mean, 0.0, 255.0)
-  return np.rint(jittered).astype(np.uint8)
+  mean = (frames.astype(np.float32) * brightness).mean()
+  # The same float32 arithmetic on the 256 possible values, then a table lookup: bit-identical to
+  # jittering every pixel, at a fraction of the cost.
+  values = np.arange(256, dtype=np.float32) * brightness
+  table = np.rint(np.clip((values - mean) * contrast + mean, 0.0, 255.0)).astype(np.uint8)
+  return cv2.LUT(np.ascontiguousarray(frames, np.uint8).reshape(-1, frames.shape[-1]),
+                 table).reshape(frames.shape)
 
 
 def apply_mask(frames: np.ndarray, boxes) -> np.ndarray:
