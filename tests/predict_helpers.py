@@ -1,0 +1,84 @@
+"""Shared by test_predict.py and test_export.py: a tiny trained run, synthetic face videos, and the
+trainer's own evaluation as the reference the predictions are checked against."""
+
+import os
+import sys
+
+from flax import nnx
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ferjax import config as config_lib, models, steps, train
+from ferjax.data import augment, faces, media, sampling
+from tfds_builders.synthetic_expressions import faces as synthetic_faces
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T, SIZE = 4, 32  # The tiny run's frames per sequence and image size.
+FRAME = 64  # Side of the test videos' frames (the model sees them as the builder's 32 px renders).
+
+TINY_RUN = {
+    'dataset.config': 'tiny', 'dataset.num_frames': T, 'dataset.image_size': SIZE,
+    'input.batch_size': 8, 'input.eval_batch_size': 8, 'input.worker_count': 0,
+    'model.width': 4, 'model.stage_sizes': (1, 1, 1, 1), 'model.hidden': 8, 'model.rbg_blocks': 1,
+    'train.num_steps': 3, 'train.log_every_steps': 3, 'train.eval_every_steps': 3,
+    'train.checkpoint_every_steps': 3, 'train.warmup_epochs': 0.0,
+}
+
+
+def tiny_config(data_dir: str):
+  sys.path.insert(0, os.path.join(REPO, 'configs'))
+  try:
+    import res_rbg  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  config = res_rbg.get_config('synthetic')
+  for key, value in {**TINY_RUN, 'dataset.data_dir': data_dir}.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+def train_tiny_run(workdir: str, data_dir: str) -> str:
+  """Trains the tiny Res-RBG on the tiny synthetic dataset (3 steps); returns the workdir."""
+  train.train_and_evaluate(tiny_config(data_dir), workdir)
+  return workdir
+
+
+def face_frames(expression: str, num_frames: int, subject: int = 1, size: int = FRAME) -> np.ndarray:
+  """An onset -> apex sequence of the synthetic dataset's face generator, uint8 [N, size, size, 3]."""
+  identity = synthetic_faces.sample_identity(np.random.default_rng([20250101, 0, subject]))
+  return synthetic_faces.render_sequence(identity, expression, num_frames, size,
+                                         np.random.default_rng([3, subject, num_frames]))
+
+
+def write_video(path, frames, fps: float = 10.0) -> str:
+  media.write_video(path, list(frames), fps=fps, fourcc='MJPG')
+  return str(path)
+
+
+def reference_probs(workdir: str, windows: np.ndarray) -> np.ndarray:
+  """The trainer's path: the full TrainState restored from the run's last checkpoint (optimizer state
+  included) and `steps.eval_step` on uint8 windows [B, T, S, S, 3]."""
+  config = tiny_config('')
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  step = max(int(s) for s in os.listdir(checkpoints) if s.isdigit())
+  config.train.num_steps = step
+  config_lib.validate(config)
+  model = models.create_model(config.model, 7, rngs=nnx.Rngs(params=config.seed))
+  tx = steps.make_optimizer(config.train, step, 0)
+  graphdef, state = steps.init_state(model, tx, config.seed)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(os.path.join(checkpoints, str(step), 'state'), abstract)
+  return np.asarray(steps.eval_step(graphdef, state, {'frames': windows})['probs'])
+
+
+def training_view(frames, start: int, end: int, eval_crop: float = 0.875) -> np.ndarray:
+  """What the model sees of frames[start:end] for a run on whole rendered frames (the synthetic
+  dataset): T evenly spaced frames, each shrunk to the builder's 32 px, evaluation centre crop."""
+  window = list(frames[start:end])
+  picks = sampling.eval_indices(len(window), T)
+  crops = np.stack([faces.crop_square(window[i], faces.centre_box(window[i].shape), SIZE)
+                    for i in picks])
+  return augment.eval_preprocess(crops, SIZE, augment.AugmentOptions.none(eval_crop))

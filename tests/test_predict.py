@@ -1,0 +1,177 @@
+"""python -m ferjax.predict on a synthetic face video and a frame folder, against the trainer's own
+evaluation of the same windows; windows and face marking; every bad-input case.
+
+The tiny model is trained for 3 steps (seconds, not minutes), so it is not accurate: the predictions are
+checked to equal the trainer's (`steps.eval_step` on the fully restored train state) for the same frames,
+not to be right. The README shows the label accuracy of the quickstart model on such videos.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from ferjax import predict
+from ferjax.data import media
+
+sys.path.insert(0, os.path.dirname(__file__))
+import predict_helpers as helpers  # noqa: E402  pylint: disable=wrong-import-position
+
+T = helpers.T
+BLANK = (5, 6, 7)  # Frames of the test video replaced by black frames (no face).
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  return helpers.train_tiny_run(str(tmp_path_factory.mktemp('run')),
+                                str(tmp_path_factory.mktemp('tfds')))
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+  """A 14-frame video (frames 5-7 black) and a 6-frame folder of PNG frames."""
+  root = tmp_path_factory.mktemp('inputs')
+  frames = helpers.face_frames('happiness', 14)
+  frames[list(BLANK)] = 0
+  video = helpers.write_video(root / 'happy.avi', frames)
+  folder = root / 'surprise_frames'
+  folder.mkdir()
+  for i, frame in enumerate(helpers.face_frames('surprise', 6, subject=2)):
+    cv2.imwrite(str(folder / f'{i:03d}.png'), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  return {'video': video, 'folder': str(folder), 'root': root}
+
+
+def test_window_starts():
+  assert predict.window_starts(10, 4, 3) == [0, 3, 6]
+  assert predict.window_starts(11, 4, 3) == [0, 3, 6, 7]  # The last window ends at the last frame.
+  assert predict.window_starts(4, 4, 2) == [0]
+  assert predict.window_starts(3, 4, 2) == [0]  # Shorter than a window: one window.
+  assert predict.window_starts(14, 4, 2) == [0, 2, 4, 6, 8, 10]
+
+
+def test_cli_video_and_frame_folder(run_dir, inputs, tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  args = [sys.executable, '-m', 'ferjax.predict', '--workdir', os.path.relpath(run_dir, tmp_path),
+          os.path.relpath(inputs['video'], tmp_path), inputs['folder'], '--stride', '2',
+          '--json', 'out/p.json', '--csv', 'out/p.csv', '--annotate', 'out/a.avi', '--plot', 'out/p.png']
+  proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, 'PYTHONPATH': helpers.REPO})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'frames/s' in proc.stdout and 'happy.avi' in proc.stdout and 'clip' in proc.stdout
+  report = json.loads((out / 'p.json').read_text())
+  names = report['model']['class_names']
+  video, folder = report['results']
+  assert (video['kind'], video['num_frames'], video['fps']) == ('video', 14, 10.0)
+  assert (folder['kind'], folder['num_frames']) == ('frames', 6)
+
+  # Faces: found on every frame but the black ones, which are marked, not given a box.
+  assert video['face'] == [i not in BLANK for i in range(14)]
+  assert all((box is None) == (i in BLANK) for i, box in enumerate(video['face_boxes']))
+  # Windows of T=4 frames every 2: the one with 3 black frames (4-7) is not scored (face in < half).
+  assert [(w['start'], w['end']) for w in video['windows']] == [(s, s + T) for s in range(0, 11, 2)]
+  assert [w['face_frames'] for w in video['windows']] == [4, 3, 1, 2, 4, 4]
+  assert [w['probs'] is None for w in video['windows']] == [False, False, True, False, False, False]
+
+  frames, _ = media.read_video(inputs['video'])
+  for result, source in ((video, frames), (folder, media.read_images(media.list_images(inputs['folder'])))):
+    scored = [w for w in result['windows'] if w['probs'] is not None]
+    got = np.array([[w['probs'][n] for n in names] for w in scored])
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+    # The same probabilities as the trainer's evaluation of the same windows (rounded to 6 decimals).
+    windows = np.stack([helpers.training_view(source, w['start'], w['end']) for w in scored])
+    np.testing.assert_allclose(got, helpers.reference_probs(run_dir, windows), atol=1e-5)
+    # The clip: the mean of its scored windows.
+    clip = np.array([result['probs'][n] for n in names])
+    np.testing.assert_allclose(clip, got.mean(0), atol=1e-5)
+    assert result['label'] == names[int(np.argmax(clip))]
+
+  rows = list(csv.DictReader((out / 'p.csv').open()))
+  assert len(rows) == len(video['windows']) + 1 + len(folder['windows']) + 1
+  assert [r['window'] for r in rows[:7]] == ['0', '1', '2', '3', '4', '5', 'clip']
+  assert rows[2]['label'] == 'no face' and rows[2]['p_anger'] == ''
+  assert rows[6]['label'] == video['label']
+
+  annotated, _ = media.read_video(out / 'a.happy.avi')
+  assert len(annotated) == 14 and annotated[0].shape[0] >= 360  # Upscaled for the text.
+  assert (out / 'a.surprise_frames.avi').is_file()
+  for name in ('p.happy.png', 'p.surprise_frames.png'):
+    assert (out / name).read_bytes()[:4] == b'\x89PNG'
+
+
+def test_single_image_is_t_copies(run_dir, inputs, tmp_path, capsys):
+  image = tmp_path / 'apex.png'
+  apex = helpers.face_frames('happiness', 6)[-1]
+  cv2.imwrite(str(image), cv2.cvtColor(apex, cv2.COLOR_RGB2BGR))
+  code = predict.run(['--workdir', run_dir, str(image), '--json', str(tmp_path / 'p.json'),
+                      '--annotate', str(tmp_path / 'a.png'), '--quiet'])
+  assert code == 0, capsys.readouterr().err
+  result = json.loads((tmp_path / 'p.json').read_text())['results'][0]
+  assert result['kind'] == 'image' and len(result['windows']) == 1
+  expected = helpers.reference_probs(run_dir, helpers.training_view([apex] * T, 0, T)[None])[0]
+  names = json.loads((tmp_path / 'p.json').read_text())['model']['class_names']
+  np.testing.assert_allclose([result['probs'][n] for n in names], expected, atol=1e-5)
+  annotated = cv2.imread(str(tmp_path / 'a.png'))
+  assert annotated is not None and annotated.shape[0] >= 360
+
+
+def test_bad_inputs_in_batch_mode(run_dir, inputs, tmp_path, capsys):
+  """A folder of videos: a text file named .mp4 and a video without a face are reported in one line
+  each; the good video is still predicted; exit code 2."""
+  folder = tmp_path / 'videos'
+  folder.mkdir()
+  shutil.copy(inputs['video'], folder / 'b_good.avi')
+  (folder / 'a_not_a_video.mp4').write_text('hello')
+  helpers.write_video(folder / 'c_no_face.avi', np.zeros((5, 64, 64, 3), np.uint8))
+  code = predict.run(['--workdir', run_dir, str(folder), '--json', str(tmp_path / 'p.json'), '--quiet'])
+  err = capsys.readouterr().err
+  assert code == predict.EXIT_SOME_FAILED
+  lines = [line for line in err.splitlines() if line.startswith('error:')]
+  assert len(lines) == 2, err
+  assert 'a_not_a_video.mp4' in lines[0] and 'OpenCV' in lines[0]
+  assert 'c_no_face.avi' in lines[1] and 'no face found in any of its 5 frames' in lines[1]
+  assert '2 of 3 input(s) failed' in err
+  results = json.loads((tmp_path / 'p.json').read_text())['results']
+  assert [r['error'] is None for r in results] == [False, True, False]
+  assert results[1]['num_frames'] == 14
+
+
+def test_missing_input_and_existing_output(run_dir, inputs, tmp_path, capsys):
+  assert predict.run(['--workdir', run_dir, str(tmp_path / 'nope.avi')]) == predict.EXIT_USAGE
+  err = capsys.readouterr().err
+  assert 'nope.avi: no such file or folder' in err and 'no readable input' in err
+
+  existing = tmp_path / 'p.json'
+  existing.write_text('keep me')
+  code = predict.run(['--workdir', run_dir, inputs['video'], '--json', str(existing)])
+  assert code == predict.EXIT_USAGE
+  err = capsys.readouterr().err.strip()
+  assert err == f'error: {existing} exists; pass --overwrite to replace it'
+  assert existing.read_text() == 'keep me'
+
+
+def test_checkpoint_that_does_not_fit_its_config(run_dir, tmp_path, inputs, capsys):
+  bad = tmp_path / 'run'
+  shutil.copytree(run_dir, bad)
+  step_dir = next((bad / 'checkpoints').iterdir())
+  config_file = step_dir / 'config' / 'metadata'
+  config = json.loads(config_file.read_text())
+  config['model']['hidden'] = 16
+  config_file.write_text(json.dumps(config))
+  code = predict.run(['--checkpoint', str(step_dir), inputs['video']])
+  err = capsys.readouterr().err.strip()
+  assert code == predict.EXIT_USAGE
+  assert err.startswith(f'error: {step_dir} does not fit its config (') and '\n' not in err
+  assert 'in the checkpoint' in err
+
+
+def test_not_a_run(tmp_path, inputs, capsys):
+  assert predict.run(['--workdir', str(tmp_path), inputs['video']]) == predict.EXIT_USAGE
+  assert 'expected a training run with best_checkpoint/<step> or checkpoints/<step>' in \
+      capsys.readouterr().err
