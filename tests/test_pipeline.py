@@ -313,3 +313,12 @@ def test_all_windows_cover_every_frame(dataset):
   assert sorted(frames_of) == list(range(len(dataset)))
   with pytest.raises(ValueError, match="windows must be one of .*got 'some'"):
     _eval(dataset, 4, windows='some')
+
+
+def test_repeated_indices_decode_once():
+  """A short sequence repeats frames (T = 4 of 2 frames): each distinct frame is decoded once."""
+  frames = [tfds_common.encode_jpeg(np.full((S, S, 3), v, np.uint8)) for v in (40, 200)]
+  before = pipeline.DECODE_COUNT.value
+  batch = next(_eval([{'frames': frames, 'label': 0}], 1, sampling_mode='clip'))
+  assert pipeline.DECODE_COUNT.value - before == 2
+  np.testing.assert_allclose(batch['frames'][0].mean(axis=(1, 2, 3)), [40, 40, 200, 200], atol=2)

@@ -172,13 +172,14 @@ def _as_rgb(frame: Any) -> np.ndarray:
 
 
 def _select_frames(record: dict, indices: np.ndarray) -> np.ndarray:
-  """Stacks the frames at ``indices`` (decoding only those when frames are bytes)."""
-  frames, out = record['frames'], []
-  for i in indices:
+  """Stacks the frames at ``indices`` (decoding only those, each once, when frames are bytes)."""
+  frames, decoded = record['frames'], {}
+  for i in dict.fromkeys(int(i) for i in indices):
     try:
-      out.append(_as_rgb(frames[i]))
+      decoded[i] = _as_rgb(frames[i])
     except ValueError as e:
       raise ValueError(f'frame {i}: {e}') from e
+  out = [decoded[int(i)] for i in indices]
   if len({f.shape for f in out}) > 1:
     raise ValueError(f'frames of one sequence must have one size; got {sorted({f.shape for f in out})}')
   return np.stack(out)
