@@ -14,6 +14,9 @@ pipeline, in the worker:
      pixels (a flip negates dx, a rotation rotates, a zoom scales) and recomputes the magnitude.
 
 Flow is in pixels of the S x S output frame, float32. It gets no photometric jitter and no masking.
+Known approximation: where the warp reaches past the source frame (corners of a rotated crop), frames and
+flow are both filled by reflection, but the reflected vectors are not mirrored; it touches a few border
+pixels at the default augmentation (rotation <= 10 degrees).
 """
 
 import threading
