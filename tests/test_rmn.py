@@ -1,0 +1,220 @@
+"""Residual Masking Network (ferjax.models.rmn): size, masks, per-frame use, ImageNet trunk, reconstruction."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ferjax import losses, models, steps
+from ferjax.models import convert
+from ferjax.models import rmn
+
+# Tiny network: every structure of the real one (4 stages, U-Nets of depth 4/3/2/1), 16 channels at most
+# in the trunk.
+TINY = dict(backbone='resnet34', width=2, stage_sizes=(1, 1, 1, 1))
+
+
+def tiny(num_classes=3, seed=0, **kwargs):
+  return rmn.RMN(num_classes, **{**TINY, **kwargs}, rngs=nnx.Rngs(seed))
+
+
+@pytest.fixture(scope='module')
+def model():
+  """One tiny RMN for the tests that only read it (building one compiles every initialiser shape)."""
+  return tiny()
+
+
+@nnx.jit
+def stages(model, images):
+  return model.stages(images)
+
+
+@nnx.jit
+def apply(model, frames):
+  return model({'frames': frames})
+
+
+def test_default_size_is_the_public_code_count():
+  model = nnx.eval_shape(lambda: rmn.RMN(7, rngs=nnx.Rngs(0)))
+  counts = models.count_params(model)
+  assert set(counts) == {'backbone', 'mask1', 'mask2', 'mask3', 'mask4', 'head', 'total'}
+  assert abs(counts['total'] / 137.8e6 - 1) < 0.02, counts
+  # ResNet-34 without its classifier (torchvision: 21,797,672 with the 1000-way fc).
+  assert counts['backbone'] == 21_797_672 - (512 * 1000 + 1000)
+  assert counts['head'] == 512 * 7 + 7
+  # Depth 1 after stage 4 (C = 512): BasicBlock 512 -> 1024 and BasicBlock 1024 -> 512, both with a 1x1
+  # projection shortcut + BN.
+  def block(cin, cout):
+    return 9 * cin * cout + 9 * cout * cout + cin * cout + 3 * 2 * cout
+  assert counts['mask4'] == block(512, 1024) + block(1024, 512)
+  recon = nnx.eval_shape(lambda: rmn.RMN(7, reconstruction=True, rngs=nnx.Rngs(0)))
+  assert 0 < models.count_params(recon)['reconstruction'] < 0.01 * counts['total']
+
+
+@pytest.mark.parametrize('size', [64, 48])
+def test_masks_have_the_stage_shapes_and_are_channel_distributions(model, size):
+  images = jax.random.uniform(jax.random.key(1), (2, size, size, 3))
+  side = -(-size // 4)  # stem: stride 2 conv + stride 2 pool (ceil)
+  for i, (out, mask) in enumerate(stages(model, images)):
+    assert out.shape == (2, side, side, 2 * 2**i), (i, out.shape)
+    assert mask.shape == out.shape
+    np.testing.assert_allclose(mask.sum(-1), 1.0, rtol=1e-5)  # softmax over channels at every pixel
+    assert (mask >= 0).all()
+    side = -(-side // 2)
+  sig = nnx.clone(model)  # The same weights, the sigmoid mask.
+  for masking in sig.masks:
+    masking.activation = 'sigmoid'
+  for out, mask in stages(sig, images):
+    assert ((mask > 0) & (mask < 1)).all() and mask.shape == out.shape
+    assert not np.allclose(mask.sum(-1), 1.0)
+
+
+def test_each_stage_reads_the_masked_output_of_the_previous_one(model):
+  images = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3))
+  (out1, mask1), (out2, _) = stages(model, images)[:2]
+  masked = out1 * (1 + mask1)
+  x = masked
+  for block in model.backbone.layer2:
+    x = block(x)
+  np.testing.assert_allclose(x, out2, rtol=1e-5, atol=1e-6)
+  # ... and that differs from feeding the unmasked output (the mask does something).
+  y = out1
+  for block in model.backbone.layer2:
+    y = block(y)
+  assert not np.allclose(y, out2, atol=1e-6)
+
+
+def test_per_frame_logits(model):
+  frames = jax.random.uniform(jax.random.key(3), (2, 3, 32, 32, 3))
+  per_frame = apply(model, frames)['logits']
+  assert per_frame.shape == (2, 3, 3)
+  # Frame t of sequence b is scored as the single image it is.
+  single = apply(model, frames[:, 1:2])['logits']
+  assert single.shape == (2, 3)
+  np.testing.assert_allclose(per_frame[:, 1], single, rtol=1e-5, atol=1e-6)
+  # The trainer scores a sequence by the mean of its frames' probabilities.
+  probs = steps.sequence_probabilities(per_frame)
+  np.testing.assert_allclose(probs, jax.nn.softmax(per_frame, -1).mean(1), rtol=1e-6)
+
+
+def _torchvision_resnet34_keys(width, stage_sizes):
+  """Key -> shape of a torchvision ResNet-34 state dict (written from torchvision's layout, not from ferjax)."""
+  keys = {'conv1.weight': (width, 3, 7, 7)}
+
+  def bn(prefix, c):
+    for name in ('weight', 'bias', 'running_mean', 'running_var'):
+      keys[f'{prefix}.{name}'] = (c,)
+    keys[f'{prefix}.num_batches_tracked'] = ()
+  bn('bn1', width)
+  cin = width
+  for i, n in enumerate(stage_sizes):
+    planes = width * 2**i
+    for j in range(n):
+      p = f'layer{i + 1}.{j}'
+      keys[f'{p}.conv1.weight'] = (planes, cin, 3, 3)
+      bn(f'{p}.bn1', planes)
+      keys[f'{p}.conv2.weight'] = (planes, planes, 3, 3)
+      bn(f'{p}.bn2', planes)
+      if j == 0 and i > 0:
+        keys[f'{p}.downsample.0.weight'] = (planes, cin, 1, 1)
+        bn(f'{p}.downsample.1', planes)
+      cin = planes
+  keys['fc.weight'] = (1000, cin)
+  keys['fc.bias'] = (1000,)
+  return keys
+
+
+def test_imagenet_resnet34_weights_load_into_the_trunk(tmp_path):
+  width, stage_sizes = 4, (3, 4, 6, 3)
+  rng = np.random.default_rng(0)
+  state_dict = {k: (rng.standard_normal(s).astype(np.float32) if s else np.array(0, np.int64))
+                for k, s in _torchvision_resnet34_keys(width, stage_sizes).items()}
+  path = str(tmp_path / 'resnet34.safetensors')
+  convert.write_weights(path, state_dict)
+  model = rmn.RMN(7, width=width, mask_depths=(1, 1, 1, 1), rngs=nnx.Rngs(0))
+  masks_before = jax.tree.map(np.asarray, nnx.state(model.mask2))
+  summary = convert.apply_pretrained(model, ml_collections.ConfigDict({'backbone_weights': path}))
+  assert summary['backbone']['kept'] == 0  # every trunk tensor came from the file; fc.* skipped
+  # Conv kernels are transposed from [O, I, kh, kw] to [kh, kw, I, O].
+  np.testing.assert_array_equal(np.asarray(model.backbone.layer3[5].conv2.kernel[...]),
+                                state_dict['layer3.5.conv2.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(np.asarray(model.backbone.layer2[0].downsample.bn.var[...]),
+                                state_dict['layer2.0.downsample.1.running_var'])
+  jax.tree.map(np.testing.assert_array_equal, masks_before, nnx.state(model.mask2))
+  # The family's pretrained hook is the same loader.
+  family = models.get_family('rmn')
+  other = rmn.RMN(7, width=width, mask_depths=(1, 1, 1, 1), rngs=nnx.Rngs(1))
+  family.pretrained(other, {'backbone_weights': path})
+  np.testing.assert_array_equal(np.asarray(other.backbone.conv1.kernel[...]),
+                                np.asarray(model.backbone.conv1.kernel[...]))
+
+
+def test_binary_penalty_hand_values():
+  one_hot = jax.nn.one_hot(jnp.zeros((1, 2, 2), jnp.int32), 4)
+  uniform = jnp.full((1, 2, 2, 4), 0.25)
+  np.testing.assert_allclose(rmn.binary_penalty(one_hot, 'softmax'), [0.0])
+  np.testing.assert_allclose(rmn.binary_penalty(uniform, 'softmax'), [0.75])  # 1 - 4 * 0.25^2
+  np.testing.assert_allclose(rmn.binary_penalty(one_hot, 'sigmoid'), [0.0])
+  np.testing.assert_allclose(rmn.binary_penalty(jnp.full((1, 2, 2, 4), 0.5), 'sigmoid'), [1.0])
+  np.testing.assert_allclose(rmn.binary_penalty(uniform, 'sigmoid'), [0.75])  # 4 * 0.25 * 0.75
+
+
+def _reconstruction_config():
+  c = ml_collections.ConfigDict()
+  # U-Nets of depth 1 everywhere: the fastest network with every loss term.
+  c.model = ml_collections.ConfigDict(dict(name='rmn', **TINY, mask_depths=(1, 1, 1, 1),
+                                           reconstruction_weight=1.0, mask_loss='binary',
+                                           mask_loss_weight=0.1, dropout=0.0))
+  c.train = ml_collections.ConfigDict(dict(label_smoothing=0.0))
+  return c
+
+
+def test_reconstruction_loss_decreases_and_every_term_is_logged():
+  config = _reconstruction_config()
+  model = models.create_model(config.model, 3, rngs=nnx.Rngs(0))
+  assert model.reconstruction is not None
+  loss = models.get_family('rmn').losses(config)
+  assert loss.names == ('cross_entropy', 'l1_reconstruction', 'mask_binary')
+  tx = optax.adam(1e-2)
+  graphdef, state = steps.init_state(model, tx, seed=0)
+  step = jax.jit(functools.partial(steps.train_step, graphdef, tx, loss))
+  rng = np.random.default_rng(0)
+  # Smooth images (a colour ramp per image): something a decoder from 1x1 features can learn.
+  ramp = np.linspace(0, 1, 32)[None, :, None, None] * rng.uniform(0, 255, (4, 1, 1, 3))
+  frames = np.clip(ramp + rng.uniform(0, 128, (4, 1, 1, 3)), 0, 255).astype(np.uint8)
+  batch = {'frames': np.broadcast_to(frames[:, None], (4, 1, 32, 32, 3)).copy(),
+           'label': np.array([0, 1, 2, 0], np.int32)}
+  history = []
+  for _ in range(8):
+    state, metrics = step(state, batch)
+    history.append({k: float(v) for k, v in metrics.items()})
+  assert {'loss/cross_entropy', 'loss/l1_reconstruction', 'loss/mask_binary'} <= set(history[0])
+  rec = [h['loss/l1_reconstruction'] for h in history]
+  assert rec[-1] < 0.9 * rec[0] and all(b < a for a, b in zip(rec, rec[1:])), rec
+  total = [h['loss'] for h in history]
+  first = history[0]
+  np.testing.assert_allclose(first['loss'], first['loss/cross_entropy'] + first['loss/l1_reconstruction']
+                             + 0.1 * first['loss/mask_binary'], rtol=1e-5)
+  assert total[-1] < total[0]
+
+
+def test_reconstruction_target_is_the_models_input():
+  model = tiny(reconstruction=True, mask_depths=(1, 1, 1, 1))
+  frames = jax.random.uniform(jax.random.key(4), (2, 1, 48, 48, 3))
+  out = apply(model, frames)
+  assert out['reconstruction'].shape == out['reconstruction_target'].shape == (2, 48, 48, 3)
+  np.testing.assert_array_equal(out['reconstruction_target'], frames[:, 0])
+  rec = losses.l1_reconstruction()(out, {}, None)
+  np.testing.assert_allclose(rec, np.abs(out['reconstruction'] - frames[:, 0]).mean(), rtol=1e-6)
+
+
+def test_config_schema_rejects_bad_values():
+  from ferjax import config as config_lib
+  bad = ml_collections.ConfigDict(dict(name='rmn', mask_activation='relu'))
+  with pytest.raises(config_lib.ConfigError, match="model.mask_activation: expected one of 'softmax'"):
+    models.create_model(bad, 7, rngs=nnx.Rngs(0))
