@@ -1,6 +1,7 @@
 """Shared by test_predict.py and test_export.py: a tiny trained run, synthetic face videos, and the
 trainer's own evaluation as the reference the predictions are checked against."""
 
+import functools
 import os
 import sys
 
@@ -60,6 +61,11 @@ def write_video(path, frames, fps: float = 10.0) -> str:
 def reference_probs(workdir: str, windows: np.ndarray) -> np.ndarray:
   """The trainer's path: the full TrainState restored from the run's last checkpoint (optimizer state
   included) and `steps.eval_step` on uint8 windows [B, T, S, S, 3]."""
+  return np.asarray(_reference(workdir)(windows))
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(workdir: str):
   config = tiny_config('')
   checkpoints = os.path.join(workdir, 'checkpoints')
   step = max(int(s) for s in os.listdir(checkpoints) if s.isdigit())
@@ -71,7 +77,8 @@ def reference_probs(workdir: str, windows: np.ndarray) -> np.ndarray:
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   with ocp.StandardCheckpointer() as checkpointer:
     state = checkpointer.restore(os.path.join(checkpoints, str(step), 'state'), abstract)
-  return np.asarray(steps.eval_step(graphdef, state, {'frames': windows})['probs'])
+  evaluate = jax.jit(lambda frames: steps.eval_step(graphdef, state, {'frames': frames})['probs'])
+  return evaluate
 
 
 def training_view(frames, start: int, end: int, eval_crop: float = 0.875) -> np.ndarray:
