@@ -27,8 +27,8 @@ TINY = {
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
+def data_dir(synthetic_tiny):
+  return synthetic_tiny
 
 
 def _config(data_dir, **overrides):
@@ -114,7 +114,9 @@ def _like(target, restored):
 
 
 def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
-  steps = dict(**{'train.num_steps': 40, 'train.checkpoint_every_steps': 4,
+  # 12 steps: the kill comes at the first checkpoint (step 4), 8 steps and the test evaluation before
+  # the end; a killed run resumes from step 4 or 8.
+  steps = dict(**{'train.num_steps': 12, 'train.checkpoint_every_steps': 4,
                   'train.eval_every_steps': 1000})
   reference = subprocess.run(_cli_args(data_dir, tmp_path / 'a', **steps), cwd=REPO,
                              capture_output=True, text=True, timeout=300)
@@ -123,21 +125,23 @@ def test_resume_after_sigkill_is_exact(data_dir, tmp_path):
   workdir = tmp_path / 'b'
   process = subprocess.Popen(_cli_args(data_dir, workdir, **steps), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while not (workdir / 'checkpoints' / '4').is_dir() and time.time() < deadline:
-    assert process.poll() is None, 'training ended before the first checkpoint'
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  try:
+    deadline = time.time() + 240
+    while not (workdir / 'checkpoints' / '4').is_dir() and time.time() < deadline:
+      assert process.poll() is None, 'training ended before the first checkpoint'
+      time.sleep(0.01)
+  finally:
+    process.kill()
+    process.wait()
   assert not (workdir / 'report.json').exists(), 'killed too late to test resume'
   interrupted_at = max(int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit())
-  assert interrupted_at < 40
+  assert interrupted_at < 12
 
   resumed = subprocess.run(_cli_args(data_dir, workdir, **steps), cwd=REPO,
                            capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resumed from' in resumed.stdout
-  a, b = _final_state(tmp_path / 'a', 40), _final_state(workdir, 40)
+  a, b = _final_state(tmp_path / 'a', 12), _final_state(workdir, 12)
   leaves_a, leaves_b = map(lambda s: jax.tree.leaves(s), (a, b))
   assert len(leaves_a) == len(leaves_b) > 10
   for x, y in zip(leaves_a, leaves_b):
