@@ -18,6 +18,7 @@ import ml_collections
 import optax
 
 from ferjax import losses
+from ferjax import sharding
 from ferjax.data import augment
 
 
@@ -73,6 +74,29 @@ def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int):
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)))
   return graphdef, state
+
+
+def init_sharded_state(make_model: Callable[[], nnx.Module], tx: optax.GradientTransformation,
+                       seed: int, mesh: jax.sharding.Mesh, min_size: int = sharding.FSDP_MIN_SIZE):
+  """(graphdef, TrainState, state shardings): the state created directly in its shardings.
+
+  `make_model` (which builds the model from scratch, e.g. `lambda: create_model(...)`) and the
+  optimizer's init run inside `jax.jit(..., out_shardings=state_shardings)`: XLA partitions the
+  initialisation itself, so under FSDP every device computes only its own slices (random numbers are
+  sharding-invariant: `jax_threefry_partitionable`, on by default) and no device or host ever holds the
+  full parameter set. The values equal the replicated jitted init's bit for bit, and the eager
+  `init_state(make_model(), ...)`'s to 1 float32 ulp (op-by-op dispatch fuses initialisers differently).
+  """
+  graphdef = None
+
+  def init():
+    nonlocal graphdef
+    graphdef, state = init_state(make_model(), tx, seed)
+    return state
+
+  state_sharding = sharding.state_shardings(jax.eval_shape(init), mesh, min_size)
+  state = jax.jit(init, out_shardings=state_sharding)()
+  return graphdef, state, state_sharding
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:

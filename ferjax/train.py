@@ -168,14 +168,21 @@ def _set_up(config, workdir: epath.Path) -> _Run:
        f'{jax.process_count()} process(es); global batch {config.input.batch_size}, '
        f'{total_steps} steps ({total_steps / steps_per_epoch:.1f} epochs)')
 
-  model = _init_model(config, len(dataset.class_names))
-  _describe_params(model)
   tx = steps.make_optimizer(config.train, total_steps,
                             round(config.train.warmup_epochs * steps_per_epoch))
-  graphdef, state = steps.init_state(model, tx, config.seed)
-  del model
-  state_sharding = sharding.state_shardings(state, mesh)
-  state = jax.device_put(state, state_sharding)
+  if any(config.init.values()):  # Weight files are read on the host into the built model, then placed.
+    model = _init_model(config, len(dataset.class_names))
+    _describe_params(model)
+    graphdef, state = steps.init_state(model, tx, config.seed)
+    del model
+    state_sharding = sharding.state_shardings(state, mesh)
+    state = jax.device_put(state, state_sharding)
+  else:  # Created directly in its shardings: under FSDP no device (nor the host) holds the full state.
+    def make_model():
+      return models.create_model(config.model, len(dataset.class_names),
+                                 rngs=nnx.Rngs(params=config.seed))
+    _describe_params(nnx.eval_shape(make_model))
+    graphdef, state, state_sharding = steps.init_sharded_state(make_model, tx, config.seed, mesh)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
 
