@@ -169,7 +169,7 @@ def _torch_zip_as_npz(tmp_path):
     (_torch_zip_as_npz, ('archive/data.pkl', 'Starting from ImageNet weights')),
     (lambda tmp: tmp / 'absent.safetensors', ('does not exist',)),
 ], ids=['pth', 'pickle_as_npz', 'truncated_safetensors', 'torch_zip_as_npz', 'missing'])
-def test_unreadable_weights_file_is_one_line_naming_it(tmp_path, make, words):
+def test_unreadable_weights_file_is_one_line_naming_it(tmp_path, capsys, make, words):
   path = make(tmp_path)
   with pytest.raises(convert.WeightsFileError) as err:
     convert.read_weights(str(path))
@@ -177,13 +177,23 @@ def test_unreadable_weights_file_is_one_line_naming_it(tmp_path, make, words):
   message = str(err.value)
   assert message.startswith(str(path)) and '\n' not in message
   assert all(w in message for w in words), message
-  # The command line: one line on stderr, exit status 1, no traceback.
+  # The command line's code: one line on stderr, exit status 1 (in a real process: the test below).
+  capsys.readouterr()
+  assert convert.main(['check', str(path), '--arch', 'resnet50']) == 1
+  assert capsys.readouterr().err.strip() == f'error: {message}'
+
+
+def test_unreadable_weights_file_in_a_real_process(tmp_path):
+  """`python -m ferjax.models.convert`: exit status 1, one line on stderr, no traceback."""
+  path = _pickled_npz(tmp_path)
+  with pytest.raises(convert.WeightsFileError) as err:
+    convert.read_weights(str(path))
   result = subprocess.run(
       [sys.executable, '-m', 'ferjax.models.convert', 'check', str(path), '--arch', 'resnet50'],
       capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr, result.stderr
-  assert result.stderr.strip() == f'error: {message}'
+  assert result.stderr.strip() == f'error: {err.value}'
 
 
 def test_gru_and_bigru_match_pytorch(gru_ref):
