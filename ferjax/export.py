@@ -157,7 +157,7 @@ def export(model: predict.CheckpointModel, fmt: str, output: str | os.PathLike, 
   if fmt not in SUFFIXES:
     raise ExportError(f'--format must be one of {sorted(SUFFIXES)}; found {fmt!r}')
   if path.suffix != SUFFIXES[fmt]:
-    raise ExportError(f'--output {path}: a {fmt} artifact is named *{SUFFIXES[fmt]}; found '
+    raise ExportError(f'--output {path}: {fmt} artifacts are named *{SUFFIXES[fmt]}; found '
                       f'{path.suffix or "no suffix"!r}')
   if path.exists() and not overwrite:
     raise ExportError(f'{path} exists; pass --overwrite to replace it')
@@ -187,6 +187,9 @@ def run(argv: Sequence[str]) -> int:
     target = Path(os.path.abspath(os.path.expanduser(args.output)))
     if target.exists() and not args.overwrite:
       raise ExportError(f'{target} exists; pass --overwrite to replace it')
+    if target.suffix != SUFFIXES[args.format]:
+      raise ExportError(f'--output {target}: {args.format} artifacts are named '
+                        f'*{SUFFIXES[args.format]}; found {target.suffix or "no suffix"!r}')
     model = predict.load_checkpoint(args.workdir, args.checkpoint)
     path = export(model, args.format, target, overwrite=args.overwrite,
                   platforms=[p.strip() for p in args.platforms.split(',') if p.strip()])

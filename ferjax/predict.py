@@ -155,6 +155,15 @@ def training_crop(config: dict, info) -> dict:
   return {**BUILDER_DEFAULT_CROP, 'source': 'builder defaults (the dataset metadata was not found)'}
 
 
+def _normalization(config: dict) -> dict:
+  """The on-device input scaling of the run (`dataset.normalization`), applied inside the model."""
+  name = config['dataset'].get('normalization', 'imagenet')
+  out = {'name': name, 'scale': 1 / 255, 'applied': 'inside the model'}
+  if name == 'imagenet':
+    out.update(mean=augment.IMAGENET_MEAN.tolist(), std=augment.IMAGENET_STD.tolist())
+  return out
+
+
 def model_metadata(config: dict, class_names: Sequence[str], crop: dict, source: dict) -> dict:
   """What an artifact (and predict) needs besides the weights; see ferjax.serving."""
   return {
@@ -166,8 +175,7 @@ def model_metadata(config: dict, class_names: Sequence[str], crop: dict, source:
       'preprocessing': {
           'face_crop': crop,
           'eval_crop': float(config['augment']['eval_crop']),
-          'normalization': {'scale': 1 / 255, 'mean': augment.IMAGENET_MEAN.tolist(),
-                            'std': augment.IMAGENET_STD.tolist(), 'applied': 'inside the model'},
+          'normalization': _normalization(config),
       },
       'dataset': {'name': config['dataset']['name'], 'config': config['dataset'].get('config', '')},
       'model': config['model'],
@@ -250,12 +258,17 @@ def load_checkpoint(workdir: str | None = None, checkpoint: str | None = None) -
       item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
   variables = jax.device_put(_like(_strip_value({k: restored[k] for k in item}), target))
 
+  # dataset.normalization ('imagenet' | 'unit'); configs from before the field was added are 'imagenet'.
+  normalization = config['dataset'].get('normalization', 'imagenet')
+
   def function(variables, frames):
     p, s = nnx.State(params), nnx.State(model_state)
     nnx.replace_by_pure_dict(p, variables['params'])
     nnx.replace_by_pure_dict(s, variables['model_state'])
     model = nnx.merge(graphdef, p, s, copy=True)
-    logits = model(steps.normalize_inputs({'frames': frames}), train=False)['logits']
+    inputs = (steps.normalize_inputs({'frames': frames}) if normalization == 'imagenet' else
+              steps.normalize_inputs({'frames': frames}, normalization))
+    logits = model(inputs, train=False)['logits']
     return steps.sequence_probabilities(logits)
 
   source = {'kind': 'checkpoint', 'path': os.fspath(step_dir), 'step': int(step_dir.name),

@@ -1,0 +1,130 @@
+"""python -m ferjax.export: the jax.export artifact (loaded fresh in another process, without the trainer)
+and the ONNX model (under onnxruntime) give the in-process model's probabilities.
+
+Tolerances: the .ferjax artifact runs the same XLA computation as the in-process model: equal within
+1e-6. ONNX runs different kernels (onnxruntime's convolutions, GRU matmuls): within 1e-5 absolute.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from ferjax import export, predict, serving
+
+sys.path.insert(0, os.path.dirname(__file__))
+import predict_helpers as helpers  # noqa: E402  pylint: disable=wrong-import-position
+
+T, S = helpers.T, helpers.SIZE
+
+# A fresh interpreter: loads the artifact with ferjax.serving alone and reports what got imported.
+_FRESH = r'''
+import json, sys
+import numpy as np
+from ferjax import serving
+model = serving.load(sys.argv[1])
+frames = np.load(sys.argv[2])
+np.save(sys.argv[3], model.predict(frames))
+heavy = [m for m in ('ferjax.train', 'ferjax.steps', 'ferjax.models', 'flax', 'optax', 'orbax.checkpoint',
+                     'tensorflow_datasets') if m in sys.modules]
+print(json.dumps({'heavy': heavy, 'jax': 'jax' in sys.modules, 'classes': list(model.class_names)}))
+'''
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  return helpers.train_tiny_run(str(tmp_path_factory.mktemp('run')),
+                                str(tmp_path_factory.mktemp('tfds')))
+
+
+@pytest.fixture(scope='module')
+def frames():
+  """Two windows of real synthetic faces and one of noise: uint8 [3, T, S, S, 3]."""
+  faces = [helpers.training_view(helpers.face_frames(e, 6), 0, 6) for e in ('anger', 'surprise')]
+  noise = np.random.default_rng(0).integers(0, 256, (T, S, S, 3), dtype=np.uint8)
+  return np.stack([*faces, noise])
+
+
+def _fresh_process(artifact, frames, tmp_path) -> tuple[np.ndarray, dict]:
+  np.save(tmp_path / 'frames.npy', frames)
+  proc = subprocess.run([sys.executable, '-c', _FRESH, str(artifact), str(tmp_path / 'frames.npy'),
+                         str(tmp_path / 'probs.npy')], capture_output=True, text=True, timeout=300,
+                        env={**os.environ, 'PYTHONPATH': helpers.REPO})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return np.load(tmp_path / 'probs.npy'), json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_jax_artifact_in_a_fresh_process(run_dir, frames, tmp_path):
+  out = tmp_path / 'model.ferjax'
+  proc = subprocess.run([sys.executable, '-m', 'ferjax.export', '--workdir', os.path.relpath(run_dir),
+                         '--format', 'jax', '--output', str(out)], capture_output=True, text=True,
+                        timeout=300, env={**os.environ, 'PYTHONPATH': helpers.REPO})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'batch dimension symbolic' in proc.stdout
+  with zipfile.ZipFile(out) as archive:
+    assert sorted(archive.namelist()) == [serving.METADATA_FILE, serving.MODEL_FILE]
+    metadata = json.loads(archive.read(serving.METADATA_FILE))
+  assert metadata['class_names'] == ['anger', 'contempt', 'disgust', 'fear', 'happiness', 'sadness',
+                                     'surprise']
+  assert (metadata['num_frames'], metadata['image_size']) == (T, S)
+  assert metadata['preprocessing']['face_crop'] == {
+      'detector': 'none', 'margin': 0.0, 'size': S,
+      'source': 'whole rendered frames (the dataset is drawn face-centred)'}
+  assert metadata['preprocessing']['eval_crop'] == 0.875
+  assert metadata['source']['step'] == helpers.TINY_RUN['train.num_steps']
+
+  probs, info = _fresh_process(out, frames, tmp_path)
+  assert info['heavy'] == [] and info['jax'] and info['classes'] == metadata['class_names']
+  expected = helpers.reference_probs(run_dir, frames)
+  np.testing.assert_allclose(probs, expected, atol=1e-6)
+  np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+  # The symbolic batch dimension: any batch size, the same rows.
+  model = serving.load(out)
+  np.testing.assert_allclose(model.predict(frames[1:2]), expected[1:2], atol=1e-6)
+  np.testing.assert_allclose(model.predict(np.concatenate([frames] * 3)), np.tile(expected, (3, 1)),
+                             atol=1e-6)
+  with pytest.raises(ValueError, match=r'expected uint8 frames \[B, 4, 32, 32, 3\]; found uint8 \[3, 4, 16'):
+    model.predict(frames[:, :, :16, :16])
+
+
+def test_predict_from_the_jax_artifact_equals_the_checkpoint(run_dir, tmp_path, capsys):
+  out = export.export(predict.load_checkpoint(run_dir), 'jax', tmp_path / 'm.ferjax')
+  video = helpers.write_video(tmp_path / 'v.avi', helpers.face_frames('fear', 7))
+  results = {}
+  for name, source in (('checkpoint', ['--workdir', run_dir]), ('artifact', ['--model', str(out)])):
+    assert predict.run([*source, video, '--json', str(tmp_path / f'{name}.json'), '--quiet']) == 0
+    results[name] = json.loads((tmp_path / f'{name}.json').read_text())['results'][0]
+  a, c = results['artifact']['windows'], results['checkpoint']['windows']
+  assert [w['box'] for w in a] == [w['box'] for w in c] and len(a) == 3  # 7 frames, T=4, stride 2.
+  for wa, wc in zip(a, c):
+    np.testing.assert_allclose(list(wa['probs'].values()), list(wc['probs'].values()), atol=2e-6)
+  assert 'model jax' in capsys.readouterr().out
+
+
+def test_onnx_under_onnxruntime(run_dir, frames, tmp_path):
+  pytest.importorskip('jax2onnx')
+  pytest.importorskip('onnxruntime')
+  out = tmp_path / 'model.onnx'
+  assert export.run(['--workdir', run_dir, '--format', 'onnx', '--output', str(out)]) == 0
+  probs, info = _fresh_process(out, frames, tmp_path)
+  assert not info['jax'] and info['heavy'] == []  # onnxruntime alone.
+  np.testing.assert_allclose(probs, helpers.reference_probs(run_dir, frames), atol=1e-5)
+  model = serving.load(out)
+  assert model.kind == 'onnx' and model.metadata['export']['format'] == 'onnx'
+  np.testing.assert_allclose(model.predict(frames[:1]), probs[:1], atol=1e-6)
+
+
+def test_bad_export_arguments(run_dir, tmp_path, capsys):
+  existing = tmp_path / 'm.ferjax'
+  existing.write_bytes(b'keep')
+  assert export.run(['--workdir', run_dir, '--format', 'jax', '--output', str(existing)]) == 1
+  assert capsys.readouterr().err.strip() == f'error: {existing} exists; pass --overwrite to replace it'
+  assert existing.read_bytes() == b'keep'
+  assert export.run(['--workdir', run_dir, '--format', 'onnx', '--output', str(tmp_path / 'n.ferjax')]) == 1
+  assert 'onnx artifacts are named *.onnx' in capsys.readouterr().err
+  with pytest.raises(serving.ArtifactError, match='expected a .ferjax'):
+    serving.load(existing)
