@@ -40,6 +40,8 @@ def paper_config() -> ml_collections.ConfigDict:
   c.dataset.subject_folds = 0
   c.dataset.num_frames = 16  # T
   c.dataset.image_size = 224
+  # On-device input scaling: 'imagenet' = /255 then ImageNet mean/std, 'unit' = /255 only.
+  c.dataset.normalization = 'imagenet'
   # Which T frames: 'segments' (TSN: a random frame of each of T segments in training, their centres in
   # evaluation), 'clip' (the central T frames, RFSCNN's rule) or 'apex' (the last T frames).
   c.dataset.sampling = 'segments'
@@ -101,7 +103,15 @@ def paper_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 60.0
   c.train.num_steps = -1  # > 0 overrides num_epochs.
-  c.train.optimizer = 'adamw'
+  c.train.optimizer = 'adamw'  # 'adamw' | 'radam' | 'sgd'.
+  # 'cosine' (warm-up + cosine decay) | 'plateau' (warm-up + constant, multiplied by plateau_factor after
+  # more than plateau_patience validations without a better UAR, down to min_learning_rate).
+  c.train.schedule = 'cosine'
+  c.train.plateau_patience = 2
+  c.train.plateau_factor = 0.1
+  c.train.min_learning_rate = 0.0
+  # > 0: stop after this many validations in a row without a better UAR (needs a validation split).
+  c.train.early_stop_patience = 0
   c.train.learning_rate = 3e-4  # Peak, for the global batch.
   c.train.warmup_epochs = 3.0
   c.train.weight_decay = 0.05  # Not applied to biases and normalisation parameters.

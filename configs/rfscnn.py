@@ -40,6 +40,8 @@ def paper_config() -> ml_collections.ConfigDict:
   c.dataset.subject_folds = 0  # 0 = leave-one-subject-out (the paper); k >= 2 = subject-independent k-fold.
   c.dataset.num_frames = 16  # L (the flow stream sees L - 1 flow images).
   c.dataset.image_size = 224
+  # On-device input scaling: 'imagenet' = /255 then ImageNet mean/std, 'unit' = /255 only.
+  c.dataset.normalization = 'imagenet'
   # 'clip': the central L frames, edge frames repeated for short videos (the paper's rule).
   c.dataset.sampling = 'clip'
   c.dataset.flow = 'dis'  # Optical flow: OpenCV 'dis' (ultrafast preset) or 'farneback'.
@@ -107,7 +109,15 @@ def paper_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 30.0
   c.train.num_steps = -1  # > 0 overrides num_epochs.
-  c.train.optimizer = 'adamw'
+  c.train.optimizer = 'adamw'  # 'adamw' | 'radam' | 'sgd'.
+  # 'cosine' (warm-up + cosine decay) | 'plateau' (warm-up + constant, multiplied by plateau_factor after
+  # more than plateau_patience validations without a better UAR, down to min_learning_rate).
+  c.train.schedule = 'cosine'
+  c.train.plateau_patience = 2
+  c.train.plateau_factor = 0.1
+  c.train.min_learning_rate = 0.0
+  # > 0: stop after this many validations in a row without a better UAR (needs a validation split).
+  c.train.early_stop_patience = 0
   c.train.learning_rate = 3e-4  # Peak, for the global batch.
   c.train.warmup_epochs = 2.0
   c.train.weight_decay = 0.05  # Kernels and RNN weights; not biases, norms or the L1-penalised projections.

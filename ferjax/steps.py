@@ -18,6 +18,7 @@ import ml_collections
 import optax
 
 from ferjax import losses
+from ferjax import plateau
 from ferjax import sharding
 from ferjax.data import augment
 
@@ -53,18 +54,34 @@ def decay_mask(params):
 
 def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
                    warmup_steps: int) -> optax.GradientTransformation:
-  """Warm-up + cosine decay; AdamW or SGD with momentum; optional global-norm clipping."""
+  """Warm-up + cosine decay (or warm-up + constant scaled on plateaus, see `ferjax.plateau`); AdamW,
+  RAdam or SGD with momentum; optional global-norm clipping.
+
+  RAdam (Liu et al., 2020; the Residual Masking Network's optimizer) decays weights decoupled, as the
+  reference implementation the RMN code uses (`p -= lr * weight_decay * p`), on the `decay_mask` leaves.
+  """
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, train.learning_rate, warmup_steps=warmup_steps, decay_steps=max(total_steps, 1),
-      end_value=0.0)
+  if train.get('schedule', 'cosine') == 'plateau':
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, train.learning_rate, max(warmup_steps, 1)),
+         optax.constant_schedule(train.learning_rate)], [warmup_steps])
+  else:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, train.learning_rate, warmup_steps=warmup_steps, decay_steps=max(total_steps, 1),
+        end_value=0.0)
   if train.optimizer == 'adamw':
     tx = optax.adamw(schedule, weight_decay=train.weight_decay, mask=decay_mask)
+  elif train.optimizer == 'radam':
+    tx = optax.chain(optax.scale_by_radam(),
+                     optax.add_decayed_weights(train.weight_decay, mask=decay_mask),
+                     optax.scale_by_learning_rate(schedule))
   else:
     tx = optax.chain(optax.add_decayed_weights(train.weight_decay, mask=decay_mask),
                      optax.sgd(schedule, momentum=train.momentum, nesterov=True))
   if train.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(train.grad_clip), tx)
+  if plateau.uses_plateau(train):  # Last: its scale multiplies the final updates.
+    tx = optax.chain(tx, plateau.scale_by_plateau())
   return tx
 
 
@@ -105,12 +122,22 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def normalize_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """On the device: uint8 RGB `frames` -> float32 ImageNet-normalised (the host sends 4x fewer
-  bytes); every other entry as it is."""
+NORMALIZATIONS = ('imagenet', 'unit')
+
+
+def normalize_inputs(batch: dict[str, jax.Array],
+                     normalization: str = 'imagenet') -> dict[str, jax.Array]:
+  """On the device: uint8 RGB `frames` -> float32 (the host sends 4x fewer bytes); every other entry as
+  it is. `normalization` (`dataset.normalization`): 'imagenet' = x / 255 standardised with the ImageNet
+  mean/std (for ImageNet-pretrained trunks), 'unit' = x / 255 only (the Residual Masking Network's
+  FER2013 recipe)."""
   frames = batch.get('frames')
   if frames is None or frames.dtype != jnp.uint8:
     return batch
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f'normalization must be one of {NORMALIZATIONS}; found {normalization!r}')
+  if normalization == 'unit':
+    return {**batch, 'frames': frames.astype(jnp.float32) / 255.0}
   mean = jnp.asarray(augment.IMAGENET_MEAN, jnp.float32)
   std = jnp.asarray(augment.IMAGENET_STD, jnp.float32)
   return {**batch, 'frames': (frames.astype(jnp.float32) / 255.0 - mean) / std}
@@ -122,7 +149,8 @@ def _as_loss(loss: 'losses.Loss | float') -> losses.Loss:
 
 
 def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss,
-               state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+               state: TrainState, batch: dict[str, jax.Array],
+               normalization: str = 'imagenet') -> tuple[TrainState, dict]:
   """One optimizer update on a global batch; returns the new state and summed metrics.
 
   Metrics: `loss` (the weighted total), `loss/<term>` for every term of `loss`, `correct`, `count`,
@@ -130,7 +158,7 @@ def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss,
   """
   loss = _as_loss(loss)
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  inputs = normalize_inputs(batch)
+  inputs = normalize_inputs(batch, normalization)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.model_state, copy=True)
@@ -162,12 +190,12 @@ def sequence_probabilities(logits: jax.Array) -> jax.Array:
   return probs.mean(axis=1) if probs.ndim == 3 else probs
 
 
-def eval_step(graphdef: nnx.GraphDef, state: TrainState,
-              batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def eval_step(graphdef: nnx.GraphDef, state: TrainState, batch: dict[str, jax.Array],
+              normalization: str = 'imagenet') -> dict[str, jax.Array]:
   """Sequence class probabilities (and their argmax) in inference mode (BatchNorm running averages,
   no dropout); `frames_scored` [B] is 1 for sequence logits, T when frame probabilities were averaged."""
   model = nnx.merge(graphdef, state.params, state.model_state, copy=True)
-  logits = model(normalize_inputs(batch), train=False)['logits']
+  logits = model(normalize_inputs(batch, normalization), train=False)['logits']
   probs = sequence_probabilities(logits)
   frames_scored = logits.shape[1] if logits.ndim == 3 else 1
   return {'pred': jnp.argmax(probs, -1).astype(jnp.int32), 'probs': probs,
@@ -175,18 +203,19 @@ def eval_step(graphdef: nnx.GraphDef, state: TrainState,
 
 
 def jit_train_step(graphdef, tx, loss: 'losses.Loss | float', state_sharding, batch_sharding,
-                   replicated) -> Callable:
+                   replicated, normalization: str = 'imagenet') -> Callable:
   """The jitted train step with explicit shardings; the incoming state is donated.
 
   `loss` is a `losses.Loss` (a number means cross-entropy with that label smoothing).
   """
   return jax.jit(
-      functools.partial(train_step, graphdef, tx, _as_loss(loss)),
+      functools.partial(train_step, graphdef, tx, _as_loss(loss), normalization=normalization),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=(0,))
 
 
-def jit_eval_step(graphdef, state_sharding, batch_sharding) -> Callable:
-  return jax.jit(functools.partial(eval_step, graphdef),
+def jit_eval_step(graphdef, state_sharding, batch_sharding,
+                  normalization: str = 'imagenet') -> Callable:
+  return jax.jit(functools.partial(eval_step, graphdef, normalization=normalization),
                  in_shardings=(state_sharding, batch_sharding), out_shardings=batch_sharding)

@@ -36,8 +36,8 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from ferjax import (checkpointing, config as config_lib, metrics, paths, provenance, sharding, steps,
-                    workdir as workdir_lib)
+from ferjax import (checkpointing, config as config_lib, metrics, paths, plateau, provenance, sharding,
+                    steps, workdir as workdir_lib)
 from ferjax import models
 from ferjax.models import convert
 from ferjax.data import datasets, pipeline, protocols, spec
@@ -148,6 +148,10 @@ def _set_up(config, workdir: epath.Path) -> _Run:
   """Dataset, protocol, mesh, input pipelines, model, optimizer, jitted steps and checkpointers."""
   dataset = datasets.prepare(config.dataset)
   splits = _splits(config, dataset)
+  if plateau.uses_plateau(config.train) and not splits.validation:
+    raise config_lib.ConfigError(
+        "config.train.schedule='plateau' and train.early_stop_patience > 0 follow the validation UAR; "
+        f'expected a validation split (dataset.holdout_validation=True), found none for {dataset.name}')
   try:
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   except ValueError as e:
@@ -188,9 +192,10 @@ def _set_up(config, workdir: epath.Path) -> _Run:
 
   batch_sharding = sharding.batch_sharding(mesh)
   loss = models.get_family(config.model.name).losses(config)
+  normalization = config.dataset.normalization
   train_fn = steps.jit_train_step(graphdef, tx, loss, state_sharding, batch_sharding,
-                                  sharding.replicated(mesh))
-  eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding)
+                                  sharding.replicated(mesh), normalization=normalization)
+  eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding, normalization=normalization)
   checkpointer = checkpointing.Checkpointer(
       os.fspath(workdir / 'checkpoints'), max_to_keep=config.train.max_to_keep,
       save_every_steps=config.train.checkpoint_every_steps)
@@ -265,7 +270,7 @@ def evaluate(eval_fn, state, batches, mesh, class_names, stop: Callable[[], bool
   if not labels:
     raise ValueError('the evaluation split is empty')
   prob, label, rows = _aggregate(np.concatenate(indices), np.concatenate(labels), np.concatenate(probs))
-  report = metrics.classification_report(label, prob.argmax(-1), class_names)
+  report = metrics.classification_report(label, prob.argmax(-1), class_names, probs=prob)
   scored = int(np.concatenate(frames_scored).max(initial=1))
   report['scoring'] = _scoring(scored, rows, getattr(batches, 'views', ''))
   return report
@@ -280,6 +285,15 @@ def _validate(run: _Run, step: int, writer: metrics.MetricWriter) -> None:
   kept = run.best.update(step, run.state, scores)
   _log(f'  validation ({run.splits.validation}): WAR {100 * report["war"]:.2f}%  '
        f'UAR {100 * report["uar"]:.2f}%' + ('  (best so far)' if kept else ''))
+  # Plateau schedule / early stopping: their state is in the optimizer state, saved with the step.
+  opt_state, observed = plateau.observe(run.state.opt_state, scores['uar'], run.config.train)
+  if observed is not None:
+    run.state = run.state.replace(opt_state=opt_state)
+    lr = float(observed.scale) * run.config.train.learning_rate
+    writer.write(step, 'plateau', {'learning_rate_scale': float(observed.scale),
+                                   'evaluations_since_best': int(observed.since_best)})
+    _log(f'  plateau: learning rate {lr:.3g} (x{float(observed.scale):.3g}), '
+         f'{int(observed.since_best)} evaluation(s) since the best')
 
 
 def _train_scalars(summed: dict, num_steps: int, rate: float) -> dict:
@@ -302,6 +316,10 @@ def _train_loop(run: _Run, writer: metrics.MetricWriter) -> None:
   last_saved = checkpointer.latest_step
   pending, t0, t0_step = [], None, step
   while step < run.total_steps:
+    if plateau.should_stop(run.state.opt_state, config.train):  # Also when resuming a stopped run.
+      _log(f'Early stop at step {step}: {config.train.early_stop_patience} validations without '
+           'improvement of the UAR.')
+      break
     if checkpointer.preempted(step):  # Also reached when the signal came during compilation.
       _save(run, step)
       raise Preempted(step)
@@ -326,7 +344,8 @@ def _train_loop(run: _Run, writer: metrics.MetricWriter) -> None:
       pending = []
     if run.best and (step % config.train.eval_every_steps == 0 or step == run.total_steps):
       _validate(run, step, writer)
-    if checkpointer.should_save(step) or step == run.total_steps:
+    if checkpointer.should_save(step) or step == run.total_steps or \
+        plateau.should_stop(run.state.opt_state, config.train):
       _save(run, step)
       last_saved = step
     if t0 is None:  # Start the clock after the first (compiling) step.
@@ -339,6 +358,15 @@ def _train_loop(run: _Run, writer: metrics.MetricWriter) -> None:
 def _save(run: _Run, step: int) -> None:
   if run.checkpointer.latest_step != step:
     run.checkpointer.save(step, run.state, run.train_iter, config_lib.to_dict(run.config))
+
+
+def _plain_eval_batches(run: _Run, split: str):
+  """Evaluation batches of `split` without test-time augmentation (one row per window)."""
+  config = run.config.copy_and_resolve_references()
+  config.eval.tta_copies = 0
+  local_batch = _batch_sizes(config, run.mesh)[1]
+  return spec.eval_batches(config, run.dataset.source(split),
+                           (jax.process_index(), jax.process_count(), local_batch))
 
 
 def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
@@ -356,6 +384,13 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
                     run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']))
   if report is None:
     raise Preempted(int(run.state.step))
+  if run.config.eval.tta_copies > 1:  # The papers report both (e.g. RMN: 74.14 % with TTA).
+    plain = evaluate(run.eval_fn, state, _plain_eval_batches(run, run.splits.test), run.mesh,
+                     run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']))
+    if plain is None:
+      raise Preempted(int(run.state.step))
+    report['without_tta'] = {k: plain[k] for k in ('war', 'uar', 'macro_f1', 'macro_precision',
+                                                    'macro_roc_auc', 'scoring')}
   # What is needed to repeat the run: code and library versions, devices, the dataset's version.
   report['provenance'] = {**provenance.collect(),
                           'dataset': provenance.dataset_version(run.dataset.name, run.dataset.data_dir)}
@@ -372,7 +407,10 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
            f'final step {selection["step"]}')
   _log(f'Test ({run.splits.test}, {report["num_examples"]} sequences, {where}): '
        f'WAR {100 * report["war"]:.2f}%  UAR {100 * report["uar"]:.2f}%  '
-       f'macro-F1 {100 * report["macro_f1"]:.2f}%\nReport: {run.workdir / "report.json"}')
+       f'macro-F1 {100 * report["macro_f1"]:.2f}%  macro precision {100 * report["macro_precision"]:.2f}%  '
+       f'macro ROC AUC {report["macro_roc_auc"]:.4f}'
+       + (f'  (without TTA: WAR {100 * report["without_tta"]["war"]:.2f}%)' if 'without_tta' in report else '')
+       + f'\nReport: {run.workdir / "report.json"}')
   return report
 
 

@@ -77,10 +77,10 @@ def _saved_bytes(remat, frames=FRAMES):
 
 
 def test_remat_keeps_fewer_activations_for_the_backward_pass():
-  # Without remat every block saves its convolutions', BatchNorms' and activations' outputs; with it,
-  # only each block's input (and the stem, which is not a block). Measured: 1.06 MB -> 0.31 MB.
+  # Without remat the stem and every block save their convolutions', BatchNorms' and activations'
+  # outputs; with it, only each block's input. Measured: 1.06 MB -> 0.17 MB.
   without, with_remat = _saved_bytes('none'), _saved_bytes('blocks')
-  assert with_remat < 0.4 * without, (with_remat, without)
+  assert with_remat < 0.25 * without, (with_remat, without)
 
 
 def test_remat_rejects_unknown_mode():

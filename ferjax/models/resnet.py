@@ -151,8 +151,8 @@ class ResNet(nnx.Module):
     num_classes: if set, adds a linear classifier ``fc`` on the pooled features.
     zero_init_residual: start each block's last BN scale at 0 (torchvision's option; default off).
     dtype: compute dtype (parameters stay float32).
-    remat: rematerialise every block (``nnx.remat``): the backward pass recomputes a block's
-      activations from its input instead of keeping them, so only the blocks' inputs stay in memory
+    remat: rematerialise the stem and every block (``nnx.remat``): the backward pass recomputes their
+      activations from their inputs instead of keeping them, so only the blocks' inputs stay in memory
       (about one forward pass more compute for much less activation memory; same values).
 
   ``__call__(x, train=False)`` returns pooled features [N, num_features] (or logits [N,
@@ -206,8 +206,11 @@ class ResNet(nnx.Module):
       raise ValueError(f'ResNet expects NHWC images with 3 channels, got shape {x.shape}.')
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
-    x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    def stem(conv, bn, x):
+      x = jax.nn.relu(bn(conv(x), use_running_average=not train))
+      return nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    # The stem works at the largest resolution: with remat it is recomputed too.
+    x = (nnx.remat(stem) if self.remat else stem)(self.conv1, self.bn1, x)
     for stage in self.layers:
       for block in stage:
         x = call_block(block, x, train, self.remat)
