@@ -405,6 +405,7 @@ class Result:
   boxes: list[list[float] | None] = dataclasses.field(default_factory=list)  # Per frame; None: no face.
   windows: list[Window] = dataclasses.field(default_factory=list)
   seconds: float = 0.0
+  model_seconds: float = 0.0  # Of `seconds`, in model calls (the first call of a process compiles).
 
   @property
   def clip_probs(self) -> np.ndarray | None:
@@ -557,6 +558,7 @@ def predict_source(source: Source, model, detector: faces.FaceDetector, options:
     raise faces.NoFaceError(f'{source.path}: no face found in any of its {result.num_frames} frames')
   batcher.flush()
   result.seconds = time.perf_counter() - t0
+  result.model_seconds = batcher.model_seconds
   return result
 
 
@@ -670,10 +672,13 @@ def annotate_frame(rgb: np.ndarray, result: Result, frame: int, min_height: int 
     return image
   names, probs = result.class_names, window.probs
   best = int(np.argmax(probs))
-  cv2.putText(image, f'{names[best]} {probs[best]:.2f}', (8, round(26 * h / 360)), font,
-              1.6 * text_scale, (255, 255, 0), 2 * thick)
   row, bar_w = round(18 * h / 360), round(0.25 * w)
   top = round(40 * h / 360)
+  panel = image.copy()  # A dark, translucent panel under the text keeps it readable on any frame.
+  cv2.rectangle(panel, (0, 0), (min(w, 2 * bar_w + 60), top + len(names) * row + 4), (0, 0, 0), -1)
+  image = cv2.addWeighted(panel, 0.6, image, 0.4, 0)
+  cv2.putText(image, f'{names[best]} {probs[best]:.2f}', (8, round(26 * h / 360)), font,
+              1.6 * text_scale, (255, 255, 0), 2 * thick)
   for i, (name, p) in enumerate(zip(names, probs)):
     y0 = top + i * row
     cv2.rectangle(image, (8, y0), (8 + bar_w, y0 + row - 4), (40, 40, 40), -1)
@@ -876,8 +881,10 @@ def run(argv: Sequence[str]) -> int:
   if results:
     frames = sum(r.num_frames for r in results)
     seconds = sum(r.seconds for r in results)
+    in_model = sum(r.model_seconds for r in results)
     print(f'{len(results)} input(s), {frames} frames in {seconds:.2f} s: {frames / seconds:.1f} frames/s '
-          f'(decode + detect ({args.detector}) + crop + model; model {model.kind})')
+          f'(decode + detect ({args.detector}) + crop + model; model {model.kind}: {in_model:.2f} s, '
+          'its first call compiles)')
   if args.json:
     payload = {'model': {k: model.metadata[k] for k in ('class_names', 'num_frames', 'image_size',
                                                          'preprocessing', 'source')},
