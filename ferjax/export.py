@@ -204,6 +204,7 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main() -> None:
+  predict.quiet_library_logs()
   sys.exit(run(sys.argv[1:]))
 
 

@@ -899,7 +899,18 @@ def run(argv: Sequence[str]) -> int:
   return 0
 
 
+def quiet_library_logs() -> None:
+  """Orbax and jax2onnx log INFO/WARNING lines (e.g. a missing optional metadata file) that say nothing
+  to a user of the CLI; errors still show."""
+  import logging  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  for name in ('jax2onnx', 'onnx_ir', 'orbax', 'absl'):
+    logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main() -> None:
+  quiet_library_logs()
   sys.exit(run(sys.argv[1:]))
 
 
