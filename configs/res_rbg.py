@@ -88,8 +88,8 @@ def paper_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.5
   # Compute dtype: 'auto' = bfloat16 on TPU/GPU, float32 on CPU; parameters always float32.
   c.model.dtype = 'auto'
-  c.model.unroll = 1  # lax.scan unroll of the GRU time loop.
-  # 'blocks' recomputes every ResNet and RBG block in the backward pass (less memory, ~1 more forward).
+  c.model.unroll = 1  # lax.scan unroll of the GRU time loop (1: measured, see ferjax/models/recurrent.py).
+  # 'blocks' recomputes the ResNet stem and blocks and the RBG blocks in the backward pass (less memory).
   c.model.remat = 'none'
 
   c.init = ml_collections.ConfigDict()

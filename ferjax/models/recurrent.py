@@ -17,6 +17,18 @@ the ``lax.scan``; the scan body only does the [B, H] x [H, 3H] recurrent matmul.
 both directions in ONE scan over a stacked carry [2, B, H] (the backward direction reads its input
 reversed in time), so a bidirectional layer costs one sequential loop, not two.
 
+Unroll (``lax.scan``'s ``unroll``, default 1 = a rolled loop), chosen by measurement:
+``python scripts/gru_unroll.py`` times two RBG blocks (forward + backward) on the 2-core CPU, shared with
+other jobs (load ~15), so step times are noisy:
+
+* quickstart (B 16, T 8, 128 -> hidden 128), two repeats: compile 11-13 / 14-15 / 19-20 / 26-29 s and
+  step 48-112 / 45-92 / 48-82 / 101-102 ms for unroll 1 / 2 / 4 / 8;
+* paper (B 32, T 16, 2048 -> hidden 560): compile 12 / 14 / 28 / 48 s, step 6.76 / 7.40 / 6.85 / 7.58 s.
+
+Unrolling buys no step time that stands out of the noise at either size (at the paper's size the hoisted
+input projections dominate; the recurrent matmul is [B, H] x [H, 3H] per step) while compile time grows
+with the unroll factor, so the default stays 1; ``model.unroll`` remains a field for accelerators.
+
 Precision: matmuls run in ``dtype`` (e.g. bfloat16); gates and the carried state are float32.
 Initialisation: PyTorch's, U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias.
 """
