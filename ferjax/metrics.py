@@ -21,15 +21,36 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
   return cm
 
 
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+  """Area under the ROC curve of `scores` for the binary labels `positive` (None without positives or
+  negatives): the Mann-Whitney statistic P(score of a positive > score of a negative), ties counted 1/2,
+  from average ranks."""
+  scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  if n_pos == 0 or n_neg == 0:
+    return None
+  _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+  average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based, tied scores share their mean rank
+  rank_sum = average_rank[inverse][positive].sum()
+  return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 def classification_report(labels: np.ndarray, preds: np.ndarray,
-                          class_names: Sequence[str]) -> dict:
-  """WAR (accuracy), UAR, macro-F1, per-class recall/precision/F1 and the confusion matrix.
+                          class_names: Sequence[str], probs: np.ndarray | None = None) -> dict:
+  """WAR (accuracy), UAR, macro-F1, macro precision, per-class recall/precision/F1, the confusion matrix
+  and, given class probabilities `probs` [N, C], one-vs-rest ROC AUC per class and macro.
 
   * UAR (unweighted average recall) is the mean recall over the classes present in `labels` (as
     scikit-learn's `balanced_accuracy_score`): a small test fold without, say, contempt is not scored on a
     class it does not contain. Absent classes get recall None.
   * Macro-F1 is scikit-learn's `f1_score(average='macro')`: the mean F1 over the union of the true and the
     predicted classes, so a class that is predicted but absent from `labels` counts with F1 = 0.
+  * Macro precision is scikit-learn's `precision_score(average='macro')` over the same classes: a class
+    present in `labels` but never predicted counts with precision 0 (the Residual Masking Reconstruction
+    Network paper reports it on FER2013).
+  * ROC AUC (one class against the rest, from its probability column; the papers' "ROC AUC") per class,
+    None for a class with no positive or no negative example; `macro_roc_auc` is their mean (as
+    scikit-learn's `roc_auc_score(multi_class='ovr', average='macro')` when every class is present).
   """
   cm = confusion_matrix(labels, preds, len(class_names))
   support = cm.sum(axis=1)
@@ -42,11 +63,24 @@ def classification_report(labels: np.ndarray, preds: np.ndarray,
   # F1 = 2 TP / (2 TP + FP + FN), which is 0 (not undefined) when TP = 0.
   f1 = 2 * tp / np.maximum(support + predicted, 1)
   total = int(cm.sum())
+  auc = None
+  if probs is not None:
+    probs = np.asarray(probs)
+    if probs.shape != (len(labels), len(class_names)):
+      raise ValueError(f'probs must be [{len(labels)}, {len(class_names)}] (examples, classes); found '
+                       f'{probs.shape}')
+    auc = [roc_auc(probs[:, c], np.asarray(labels) == c) for c in range(len(class_names))]
+  defined = [a for a in auc or () if a is not None]
+  extra = {} if auc is None else {
+      'per_class_roc_auc': dict(zip(class_names, auc)),
+      'macro_roc_auc': float(np.mean(defined)) if defined else float('nan')}
   return {
       'num_examples': total,
       'war': float(tp.sum() / total) if total else float('nan'),
       'uar': float(np.mean(recall[present])) if present.any() else float('nan'),
       'macro_f1': float(np.mean(f1[scored])) if scored.any() else float('nan'),
+      'macro_precision': float(np.mean(precision[scored])) if scored.any() else float('nan'),
+      **extra,
       'per_class_recall': {name: (None if math.isnan(r) else float(r))
                            for name, r in zip(class_names, recall)},
       'per_class_precision': {name: (float(p) if n else None)

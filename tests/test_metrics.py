@@ -62,3 +62,38 @@ def test_macro_f1_counts_a_predicted_but_absent_class_like_scikit_learn():
 def test_macro_f1_ignores_classes_neither_true_nor_predicted():
   r = metrics.classification_report(np.array([0, 1]), np.array([0, 1]), NAMES)
   assert r['macro_f1'] == 1.0 and r['per_class_f1']['surprise'] is None
+
+
+def test_roc_auc_and_macro_precision_by_hand():
+  labels = np.array([0, 0, 1, 2])
+  probs = np.array([[0.6, 0.3, 0.1],
+                    [0.3, 0.3, 0.4],
+                    [0.5, 0.4, 0.1],
+                    [0.3, 0.1, 0.6]])
+  r = metrics.classification_report(labels, probs.argmax(-1), NAMES, probs=probs)
+  # anger: positives score 0.6, 0.3; negatives 0.5, 0.3 -> pairs won 1, 1, 0 and one tie (1/2) of 4.
+  assert r['per_class_roc_auc'] == pytest.approx({'anger': 0.625, 'happiness': 1.0, 'surprise': 1.0})
+  assert r['macro_roc_auc'] == pytest.approx((0.625 + 1 + 1) / 3)
+  # Predictions 0, 2, 0, 2: precision 1/2, happiness never predicted (0, as scikit-learn), 1/2.
+  assert r['macro_precision'] == pytest.approx(1 / 3)
+  assert r['per_class_precision'] == {'anger': 0.5, 'happiness': None, 'surprise': 0.5}
+  # Without probabilities there is no AUC.
+  assert 'macro_roc_auc' not in metrics.classification_report(labels, probs.argmax(-1), NAMES)
+
+
+def test_roc_auc_equals_the_pair_count_and_skips_a_class_without_examples():
+  rng = np.random.default_rng(0)
+  scores = rng.integers(0, 5, 40) / 4.0  # many ties
+  positive = rng.random(40) < 0.3
+  pairs = [(1.0 if p > n else 0.5 if p == n else 0.0)
+           for p in scores[positive] for n in scores[~positive]]
+  assert metrics.roc_auc(scores, positive) == pytest.approx(np.mean(pairs))
+  assert metrics.roc_auc(scores, np.zeros(40, bool)) is None
+  labels = np.array([0, 0, 1, 1])
+  probs = np.array([[0.9, 0.1, 0.0], [0.4, 0.6, 0.0], [0.2, 0.8, 0.0], [0.7, 0.3, 0.0]])
+  r = metrics.classification_report(labels, probs.argmax(-1), NAMES, probs=probs)
+  assert r['per_class_roc_auc']['surprise'] is None
+  assert r['per_class_roc_auc']['anger'] == pytest.approx(0.75)  # 0.9 beats 0.2, 0.7; 0.4 beats 0.2
+  assert r['macro_roc_auc'] == pytest.approx(0.75)
+  with pytest.raises(ValueError, match=r'probs must be \[4, 3\]'):
+    metrics.classification_report(labels, probs.argmax(-1), NAMES, probs=probs[:, :2])
