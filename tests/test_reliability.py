@@ -3,6 +3,7 @@ changed configs on resume, orphan processes. Tiny models on the built-in dataset
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,10 +19,8 @@ from test_train import REPO, TINY, _cli_args, _config, _final_state  # noqa: E40
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  train.datasets.prepare(_config(path).dataset)  # Build the tiny dataset once for the module.
-  return path
+def data_dir(synthetic_tiny):
+  return synthetic_tiny
 
 
 def _run(args, timeout=300, **kwargs):
@@ -82,22 +81,22 @@ def test_resume_refuses_a_changed_trajectory_and_keeps_config_history(data_dir, 
     line = _one_line_error(_run(_cli_args(data_dir, tmp_path, **steps, **{key: value})), key)
     assert f'{key}: {old!r} in the checkpoint, {value!r} now' in line
   # Cadences, worker counts and a longer run are allowed; each start is kept in the history.
-  allowed = {'train.num_steps': 4, 'train.log_every_steps': 1, 'input.worker_count': 1}
+  allowed = {'train.num_steps': 6, 'train.log_every_steps': 1, 'input.worker_count': 1}
   result = _run(_cli_args(data_dir, tmp_path, **allowed))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'train.num_steps: 2 -> 4' in result.stdout
+  assert 'train.num_steps: 2 -> 6' in result.stdout
   history = [json.loads(line) for line in (tmp_path / 'config_history.jsonl').read_text().splitlines()]
   assert [h['resumed_from_step'] for h in history] == [None, 2]
   assert history[0]['config']['train']['num_steps'] == 2
-  assert json.loads((tmp_path / 'config.json').read_text())['train']['num_steps'] == 4
+  assert json.loads((tmp_path / 'config.json').read_text())['train']['num_steps'] == 6
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path):
-  config = {'train.num_steps': 4, 'train.checkpoint_every_steps': 2, 'train.max_to_keep': 3}
+  config = {'train.num_steps': 6, 'train.checkpoint_every_steps': 2, 'train.max_to_keep': 3}
   assert _run(_cli_args(data_dir, tmp_path, **config)).returncode == 0
-  # Truncate every array data file of the step-4 checkpoint.
+  # Truncate every array data file of the step-6 (final) checkpoint.
   damaged = 0
-  for root, _, files in os.walk(tmp_path / 'checkpoints' / '4' / 'state'):
+  for root, _, files in os.walk(tmp_path / 'checkpoints' / '6' / 'state'):
     for name in files:
       path = os.path.join(root, name)
       if os.path.getsize(path) > 256 and not name.endswith(('.json', 'METADATA')):
@@ -105,11 +104,13 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(data_dir, t
           f.truncate(64)
         damaged += 1
   assert damaged
-  result = _run(_cli_args(data_dir, tmp_path, **{**config, 'train.num_steps': 6}))
+  (tmp_path / 'report.json').unlink()
+  # The same command again: step 6 cannot be read, so the run resumes from step 4 and trains again.
+  result = _run(_cli_args(data_dir, tmp_path, **config))
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'checkpoint at step 4 cannot be read' in result.stdout
-  assert 'Resumed from' in result.stdout and 'at step 2' in result.stdout
-  assert (tmp_path / 'checkpoints_unreadable' / '4').is_dir()  # Moved aside, not deleted.
+  assert 'checkpoint at step 6 cannot be read' in result.stdout
+  assert 'Resumed from' in result.stdout and 'at step 4' in result.stdout
+  assert (tmp_path / 'checkpoints_unreadable' / '6').is_dir()  # Moved aside, not deleted.
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4', '6']
   assert json.loads((tmp_path / 'report.json').read_text())['step'] == 6
 
@@ -164,52 +165,81 @@ def _wait_for(path, process, timeout=240):
 
 
 def test_no_orphan_processes_after_sigkill(data_dir, tmp_path):
-  args = _cli_args(data_dir, tmp_path, **{'input.worker_count': 2, 'train.num_steps': 200,
+  args = _cli_args(data_dir, tmp_path, **{'input.worker_count': 2, 'train.num_steps': 12,
                                           'train.checkpoint_every_steps': 2})
   process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  _wait_for(tmp_path / 'checkpoints' / '2', process)
-  children = _descendants(process.pid)
+  try:
+    _wait_for(tmp_path / 'checkpoints' / '2', process)
+    children = _descendants(process.pid)
+  finally:
+    process.kill()
+    process.wait()
   assert len(children) >= 2, 'expected grain worker processes'
-  process.kill()
-  process.wait()
   deadline = time.time() + 20
   while any(_alive(p) for p in children) and time.time() < deadline:
     time.sleep(0.2)
   assert not [p for p in children if _alive(p)], 'processes outlived the killed trainer'
 
 
+def _stop(process) -> None:
+  """Kills a process a failed test left running."""
+  if process.poll() is None:
+    process.kill()
+  process.communicate()
+
+
 def test_sigterm_saves_exits_for_requeue_and_resumes_exactly(data_dir, tmp_path):
-  run = {'train.num_steps': 30, 'train.checkpoint_every_steps': 1000, 'train.log_every_steps': 1}
+  num_steps = 12  # SIGTERM comes once step 1 is logged: it is handled well before step 12.
+  run = {'train.num_steps': num_steps, 'train.checkpoint_every_steps': 1000,
+         'train.log_every_steps': 1}
   reference = _run(_cli_args(data_dir, tmp_path / 'a', **run))
   assert reference.returncode == 0, reference.stderr[-3000:]
 
   workdir = tmp_path / 'b'
   process = subprocess.Popen(_cli_args(data_dir, workdir, **run), cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-  _wait_for(workdir / 'metrics.jsonl', process)  # Training has started: step 1 was logged.
-  process.send_signal(signal.SIGTERM)
-  out, err = process.communicate(timeout=120)
+  try:
+    _wait_for(workdir / 'metrics.jsonl', process)  # Training has started: step 1 was logged.
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+  finally:
+    _stop(process)
   assert process.returncode == train.EXIT_PREEMPTED, err[-3000:]
   saved = [int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit()]
   logged = [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  assert saved == [max(logged)] and saved[0] < 30, (saved, logged)  # Saved at once, not at a cadence.
+  # Saved at once, not at a cadence.
+  assert saved == [max(logged)] and saved[0] < num_steps, (saved, logged)
   assert 'Preempted: saved step' in out
 
   resumed = _run(_cli_args(data_dir, workdir, **run))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  a, b = _final_state(tmp_path / 'a', 30), _final_state(workdir, 30)
+  assert f'at step {saved[0]}' in resumed.stdout
+  a, b = _final_state(tmp_path / 'a', num_steps), _final_state(workdir, num_steps)
   for x, y in zip(*map(lambda s: __import__('jax').tree.leaves(s), (a, b))):
     np.testing.assert_array_equal(x, y)
 
 
-def test_sigterm_while_compiling_still_saves(data_dir, tmp_path):
-  process = subprocess.Popen(_cli_args(data_dir, tmp_path, **{'train.num_steps': 50}), cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  _wait_for(tmp_path / 'config.json', process)  # Set up; the first step compiles now.
-  process.send_signal(signal.SIGTERM)
-  out, err = process.communicate(timeout=120)
+TRAIN_STEP_CACHE_ENTRY = 'jit_train_step-'  # jax names a cached program after the jitted function.
+
+
+def test_sigterm_while_compiling_still_saves(data_dir, tmp_path, compilation_cache):
+  # The session's compilation cache minus the train step: the model's initialisers load from it, and
+  # the first step compiles for real, as in a fresh run, when the signal comes (or just before it).
+  cache = tmp_path / 'jax_cache'
+  shutil.copytree(compilation_cache, cache,
+                  ignore=lambda _, names: [n for n in names if n.startswith(TRAIN_STEP_CACHE_ENTRY)])
+  workdir = tmp_path / 'w'
+  process = subprocess.Popen(_cli_args(data_dir, workdir, **{'train.num_steps': 12}), cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, 'JAX_COMPILATION_CACHE_DIR': str(cache)})
+  try:
+    _wait_for(workdir / 'config.json', process)  # Set up; the first step compiles now.
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+  finally:
+    _stop(process)
   assert process.returncode == train.EXIT_PREEMPTED, err[-3000:]
-  saved = [int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit()]
+  saved = [int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit()]
   assert len(saved) == 1 and saved[0] <= 2, saved
 
 
@@ -218,7 +248,7 @@ def test_sigterm_handler_is_restored_after_training(data_dir, tmp_path):
     del signum, frame
   previous = signal.signal(signal.SIGTERM, mine)
   try:
-    train.train_and_evaluate(_config(data_dir, **{'train.num_steps': 1}), str(tmp_path))
+    train.train_and_evaluate(_config(data_dir, **{'train.num_steps': 2}), str(tmp_path))
     assert signal.getsignal(signal.SIGTERM) is mine
   finally:
     signal.signal(signal.SIGTERM, previous)
