@@ -58,7 +58,7 @@ def model_config() -> ml_collections.ConfigDict:
   # Mask term: 'binary' = this project's reading of the "margin/binary" term (rmn.py docstring); 'none'.
   m.mask_loss = 'none'
   m.mask_loss_weight = 0.0
-  m.dtype = 'float32'
+  m.dtype = 'auto'  # bfloat16 compute on TPU/GPU, float32 on CPU; parameters always float32.
   return m
 
 

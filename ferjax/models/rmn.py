@@ -53,13 +53,13 @@ from flax import nnx
 
 from ferjax import config as config_lib
 from ferjax import losses as losses_lib
+from ferjax.models import precision
 from ferjax.models import resnet
 
 MASK_ACTIVATIONS = ('softmax', 'sigmoid')
 MASK_LOSSES = ('none', 'binary')
 # Depth of the U-Net after stages 1..4 (the public code's Masking4/3/2/1).
 MASK_DEPTHS = (4, 3, 2, 1)
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def _bn(c, *, dtype, rngs):
@@ -173,7 +173,8 @@ class RMN(nnx.Module):
     dropout: dropout rate before the classifier (0.4 in the public code).
     reconstruction: add the reconstruction decoder (Shen & Li) and return its outputs.
     mask_loss: 'none' | 'binary': return ``mask_binary`` [N] for the mask term.
-    dtype: compute dtype; parameters are float32, logits float32.
+    dtype: compute dtype (``model.dtype``: 'auto' = bfloat16 on TPU/GPU, float32 on CPU); parameters are
+      float32, logits, masks and reconstructions float32.
   """
 
   def __init__(self, num_classes: int, *, backbone: str = 'resnet34', width: int = 64,
@@ -258,7 +259,7 @@ SCHEMA = {
     'reconstruction_weight': config_lib.number(0),
     'mask_loss': config_lib.one_of(*MASK_LOSSES),
     'mask_loss_weight': config_lib.number(0),
-    'dtype': config_lib.one_of(*_DTYPES),
+    'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
 }
 
 
@@ -269,7 +270,7 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> RMN:
   config_lib.check_fields({f'model.{k}': v for k, v in fields.items()},
                           {f'model.{k}': v for k, v in SCHEMA.items()}, partial=True)
   if 'dtype' in fields:
-    fields['dtype'] = _DTYPES[fields['dtype']]
+    fields['dtype'] = precision.resolve_dtype(fields['dtype'])
   if 'stage_sizes' in fields:  # () means the backbone's standard depths.
     fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
   if 'mask_depths' in fields:
