@@ -537,19 +537,21 @@ def predict_source(source: Source, model, detector: faces.FaceDetector, options:
       window.face_box = [float(v) for v in faces.stable_box(boxes, 0.0)]
       batcher.add(window, crops)
 
-  for index, frame in enumerate(iter_frames(source)):
-    if result.frame_size is None:
-      result.frame_size = (frame.shape[1], frame.shape[0])
-    found = faces.largest_box(detector(frame))
-    result.boxes.append(None if found is None else [float(v) for v in found])
-    buffer.append(frame)
-    if len(buffer) > span:
-      buffer.pop(0)
-      buffer_start += 1
-    if index + 1 >= span and (index + 1 - span) % options.stride == 0:
-      emit(index + 1 - span, index + 1)
-    bar.update(index + 1)
-  bar.close()
+  try:
+    for index, frame in enumerate(iter_frames(source)):
+      if result.frame_size is None:
+        result.frame_size = (frame.shape[1], frame.shape[0])
+      found = faces.largest_box(detector(frame))
+      result.boxes.append(None if found is None else [float(v) for v in found])
+      buffer.append(frame)
+      if len(buffer) > span:
+        buffer.pop(0)
+        buffer_start += 1
+      if index + 1 >= span and (index + 1 - span) % options.stride == 0:
+        emit(index + 1 - span, index + 1)
+      bar.update(index + 1)
+  finally:
+    bar.close()
   result.num_frames = len(result.boxes)
   last = window_starts(result.num_frames, span, options.stride)[-1]
   if not result.windows or result.windows[-1].start != last:
@@ -699,9 +701,12 @@ def write_annotated(result: Result, path: Path) -> None:
   suffix = path.suffix.lower()
   if suffix in IMAGE_OUTPUT_EXTENSIONS:
     scored = [w for w in result.windows if w.probs is not None]
-    label = result.class_names.index(result.label)
-    best = max(scored, key=lambda w: w.probs[label])
-    frame = (best.start + best.end - 1) // 2
+    if scored:
+      label = result.class_names.index(result.label)
+      best = max(scored, key=lambda w: w.probs[label])
+      frame = (best.start + best.end - 1) // 2
+    else:  # Faces in too few frames of every window: show the middle frame, unlabelled.
+      frame = result.num_frames // 2
     for i, rgb in enumerate(iter_frames(result.source)):
       if i == frame:
         cv2.imwrite(os.fspath(path), cv2.cvtColor(annotate_frame(rgb, result, i), cv2.COLOR_RGB2BGR))

@@ -128,3 +128,21 @@ def test_bad_export_arguments(run_dir, tmp_path, capsys):
   assert 'onnx artifacts are named *.onnx' in capsys.readouterr().err
   with pytest.raises(serving.ArtifactError, match='expected a .ferjax'):
     serving.load(existing)
+
+
+@pytest.mark.parametrize('window,strides,padding', [
+    ((3, 3), (2, 2), ((1, 1), (1, 1))), ((2, 2), (2, 2), 'VALID'), ((3, 3), (1, 1), 'SAME'),
+    ((3, 2), (2, 1), ((0, 1), (1, 0)))])
+def test_onnx_friendly_max_pool_equals_flax(window, strides, padding):
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  x = np.random.default_rng(1).normal(size=(3, 9, 8, 5)).astype(np.float32)
+  np.testing.assert_array_equal(export._max_pool_hw_last(x, window, strides, padding),
+                                nnx.max_pool(x, window, strides, padding))
+
+
+def test_onnx_friendly_stack_equals_jnp_stack():
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  parts = [np.full((2, 3), i, np.float32) for i in range(4)]
+  for axis in (0, 1, -1, 2):
+    np.testing.assert_array_equal(export._stack_by_concatenate(parts, axis=axis),
+                                  jnp.stack(parts, axis=axis))
