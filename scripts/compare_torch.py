@@ -21,8 +21,10 @@ the later ones the gradients and the optimizer), and fails if they differ by mor
 Timing: `--steps` train steps of each, alternating ferjax / PyTorch in this one process (so both see the
 same machine load), each waited for; prints the medians and the ratio ferjax / PyTorch. The checks: at
 step 0 (same weights, same batch) the losses agree within 1e-4 (relative); the step-0 gradient norms and
-the losses after AdamW updates agree within `--rtol` (1e-2): Adam's first steps are about lr * sign(g), so
-gradients that are float32 rounding noise make the two drift apart slowly, and G-ECA's global max pool
+the loss after one AdamW update (step 1) agree within `--rtol` (1e-2). Later losses are printed, not
+checked: from-scratch Res-RBG has gradient norms near 1e3 (clipped to 1), Adam's first steps are about
+lr * sign(g), so gradients that are float32 rounding noise make the two runs drift apart (measured at
+the paper size: step 1 agrees to 1.5e-4, step 2 differs by 3.5 %). G-ECA's global max pool
 has a gradient that is discontinuous at ties (measured: with G-ECA 'avgmax' on a ResNet-18 of 2,2,2,2
 blocks at 32 px the two frameworks' backbone gradients differ by up to ~10 % of their maximum while ECA,
 no attention, or other depths agree to 1e-4; the forward passes agree to 1e-6). Threads: PyTorch
@@ -289,9 +291,9 @@ def main(argv=None):
   frames = rng.integers(0, 256, (args.batch, args.frames, args.px, args.px, 3), dtype=np.uint8)
   labels = rng.integers(0, num_classes, (args.batch,)).astype(np.int32)
   batch = sharding.global_batch({'frames': frames, 'label': labels}, mesh)
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   compiled = train_fn.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
+  compile_s, compile_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
 
   # PyTorch: the same network, ferjax's initial weights.
   tmodel = ResRBG(config.model, num_classes)
@@ -344,14 +346,15 @@ def main(argv=None):
   # Later steps follow AdamW, whose first updates are about lr * sign(gradient): gradients that are
   # rounding noise (|g| near eps) flip signs, so agreement there is looser (--rtol).
   first = rel(jax_losses[0][0], torch_losses[0][0])
-  later = max([rel(jax_losses[0][1], torch_losses[0][1])]
-              + [rel(a[0], b[0]) for a, b in zip(jax_losses[1:], torch_losses[1:])])
+  later = max(rel(jax_losses[0][1], torch_losses[0][1]),
+              rel(jax_losses[1][0], torch_losses[1][0]) if args.steps else 0.0)
   result = {
       'config': args.config, 'batch': args.batch, 'frames': args.frames, 'px': args.px,
       'params_total': sum(p.numel() for p in tmodel.parameters()),
       'threads': args.threads, 'torch': torch.__version__, 'jax': jax.__version__,
       'xla_flags': os.environ.get('XLA_FLAGS', ''), 'channels_last': args.channels_last,
       'ferjax_compile_s': round(compile_s, 2),
+      'ferjax_compile_cpu_s': round(compile_cpu_s, 2),  # ~ the wall time on an idle machine.
       'ferjax_step_s': round(_median(jax_times[1:]), 3),
       'torch_step_s': round(_median(torch_times[1:]), 3),
       'ferjax_step_times': [round(t, 3) for t in jax_times[1:]],
@@ -360,7 +363,7 @@ def main(argv=None):
       'torch_losses': [round(v[0], 6) for v in torch_losses],
       'ferjax_grad_norm_0': round(jax_losses[0][1], 6), 'torch_grad_norm_0': round(torch_losses[0][1], 6),
       'step0_loss_relative_difference': float(f'{first:.3g}'),
-      'grad_norm_and_later_loss_max_relative_difference': float(f'{later:.3g}'),
+      'grad_norm_and_step1_loss_relative_difference': float(f'{later:.3g}'),
   }
   result['ratio_ferjax_over_torch'] = round(result['ferjax_step_s'] / result['torch_step_s'], 3)
   width = max(map(len, result))
@@ -370,7 +373,7 @@ def main(argv=None):
       json.dump(result, out, indent=2)
   if first > 1e-4 or later > args.rtol:
     sys.exit(f'error: ferjax and PyTorch differ (relative): step 0 loss {first:.3g} (allowed 1e-4), '
-             f'gradient norm and later losses {later:.3g} (--rtol {args.rtol}): not the same function')
+             f'gradient norm and step-1 loss {later:.3g} (--rtol {args.rtol}): not the same function')
   return 0
 
 
