@@ -86,6 +86,9 @@ def paper_config() -> ml_collections.ConfigDict:
   c.model.temporal_cell = 'rnn'
   c.model.fusion = 'product'  # The paper's best; 'concat' | 'sum' | 'product'.
   c.model.streams = 'both'  # 'rgb' or 'flow' trains one stream alone (no fusion).
+  # BatchNorm on each stream's output before the fusion (the paper is silent; the product of two
+  # standardised vectors starts at unit scale, and an SVM wants standardised inputs).
+  c.model.fusion_norm = True
   c.model.freeze_streams = False  # Stage 2: streams in inference mode, no gradient (see `stage=2`).
   c.model.head = 'svm'  # The paper's: linear, multiclass hinge + svm_l2 * ||W||^2; or 'softmax'.
   c.model.svm_l2 = 1e-4

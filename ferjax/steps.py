@@ -8,6 +8,7 @@ per-call Python graph traversal.
 
 from collections.abc import Callable
 import functools
+import re
 from typing import Any
 
 import flax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ferjax import config as config_lib
 from ferjax import losses
 from ferjax import plateau
 from ferjax import sharding
@@ -80,9 +82,34 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
                      optax.sgd(schedule, momentum=train.momentum, nesterov=True))
   if train.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(train.grad_clip), tx)
+  if train.get('trainable', ''):
+    tx = train_only(tx, train.trainable)
   if plateau.uses_plateau(train):  # Last: its scale multiplies the final updates.
     tx = optax.chain(tx, plateau.scale_by_plateau())
   return tx
+
+
+def param_path(path) -> str:
+  """'backbone_rgb/layer1/0/conv1/kernel': a parameter's path without NNX's `.value` keys."""
+  names = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
+  return '/'.join(n for n in names if n != 'value')
+
+
+def train_only(tx: optax.GradientTransformation, pattern: str) -> optax.GradientTransformation:
+  """`tx` on the parameters whose path matches regex `pattern` (`re.search`); the others are frozen: a
+  zero update (bit-identical values) and no weight decay or clipping share (e.g. RFSCNN's second stage,
+  `train.trainable='^head/'`). A pattern that matches no parameter is an error."""
+  regex = re.compile(pattern)
+
+  def labels(params):
+    tree = jax.tree_util.tree_map_with_path(
+        lambda path, _: 'train' if regex.search(param_path(path)) else 'freeze', params)
+    if 'train' not in jax.tree.leaves(tree):
+      raise config_lib.ConfigError(
+          f'config.train.trainable: expected a regex matching some parameter path, found {pattern!r} '
+          f'(paths look like {param_path(jax.tree_util.tree_flatten_with_path(params)[0][0][0])!r})')
+    return tree
+  return optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels)
 
 
 def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int):

@@ -114,10 +114,15 @@ def _loaders(config, dataset, splits, shard):
 def _init_model(config, num_classes):
   model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
   family = models.get_family(config.model.name)
-  if family.pretrained and any(config.init.values()):
-    family.pretrained(model, config.init)
+  weights = {k: v for k, v in config.init.items() if k != 'checkpoint'}
+  if family.pretrained and any(weights.values()):
+    family.pretrained(model, weights)
     _log('Imported pretrained weights: ' + ', '.join(
         f'{k}={v}' for k, v in config.init.items() if v and k.endswith('_weights')))
+  if config.init.get('checkpoint', ''):
+    # After the weight files: a previous run (e.g. RFSCNN's stage 1) sets every array.
+    loaded = convert.load_checkpoint(model, config.init.checkpoint)
+    _log(f'Initialised {loaded["loaded"]} arrays from {config.init.checkpoint} (step {loaded["step"]})')
   return model
 
 

@@ -39,10 +39,12 @@ import zipfile
 import zlib
 from typing import Callable, Iterable, Mapping
 
+import jax
 import numpy as np
 from absl import logging
 from flax import nnx
 
+from ferjax import paths
 from ferjax.models import attention as attention_lib
 from ferjax.models import recurrent
 from ferjax.models import resnet as resnet_lib
@@ -448,43 +450,111 @@ def load_recurrent(model: nnx.Module, weights, *, prefix: str = '') -> dict[str,
                          consider=lambda k: bool(_RECURRENT_KEY.search(k)), source=source)
 
 
-def _find_resnet(model: nnx.Module) -> resnet_lib.ResNet:
-  if isinstance(model, resnet_lib.ResNet):
-    return model
-  backbone = getattr(model, 'backbone', None)
-  if isinstance(backbone, resnet_lib.ResNet):
-    return backbone
-  raise ValueError(f'init.backbone_weights is set but {type(model).__name__} has no ResNet '
-                   '`backbone`.')
+def _submodules(model: nnx.Module) -> list[str]:
+  """Names of the model's attributes that a weights file can load into (ResNets and recurrent parts)."""
+  return sorted(name for name, sub in vars(model).items()
+                if isinstance(sub, nnx.Module) and _loader(sub) is not None)
+
+
+def _loader(sub: nnx.Module):
+  """The converter chosen by the submodule's type: torchvision ResNet layout, one PyTorch GRU layer,
+  or every GRU layer of a larger module by path; None if nothing in it has a PyTorch layout."""
+  if isinstance(sub, resnet_lib.ResNet):
+    return load_resnet
+  if _is_recurrent(sub):
+    return load_gru
+  if any(_is_recurrent(m) for _, m in nnx.iter_modules(sub)):
+    return load_recurrent
+  return None
+
+
+def _load_submodule(model: nnx.Module, name: str, path: str, prefix: str) -> dict[str, int]:
+  sub = getattr(model, name, None)
+  if name == 'backbone' and isinstance(model, resnet_lib.ResNet):
+    sub = model  # A bare ResNet model takes init.backbone_weights itself.
+  loader = _loader(sub) if isinstance(sub, nnx.Module) else None
+  if loader is None:
+    raise WeightsMismatchError(
+        f'init.{name}_weights={path!r}: {type(model).__name__} has no submodule {name!r} with a '
+        f'PyTorch layout; expected one of {_submodules(model)}')
+  return loader(sub, path, prefix=prefix)
 
 
 def apply_pretrained(model: nnx.Module, init_config) -> dict[str, dict[str, int]]:
   """Applies pretrained weights named in ``init_config`` to ``model`` in place (before training).
 
   Reads (ConfigDict or mapping; absent/empty = skip):
-    backbone_weights: ``.safetensors``/``.npz`` with a torchvision/timm-layout ResNet, loaded into
-      ``model.backbone`` (or ``model`` if it is a ResNet) with ``load_resnet``.
-    backbone_prefix: key prefix in that file (default ''), e.g. 'module.' or 'backbone.'.
-    gru_weights: ``.safetensors``/``.npz`` with PyTorch GRU keys named by module path, loaded
-      with ``load_recurrent``.
-    gru_prefix: key prefix in that file (default '').
+    <name>_weights: ``.safetensors``/``.npz`` loaded into the submodule ``model.<name>`` with the
+      converter its type calls for: a ResNet takes a torchvision/timm-layout file (``load_resnet``;
+      Res-RBG's ``backbone``, RFSCNN's ``backbone_rgb`` and ``backbone_flow``), a GRU/BiGRU one
+      PyTorch ``nn.GRU`` layer (``load_gru``), a module holding GRUs every layer by path
+      (``load_recurrent``). ``backbone_weights`` also loads into a model that is itself a ResNet.
+    <name>_prefix: key prefix in that file (default ''), e.g. 'module.' or 'backbone.'.
+    gru_weights / gru_prefix: PyTorch GRU keys named by module path for every GRU/BiGRU layer of the
+      whole model (``load_recurrent``).
 
-  Returns per-file counts (see ``load_state_dict``). Raises ``WeightsMismatchError`` naming the
-  missing/unexpected keys and shape mismatches if a file does not fit.
+  Returns per-file counts (see ``load_state_dict``) under ``<name>`` ('backbone', 'gru', ...). Raises
+  ``WeightsMismatchError`` naming the missing/unexpected keys and shape mismatches if a file does not
+  fit, or the loadable submodules if ``<name>`` is not one of them.
   """
-  get = init_config.get if hasattr(init_config, 'get') else lambda k, d=None: getattr(
-      init_config, k, d)
+  items = dict(init_config.items()) if hasattr(init_config, 'items') else dict(vars(init_config))
   summary = {}
-  if get('backbone_weights', None):
-    path = get('backbone_weights')
-    summary['backbone'] = load_resnet(_find_resnet(model), path,
-                                      prefix=get('backbone_prefix', '') or '')
-    logging.info('Loaded backbone weights from %s: %s', path, summary['backbone'])
-  if get('gru_weights', None):
-    path = get('gru_weights')
-    summary['gru'] = load_recurrent(model, path, prefix=get('gru_prefix', '') or '')
-    logging.info('Loaded GRU weights from %s: %s', path, summary['gru'])
+  for key, path in items.items():
+    if not key.endswith('_weights') or not path:
+      continue
+    name = key[:-len('_weights')]
+    path = paths.resolve(path)  # ferjax.paths resolves only the fields it knows; these may be new.
+    prefix = items.get(f'{name}_prefix', '') or ''
+    if name == 'gru':
+      summary[name] = load_recurrent(model, path, prefix=prefix)
+    else:
+      summary[name] = _load_submodule(model, name, path, prefix)
+    logging.info('Loaded %s weights from %s: %s', name, path, summary[name])
   return summary
+
+
+def load_checkpoint(model: nnx.Module, workdir: str) -> dict[str, int]:
+  """Initialises ``model`` (params and BatchNorm statistics) from the newest checkpoint of a previous
+  run in ``workdir`` (``<workdir>/checkpoints/<step>/state``), e.g. RFSCNN's stage 1 for stage 2.
+
+  Every array of the model must be in the checkpoint with the same shape; arrays the checkpoint has
+  and the model does not (another head size...) are an error too. Raises ``WeightsMismatchError``
+  (one line per problem, listed) before anything is written, ``WeightsFileError`` if there is no
+  checkpoint. Returns ``{'loaded': n, 'step': step}``.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  # Only runs that use it.
+  from etils import epath  # pylint: disable=import-outside-toplevel
+
+  root = epath.Path(paths.resolve(workdir)) / 'checkpoints'
+  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+  if not steps:
+    raise WeightsFileError(f'{workdir}: init.checkpoint names no run with a checkpoint (expected '
+                           f'{root}/<step>/)')
+  saved = ocp.StandardCheckpointer().restore(root / str(steps[-1]) / 'state')
+  flat = {}
+  for section in ('params', 'model_state'):
+    for path, value in jax.tree_util.tree_flatten_with_path(saved[section])[0]:
+      names = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
+      flat['.'.join(n for n in names if n != 'value')] = value
+  live = {'.'.join(str(p) for p in path): var
+          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
+  missing = sorted(k for k in live if k not in flat)
+  unexpected = sorted(k for k in flat if k not in live)
+  mismatched = [f'{k}: checkpoint {tuple(np.shape(flat[k]))} vs model {tuple(live[k].shape)}'
+                for k in sorted(live) if k in flat and tuple(np.shape(flat[k])) != tuple(live[k].shape)]
+  if missing or unexpected or mismatched:
+    msg = (f'Cannot initialise {type(model).__name__} from {root / str(steps[-1])}: {len(missing)} '
+           f'missing, {len(unexpected)} unexpected, {len(mismatched)} shape mismatches.')
+    for title, items in (('missing (model has them, checkpoint does not)', missing),
+                         ('unexpected (checkpoint has them, model does not)', unexpected),
+                         ('shape mismatches', mismatched)):
+      if items:
+        msg += _listing(title, items)
+    msg += '\n  init.checkpoint needs a run of the same architecture (model.* fields).'
+    raise WeightsMismatchError(msg)
+  for key, var in live.items():
+    var[...] = np.asarray(flat[key]).astype(var[...].dtype)
+  return {'loaded': len(live), 'step': steps[-1]}
 
 
 # ------------------------------------------------------------------------------------------------

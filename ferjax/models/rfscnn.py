@@ -130,7 +130,8 @@ class RFSCNN(nnx.Module):
   """The two-stream RFSCNN classifier.
 
   Top-level components (the groups of ``count_params``; ``init.<name>_weights`` loads a file into the
-  ResNets): ``backbone_rgb``, ``spatial_rgb``, ``temporal_rgb``, the same three ``*_flow``, and ``head``.
+  ResNets): ``backbone_rgb``, ``spatial_rgb``, ``temporal_rgb``, ``norm_rgb`` (BatchNorm before the
+  fusion, if ``fusion_norm``), the same four ``*_flow``, and ``head``.
 
   Args:
     num_classes: expression classes.
@@ -141,6 +142,9 @@ class RFSCNN(nnx.Module):
     temporal_hidden, temporal_proj, temporal_out, temporal_cell: H, L_d, O, cell of the temporal layer.
     fusion: 'concat' | 'sum' | 'product'.
     streams: 'both', or one stream alone ('rgb' | 'flow'; no fusion).
+    fusion_norm: standardise each stream's output (BatchNorm) before the fusion, so that the product
+      of the two starts at unit scale (without it, product fusion of two small outputs trains slowly
+      from scratch; the paper does not say).
     freeze_streams: run the streams in inference mode (BatchNorm running averages) under
       ``stop_gradient``: the paper's second stage, a classifier on fixed features (with
       ``train.trainable='head'``, which also keeps the optimizer off the streams).
@@ -155,7 +159,8 @@ class RFSCNN(nnx.Module):
                spatial_proj: int = 16, spatial_out: int = 16, spatial_activation: str = 'tanh',
                temporal_hidden: int = 128, temporal_proj: int = 8, temporal_out: int = 32,
                temporal_cell: str = 'rnn', fusion: str = 'product', streams: str = 'both',
-               freeze_streams: bool = False, flow_scale: float = 0.2, dropout: float = 0.5,
+               freeze_streams: bool = False, fusion_norm: bool = True, flow_scale: float = 0.2,
+               dropout: float = 0.5,
                dtype=jnp.float32, unroll: int | bool = 1, rngs: nnx.Rngs):
     if fusion not in FUSIONS:
       raise ValueError(f'Unknown fusion {fusion!r}; expected one of {FUSIONS}.')
@@ -176,6 +181,9 @@ class RFSCNN(nnx.Module):
       setattr(self, f'backbone_{name}', cnn)
       setattr(self, f'spatial_{name}', spatial)
       setattr(self, f'temporal_{name}', temporal)
+      setattr(self, f'norm_{name}', nnx.BatchNorm(temporal.features, momentum=resnet.BN_MOMENTUM,
+                                                  epsilon=resnet.BN_EPSILON, rngs=rngs)
+              if fusion_norm else None)
     features = temporal_proj * temporal_out
     if fusion == 'concat':
       features *= len(self.stream_names)
@@ -196,7 +204,9 @@ class RFSCNN(nnx.Module):
                        f'{x.shape[1]}x{x.shape[2]} feature map for {images.shape[2]} px inputs; set '
                        f'model.grid={x.shape[1]}.')
     m = getattr(self, f'spatial_{name}')(x)
-    return getattr(self, f'temporal_{name}')(m.reshape(b, length, -1))
+    o = getattr(self, f'temporal_{name}')(m.reshape(b, length, -1))
+    norm = getattr(self, f'norm_{name}')
+    return o if norm is None else norm(o, use_running_average=not train)
 
   def __call__(self, batch: dict[str, jax.Array], *, train: bool = False,
                rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
@@ -300,6 +310,7 @@ SCHEMA = {
     'fusion': config_lib.one_of(*FUSIONS),
     'streams': config_lib.one_of('both', *STREAMS),
     'freeze_streams': config_lib.boolean,
+    'fusion_norm': config_lib.boolean,
     'head': config_lib.one_of(*HEADS),
     'svm_l2': config_lib.number(0),
     'l1_weight': config_lib.number(0),
