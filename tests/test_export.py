@@ -36,9 +36,8 @@ print(json.dumps({'heavy': heavy, 'jax': 'jax' in sys.modules, 'classes': list(m
 
 
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
-  return helpers.train_tiny_run(str(tmp_path_factory.mktemp('run')),
-                                str(tmp_path_factory.mktemp('tfds')))
+def run_dir(tmp_path_factory, synthetic_tiny):
+  return helpers.train_tiny_run(str(tmp_path_factory.mktemp('run')), synthetic_tiny)
 
 
 @pytest.fixture(scope='module')

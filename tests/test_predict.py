@@ -1,7 +1,7 @@
 """python -m ferjax.predict on a synthetic face video and a frame folder, against the trainer's own
 evaluation of the same windows; windows and face marking; every bad-input case.
 
-The tiny model is trained for 3 steps (seconds, not minutes), so it is not accurate: the predictions are
+The tiny model is trained for 6 steps (seconds, not minutes), so it is not accurate: the predictions are
 checked to equal the trainer's (`steps.eval_step` on the fully restored train state) for the same frames,
 not to be right. The README shows the label accuracy of the quickstart model on such videos.
 """
@@ -28,9 +28,8 @@ BLANK = (5, 6, 7)  # Frames of the test video replaced by black frames (no face)
 
 
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
-  return helpers.train_tiny_run(str(tmp_path_factory.mktemp('run')),
-                                str(tmp_path_factory.mktemp('tfds')))
+def run_dir(tmp_path_factory, synthetic_tiny):
+  return helpers.train_tiny_run(str(tmp_path_factory.mktemp('run')), synthetic_tiny)
 
 
 @pytest.fixture(scope='module')
