@@ -2,11 +2,13 @@
 
     python scripts/step_memory.py --batch 2 --frames 8 --size 112                       # compile time
     python scripts/step_memory.py --batch 32 --frames 16 --size 224 --remat none blocks  # memory
+    python scripts/step_memory.py --set "model.stage_sizes=(2,2,2,2)"  # what scanning stages could save
 
 For every `--remat` mode it builds the config's model abstractly (`nnx.eval_shape`), lowers and compiles
 the jitted train step on abstract arguments, and prints one JSON line with:
 
-* `compile_s`: lowering + XLA compile time of the train step (this machine's backend);
+* `compile_s`, `compile_cpu_s`: lowering + XLA compile time of the train step (this machine's backend),
+  wall and CPU seconds;
 * `xla`: the compiled step's `memory_analysis()` (argument, output, alias, temp bytes) and
   `xla_total` = argument + output - alias + temp, XLA's own estimate of the step's device memory;
 * `residual_bytes`: the activations the backward pass keeps from the forward pass, from JAX's
@@ -21,6 +23,7 @@ too), so on CPU the residual estimate is the one that shows what remat buys on a
 """
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -81,6 +84,10 @@ def _bytes(tree) -> int:
 
 def measure(args, remat: str) -> dict:
   config = res_rbg_config.get_config(args.config)
+  for item in args.set:
+    key, value = item.split('=', 1)
+    section, field = key.split('.')
+    config[section][field] = ast.literal_eval(value)
   config.model.remat = remat
   config.model.dtype = args.dtype
   num_classes = 7
@@ -96,9 +103,11 @@ def measure(args, remat: str) -> dict:
     state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
     fn = steps.jit_train_step(graphdef, tx, 0.1, state_sharding, sharding.batch_sharding(mesh),
                               sharding.replicated(mesh))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     compiled = fn.lower(state, batch).compile()
     out['compile_s'] = round(time.perf_counter() - start, 2)
+    # CPU seconds of all this process's threads: less sensitive than wall time to other jobs' load.
+    out['compile_cpu_s'] = round(time.process_time() - cpu_start, 2)
     m = compiled.memory_analysis()
     out['xla'] = {k: getattr(m, f'{k}_size_in_bytes') for k in ('argument', 'output', 'alias', 'temp')}
     out['xla_total_gib'] = round((m.argument_size_in_bytes + m.output_size_in_bytes
@@ -134,6 +143,8 @@ def main():
   parser.add_argument('--dtype', default='float32', help='model.dtype of the compiled step')
   parser.add_argument('--estimate-dtype', default='bfloat16')
   parser.add_argument('--remat', nargs='+', default=['none'])
+  parser.add_argument('--set', nargs='*', default=[],
+                      help="config overrides, e.g. model.stage_sizes='(2,2,2,2)' model.bigru_layers=1")
   parser.add_argument('--skip-compile', action='store_true', help='residual estimate only')
   args = parser.parse_args()
   for remat in args.remat:
