@@ -17,8 +17,8 @@ from ferjax.data import protocols
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_train import REPO, TINY  # noqa: E402
 
-# Checkpoints at steps 4 and 8 of each fold: the kill below comes at a fold's step-4 checkpoint.
-FOLDS = {**TINY, 'train.num_steps': 8, 'train.checkpoint_every_steps': 4}
+# TINY: 6 steps per fold, checkpoints at steps 2, 4 and 6; the kill below comes at fold 1's first.
+FOLDS = TINY
 
 
 @pytest.fixture(scope='module')
@@ -53,7 +53,7 @@ def test_three_folds_killed_in_the_second_resume_to_the_same_results(data_dir, t
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.time() + 400
-    while not (workdir / 'fold_1' / 'checkpoints' / '4').is_dir():
+    while not (workdir / 'fold_1' / 'checkpoints' / '2').is_dir():
       assert process.poll() is None, 'the cross-validation ended before fold 1 checkpointed'
       assert time.time() < deadline
       time.sleep(0.01)
