@@ -108,8 +108,9 @@ def synthetic_images_config() -> ml_collections.ConfigDict:
   """The quickstart: the built-in static-image dataset (`synthetic_expressions/images`, 48x48 apex frames,
   1120 / 140 / 140 train / validation / test) on a CPU in minutes. The recipe of `fer2013` (RAdam,
   plateau schedule, early stopping, flip + rotation, unit scaling) on a reduced RMN: ResNet-18 stage
-  depths (2, 2, 2, 2) at width 8 with the masking blocks of depths 4/3/2/1; learning rate 1e-3 (the
-  network is 60x smaller and trains from scratch for a few epochs)."""
+  depths (2, 2, 2, 2) at width 16 with the masking blocks of depths 4/3/2/1 (8.0 M parameters); learning
+  rate 3e-3 (the network is 17x smaller and trains from scratch for 20 epochs; width 8 at 1e-3 reached
+  only 42 % in 12 epochs), rotation up to 10 degrees."""
   c = fer2013_config()
   c.dataset.name = 'synthetic_expressions'
   c.dataset.config = 'images'
@@ -117,14 +118,14 @@ def synthetic_images_config() -> ml_collections.ConfigDict:
   c.input.batch_size = 32
   c.input.eval_batch_size = 70
   c.input.worker_count = 1
-  c.augment.rotation = 15.0
-  c.model.width = 8
+  c.augment.rotation = 10.0
+  c.model.width = 16
   c.model.stage_sizes = (2, 2, 2, 2)
   c.model.dropout = 0.2
-  c.train.num_epochs = 12.0
-  c.train.learning_rate = 1e-3
+  c.train.num_epochs = 20.0
+  c.train.learning_rate = 3e-3
   c.train.min_learning_rate = 1e-5
-  c.train.early_stop_patience = 4
+  c.train.early_stop_patience = 6
   c.train.eval_every_steps = 35  # One epoch: 1120 / 32.
   c.train.checkpoint_every_steps = 35
   c.train.log_every_steps = 35
