@@ -29,6 +29,17 @@ COMPILATION_CACHE_ENV = {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
                          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
 
 
+# The end-to-end modules, which start, kill and resume real training processes, run first: pytest-xdist
+# (`-n 2`) hands out tests in collection order, and a long test left for last keeps one worker busy
+# while the other idles.
+_SLOW_MODULES = ('test_crossval.py', 'test_multiprocess.py', 'test_reliability.py', 'test_train.py')
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  items.sort(key=lambda item: item.path.name not in _SLOW_MODULES)  # Stable: file order otherwise.
+
+
 def _session_root(tmp_path_factory):
   """pytest's base temporary directory of this session, the same for every pytest-xdist worker."""
   base = tmp_path_factory.getbasetemp()
