@@ -281,3 +281,20 @@ def test_parameter_count_of_the_paper_config():
   assert counts['backbone_rgb'] == counts['backbone_flow'] == 11_176_512  # torchvision ResNet-18 - fc
   assert counts['temporal_rgb'] > counts['temporal_flow']  # L = 16 vs 15 steps in the sparse projection
   assert counts['total'] == sum(v for k, v in counts.items() if k != 'total')
+
+
+def test_init_keys_follow_the_submodule_pattern_and_are_resumable():
+  c = get_config('synthetic')
+  c.init.backbone_head_weights = 3  # a new key of the pattern is checked as a string path
+  with pytest.raises(config_lib.ConfigError, match=r'config.init.backbone_head_weights: expected a string'):
+    config_lib.validate(c)
+  c = get_config('synthetic')
+  c.init.colour = 'x'
+  with pytest.raises(config_lib.ConfigError, match=r"config key 'init.colour' is unknown"):
+    config_lib.validate(c)
+  assert 'init.backbone_flow_prefix' in config_lib.RESUMABLE_CHANGES
+  assert 'init.checkpoint' in config_lib.RESUMABLE_CHANGES and 'model.fusion' not in config_lib.RESUMABLE_CHANGES
+  c = get_config('synthetic')
+  c.train.trainable = '('
+  with pytest.raises(config_lib.ConfigError, match=r'config.train.trainable: expected a regular expression'):
+    config_lib.validate(c)
