@@ -147,14 +147,17 @@ def synthetic_config() -> ml_collections.ConfigDict:
   """The quickstart on the built-in procedural dataset: both streams on a 2-core CPU in minutes.
 
   The full architecture at toy sizes: ResNet-18 at width 16 with one block per stage per stream (a 2x2
-  feature grid at 48 px), 8 frames (7 flow images), small recursive layers, product fusion and the SVM
-  head; folds 1-9 for training, tested on fold 0.
+  feature grid at 48 px), 8 frames (7 flow images), small recursive layers, concatenation fusion and a
+  softmax head; folds 1-9 for training, tested on fold 0.
   """
   c = paper_config()
   c.dataset.name = 'synthetic_expressions'
   c.dataset.fold = 0
   c.dataset.num_frames = 8
   c.dataset.image_size = 48
+  # The synthetic sequences run onset -> apex with the apex last: the central clip of a long one stops
+  # before the apex, so the quickstart samples TSN segments over the whole sequence.
+  c.dataset.sampling = 'segments'
   c.input.batch_size = 16
   c.input.eval_batch_size = 32
   c.input.worker_count = 1
@@ -170,6 +173,10 @@ def synthetic_config() -> ml_collections.ConfigDict:
   c.model.temporal_proj = 4
   c.model.temporal_out = 16
   c.model.flow_scale = 1.0  # 48 px frames: flows of a few pixels.
+  # Measured (README "RFSCNN"): concat + softmax reaches 98.57 % test WAR in 15 epochs; with the paper's
+  # product + SVM and the central clip the quickstart stayed at chance in 15 epochs.
+  c.model.fusion = 'concat'
+  c.model.head = 'softmax'
   c.model.dropout = 0.1
   c.train.num_epochs = 15.0
   c.train.learning_rate = 1e-3
