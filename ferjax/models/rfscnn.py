@@ -22,7 +22,11 @@ Where the paper is silent, this project chose (all arguments / config fields, se
   size, K_d, and P^r acting on the hidden axis (m_t = K_d x D features, flattened); sigma = tanh;
 * the neighbours N^r_ij: the vertical and the horizontal predecessor of the sweep (4-connected);
 * the temporal cell: the paper's plain RNN (tanh) by default, or ferjax's PyTorch-layout GRU;
-* P^f/P^b act on the hidden axis after the sparse time projection (o: L_d x O features, flattened).
+* P^f/P^b act on the hidden axis after the sparse time projection (o: L_d x O features, flattened);
+* BatchNorm on each stream's output before the fusion (``fusion_norm``): the product of two small
+  outputs otherwise starts near zero and trains slowly from scratch;
+* the two stages: stage 1 trains everything jointly; stage 2 (``freeze_streams`` + ``train.trainable``
+  + ``init.checkpoint``) trains the classifier on the frozen streams.
 """
 
 from __future__ import annotations
