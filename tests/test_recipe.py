@@ -129,7 +129,8 @@ def _state(workdir, step):
 
 def test_resume_mid_plateau_continues_with_the_same_learning_rate(data_dir, tmp_path):
   steps_ = {'train.num_steps': 6, 'train.early_stop_patience': 0}
-  reference = train.train_and_evaluate(_config(data_dir, **steps_), str(tmp_path / 'a'))
+  config = _config(data_dir, **steps_)
+  reference = train.train_and_evaluate(config, str(tmp_path / 'a'))
   scales = [r['learning_rate_scale'] for r in _records(tmp_path / 'a', 'plateau')]
   uars = [r['uar'] for r in _records(tmp_path / 'a', 'validation')]
   assert len(scales) == len(uars) == 6
@@ -139,7 +140,7 @@ def test_resume_mid_plateau_continues_with_the_same_learning_rate(data_dir, tmp_
     if uar > best:
       best = uar
     else:
-      scale = max(scale * 0.1, 1e-9 / 1e-3)
+      scale = max(scale * 0.1, config.train.min_learning_rate / config.train.learning_rate)
     expected.append(scale)
   np.testing.assert_allclose(scales, expected, rtol=1e-6)
   # Stop after 4 steps (a checkpoint), then resume to 6: the same trajectory, bit for bit.
