@@ -48,7 +48,9 @@ def multiclass_hinge(margin: float = 1.0, logits: str = 'logits') -> Term:
   return term
 
 
-def _path_name(path) -> str:
+def param_path(path) -> str:
+  """'backbone_rgb/layer1/0/conv1/kernel': a parameter's pytree path without NNX's `.value` keys (the
+  names that loss patterns, weight decay and `train.trainable` match)."""
   names = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
   return '/'.join(n for n in names if n != 'value')
 
@@ -61,7 +63,7 @@ def l1_penalty(pattern: str) -> Term:
   def term(outputs, batch, params):
     del outputs, batch
     leaves = [jnp.abs(x).sum() for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
-              if regex.search(_path_name(path))]
+              if regex.search(param_path(path))]
     if not leaves:
       raise ValueError(f'l1_penalty({pattern!r}) matches no parameter')
     return sum(leaves)

@@ -34,18 +34,10 @@ class TrainState:
   rng: jax.Array  # uint32 key data; the step's dropout key is fold_in(rng, step).
 
 
-def _param_name(path) -> str:
-  """The parameter's own name: the last path key that is not an nnx.Variable's `.value` attribute."""
-  names = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
-  while names and names[-1] == 'value':
-    names.pop()
-  return names[-1] if names else ''
-
-
 def decays(path) -> bool:
   """Weight decay on convolution/linear kernels and GRU weight matrices only (torchvision, timm and
   the flax examples exempt biases and normalisation scales/offsets)."""
-  name = _param_name(path)
+  name = losses.param_path(path).rsplit('/', 1)[-1]
   return name == 'kernel' or name.startswith('weight_')
 
 
@@ -89,12 +81,6 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
   return tx
 
 
-def param_path(path) -> str:
-  """'backbone_rgb/layer1/0/conv1/kernel': a parameter's path without NNX's `.value` keys."""
-  names = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
-  return '/'.join(n for n in names if n != 'value')
-
-
 def train_only(tx: optax.GradientTransformation, pattern: str) -> optax.GradientTransformation:
   """`tx` on the parameters whose path matches regex `pattern` (`re.search`); the others are frozen: a
   zero update (bit-identical values) and no weight decay or clipping share (e.g. RFSCNN's second stage,
@@ -103,11 +89,11 @@ def train_only(tx: optax.GradientTransformation, pattern: str) -> optax.Gradient
 
   def labels(params):
     tree = jax.tree_util.tree_map_with_path(
-        lambda path, _: 'train' if regex.search(param_path(path)) else 'freeze', params)
+        lambda path, _: 'train' if regex.search(losses.param_path(path)) else 'freeze', params)
     if 'train' not in jax.tree.leaves(tree):
       raise config_lib.ConfigError(
           f'config.train.trainable: expected a regex matching some parameter path, found {pattern!r} '
-          f'(paths look like {param_path(jax.tree_util.tree_flatten_with_path(params)[0][0][0])!r})')
+          f'(paths look like {losses.param_path(jax.tree_util.tree_flatten_with_path(params)[0][0][0])!r})')
     return tree
   return optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels)
 

@@ -253,7 +253,7 @@ def sparsity(params, threshold: float = NEAR_ZERO) -> jax.Array:
   ``nnx.State`` of ``nnx.Param``, or any pytree whose paths name ``sparse_proj``)."""
   regex = re.compile(SPARSE_PATTERN)
   leaves = [x for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
-            if regex.search(losses_lib._path_name(path))]  # pylint: disable=protected-access
+            if regex.search(losses_lib.param_path(path))]
   if not leaves:
     raise ValueError('sparsity: no sparse_proj parameter in the given tree')
   near = sum(jnp.sum(jnp.abs(x) < threshold) for x in leaves)
@@ -267,7 +267,7 @@ def l2_penalty(pattern: str) -> losses_lib.Term:
   def term(outputs, batch, params):
     del outputs, batch
     leaves = [jnp.sum(jnp.square(x)) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
-              if regex.search(losses_lib._path_name(path))]  # pylint: disable=protected-access
+              if regex.search(losses_lib.param_path(path))]
     if not leaves:
       raise ValueError(f'l2_penalty({pattern!r}) matches no parameter')
     return sum(leaves)
