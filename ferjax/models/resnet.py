@@ -18,6 +18,7 @@ averages, ``train=False`` uses the running averages.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -57,10 +58,82 @@ def _conv(cin, cout, k, stride=1, *, dtype, rngs):
                   use_bias=False, kernel_init=conv_init, dtype=dtype, rngs=rngs)
 
 
+# The training-mode BatchNorm formulation of the ResNet layers: True = `batch_norm_train` (one-pass
+# statistics, scale and shift folded into one multiply-add, closed-form backward); False = Flax's
+# `nnx.BatchNorm` (autodiff through its statistics). Same values (tests/test_formulation.py); read when
+# a layer is built, so `scripts/ab_formulation.py` can build both in one process to time them.
+FUSED_BATCHNORM = True
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon):
+  """Training-mode BatchNorm over all axes but the last: returns (y, batch mean, batch variance).
+
+  The same function as `nnx.BatchNorm` with batch statistics (biased variance E[x^2] - E[x]^2 in
+  float32, clipped at 0), written for XLA:CPU's memory-bound passes: the forward folds scale and shift
+  into `x * a + b` per channel, and the backward is the closed form (Ioffe & Szegedy, 2015, Sec. 3;
+  PyTorch's native kernel) `dx = a * (dy - mean(dy) - x_hat * mean(dy * x_hat))`, two per-channel
+  reductions and one elementwise pass, instead of autodiff's chain through the statistics.
+  """
+  return _bn_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _bn_train_fwd(x, scale, bias, epsilon):
+  axes = tuple(range(x.ndim - 1))
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axes)
+  var = jnp.maximum(0.0, jnp.mean(jnp.square(x32), axes) - jnp.square(mean))
+  inv = jax.lax.rsqrt(var + epsilon)
+  a = scale.astype(jnp.float32) * inv
+  y = (x32 * a + (bias.astype(jnp.float32) - mean * a)).astype(x.dtype)
+  return (y, mean, var), (x, mean, inv, scale, bias)
+
+
+def _bn_train_bwd(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, inv, scale, bias = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  n = x.size // x.shape[-1]
+  centred = x.astype(jnp.float32) - mean
+  dy32 = dy.astype(jnp.float32)
+  dbias = jnp.sum(dy32, axes)
+  dscale = jnp.sum(dy32 * centred, axes) * inv  # sum(dy * x_hat).
+  a = scale.astype(jnp.float32) * inv
+  # The statistics' own cotangents (zero when only the running averages use them) enter through
+  # d mean / dx = 1/n and d var / dx = 2 (x - mean) / n.
+  dx = (a * dy32 - (a * (dbias + centred * inv * dscale) - dmean - 2 * dvar * centred) / n)
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+batch_norm_train.defvjp(_bn_train_fwd, _bn_train_bwd)
+
+
+class BatchNorm(nnx.BatchNorm):
+  """`nnx.BatchNorm` (same parameters, statistics and running-average update) whose training mode uses
+  `batch_norm_train` when `FUSED_BATCHNORM` was set at construction; evaluation mode is Flax's."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.fused = FUSED_BATCHNORM
+
+  def __call__(self, x, use_running_average=None, *, mask=None):
+    if (not self.fused or use_running_average or mask is not None or self.axis_name is not None
+        or self.axis not in (-1, x.ndim - 1) or self.scale is None or self.bias is None):
+      return super().__call__(x, use_running_average, mask=mask)
+    # Flax's dtype rule: compute in `dtype`, else in the promotion of the input and float32 parameters.
+    dtype = self.dtype or jnp.promote_types(x.dtype, self.scale[...].dtype)
+    y, mean, var = batch_norm_train(x.astype(dtype), self.scale[...], self.bias[...], self.epsilon)
+    m = self.momentum
+    self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+    self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
+    return y
+
+
 def _bn(c, *, dtype, rngs, zero_scale=False):
-  return nnx.BatchNorm(c, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
-                       scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
-                       rngs=rngs)
+  return BatchNorm(c, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
+                   scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
+                   rngs=rngs)
 
 
 class Downsample(nnx.Module):
@@ -138,6 +211,11 @@ def call_block(block: nnx.Module, x: jax.Array, train: bool, remat: bool) -> jax
   return nnx.remat(lambda b, y: b(y, train))(block, x)
 
 
+def _stem(conv: nnx.Conv, bn: nnx.BatchNorm, x: jax.Array, train: bool) -> jax.Array:
+  x = jax.nn.relu(bn(conv(x), use_running_average=not train))
+  return nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+
+
 class ResNet(nnx.Module):
   """ResNet feature extractor (and optional classifier) on NHWC images.
 
@@ -200,16 +278,19 @@ class ResNet(nnx.Module):
   def layers(self):
     return [self.layer1, self.layer2, self.layer3, self.layer4]
 
+  def stem(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """7x7/2 convolution, BatchNorm, ReLU and 3x3/2 max pool: [N, H, W, 3] -> [N, H/4, W/4, width]
+    (not rematerialised; ``features`` applies ``remat`` to ``_stem``)."""
+    return _stem(self.conv1, self.bn1, x, train)
+
   def features(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Last feature map [N, H/32, W/32, num_features] of NHWC images ``x``."""
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f'ResNet expects NHWC images with 3 channels, got shape {x.shape}.')
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    def stem(conv, bn, x):
-      x = jax.nn.relu(bn(conv(x), use_running_average=not train))
-      return nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     # The stem works at the largest resolution: with remat it is recomputed too.
+    stem = lambda conv, bn, y: _stem(conv, bn, y, train)
     x = (nnx.remat(stem) if self.remat else stem)(self.conv1, self.bn1, x)
     for stage in self.layers:
       for block in stage:
