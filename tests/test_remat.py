@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from ferjax import models, steps
-from ferjax.models import precision
+from ferjax.models import attention, precision
 
 
 def tiny_config(**overrides):
@@ -106,3 +106,37 @@ def test_auto_dtype_follows_the_default_backend_and_keeps_params_float32():
   assert {v.dtype for v in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype('float32')}
   with pytest.raises(ValueError, match='float16'):
     precision.resolve_dtype('float16')
+
+
+def test_global_max_pool_has_jnp_max_values_and_gradient_with_ties():
+  # Channel 0 has its maximum 2.0 twice (the gradient splits it), channel 1 once; bfloat16 like an
+  # accelerator's compute dtype, and float32.
+  x = np.zeros((1, 2, 2, 2), np.float32)
+  x[0, :, :, 0] = [[2.0, 1.0], [2.0, -1.0]]
+  x[0, :, :, 1] = [[0.5, 3.0], [-2.0, 1.0]]
+  w = jnp.array([[1.5, -4.0]])
+  for dtype in (jnp.float32, jnp.bfloat16):
+    xd = jnp.asarray(x, dtype)
+    mine = jax.grad(lambda v: (attention.global_max_pool(v) * w.astype(dtype)).sum())(xd)
+    ref = jax.grad(lambda v: (jnp.max(v, axis=(1, 2)) * w.astype(dtype)).sum())(xd)
+    expected = np.zeros_like(x)
+    expected[0, 0, 0, 0] = expected[0, 1, 0, 0] = 0.75
+    expected[0, 0, 1, 1] = -4.0
+    np.testing.assert_array_equal(np.asarray(mine, np.float32), expected)
+    np.testing.assert_array_equal(np.asarray(mine, np.float32), np.asarray(ref, np.float32))
+    np.testing.assert_array_equal(attention.global_max_pool(xd), jnp.max(xd, axis=(1, 2)))
+
+
+def test_geca_keeps_no_feature_map_but_its_input_for_the_backward_pass():
+  # jnp.max's JVP keeps a full-size indicator of the maxima; global_max_pool rebuilds it from the
+  # input, which x * a keeps anyway. Only the input may be full size among G-ECA's residuals.
+  x = jax.ShapeDtypeStruct((4, 8, 8, 16), jnp.bfloat16)
+  for variant in ('avgmax', 'ghost'):
+    geca = attention.GECA(16, variant=variant, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(geca)
+
+    def run(params, x, graphdef=graphdef):
+      return nnx.merge(graphdef, params)(x).astype(jnp.float32).sum()
+    full = [src for aval, src in ad_checkpoint.saved_residuals(run, params, x)
+            if aval.shape == x.shape]
+    assert full == ['from the argument x'], full

@@ -41,6 +41,31 @@ def eca_kernel_size(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
   return t if t % 2 else t + 1
 
 
+@jax.custom_vjp
+def global_max_pool(x: jax.Array) -> jax.Array:
+  """Max of NHWC ``x`` over H and W: [N, C]. Same values and gradient as ``jnp.max(x, axis=(1, 2))``
+  (the gradient is split evenly between tied maxima), but the backward pass rebuilds the location of
+  the maxima from ``x`` instead of keeping jnp.max's own full-size indicator of them: the attention
+  keeps ``x`` anyway (for ``x * a``), so G-ECA saves one feature map fewer per block (README
+  "Performance", ``scripts/step_memory.py``)."""
+  return jnp.max(x, axis=(1, 2))
+
+
+def _global_max_pool_fwd(x):
+  mx = jnp.max(x, axis=(1, 2))
+  return mx, (x, mx)
+
+
+def _global_max_pool_bwd(residuals, g):
+  # jnp.max's JVP (jax's _reduce_chooser_jvp_rule) in the cotangent's dtype, transposed.
+  x, mx = residuals
+  hits = (x == mx[:, None, None, :]).astype(g.dtype)
+  return (hits * (g / jnp.sum(hits, axis=(1, 2)))[:, None, None, :],)
+
+
+global_max_pool.defvjp(_global_max_pool_fwd, _global_max_pool_bwd)
+
+
 class _ChannelConv1D(nnx.Module):
   """A single-filter, bias-free 1-D convolution sliding over the channel axis (zero padded)."""
 
@@ -109,7 +134,7 @@ class GECA(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     avg = jnp.mean(x, axis=(1, 2))
-    mx = jnp.max(x, axis=(1, 2))
+    mx = global_max_pool(x)
     if self.variant == 'avgmax':
       logits = self.conv(avg) + self.conv(mx)
     else:
