@@ -73,16 +73,73 @@ def test_brightness_contrast_jitter():
   assert len(means) == 4 and len(spreads) == 4
 
 
+def _jitter_by_hand(frames, b, c, mean):
+  jittered = frames.astype(np.float32) * np.float32(b)
+  return np.rint(np.clip((jittered - mean) * np.float32(c) + mean, 0.0, 255.0)).astype(np.uint8)
+
+
 def test_photometric_equals_per_pixel_jitter():
-  """The lookup-table jitter is bit-identical to jittering every pixel in float32."""
+  """The lookup-table jitter is bit-identical to jittering every pixel in float32 around the exact mean
+  (brightness * integer pixel sum / count), in place or not."""
   rng = np.random.default_rng(0)
   for _ in range(10):
     frames = rng.integers(0, 256, (T, H, H, 3), dtype=np.uint8)
     b, c = rng.uniform(0.5, 1.5, 2)
-    jittered = frames.astype(np.float32) * b
-    mean = jittered.mean()
-    want = np.rint(np.clip((jittered - mean) * c + mean, 0.0, 255.0)).astype(np.uint8)
+    mean = np.float32(b * int(frames.sum(dtype=np.int64)) / frames.size)
+    want = _jitter_by_hand(frames, b, c, mean)
     np.testing.assert_array_equal(augment.photometric(frames, b, c), want)
+    copy = frames.copy()
+    assert augment.photometric(copy, b, c, inplace=True) is copy
+    np.testing.assert_array_equal(copy, want)
+
+
+def test_photometric_mean_is_exact():
+  """The jitter pivots on the exact mean: a frame of one grey value v jittered by contrast alone keeps
+  v; two values a < b keep their midpoint, whatever the contrast (up to rounding)."""
+  frames = np.full((2, 8, 8, 3), 37, np.uint8)
+  np.testing.assert_array_equal(augment.photometric(frames, 1.0, 1.7), frames)
+  frames[1] = 201  # Mean 119: 37 -> 119 - 82 * 0.5 = 78, 201 -> 160.
+  out = augment.photometric(frames, 1.0, 0.5)
+  assert out[0].max() == out[0].min() == 78 and out[1].max() == out[1].min() == 160
+  # The old float32 mean of the jittered pixels differs from the exact one by ~1e-5 grey levels: never
+  # more than 1 level apart after rounding, on random frames.
+  rng = np.random.default_rng(1)
+  for _ in range(5):
+    frames = rng.integers(0, 256, (T, H, H, 3), dtype=np.uint8)
+    b, c = rng.uniform(0.5, 1.5, 2)
+    old = _jitter_by_hand(frames, b, c, (frames.astype(np.float32) * np.float32(b)).mean())
+    assert np.abs(old.astype(int) - augment.photometric(frames, b, c)).max() <= 1
+
+
+def test_warp_writes_every_frame_in_place():
+  """`warp` (each frame warped into its slot of one output) equals cv2.warpAffine frame by frame, for an
+  array and for a list of frames, uint8 and 2-channel float32."""
+  import cv2
+  frames = _frames(t=5)
+  d = augment.draw(H, H, S, augment.AugmentOptions(), np.random.default_rng(4))
+  want = np.stack([cv2.warpAffine(f, d.matrix, (S, S), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REFLECT_101) for f in frames])
+  np.testing.assert_array_equal(augment.warp(frames, d.matrix, S), want)
+  np.testing.assert_array_equal(augment.warp(list(frames), d.matrix, S), want)
+  field = np.random.default_rng(5).normal(size=(2, H, H, 2)).astype(np.float32)
+  np.testing.assert_array_equal(
+      augment.warp(field, d.matrix, S)[1],
+      cv2.warpAffine(field[1], d.matrix, (S, S), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                     borderMode=cv2.BORDER_REFLECT_101))
+  # apply on a list = on the array (the pipeline passes decoded frames unstacked).
+  np.testing.assert_array_equal(augment.apply(list(frames), d, S), augment.apply(frames, d, S))
+
+
+def test_eval_preprocess_by_hand():
+  import cv2
+  frames = _frames(h=40, w=56)
+  options = augment.AugmentOptions(eval_crop=0.8)  # 32 px of the shorter side: no resize at S = 32.
+  np.testing.assert_array_equal(augment.eval_preprocess(frames, S, options), frames[:, 4:36, 12:44])
+  out = augment.eval_preprocess(list(frames), 16, options)  # A list, shrunk with area averaging.
+  np.testing.assert_array_equal(out, np.stack([cv2.resize(f[4:36, 12:44], (16, 16),
+                                                          interpolation=cv2.INTER_AREA) for f in frames]))
+  with pytest.raises(ValueError, match=r'expected frames of shape \[T, H, W, 3\]; got \(4, 8, 8\)'):
+    augment.eval_preprocess(np.zeros((4, 8, 8), np.uint8), S, options)
 
 
 @pytest.mark.parametrize('count', [1, 3])

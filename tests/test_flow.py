@@ -100,6 +100,20 @@ def test_working_resolution_and_zoom_scale_the_vectors():
                                                      augment.AugmentOptions.none(0.875)), atol=12)
 
 
+def test_list_of_frames_equals_the_array():
+  """The pipeline passes decoded frames unstacked (a list): same flow as the stacked array, to float
+  rounding (OpenCV's float warps differ by an ulp with memory alignment and thread count)."""
+  frames = _moving(4, 64)
+  m = flow.eval_matrix(64, 64, S, 0.875)
+  np.testing.assert_allclose(flow.sequence_flow(list(frames), m, S), flow.sequence_flow(frames, m, S),
+                             atol=1e-5, rtol=0)
+  fields = flow.compute(frames)
+  np.testing.assert_allclose(augment.warp_flow(list(fields), m, S), augment.warp_flow(fields, m, S),
+                             atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match=r'optical flow needs frames of shape .*got \[\(64, 64, 3\), \(8, 8, 3\)\]'):
+    flow.compute([frames[0], frames[1, :8, :8]])
+
+
 def test_bad_frames():
   with pytest.raises(ValueError, match=r'needs frames of shape \[T >= 2, H, W, 3\]; got \(1, 8, 8, 3\)'):
     flow.compute(np.zeros((1, 8, 8, 3), np.uint8))

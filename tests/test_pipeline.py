@@ -322,3 +322,47 @@ def test_repeated_indices_decode_once():
   batch = next(_eval([{'frames': frames, 'label': 0}], 1, sampling_mode='clip'))
   assert pipeline.DECODE_COUNT.value - before == 2
   np.testing.assert_allclose(batch['frames'][0].mean(axis=(1, 2, 3)), [40, 40, 200, 200], atol=2)
+
+
+def test_decoding_matches_opencv_bgr_decode():
+  """JPEG and PNG bytes (colour and grey) decode to the pixels of cv2.imdecode(BGR) + cvtColor."""
+  import cv2
+  rng = np.random.default_rng(0)
+  colour = cv2.GaussianBlur(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8), (0, 0), 1.0)
+  grey = colour[..., 0]
+  for data in (tfds_common.encode_jpeg(colour), tfds_common.encode_jpeg(grey),
+               cv2.imencode('.png', colour)[1].tobytes(), cv2.imencode('.png', grey)[1].tobytes()):
+    want = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    got = pipeline._as_rgb(data)
+    assert got.shape == (24, 40, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(pipeline._as_rgb(cv2.imencode('.png', colour)[1].tobytes()),
+                                cv2.cvtColor(colour, cv2.COLOR_BGR2RGB))  # PNG: lossless, RGB order.
+
+
+def test_train_example_equals_a_reference_by_hand():
+  """A training example (decode -> warp -> jitter -> mask, written for speed: no stacking, in place)
+  equals the same steps written plainly: per-frame decode and warpAffine, per-pixel float32 jitter."""
+  import cv2
+  rng = np.random.default_rng(1)
+  big = cv2.GaussianBlur(rng.integers(0, 256, (60, 70, 3), dtype=np.uint8), (0, 0), 1.5)
+  frames = [tfds_common.encode_jpeg(np.roll(big, k, axis=1)) for k in range(9)]
+  record = {'frames': frames, 'label': 2, 'sequence_id': 'ref/0'}
+  options = augment.AugmentOptions(mask_prob=1.0, mask_count=2, brightness=0.4, contrast=0.4)
+  spec = pipeline.ExampleSpec(T, S, options)
+  for epoch in range(4):
+    got = pipeline._TrainExample(spec, seed=5, records_per_epoch=1)(epoch, (0, record))
+    r = np.random.default_rng([5, 0, epoch])
+    indices = sampling.indices('segments', len(frames), T, r)
+    source = [cv2.cvtColor(cv2.imdecode(np.frombuffer(frames[i], np.uint8), cv2.IMREAD_COLOR),
+                           cv2.COLOR_BGR2RGB) for i in indices]
+    d = augment.draw(60, 70, S, options, r)
+    warped = np.stack([cv2.warpAffine(f, d.matrix, (S, S), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                      borderMode=cv2.BORDER_REFLECT_101) for f in source])
+    mean = np.float32(d.brightness * int(warped.sum(dtype=np.int64)) / warped.size)
+    jittered = warped.astype(np.float32) * np.float32(d.brightness)
+    want = np.rint(np.clip((jittered - mean) * np.float32(d.contrast) + mean, 0, 255)).astype(np.uint8)
+    for y, x, h, w in d.boxes:
+      want[:, y:y + h, x:x + w] = augment.MASK_FILL
+    assert d.boxes and got['label'] == 2
+    np.testing.assert_array_equal(got['frames'], want)

@@ -59,27 +59,26 @@ def _grey(frames: np.ndarray, scale: float) -> list[np.ndarray]:
   return out
 
 
-def _vectors(frames: np.ndarray, method: str, scale: float) -> np.ndarray:
-  """float32 [T - 1, h, w, 2]: (dx, dy) between consecutive frames, in working pixels."""
-  frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) < 2:
-    raise ValueError(f'optical flow needs frames of shape [T >= 2, H, W, 3]; got {frames.shape}')
+def _vectors(frames, method: str, scale: float) -> list[np.ndarray]:
+  """T - 1 float32 fields [h, w, 2]: (dx, dy) between consecutive frames, in working pixels (as the
+  flow method returns them: not copied into one array)."""
+  shapes = {np.shape(f) for f in frames}
+  if len(frames) < 2 or len(shapes) != 1 or len(shapes.pop()) != 3 or np.shape(frames[0])[-1] != 3:
+    found = np.shape(frames) if isinstance(frames, np.ndarray) else [np.shape(f) for f in frames]
+    raise ValueError(f'optical flow needs frames of shape [T >= 2, H, W, 3]; got {found}')
   if method not in METHODS:
     raise ValueError(f'flow method must be one of {METHODS}; got {method!r}')
   grey = _grey(frames, scale)
-  out = np.empty((len(grey) - 1,) + grey[0].shape + (2,), np.float32)
-  for t, (prev, nxt) in enumerate(zip(grey[:-1], grey[1:])):
-    if method == 'dis':
-      out[t] = _dis().calc(prev, nxt, None)
-    else:
-      out[t] = cv2.calcOpticalFlowFarneback(prev, nxt, None, *FARNEBACK)
-  return out
+  if method == 'dis':
+    return [_dis().calc(prev, nxt, None) for prev, nxt in zip(grey[:-1], grey[1:])]
+  return [cv2.calcOpticalFlowFarneback(prev, nxt, None, *FARNEBACK)
+          for prev, nxt in zip(grey[:-1], grey[1:])]
 
 
-def compute(frames: np.ndarray, method: str = 'dis', scale: float = 1.0) -> np.ndarray:
+def compute(frames, method: str = 'dis', scale: float = 1.0) -> np.ndarray:
   """Flow between consecutive frames: uint8 RGB [T, H, W, 3] -> float32 [T - 1, h, w, 3] (dx, dy,
   magnitude) in working pixels, h, w = round(scale * (H, W))."""
-  vectors = _vectors(frames, method, scale)
+  vectors = np.stack(_vectors(frames, method, scale))
   return np.concatenate([vectors, np.sqrt((vectors ** 2).sum(-1, keepdims=True))], axis=-1)
 
 
@@ -99,10 +98,10 @@ def eval_matrix(height: int, width: int, size: int, eval_crop: float) -> np.ndar
   return np.array([[k, 0.0, x0 + 0.5 * k - 0.5], [0.0, k, y0 + 0.5 * k - 0.5]])
 
 
-def sequence_flow(frames: np.ndarray, matrix: np.ndarray, size: int, method: str = 'dis') -> np.ndarray:
-  """Flow of the sampled source frames [T, H, W, 3] under the frames' output -> source ``matrix``:
+def sequence_flow(frames, matrix: np.ndarray, size: int, method: str = 'dis') -> np.ndarray:
+  """Flow of the sampled source frames [T, H, W, 3] (an array or a list of [H, W, 3] arrays) under the frames' output -> source ``matrix``:
   float32 [T - 1, size, size, 3] (dx, dy, magnitude) in output pixels."""
-  _, height, width, _ = np.shape(frames)
+  height, width, _ = np.shape(frames[0])
   fields = _vectors(frames, method, working_scale(height, width, size))
-  _, h, w, _ = fields.shape  # Rounded sides: the exact scale of each axis.
+  h, w, _ = fields[0].shape  # Rounded sides: the exact scale of each axis.
   return augment.warp_flow(fields, _to_working(matrix, w / width, h / height), size, magnitude=True)
