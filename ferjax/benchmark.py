@@ -38,6 +38,15 @@ adds flow to any family, and `--source_px N` reads built-in moving-texture JPEG 
 of a dataset (the README's flow figure):
 
   python -m ferjax.benchmark --input --config configs/rfscnn.py --source_px 256 --batches 10
+
+Input figures come per wall second and per CPU second of the process (all its threads): on a shared
+machine only the latter say what a worker with a core of its own reaches. `--repeats R` (default 3) times
+R rounds of `--batches` and reports the median round and every round's frames per CPU second;
+`--input_profile N` adds the CPU milliseconds per frame of the costliest functions (cProfile) while N
+batches are made in the calling thread (decode, warp, jitter, flow, copies):
+
+  python -m ferjax.benchmark --input --config configs/res_rbg.py --source_px 256 --batches 8 \
+      --config.input.batch_size=8 --input_profile 4
 """
 
 import collections
@@ -96,6 +105,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer('batches', 20, '--input: timed batches (after one warm-up).')
   flags.DEFINE_bool('flow', False, '--input: add the optical-flow input even if the family does not '
                     'ask for it (a family that does always gets it).')
+  flags.DEFINE_integer('repeats', 3, '--input: timed rounds of --batches batches (median reported).')
+  flags.DEFINE_integer('input_profile', 0, '--input: also profile this many batches made in the calling '
+                       'thread (CPU ms per frame of the costliest functions).')
   flags.DEFINE_integer('source_px', 0, '--input: 0 = the config\'s dataset; N = built-in moving-texture '
                        'JPEG sequences of N x N px (no dataset needed).')
   flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
@@ -366,33 +378,84 @@ def sweep_table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def moving_texture_source(num_records: int, num_frames: int, px: int, seed: int = 0) -> list[dict]:
+def moving_texture_source(num_records: int, num_frames: int, px: int, seed: int = 0,
+                          distinct: int | None = None) -> list[dict]:
   """In-memory records of JPEG frames (px x px) of a blurred-noise texture moving 1-3 px per frame:
-  an input-benchmark source with realistic decoding and optical-flow cost, without a dataset."""
+  an input-benchmark source with realistic decoding and optical-flow cost, without a dataset.
+
+  `distinct` < `num_records` encodes only that many sequences and repeats them (record i shares the
+  frames of record i % distinct): the source has a real dataset's length (grain's shuffle costs ~26 / N
+  ms per example on an N-record source, 0.8 ms at N = 32 but 0.1 ms at CK+'s ~300) in little memory.
+  """
   rng = np.random.default_rng(seed)
-  records = []
-  for i in range(num_records):
+  distinct = num_records if distinct is None else min(distinct, num_records)
+  sequences = []
+  for _ in range(distinct):
     dx, dy = rng.integers(1, 4, 2) * rng.choice([-1, 1], 2)
     margin = 3 * num_frames
     noise = (rng.random((px + 2 * margin, px + 2 * margin)) * 255).astype(np.uint8)
     big = np.repeat(cv2.GaussianBlur(noise, (0, 0), 2.0)[..., None], 3, axis=-1)
-    frames = [tfds_common.encode_jpeg(np.ascontiguousarray(
+    sequences.append([tfds_common.encode_jpeg(np.ascontiguousarray(
         big[margin + k * dy:margin + k * dy + px, margin + k * dx:margin + k * dx + px]))
-              for k in range(num_frames)]
-    records.append({'frames': frames, 'label': i % 7, 'sequence_id': f'moving_texture/{i}'})
-  return records
+                      for k in range(num_frames)])
+  return [{'frames': sequences[i % distinct], 'label': i % 7, 'sequence_id': f'moving_texture/{i}'}
+          for i in range(num_records)]
 
 
-def run_input(config, num_batches: int, flow: bool = False, source_px: int = 0) -> dict:
+# --input --source_px: records of the built-in source; as many as a real training split (CK+ ~300
+# sequences), 32 of them distinct.
+INPUT_SOURCE_RECORDS, INPUT_SOURCE_DISTINCT, INPUT_SOURCE_FRAMES = 320, 32, 24
+
+
+def _input_rounds(iterator, num_batches: int, repeats: int) -> list[tuple[float, float]]:
+  """(wall s, process CPU s) of `repeats` rounds of `num_batches` batches each."""
+  rounds = []
+  for _ in range(repeats):
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(num_batches):
+      next(iterator)
+    rounds.append((time.perf_counter() - start, time.process_time() - cpu_start))
+  return rounds
+
+
+def profile_input(batches, num_batches: int, units: int, top: int = 12) -> dict[str, float]:
+  """CPU milliseconds per unit (frame) of the `top` functions (own time, cProfile with the process CPU
+  clock) while making `num_batches` batches of the random-access `batches` in the calling thread: the
+  loader's iterator makes examples in reader threads, which a profiler of this thread would not see."""
+  import cProfile
+  import pstats
+  profiler = cProfile.Profile(time.process_time)
+  profiler.enable()
+  for k in range(num_batches):
+    batches[k]
+  profiler.disable()
+  stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, prim, own, cumulative, callers)}
+  own = collections.Counter()
+  for (file, _, name), (_, _, tottime, _, _) in stats.items():
+    name = re.sub(r"^<method '(\w+)' of '([\w.]+)' objects>$", r'\2.\1', name)  # cv2.X.calc
+    name = re.sub(r'^<(built-in method )?|>$', '', name)
+    own[name if file == '~' else f'{os.path.basename(file)}:{name}'] += tottime
+  return {name: round(seconds * 1e3 / units, 4) for name, seconds in own.most_common(top)}
+
+
+def run_input(config, num_batches: int, flow: bool = False, source_px: int = 0, repeats: int = 3,
+              profile_batches: int = 0) -> dict:
   """Throughput of the training input pipeline of `config` in this process (worker_count 0).
 
   `flow` adds the optical-flow input; `source_px` > 0 reads `moving_texture_source` records of that
-  size (24 frames each) instead of the config's dataset.
+  size (INPUT_SOURCE_* records and frames) instead of the config's dataset. Times `repeats` rounds of `num_batches` batches
+  and reports the median round (and every round's frames per CPU second): on a shared machine the wall
+  figures vary with the load; the per-CPU-second ones much less. `profile_batches` > 0 adds the CPU time
+  per frame of the costliest functions (`profile_input`).
   """
   config_lib.validate(config)
+  if repeats < 1 or num_batches < 1:
+    raise ValueError(f'--input needs batches >= 1 and repeats >= 1; found {num_batches} and {repeats}')
   batch = config.input.batch_size
   if source_px:
-    name, source = f'moving_texture {source_px}px', moving_texture_source(32, 24, source_px)
+    name = f'moving_texture {source_px}px'
+    source = moving_texture_source(INPUT_SOURCE_RECORDS, INPUT_SOURCE_FRAMES, source_px,
+                                   distinct=INPUT_SOURCE_DISTINCT)
   else:
     dataset = datasets.prepare(config.dataset)
     splits = protocols.splits_for(dataset.split_names, config.dataset.fold, False)
@@ -401,29 +464,34 @@ def run_input(config, num_batches: int, flow: bool = False, source_px: int = 0) 
                              extra_inputs=('flow',) if flow else ())
   iterator = iter(loader)
   first = next(iterator)  # Warm-up: opens the source.
-  start, cpu_start = time.perf_counter(), time.process_time()
-  for _ in range(num_batches):
-    next(iterator)
-  seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+  rounds = _input_rounds(iterator, num_batches, repeats)
   iterator.close()
-  frames = first['frames']
+  seconds, cpu_seconds = (float(np.median(x)) for x in zip(*rounds))
+  frames = num_batches * batch * first['frames'].shape[1]
   result = {
       'dataset': name,
       'batch': {k: f'{v.dtype}{list(v.shape)}' for k, v in first.items()},
       'batch_bytes': int(sum(v.nbytes for v in first.values())),
       'sampling': config.dataset.sampling,
-      'frames_per_s_per_worker': round(num_batches * batch * frames.shape[1] / seconds, 1),
+      'rounds': f'{repeats} x {num_batches} batches (median round below)',
+      'frames_per_s_per_worker': round(frames / seconds, 1),
       'sequences_per_s_per_worker': round(num_batches * batch / seconds, 2),
-      # CPU seconds of this process per wall second: well below 1 when other processes share the cores;
-      # the *_per_cpu_s figures are then what a worker with a core of its own would reach.
+      # CPU seconds of this process (all its threads) per wall second: well below 1 when other processes
+      # share the cores; the *_per_cpu_s figures are then what a worker with a core of its own would reach.
       'cpu_load': round(cpu_seconds / seconds, 2),
-      'frames_per_cpu_s': round(num_batches * batch * frames.shape[1] / cpu_seconds, 1),
+      'frames_per_cpu_s': round(frames / cpu_seconds, 1),
+      'frames_per_cpu_s_rounds': [round(frames / c, 1) for _, c in rounds],
+      'sequences_per_cpu_s': round(num_batches * batch / cpu_seconds, 2),
       'host': platform.processor() or platform.machine(),
   }
   if 'flow' in first:  # Flow images (T - 1 per sequence) per second, decoding and augmentation included.
     flows = num_batches * batch * first['flow'].shape[1]
     result.update(flow=config.dataset.flow, flow_frames_per_s_per_worker=round(flows / seconds, 1),
-                  flow_frames_per_cpu_s=round(flows / cpu_seconds, 1))
+                  flow_frames_per_cpu_s=round(flows / cpu_seconds, 1),
+                  flow_frames_per_cpu_s_rounds=[round(flows / c, 1) for _, c in rounds])
+  if profile_batches:
+    result['input_profile_cpu_ms_per_frame'] = profile_input(
+        loader.batches, profile_batches, profile_batches * batch * first['frames'].shape[1])
   return result
 
 
@@ -451,7 +519,8 @@ def main(argv):
             'peak_tflops_per_device': f.peak_tflops or None}
   try:
     if f.input:
-      result = run_input(f.config, f.batches, flow=f.flow, source_px=f.source_px)
+      result = run_input(f.config, f.batches, flow=f.flow, source_px=f.source_px,
+                         repeats=f.repeats, profile_batches=f.input_profile)
     elif f.sweep:
       result = sweep(f.config, f.sweep, f.steps, f.num_classes, **kwargs)
     else:
