@@ -3,7 +3,9 @@ r"""Exports a trained model for deployment: `python -m ferjax.export --workdir R
 The exported function is the evaluation path of the trainer with the weights baked in: uint8 RGB face crops
 `[B, T, S, S, 3]` -> ImageNet normalisation -> the model in inference mode (BatchNorm running averages, no
 dropout) -> class probabilities `[B, C]` (`ferjax.steps.eval_step`'s `probs`). The batch dimension B is
-symbolic: one artifact serves any batch size.
+symbolic: one artifact serves any batch size. Families with more inputs take them as further arguments
+in the order of `metadata['inputs']` (RFSCNN: `frames`, then `flow` float32 `[B, T - 1, S, S, 3]`); the
+ONNX graph names its inputs the same way.
 
 * `--format jax` writes a `.ferjax` zip: `model.jax` (`jax.export.export(...).serialize()`, StableHLO for
   the platforms of `--platforms`, default cpu) and `metadata.json` (class names, T, S, the preprocessing
@@ -40,26 +42,25 @@ def _closed_function(model: predict.CheckpointModel):
   """frames -> probs with the weights as constants of the traced function."""
   variables = model.variables
 
-  def probs(frames):
-    return model.function(variables, frames)
+  def probs(frames, *extra):
+    return model.function(variables, frames, *extra)
   return probs
 
 
-def _input_spec(model, batch: str | int = 'B'):
+def _input_specs(model) -> list:
+  """One ShapeDtypeStruct per input of `metadata['inputs']` (frames first), sharing one symbolic B."""
   import jax  # pylint: disable=import-outside-toplevel
-  t, s = model.num_frames, model.image_size
-  if isinstance(batch, str):
-    shape = jax.export.symbolic_shape(f'{batch}, {t}, {s}, {s}, 3')
-  else:
-    shape = (batch, t, s, s, 3)
-  return jax.ShapeDtypeStruct(shape, np.uint8)
+  signature = model.metadata.get('inputs') or predict.input_signature(
+      ('frames',), model.num_frames, model.image_size)
+  (batch,) = jax.export.symbolic_shape('B')
+  return [jax.ShapeDtypeStruct((batch, *i['shape'][1:]), np.dtype(i['dtype'])) for i in signature]
 
 
 def export_jax(model: predict.CheckpointModel, platforms: Sequence[str] = ('cpu',)) -> bytes:
   """The `.ferjax` zip (serialized jax.export artifact + metadata.json) as bytes."""
   import jax  # pylint: disable=import-outside-toplevel
   exported = jax.export.export(jax.jit(_closed_function(model)), platforms=tuple(platforms))(
-      _input_spec(model))
+      *_input_specs(model))
   metadata = {**model.metadata, 'export': {'format': 'jax', 'platforms': list(platforms),
                                            'jax_version': jax.__version__,
                                            'calling_convention_version':
@@ -123,14 +124,21 @@ def export_onnx(model: predict.CheckpointModel, opset: int = 21) -> bytes:
   except ImportError:
     raise ExportError("--format onnx needs jax2onnx and onnx: pip install 'ferjax[export]'") from None
   import jax  # pylint: disable=import-outside-toplevel
-  spec = _input_spec(model)
+  specs = _input_specs(model)
+  names = list(serving.input_names(model.metadata))
   with _onnx_friendly_ops():
-    closed = jax.make_jaxpr(_closed_function(model))(spec)
+    closed = jax.make_jaxpr(_closed_function(model))(*specs)
 
-  def replay(frames):
-    return jax.core.eval_jaxpr(closed.jaxpr, closed.consts, frames)[0]
-  proto = jax2onnx.to_onnx(replay, [spec], model_name='ferjax', opset=opset, input_names=['frames'],
-                           output_names=['probs'])
+  def replay(*arrays):
+    return jax.core.eval_jaxpr(closed.jaxpr, closed.consts, *arrays)[0]
+  try:
+    proto = jax2onnx.to_onnx(replay, specs, model_name='ferjax', opset=opset, input_names=names,
+                             output_names=['probs'])
+  except Exception as e:  # pylint: disable=broad-except  # jax2onnx raises many types for a missing rule.
+    family = model.metadata.get('model', {}).get('name', '?')
+    raise ExportError(f'jax2onnx cannot convert the {family!r} model (inputs {names}): '
+                      f'{type(e).__name__}: {" ".join(str(e).split())[:300]}; --format jax supports it') \
+        from None
   metadata = {**model.metadata, 'export': {'format': 'onnx', 'opset': opset,
                                            'jax2onnx_version': _version('jax2onnx')}}
   entry = proto.metadata_props.add()

@@ -164,18 +164,41 @@ def _normalization(config: dict) -> dict:
   return out
 
 
-def model_metadata(config: dict, class_names: Sequence[str], crop: dict, source: dict) -> dict:
+def input_signature(inputs: Sequence[str], num_frames: int, image_size: int) -> list[dict]:
+  """The model's inputs in call order: `frames` first, then the family's extra inputs as the input
+  pipeline makes them (`ferjax.data.pipeline.INPUTS`: name, dtype, shape with the batch as 'B')."""
+  signature = [{'name': 'frames', 'dtype': 'uint8', 'shape': ['B', num_frames, image_size, image_size, 3]}]
+  extra = [name for name in inputs if name != 'frames']
+  if extra:
+    from ferjax.data import pipeline  # pylint: disable=import-outside-toplevel  # grain: only when needed.
+    for name in extra:
+      spec = pipeline.INPUTS[name]
+      signature.append({'name': name, 'dtype': np.dtype(spec.dtype).name,
+                        'shape': ['B', *spec.shape(num_frames, image_size)]})
+  return signature
+
+
+def model_metadata(config: dict, class_names: Sequence[str], crop: dict, source: dict,
+                   inputs: Sequence[str] = ('frames',)) -> dict:
   """What an artifact (and predict) needs besides the weights; see ferjax.serving."""
+  t, s = int(config['dataset']['num_frames']), int(config['dataset']['image_size'])
+  signature = input_signature(inputs, t, s)
   return {
       'format': serving.FORMAT,
       'class_names': list(class_names),
-      'num_frames': int(config['dataset']['num_frames']),
-      'image_size': int(config['dataset']['image_size']),
-      'input': 'uint8 RGB face crops [B, T, S, S, 3]; output float32 class probabilities [B, C]',
+      'num_frames': t,
+      'image_size': s,
+      'input': '; '.join(f'{i["name"]} {i["dtype"]} [{", ".join(map(str, i["shape"]))}]' for i in signature)
+               + '; output float32 class probabilities [B, C]',
+      'inputs': signature,
       'preprocessing': {
           'face_crop': crop,
           'eval_crop': float(config['augment']['eval_crop']),
           'normalization': _normalization(config),
+          # Which T frames of a window (config.dataset.sampling, evaluation indices).
+          'sampling': config['dataset'].get('sampling', 'segments'),
+          # Optical flow method (config.dataset.flow), for models whose inputs include flow.
+          'flow': config['dataset'].get('flow', 'dis'),
       },
       'dataset': {'name': config['dataset']['name'], 'config': config['dataset'].get('config', '')},
       'model': config['model'],
@@ -186,7 +209,8 @@ def model_metadata(config: dict, class_names: Sequence[str], crop: dict, source:
 @dataclasses.dataclass
 class CheckpointModel:
   """A run's model restored from a checkpoint: the same interface as `serving.Model`, plus `function`
-  (pure `(variables, frames_uint8) -> probs`) and `variables` for export."""
+  (pure `(variables, frames_uint8, *extra_inputs) -> probs`, extra inputs in the order of
+  `metadata['inputs']`) and `variables` for export."""
   path: Path
   metadata: dict
   function: Callable
@@ -198,13 +222,15 @@ class CheckpointModel:
     self.class_names = tuple(self.metadata['class_names'])
     self.num_frames = int(self.metadata['num_frames'])
     self.image_size = int(self.metadata['image_size'])
+    self.inputs = serving.input_names(self.metadata)
     self._jitted = jax.jit(self.function)
 
-  def predict(self, frames) -> np.ndarray:
-    frames = serving.check_frames(frames, self.num_frames, self.image_size)
-    if not len(frames):
+  def predict(self, frames, **inputs) -> np.ndarray:
+    """probs float32 [B, C] of uint8 frames [B, T, S, S, 3] and the model's other inputs by name."""
+    arrays = serving.check_inputs(self.metadata, frames, inputs)
+    if not len(arrays[0]):
       return np.zeros((0, len(self.class_names)), np.float32)
-    return np.asarray(self._jitted(self.variables, frames), np.float32)
+    return np.asarray(self._jitted(self.variables, *arrays), np.float32)
 
 
 def _check_shapes(step_dir: Path, metadata_tree, target) -> None:
@@ -233,8 +259,7 @@ def load_checkpoint(workdir: str | None = None, checkpoint: str | None = None) -
   info = _dataset_info(config)
   class_names = _class_names(config, run_dir, info)
   family = models.get_family(config['model']['name'])
-  if tuple(family.inputs) != ('frames',):
-    raise PredictError(f'model {family.name!r} needs inputs {list(family.inputs)}; predict feeds frames only')
+  extra_names = tuple(name for name in family.inputs if name != 'frames')
   model_config = ml_collections.ConfigDict(config['model'])
   abstract = nnx.eval_shape(lambda: models.create_model(model_config, len(class_names),
                                                          rngs=nnx.Rngs(0)))
@@ -261,20 +286,21 @@ def load_checkpoint(workdir: str | None = None, checkpoint: str | None = None) -
   # dataset.normalization ('imagenet' | 'unit'); configs from before the field was added are 'imagenet'.
   normalization = config['dataset'].get('normalization', 'imagenet')
 
-  def function(variables, frames):
+  def function(variables, frames, *extra):
     p, s = nnx.State(params), nnx.State(model_state)
     nnx.replace_by_pure_dict(p, variables['params'])
     nnx.replace_by_pure_dict(s, variables['model_state'])
     model = nnx.merge(graphdef, p, s, copy=True)
-    inputs = (steps.normalize_inputs({'frames': frames}) if normalization == 'imagenet' else
-              steps.normalize_inputs({'frames': frames}, normalization))
+    batch = {'frames': frames, **dict(zip(extra_names, extra))}
+    inputs = (steps.normalize_inputs(batch) if normalization == 'imagenet' else
+              steps.normalize_inputs(batch, normalization))
     logits = model(inputs, train=False)['logits']
     return steps.sequence_probabilities(logits)
 
   source = {'kind': 'checkpoint', 'path': os.fspath(step_dir), 'step': int(step_dir.name),
             'selection': ('best validation UAR' if step_dir.parent.name == 'best_checkpoint'
                           else 'latest checkpoint')}
-  metadata = model_metadata(config, class_names, training_crop(config, info), source)
+  metadata = model_metadata(config, class_names, training_crop(config, info), source, family.inputs)
   return CheckpointModel(step_dir, metadata, function, variables)
 
 
@@ -433,6 +459,9 @@ class Options:
   crop: str = 'face'  # 'face': the window's stable face box; 'frame': the centred square of the frame.
   min_face_fraction: float = 0.5
   batch_size: int = 16
+  sampling: str = 'segments'  # Which T frames of a window: the run's dataset.sampling, evaluation indices.
+  flow: str = 'dis'  # The run's dataset.flow, for models whose inputs include flow.
+  inputs: tuple[str, ...] = ('frames',)  # The model's inputs (metadata['inputs']).
 
 
 def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
@@ -447,13 +476,34 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
 
 
 def window_crops(frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None], num_samples: int,
-                 image_size: int, options: Options) -> tuple[np.ndarray, np.ndarray]:
-  """(uint8 [T, S, S, 3] model input, the stable box) of one window's frames and per-frame face boxes."""
+                 image_size: int, options: Options) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """({'frames': uint8 [T, S, S, 3], other model inputs}, the stable box) of one window's frames and
+  per-frame face boxes.
+
+  The crops play the part of a dataset record's frames (the builders store such crops), and the rest is
+  the input pipeline's evaluation path: the sampling mode's evaluation indices, `augment.eval_preprocess`,
+  and the family's extra inputs from `pipeline.INPUTS` on the same sampled crops with the evaluation
+  centre-crop matrix (optical flow: `flow.sequence_flow`, the run's method). The window plays the part
+  of the sequence (`frame_positions` are positions within the window).
+  """
   box = (faces.stable_box(boxes, options.margin) if options.crop == 'face' else
          faces.centre_box(frames[0].shape))
-  picks = sampling.eval_indices(len(frames), num_samples)
-  crops = np.stack([faces.crop_square(frames[i], box, options.crop_size) for i in picks])
-  return augment.eval_preprocess(crops, image_size, augment.AugmentOptions.none(options.eval_crop)), box
+  picks = sampling.indices(options.sampling, len(frames), num_samples)
+  crops = [faces.crop_square(frames[i], box, options.crop_size) for i in picks]
+  out = {'frames': augment.eval_preprocess(np.stack(crops), image_size,
+                                           augment.AugmentOptions.none(options.eval_crop))}
+  extra = [name for name in options.inputs if name != 'frames']
+  if 'flow' in extra and len(frames) < 2:
+    raise media.MediaError(f'the model needs optical flow between frames; a single frame has none '
+                           f'(inputs {list(options.inputs)})')
+  if extra:
+    # pylint: disable-next=import-outside-toplevel  # grain and flow only for families that need them.
+    from ferjax.data import flow as flow_lib, pipeline
+    matrix = flow_lib.eval_matrix(options.crop_size, options.crop_size, image_size, options.eval_crop)
+    view = pipeline.View(crops, np.asarray(picks, np.int32), len(frames), matrix, image_size,
+                         options.flow)
+    out.update(pipeline._extra_inputs(extra, view))  # pylint: disable=protected-access
+  return out, box
 
 
 class _Batcher:
@@ -464,8 +514,8 @@ class _Batcher:
     self._inputs, self._windows = [], []
     self.model_seconds = 0.0
 
-  def add(self, window: Window, frames: np.ndarray) -> None:
-    self._inputs.append(frames)
+  def add(self, window: Window, inputs: dict[str, np.ndarray]) -> None:
+    self._inputs.append(inputs)
     self._windows.append(window)
     if len(self._inputs) >= self.batch_size:
       self.flush()
@@ -473,11 +523,14 @@ class _Batcher:
   def flush(self) -> None:
     if not self._inputs:
       return
-    batch = np.stack(self._inputs)
-    if len(batch) < self.batch_size:  # Pad to a fixed batch: one compilation for every input.
-      batch = np.concatenate([batch, np.repeat(batch[-1:], self.batch_size - len(batch), 0)])
+    batch = {}
+    for name in self._inputs[0]:
+      stacked = np.stack([x[name] for x in self._inputs])
+      if len(stacked) < self.batch_size:  # Pad to a fixed batch: one compilation for every input.
+        stacked = np.concatenate([stacked, np.repeat(stacked[-1:], self.batch_size - len(stacked), 0)])
+      batch[name] = stacked
     t0 = time.perf_counter()
-    probs = self.model.predict(batch)
+    probs = self.model.predict(**batch)
     self.model_seconds += time.perf_counter() - t0
     for window, p in zip(self._windows, probs):
       window.probs = np.asarray(p, np.float32)
@@ -532,10 +585,10 @@ def predict_source(source: Source, model, detector: faces.FaceDetector, options:
     window = Window(start, end, sum(b is not None for b in boxes))
     result.windows.append(window)
     if window.face_frames and window.face_frames >= options.min_face_fraction * len(frames):
-      crops, box = window_crops(frames, boxes, model.num_frames, model.image_size, options)
+      inputs, box = window_crops(frames, boxes, model.num_frames, model.image_size, options)
       window.box = [float(v) for v in box]
       window.face_box = [float(v) for v in faces.stable_box(boxes, 0.0)]
-      batcher.add(window, crops)
+      batcher.add(window, inputs)
 
   try:
     for index, frame in enumerate(iter_frames(source)):
@@ -825,10 +878,13 @@ def _options(args, model) -> Options:
         crop['margin'] if crop.get('detector', 'none') != 'none' else BUILDER_DEFAULT_CROP['margin'])
   window = args.window or model.num_frames
   crop_mode = args.crop or ('frame' if crop.get('detector') == 'none' else 'face')
+  preprocessing = model.metadata.get('preprocessing', {})
   return Options(window=window, stride=args.stride or max(window // 2, 1), margin=margin, crop=crop_mode,
                  crop_size=int(crop.get('size', BUILDER_DEFAULT_CROP['size'])),
-                 eval_crop=float(model.metadata.get('preprocessing', {}).get('eval_crop', 1.0)),
-                 min_face_fraction=args.min_face_fraction, batch_size=args.batch_size)
+                 eval_crop=float(preprocessing.get('eval_crop', 1.0)),
+                 min_face_fraction=args.min_face_fraction, batch_size=args.batch_size,
+                 sampling=preprocessing.get('sampling', 'segments'), flow=preprocessing.get('flow', 'dis'),
+                 inputs=tuple(serving.input_names(model.metadata)))
 
 
 def run(argv: Sequence[str]) -> int:
@@ -891,8 +947,8 @@ def run(argv: Sequence[str]) -> int:
           f'(decode + detect ({args.detector}) + crop + model; model {model.kind}: {in_model:.2f} s, '
           'its first call compiles)')
   if args.json:
-    payload = {'model': {k: model.metadata[k] for k in ('class_names', 'num_frames', 'image_size',
-                                                         'preprocessing', 'source')},
+    payload = {'model': {k: model.metadata.get(k) for k in ('class_names', 'num_frames', 'image_size',
+                                                             'inputs', 'preprocessing', 'source')},
                'options': dataclasses.asdict(options) | {'detector': args.detector},
                'results': records}
     Path(args.json).write_text(json.dumps(payload, indent=1))

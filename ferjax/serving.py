@@ -12,7 +12,10 @@
 
 Both take uint8 RGB face crops `[B, T, S, S, 3]` (T = `num_frames`, S = `image_size`) and return float32
 class probabilities `[B, C]` in the order of `class_names`; the ImageNet normalisation runs inside the
-model. The metadata also says how the crops were made in training (`preprocessing`), which
+model. Families with more inputs take them after the frames, in the order of `metadata['inputs']` (name,
+dtype, shape with the batch as 'B'), as keyword arguments of `predict`: RFSCNN takes `flow` float32
+`[B, T - 1, S, S, 3]` (dx, dy, magnitude in output pixels, computed as `ferjax.data.flow` does with
+`preprocessing.flow`; `ferjax.predict` computes it from the window's crops). The metadata also says how the crops were made in training (`preprocessing`), which
 `ferjax.predict` follows: a square face box with `face_crop.margin`, resized to `face_crop.size`, then a
 centre crop of `eval_crop` of its side resized to S.
 
@@ -39,6 +42,31 @@ class ArtifactError(ValueError):
   """A file that is not a readable ferjax model artifact."""
 
 
+def input_names(metadata: dict) -> tuple[str, ...]:
+  """The model's inputs in call order (`frames` first); artifacts from before `inputs` was recorded
+  take frames only."""
+  return tuple(i['name'] for i in metadata.get('inputs') or [{'name': 'frames'}])
+
+
+def check_inputs(metadata: dict, frames: Any, inputs: dict) -> list[np.ndarray]:
+  """[frames, *other inputs] in call order as contiguous arrays of the signature's dtype and shape
+  (B from the frames), or a one-line ValueError naming what was expected and what was found."""
+  t, s = int(metadata['num_frames']), int(metadata['image_size'])
+  frames = check_frames(frames, t, s)
+  names = input_names(metadata)
+  if set(inputs) != set(names[1:]):
+    raise ValueError(f'expected inputs {list(names)}; found {["frames", *sorted(inputs)]}')
+  arrays = [frames]
+  for spec in metadata.get('inputs', [])[1:]:
+    value = np.asarray(inputs[spec['name']])
+    shape = (len(frames), *spec['shape'][1:])
+    if value.shape != shape:
+      raise ValueError(f'expected {spec["name"]} {spec["dtype"]} [B, {", ".join(map(str, shape[1:]))}] '
+                       f'with B = {len(frames)} (the frames\'); found {value.dtype} {list(value.shape)}')
+    arrays.append(np.ascontiguousarray(value, spec['dtype']))
+  return arrays
+
+
 def check_frames(frames: Any, num_frames: int, image_size: int) -> np.ndarray:
   """uint8 [B, T, S, S, 3] as a contiguous array, or a one-line ValueError naming the found shape."""
   frames = np.asarray(frames)
@@ -50,11 +78,12 @@ def check_frames(frames: Any, num_frames: int, image_size: int) -> np.ndarray:
 
 
 class Model:
-  """A loaded artifact: `predict(frames_uint8[B, T, S, S, 3]) -> probs float32 [B, C]`.
+  """A loaded artifact: `predict(frames_uint8[B, T, S, S, 3], **other_inputs) -> probs float32 [B, C]`.
 
   Attributes:
-    metadata: the artifact's metadata dict (class names, T, S, preprocessing, provenance).
+    metadata: the artifact's metadata dict (class names, T, S, inputs, preprocessing, provenance).
     class_names, num_frames, image_size: shortcuts into `metadata`.
+    inputs: the input names in call order (`frames`, then e.g. `flow` for RFSCNN).
     path: the artifact's file; kind: 'jax' or 'onnx'.
   """
 
@@ -63,13 +92,16 @@ class Model:
     self.class_names = tuple(metadata['class_names'])
     self.num_frames = int(metadata['num_frames'])
     self.image_size = int(metadata['image_size'])
+    self.inputs = input_names(metadata)
     self._run = run
 
-  def predict(self, frames) -> np.ndarray:
-    frames = check_frames(frames, self.num_frames, self.image_size)
-    if not len(frames):
+  def predict(self, frames, **inputs) -> np.ndarray:
+    """Class probabilities of uint8 frames and the model's other inputs (`metadata['inputs']`), e.g.
+    `predict(frames, flow=flow)` for a model with an optical-flow stream."""
+    arrays = check_inputs(self.metadata, frames, inputs)
+    if not len(arrays[0]):
       return np.zeros((0, len(self.class_names)), np.float32)
-    return np.asarray(self._run(frames), np.float32)
+    return np.asarray(self._run(*arrays), np.float32)
 
   def __repr__(self) -> str:
     return (f'Model({self.path}, {self.kind}, T={self.num_frames}, S={self.image_size}, '
@@ -94,7 +126,7 @@ def _load_jax(path: Path) -> Model:
                         f'{METADATA_FILE}): {e}') from None
   metadata = _check_metadata(metadata, path)
   exported = export.deserialize(bytearray(blob))
-  return Model(path, 'jax', metadata, lambda frames: exported.call(frames))
+  return Model(path, 'jax', metadata, exported.call)
 
 
 def _load_onnx(path: Path) -> Model:
@@ -112,8 +144,8 @@ def _load_onnx(path: Path) -> Model:
     raise ArtifactError(f'{path}: an ONNX model without ferjax metadata (metadata_props key '
                         f'{ONNX_METADATA_KEY!r}); export it with python -m ferjax.export')
   metadata = _check_metadata(json.loads(props[ONNX_METADATA_KEY]), path)
-  name = session.get_inputs()[0].name
-  return Model(path, 'onnx', metadata, lambda frames: session.run(None, {name: frames})[0])
+  names = [i.name for i in session.get_inputs()]
+  return Model(path, 'onnx', metadata, lambda *arrays: session.run(None, dict(zip(names, arrays)))[0])
 
 
 def load(path: str | os.PathLike) -> Model:

@@ -2,11 +2,14 @@
 trainer's own evaluation as the reference the predictions are checked against."""
 
 import functools
+import importlib
+import json
 import os
 import sys
 
 from flax import nnx
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -29,22 +32,48 @@ TINY_RUN = {
 }
 
 
-def tiny_config(data_dir: str):
+# A tiny RFSCNN (frames + optical flow) on the same data: test_rfscnn.py's TINY model, 2 steps.
+TINY_RFSCNN_RUN = {
+    'dataset.config': 'tiny', 'dataset.num_frames': T, 'dataset.image_size': SIZE,
+    'input.batch_size': 8, 'input.eval_batch_size': 8, 'input.worker_count': 0,
+    'model.width': 4, 'model.stage_sizes': (1, 1, 1, 1), 'model.grid': 1, 'model.spatial_hidden': 8,
+    'model.spatial_proj': 2, 'model.spatial_out': 4, 'model.temporal_hidden': 8, 'model.temporal_proj': 2,
+    'model.temporal_out': 4,
+    'train.num_steps': 2, 'train.log_every_steps': 2, 'train.eval_every_steps': 2,
+    'train.checkpoint_every_steps': 2, 'train.warmup_epochs': 0.0,
+}
+
+
+def _config_module(name: str):
   sys.path.insert(0, os.path.join(REPO, 'configs'))
   try:
-    import res_rbg  # pylint: disable=import-outside-toplevel
+    return importlib.import_module(name)
   finally:
     sys.path.pop(0)
-  config = res_rbg.get_config('synthetic')
-  for key, value in {**TINY_RUN, 'dataset.data_dir': data_dir}.items():
+
+
+def make_config(data_dir: str, family: str = 'res_rbg', overrides: dict | None = None):
+  """configs/<family>.py:synthetic with `overrides` ('section.field': value) and data_dir."""
+  config = _config_module(family).get_config('synthetic')
+  for key, value in {**(overrides or {}), 'dataset.data_dir': data_dir}.items():
     section, field = key.split('.')
     config[section][field] = value
   return config
 
 
+def tiny_config(data_dir: str):
+  return make_config(data_dir, 'res_rbg', TINY_RUN)
+
+
 def train_tiny_run(workdir: str, data_dir: str) -> str:
   """Trains the tiny Res-RBG on the tiny synthetic dataset (6 steps); returns the workdir."""
   train.train_and_evaluate(tiny_config(data_dir), workdir)
+  return workdir
+
+
+def train_tiny_rfscnn_run(workdir: str, data_dir: str) -> str:
+  """Trains the tiny RFSCNN (frames + DIS flow) on the tiny synthetic dataset (2 steps)."""
+  train.train_and_evaluate(make_config(data_dir, 'rfscnn', TINY_RFSCNN_RUN), workdir)
   return workdir
 
 
@@ -81,6 +110,27 @@ def _reference(workdir: str):
     state = checkpointer.restore(os.path.join(checkpoints, str(step), 'state'), abstract)
   evaluate = jax.jit(lambda frames: steps.eval_step(graphdef, state, {'frames': frames})['probs'])
   return evaluate
+
+
+def run_reference(workdir: str, batch: dict) -> np.ndarray:
+  """`steps.eval_step` of any run (its config.json, its newest checkpoint's full TrainState, optimizer
+  state included) on a batch dict (uint8 frames and the family's other inputs)."""
+  return np.asarray(_run_reference(workdir)(batch))
+
+
+@functools.lru_cache(maxsize=None)
+def _run_reference(workdir: str):
+  config = ml_collections.ConfigDict(json.loads(open(os.path.join(workdir, 'config.json')).read()))
+  num_classes = len(json.loads(open(os.path.join(workdir, 'report.json')).read())['class_names'])
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  step = max(int(s) for s in os.listdir(checkpoints) if s.isdigit())
+  model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
+  graphdef, state = steps.init_state(model, steps.make_optimizer(config.train, step, 0), config.seed)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(os.path.join(checkpoints, str(step), 'state'), abstract)
+  normalization = config.dataset.get('normalization', 'imagenet')
+  return jax.jit(lambda batch: steps.eval_step(graphdef, state, batch, normalization)['probs'])
 
 
 def training_view(frames, start: int, end: int, eval_crop: float = 0.875) -> np.ndarray:

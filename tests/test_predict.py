@@ -174,3 +174,44 @@ def test_not_a_run(tmp_path, inputs, capsys):
   assert predict.run(['--workdir', str(tmp_path), inputs['video']]) == predict.EXIT_USAGE
   assert 'expected a training run with best_checkpoint/<step> or checkpoints/<step>' in \
       capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def rfscnn_run(tmp_path_factory, synthetic_tiny):
+  return helpers.train_tiny_rfscnn_run(str(tmp_path_factory.mktemp('rfscnn_run')), synthetic_tiny)
+
+
+def test_rfscnn_window_equals_the_trainers_evaluation_with_flow(rfscnn_run, tmp_path, capsys):
+  """RFSCNN needs optical flow: predict computes it from the window's crops as the input pipeline's
+  evaluation does. Reference: `pipeline.eval_batches` on a record holding the same frames (frames and
+  DIS flow made by the pipeline) through the trainer's `steps.eval_step`. Tolerance 1e-5: the same XLA
+  program on the same inputs (the JSON rounds to 6 decimals)."""
+  from ferjax.data import augment, pipeline  # pylint: disable=import-outside-toplevel
+  frames = helpers.face_frames('surprise', 6, size=helpers.SIZE)  # The dataset's own 32 px renders.
+  folder = tmp_path / 'surprise'
+  folder.mkdir()
+  for i, frame in enumerate(frames):  # PNG: lossless, so both paths read the same pixels.
+    cv2.imwrite(str(folder / f'{i:03d}.png'), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  code = predict.run(['--workdir', rfscnn_run, str(folder), '--window', '6', '--detector', 'none',
+                      '--json', str(tmp_path / 'p.json'), '--quiet'])
+  assert code == 0, capsys.readouterr().err
+  report = json.loads((tmp_path / 'p.json').read_text())
+  assert [i['name'] for i in report['model']['inputs']] == ['frames', 'flow']
+  (window,) = report['results'][0]['windows']
+  got = np.array([window['probs'][n] for n in report['model']['class_names']])
+
+  config = json.loads(open(os.path.join(rfscnn_run, 'config.json')).read())
+  record = {'frames': list(frames), 'label': 0, 'sequence_id': 'surprise'}
+  batches = pipeline.eval_batches(
+      [record], num_frames=T, image_size=helpers.SIZE,
+      options=augment.AugmentOptions.none(config['augment']['eval_crop']), batch_size_per_host=1,
+      inputs=('frames', 'flow'), sampling_mode=config['dataset']['sampling'],
+      flow=config['dataset']['flow'])
+  batch = next(iter(batches))
+  batch = {'frames': batch['frames'], 'flow': batch['flow']}
+  assert np.abs(batch['flow'][..., 2]).max() > 0.1  # The face moves: the flow is not all zero.
+  expected = helpers.run_reference(rfscnn_run, batch)[0]
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  # The flow matters to this model: without it (zeros) the probabilities differ by far more.
+  without = helpers.run_reference(rfscnn_run, {**batch, 'flow': np.zeros_like(batch['flow'])})[0]
+  assert np.abs(without - expected).max() > 1e-3, np.abs(without - expected).max()
