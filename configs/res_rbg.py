@@ -45,7 +45,9 @@ def paper_config() -> ml_collections.ConfigDict:
   # Which T frames: 'segments' (TSN: a random frame of each of T segments in training, their centres in
   # evaluation), 'clip' (the central T frames, RFSCNN's rule) or 'apex' (the last T frames).
   c.dataset.sampling = 'segments'
-  c.dataset.flow = 'dis'  # Optical flow, for families whose inputs include it: 'dis' or 'farneback'.
+  # Optical flow, for families whose inputs include it: 'dis' or 'farneback' (of the source frames, then
+  # warped like them), or 'dis_output' / 'farneback_output' (of the augmented output frames: ~1.6x faster).
+  c.dataset.flow = 'dis'
 
   c.input = ml_collections.ConfigDict()
   c.input.batch_size = 32  # Global, over all hosts and devices.

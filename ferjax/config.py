@@ -109,7 +109,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'dataset.image_size': _number(16, 1024, integer=True),
     'dataset.normalization': _one_of('imagenet', 'unit'),
     'dataset.sampling': _one_of('segments', 'clip', 'apex'),
-    'dataset.flow': _one_of('dis', 'farneback'),
+    'dataset.flow': _one_of('dis', 'farneback', 'dis_output', 'farneback_output'),
     'input.batch_size': _number(1, integer=True),
     'input.eval_batch_size': _number(1, integer=True),
     'input.worker_count': _number(0, 64, integer=True),

@@ -48,7 +48,7 @@ def _matrix(a, size, src_centre):
 IDENTITY = _matrix(np.eye(2), S, (S / 2 - 0.5,) * 2)
 
 
-@pytest.mark.parametrize('method', flow.METHODS)
+@pytest.mark.parametrize('method', ['dis', 'farneback'])  # Source flow, warped.
 def test_known_translation(method):
   frames = _moving(4, S)
   raw = flow.compute(frames, method)
@@ -59,7 +59,7 @@ def test_known_translation(method):
   np.testing.assert_allclose(_interior(out), [*SHIFT, math.hypot(*SHIFT)], atol=TOL)
 
 
-@pytest.mark.parametrize('method', flow.METHODS)
+@pytest.mark.parametrize('method', ['dis', 'farneback'])  # Source flow, warped.
 def test_horizontal_flip_negates_dx(method):
   frames = _moving(3, S)
   flip = _matrix(np.diag([-1.0, 1.0]), S, (S / 2 - 0.5,) * 2)
@@ -112,6 +112,58 @@ def test_list_of_frames_equals_the_array():
                              atol=1e-5, rtol=0)
   with pytest.raises(ValueError, match=r'optical flow needs frames of shape .*got \[\(64, 64, 3\), \(8, 8, 3\)\]'):
     flow.compute([frames[0], frames[1, :8, :8]])
+
+
+@pytest.mark.parametrize('method', ['dis_output', 'farneback_output'])
+def test_output_flow_known_translation_and_flip(method):
+  """The *_output methods: flow of the warped S x S frames, in output pixels, flipped with the frames."""
+  frames = _moving(4, S)
+  out = flow.sequence_flow(frames, IDENTITY, S, method)
+  assert out.shape == (3, S, S, 3) and out.dtype == np.float32
+  np.testing.assert_allclose(_interior(out), [*SHIFT, math.hypot(*SHIFT)], atol=TOL)
+  flipped = flow.sequence_flow(frames, _matrix(np.diag([-1.0, 1.0]), S, (S / 2 - 0.5,) * 2), S, method)
+  np.testing.assert_allclose(_interior(flipped)[:2], (-SHIFT[0], SHIFT[1]), atol=TOL)
+  # It is exactly the flow of the warped frames (`warped`, when the caller has them, is what it reads).
+  warped = augment.warp(frames, IDENTITY, S)
+  np.testing.assert_allclose(out, flow.compute(warped, method), atol=1e-5, rtol=0)
+  np.testing.assert_array_equal(flow.sequence_flow(frames, IDENTITY, S, method, warped=warped[::-1]),
+                                flow.compute(warped[::-1], method))
+
+
+def test_output_flow_agrees_with_the_warped_source_flow():
+  """Flow of the warped frames vs the source flow warped (the default): on a moving texture under the
+  training augmentation (crop, flip, rotation, zoom), interior vectors differ by ~0.01 px (median)."""
+  frames = _moving(4, 64)
+  for seed in range(3):
+    d = augment.draw(64, 64, S, augment.AugmentOptions(crop_scale=(0.7, 1.0)), np.random.default_rng(seed))
+    source = flow.sequence_flow(frames, d.matrix, S, 'dis')
+    output = flow.sequence_flow(frames, d.matrix, S, 'dis_output')
+    diff = np.abs(source - output)[:, 8:-8, 8:-8, :2]
+    assert np.median(diff) < 0.05 and np.percentile(diff, 90) < 0.1
+    assert np.abs(_interior(source)[:2]).min() > 0.5  # Real motion was compared, not zeros.
+
+
+def test_pipeline_output_flow_is_of_the_unjittered_warped_frames():
+  """Training: the flow of the frames' warp before photometric jitter and masking (the pipeline jitters
+  the warped frames in place afterwards); evaluation copy 0: of the frames warped with the centre-crop
+  matrix, as `ferjax.predict` computes it."""
+  source = _loader_source()
+  options = augment.AugmentOptions(brightness=0.5, contrast=0.5, mask_prob=1.0, mask_size=(0.3, 0.5))
+  spec_ = pipeline.ExampleSpec(T, S, options, ('frames', 'flow'), 'clip', 'dis_output')
+  example = pipeline._TrainExample(spec_, seed=3, records_per_epoch=4)(1, (1, source[1]))
+  rng = np.random.default_rng([3, 1, 0])
+  indices = pipeline.sampling.indices('clip', 6, T, rng)
+  frames = [pipeline._as_rgb(source[1]['frames'][i]) for i in indices]
+  d = augment.draw(S, S, S, options, rng)
+  assert d.boxes and not np.array_equal(example['frames'], augment.warp(frames, d.matrix, S))
+  np.testing.assert_allclose(example['flow'], flow.sequence_flow(frames, d.matrix, S, 'dis_output'),
+                             atol=1e-5, rtol=0)
+  batch = next(pipeline.eval_batches(source, num_frames=T, image_size=S, options=PLAIN,
+                                     batch_size_per_host=1, inputs=('frames', 'flow'),
+                                     sampling_mode='clip', flow='dis_output'))
+  frames = [pipeline._as_rgb(source[0]['frames'][i]) for i in pipeline.sampling.indices('clip', 6, T)]
+  np.testing.assert_allclose(batch['flow'][0], flow.sequence_flow(
+      frames, flow.eval_matrix(S, S, S, PLAIN.eval_crop), S, 'dis_output'), atol=1e-5, rtol=0)
 
 
 def test_bad_frames():

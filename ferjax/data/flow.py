@@ -17,6 +17,15 @@ Flow is in pixels of the S x S output frame, float32. It gets no photometric jit
 Known approximation: where the warp reaches past the source frame (corners of a rotated crop), frames and
 flow are both filled by reflection, but the reflected vectors are not mirrored; it touches a few border
 pixels at the default augmentation (rotation <= 10 degrees).
+
+``'dis_output'`` / ``'farneback_output'`` compute the flow of the output frames instead: the sampled
+frames through the frames' geometric warp (``augment.warp``, before photometric jitter and masking),
+then flow between consecutive S x S frames, already in output pixels. This is the RFSCNN paper's order
+(face crops scaled to 227 x 227, flow between neighbouring frames) and skips steps 1 and 3: no
+working-resolution frames and no warp of the float flow fields (~60 % of the flow path's cost at 227 px).
+Warped frames move like the source content warped, so the two agree up to the estimator's error
+(tests/test_flow.py bounds the difference); at reflected borders the output variant sees mirrored
+content and so mirrored vectors.
 """
 
 import threading
@@ -26,7 +35,8 @@ import numpy as np
 
 from ferjax.data import augment
 
-METHODS = ('dis', 'farneback')
+METHODS = ('dis', 'farneback', 'dis_output', 'farneback_output')
+OUTPUT_SUFFIX = '_output'  # The flow of the S x S output frames (see the module docstring).
 # Farneback parameters of OpenCV's sample (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma,
 # flags); the papers do not give theirs.
 FARNEBACK = (0.5, 3, 15, 3, 5, 1.2, 0)
@@ -68,6 +78,7 @@ def _vectors(frames, method: str, scale: float) -> list[np.ndarray]:
     raise ValueError(f'optical flow needs frames of shape [T >= 2, H, W, 3]; got {found}')
   if method not in METHODS:
     raise ValueError(f'flow method must be one of {METHODS}; got {method!r}')
+  method = method.removesuffix(OUTPUT_SUFFIX)
   grey = _grey(frames, scale)
   if method == 'dis':
     return [_dis().calc(prev, nxt, None) for prev, nxt in zip(grey[:-1], grey[1:])]
@@ -78,8 +89,11 @@ def _vectors(frames, method: str, scale: float) -> list[np.ndarray]:
 def compute(frames, method: str = 'dis', scale: float = 1.0) -> np.ndarray:
   """Flow between consecutive frames: uint8 RGB [T, H, W, 3] -> float32 [T - 1, h, w, 3] (dx, dy,
   magnitude) in working pixels, h, w = round(scale * (H, W))."""
-  vectors = np.stack(_vectors(frames, method, scale))
-  return np.concatenate([vectors, np.sqrt((vectors ** 2).sum(-1, keepdims=True))], axis=-1)
+  fields = _vectors(frames, method, scale)
+  out = np.empty((len(fields),) + fields[0].shape[:2] + (3,), np.float32)
+  for field, slot in zip(fields, out):
+    cv2.merge([field, cv2.magnitude(*cv2.split(field))], dst=slot)
+  return out
 
 
 def _to_working(matrix: np.ndarray, scale_x: float, scale_y: float) -> np.ndarray:
@@ -98,9 +112,16 @@ def eval_matrix(height: int, width: int, size: int, eval_crop: float) -> np.ndar
   return np.array([[k, 0.0, x0 + 0.5 * k - 0.5], [0.0, k, y0 + 0.5 * k - 0.5]])
 
 
-def sequence_flow(frames, matrix: np.ndarray, size: int, method: str = 'dis') -> np.ndarray:
+def sequence_flow(frames, matrix: np.ndarray, size: int, method: str = 'dis',
+                  warped: np.ndarray | None = None) -> np.ndarray:
   """Flow of the sampled source frames [T, H, W, 3] (an array or a list of [H, W, 3] arrays) under the frames' output -> source ``matrix``:
-  float32 [T - 1, size, size, 3] (dx, dy, magnitude) in output pixels."""
+  float32 [T - 1, size, size, 3] (dx, dy, magnitude) in output pixels.
+
+  ``*_output`` methods: the flow of ``warped``, the frames' ``augment.warp(frames, matrix, size)`` (the
+  caller's copy, before jitter; computed here when None).
+  """
+  if method.endswith(OUTPUT_SUFFIX):
+    return compute(augment.warp(frames, matrix, size) if warped is None else warped, method)
   height, width, _ = np.shape(frames[0])
   fields = _vectors(frames, method, working_scale(height, width, size))
   h, w, _ = fields[0].shape  # Rounded sides: the exact scale of each axis.

@@ -83,7 +83,9 @@ class View:
     num_frames: N, frames in the sequence.
     matrix: the frames' 2x3 output -> source pixel warp (augmentation or evaluation centre crop).
     size: S, the output side.
-    flow_method: ``config.dataset.flow`` ('dis' or 'farneback').
+    flow_method: ``config.dataset.flow`` (one of ``flow.METHODS``).
+    warped: ``augment.warp(frames, matrix, size)`` when the example has it (training, TTA copies), for
+      the ``*_output`` flow methods; None = computed where needed.
   """
   frames: Sequence[np.ndarray]
   indices: np.ndarray
@@ -91,6 +93,7 @@ class View:
   matrix: np.ndarray
   size: int
   flow_method: str = 'dis'
+  warped: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +114,7 @@ def _flow(view: View) -> np.ndarray:
   if view.num_frames < 2:
     raise ValueError(f'optical flow needs a sequence of at least 2 frames; found {view.num_frames}')
   # float32 on the host, unlike the uint8 frames: flow has no natural 8-bit range; the model scales it.
-  return flow_lib.sequence_flow(view.frames, view.matrix, view.size, view.flow_method)
+  return flow_lib.sequence_flow(view.frames, view.matrix, view.size, view.flow_method, view.warped)
 
 
 def _random_flow(t: int, s: int, rng: np.random.Generator) -> np.ndarray:
@@ -241,11 +244,15 @@ class ExampleSpec:
     if self.flow not in flow_lib.METHODS:
       raise ValueError(f'flow must be one of {flow_lib.METHODS}; got {self.flow!r}')
 
-  def example(self, record: dict, indices: np.ndarray, frames: Sequence[np.ndarray], matrix: np.ndarray,
-              out_frames: np.ndarray) -> dict[str, np.ndarray]:
-    view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow)
-    return {'frames': out_frames, 'label': np.int32(record['label']),
-            **_extra_inputs(self.inputs, view)}
+  def extras(self, record: dict, indices: np.ndarray, frames: Sequence[np.ndarray], matrix: np.ndarray,
+             warped: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The example's inputs besides frames; ``warped`` = ``augment.warp(frames, matrix, S)`` if at hand."""
+    view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow, warped)
+    return _extra_inputs(self.inputs, view)
+
+  def example(self, record: dict, out_frames: np.ndarray,
+              extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {'frames': out_frames, 'label': np.int32(record['label']), **extras}
 
 
 def _naming_record(fn):
@@ -281,7 +288,9 @@ class _TrainExample:
     frames = _select_frames(record, indices)
     height, width, _ = frames[0].shape
     d = augment.draw(height, width, spec.image_size, spec.options, rng)
-    return spec.example(record, indices, frames, d.matrix, augment.apply(frames, d, spec.image_size))
+    warped = augment.warp(frames, d.matrix, spec.image_size)
+    extras = spec.extras(record, indices, frames, d.matrix, warped)  # Before the in-place jitter.
+    return spec.example(record, augment.jitter_and_mask(warped, d), extras)
 
 
 # Test-time augmentation copy c of record r uses np.random.default_rng([TTA_STREAM, r, c]): the same
@@ -325,7 +334,10 @@ class _EvalExample:
       rng = np.random.default_rng([TTA_STREAM, record_index, copy])
       matrix = augment.draw(height, width, spec.image_size, spec.options, rng).matrix
       out = augment.warp(frames, matrix, spec.image_size)
-    return spec.example(record, indices, frames, matrix, out)
+    # Copy 0's frames are resized (area averaging), not warped: its *_output flow warps the frames itself,
+    # as `ferjax.predict` does, so evaluation and prediction see the same flow.
+    warped = None if copy == 0 else out
+    return spec.example(record, out, spec.extras(record, indices, frames, matrix, warped))
 
 
 def _check_sharding(num_records: int, batch_size: int, shard_index: int, shard_count: int) -> None:
