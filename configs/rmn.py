@@ -59,6 +59,9 @@ def model_config() -> ml_collections.ConfigDict:
   m.mask_loss = 'none'
   m.mask_loss_weight = 0.0
   m.dtype = 'auto'  # bfloat16 compute on TPU/GPU, float32 on CPU; parameters always float32.
+  # 'blocks' recomputes the stem and every BasicBlock (trunk and masks) in the backward pass: same values,
+  # less activation memory, about one more forward pass of compute. 'none' keeps every activation.
+  m.remat = 'none'
   return m
 
 

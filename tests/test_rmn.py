@@ -3,6 +3,8 @@
 import functools
 
 import jax
+# saved_residuals is what the public jax.ad_checkpoint.print_saved_residuals prints, as data.
+from jax._src import ad_checkpoint
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -218,3 +220,42 @@ def test_config_schema_rejects_bad_values():
   bad = ml_collections.ConfigDict(dict(name='rmn', mask_activation='relu'))
   with pytest.raises(config_lib.ConfigError, match="model.mask_activation: expected one of 'softmax'"):
     models.create_model(bad, 7, rngs=nnx.Rngs(0))
+
+
+def test_remat_gives_the_same_loss_gradients_and_batch_stats_and_keeps_less():
+  # model.remat='blocks' rematerialises the trunk's stem and blocks and the masks' blocks: same values
+  # (float32 reordering only), far fewer activations kept for the backward pass.
+  frames = jax.random.normal(jax.random.key(2), (2, 1, 32, 32, 3), jnp.float32)
+  labels = jnp.array([0, 2])
+
+  def loss_fn(graphdef):
+    def fn(params, rest):
+      m = nnx.merge(graphdef, params, rest, copy=True)
+      out = m({'frames': frames}, train=True, rngs=nnx.Rngs(dropout=0))
+      loss = steps.cross_entropy(out['logits'], labels, 0.0).mean() + out['mask_binary'].mean()
+      return loss, nnx.split(m, nnx.Param, ...)[2]
+    return fn
+
+  results, kept = {}, {}
+  for remat in ('none', 'blocks'):
+    graphdef, params, rest = nnx.split(tiny(remat=remat, mask_loss='binary', dropout=0.0),
+                                       nnx.Param, ...)
+    results[remat] = jax.device_get(jax.jit(jax.value_and_grad(loss_fn(graphdef), has_aux=True))(
+        params, rest))
+    residuals = ad_checkpoint.saved_residuals(lambda p: loss_fn(graphdef)(p, rest)[0], params)
+    kept[remat] = sum(a.size * a.dtype.itemsize for a, src in residuals
+                      if not src.startswith('from the argument'))
+  (loss0, stats0), grads0 = results['none']
+  (loss1, stats1), grads1 = results['blocks']
+  np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
+  flat0, flat1 = nnx.to_flat_state(grads0), nnx.to_flat_state(grads1)
+  assert [p for p, _ in flat0] == [p for p, _ in flat1]
+  assert any(p[0] == 'mask1' for p, _ in flat0)
+  for (path, g0), (_, g1) in zip(flat0, flat1):
+    g0, g1 = np.asarray(g0.get_value()), np.asarray(g1.get_value())
+    np.testing.assert_allclose(g1, g0, rtol=1e-4, atol=1e-5 * max(np.abs(g0).max(), 1e-3),
+                               err_msg=str(path))
+  for (path, s0), (_, s1) in zip(nnx.to_flat_state(stats0), nnx.to_flat_state(stats1)):
+    np.testing.assert_allclose(np.asarray(s1.get_value()), np.asarray(s0.get_value()), rtol=1e-5,
+                               atol=1e-6, err_msg=str(path))
+  assert kept['blocks'] < 0.5 * kept['none'], kept

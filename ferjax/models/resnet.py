@@ -279,9 +279,11 @@ class ResNet(nnx.Module):
     return [self.layer1, self.layer2, self.layer3, self.layer4]
 
   def stem(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """7x7/2 convolution, BatchNorm, ReLU and 3x3/2 max pool: [N, H, W, 3] -> [N, H/4, W/4, width]
-    (not rematerialised; ``features`` applies ``remat`` to ``_stem``)."""
-    return _stem(self.conv1, self.bn1, x, train)
+    """7x7/2 convolution, BatchNorm, ReLU and 3x3/2 max pool: [N, H, W, 3] -> [N, H/4, W/4, width],
+    rematerialised with ``remat``: it works at the largest resolution, so its activations are the
+    largest of the network after the first stage's."""
+    stem = lambda conv, bn, y: _stem(conv, bn, y, train)
+    return (nnx.remat(stem) if self.remat else stem)(self.conv1, self.bn1, x)
 
   def features(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Last feature map [N, H/32, W/32, num_features] of NHWC images ``x``."""
@@ -289,9 +291,7 @@ class ResNet(nnx.Module):
       raise ValueError(f'ResNet expects NHWC images with 3 channels, got shape {x.shape}.')
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    # The stem works at the largest resolution: with remat it is recomputed too.
-    stem = lambda conv, bn, y: _stem(conv, bn, y, train)
-    x = (nnx.remat(stem) if self.remat else stem)(self.conv1, self.bn1, x)
+    x = self.stem(x, train)
     for stage in self.layers:
       for block in stage:
         x = call_block(block, x, train, self.remat)

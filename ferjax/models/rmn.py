@@ -60,6 +60,8 @@ MASK_ACTIVATIONS = ('softmax', 'sigmoid')
 MASK_LOSSES = ('none', 'binary')
 # Depth of the U-Net after stages 1..4 (the public code's Masking4/3/2/1).
 MASK_DEPTHS = (4, 3, 2, 1)
+# 'blocks': the stem and every BasicBlock (trunk and masks) are rematerialised.
+REMAT_MODES = ('none', 'blocks')
 
 
 def _bn(c, *, dtype, rngs):
@@ -94,12 +96,13 @@ class MaskingBlock(nnx.Module):
   """
 
   def __init__(self, channels: int, depth: int, *, activation: str = 'softmax', dtype=None,
-               rngs: nnx.Rngs):
+               remat: bool = False, rngs: nnx.Rngs):
     if depth < 1:
       raise ValueError(f'MaskingBlock depth must be >= 1, got {depth}.')
     if activation not in MASK_ACTIVATIONS:
       raise ValueError(f'Unknown mask activation {activation!r}; expected one of {MASK_ACTIVATIONS}.')
     self.activation = activation
+    self.remat = remat
     f = [channels * 2**i for i in range(depth + 1)]
     # As the public code: every block's last BatchNorm scale starts at 0 (the block starts as its
     # projection shortcut).
@@ -116,11 +119,12 @@ class MaskingBlock(nnx.Module):
     for i, block in enumerate(self.encoder):
       if i:
         x = nnx.max_pool(x, (2, 2), (2, 2))
-      x = block(x, train)
+      x = resnet.call_block(block, x, train, self.remat)
       skips.append(x)
     for up, block, skip in zip(self.up, self.decoder, reversed(skips[:-1])):
-      x = block(jnp.concatenate([_pad_to(up(x, train), skip), skip], axis=-1), train)
-    return self.out(x, train)
+      x = resnet.call_block(block, jnp.concatenate([_pad_to(up(x, train), skip), skip], axis=-1),
+                            train, self.remat)
+    return resnet.call_block(self.out, x, train, self.remat)
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     z = self.logits(x, train).astype(jnp.float32)
@@ -175,27 +179,34 @@ class RMN(nnx.Module):
     mask_loss: 'none' | 'binary': return ``mask_binary`` [N] for the mask term.
     dtype: compute dtype (``model.dtype``: 'auto' = bfloat16 on TPU/GPU, float32 on CPU); parameters are
       float32, logits, masks and reconstructions float32.
+    remat: 'none' | 'blocks': rematerialise the trunk's stem and every BasicBlock of the trunk and of the
+      masking U-Nets (``nnx.remat``, as Res-RBG's ``model.remat``): the backward pass keeps the blocks'
+      inputs and recomputes the rest; same values, less activation memory.
   """
 
   def __init__(self, num_classes: int, *, backbone: str = 'resnet34', width: int = 64,
                stage_sizes=None, mask_depths=MASK_DEPTHS, mask_activation: str = 'softmax',
                dropout: float = 0.4, reconstruction: bool = False, mask_loss: str = 'none',
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, remat: str = 'none', rngs: nnx.Rngs):
     if not 0.0 <= dropout < 1.0:
       raise ValueError(f'dropout must be in [0, 1), got {dropout}.')
     if len(mask_depths) != 4 or any(int(d) < 1 for d in mask_depths):
       raise ValueError(f'mask_depths must be 4 positive ints, got {tuple(mask_depths)}.')
     if mask_loss not in MASK_LOSSES:
       raise ValueError(f'Unknown mask_loss {mask_loss!r}; expected one of {MASK_LOSSES}.')
+    if remat not in REMAT_MODES:
+      raise ValueError(f'Unknown remat {remat!r}; expected one of {REMAT_MODES}.')
+    self.remat = remat == 'blocks'
     self.dtype = dtype
     self.mask_activation = mask_activation
     self.mask_loss = mask_loss
     self.backbone = resnet.ResNet(backbone, width=width, stage_sizes=stage_sizes, dtype=dtype,
-                                  rngs=rngs)
+                                  remat=self.remat, rngs=rngs)
     expansion = resnet.RESNET_SPECS[backbone].expansion
     for i, depth in enumerate(mask_depths):
       setattr(self, f'mask{i + 1}', MaskingBlock(width * 2**i * expansion, int(depth),
-                                                 activation=mask_activation, dtype=dtype, rngs=rngs))
+                                                 activation=mask_activation, dtype=dtype,
+                                                 remat=self.remat, rngs=rngs))
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(self.backbone.num_features, num_classes, dtype=dtype, rngs=rngs)
     self.reconstruction = (ReconstructionDecoder(self.backbone.num_features, dtype=dtype, rngs=rngs)
@@ -210,12 +221,11 @@ class RMN(nnx.Module):
     ``output * (1 + mask)``."""
     backbone = self.backbone
     x = images.astype(self.dtype) if self.dtype is not None else images
-    x = jax.nn.relu(backbone.bn1(backbone.conv1(x), use_running_average=not train))
-    x = nnx.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = backbone.stem(x, train)
     out = []
     for stage, masking in zip(backbone.layers, self.masks):
       for block in stage:
-        x = block(x, train)
+        x = resnet.call_block(block, x, train, self.remat)
       mask = masking(x, train)
       out.append((x, mask))
       x = x * (1 + mask.astype(x.dtype))
@@ -260,6 +270,7 @@ SCHEMA = {
     'mask_loss': config_lib.one_of(*MASK_LOSSES),
     'mask_loss_weight': config_lib.number(0),
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
+    'remat': config_lib.one_of(*REMAT_MODES),
 }
 
 
