@@ -1,25 +1,38 @@
 """Compile time and memory of the Res-RBG train step, with and without remat (nothing is run).
 
     python scripts/step_memory.py --batch 2 --frames 8 --size 112                       # compile time
-    python scripts/step_memory.py --batch 32 --frames 16 --size 224 --remat none blocks  # memory
+    python scripts/step_memory.py --batch 32 --frames 16 --size 224 --remat none blocks --skip-compile
     python scripts/step_memory.py --set "model.stage_sizes=(2,2,2,2)"  # what scanning stages could save
 
-For every `--remat` mode it builds the config's model abstractly (`nnx.eval_shape`), lowers and compiles
-the jitted train step on abstract arguments, and prints one JSON line with:
+For every `--remat` mode it builds the config's model abstractly (`nnx.eval_shape`) and prints one JSON
+line with:
 
-* `compile_s`, `compile_cpu_s`: lowering + XLA compile time of the train step (this machine's backend),
-  wall and CPU seconds;
-* `xla`: the compiled step's `memory_analysis()` (argument, output, alias, temp bytes) and
-  `xla_total` = argument + output - alias + temp, XLA's own estimate of the step's device memory;
-* `residual_bytes`: the activations the backward pass keeps from the forward pass, from JAX's
-  `saved_residuals` at `--estimate-dtype` (bfloat16 = what 'auto' picks on an accelerator);
-  `estimate` = 4 x float32 parameter bytes (parameters, gradients, AdamW's two moments) + BatchNorm
-  statistics + the uint8 batch + residual_bytes (+ with remat, `block_bytes`: the largest ResNet
-  block's own activations, which the backward pass rebuilds one block at a time): an estimate for an
-  accelerator whose scheduler frees every activation after its last use (XLA:GPU/TPU's do).
+* unless `--skip-compile`: `compile_s`, `compile_cpu_s`, the lowering + XLA compile time of the jitted
+  train step on abstract arguments (this machine's backend, `--dtype`), wall and CPU seconds; `xla`, the
+  compiled step's `memory_analysis()` (argument, output, alias, temp bytes) and `xla_total_gib` =
+  argument + output - alias + temp. XLA:CPU cannot show what remat saves: it drops the optimisation
+  barriers that keep a recomputation apart and merges it back into the forward pass (a 16-layer MLP
+  compiles to the same 191 dots with and without `jax.checkpoint`), so the whole step's figure is no
+  remat estimate;
+* `estimate_gib`, the step's memory on an accelerator at `--estimate-dtype` (bfloat16 = what 'auto' picks
+  there), whose scheduler frees every buffer after its last use (XLA:GPU/TPU's do), as the sum of
+  `breakdown_gib`:
+  - `params_grads_adam`: 4 x the float32 parameter bytes (parameters, gradients, AdamW's two moments);
+    `batch_stats`: BatchNorm's running averages; `batch_uint8`: the batch as it arrives;
+  - `saved`: the activations the backward pass keeps from the forward pass, JAX's `saved_residuals` of
+    the loss (without its arguments and broadcasts, which XLA fuses into their users). With remat these
+    are the remat units' inputs. `saved_by_resolution_gib` splits them by feature-map size and
+    `saved_top` lists the largest groups (type, producing operation, function, count, GiB);
+  - with remat, `recompute`: the largest remat unit (`recompute_unit`; every unit in `units_gib`)
+    while the backward pass rebuilds it: the larger of its own saved residuals (traced without remat)
+    and `xla_temp`, the temp bytes of XLA's compiled gradient of that unit alone (no remat inside, so
+    XLA:CPU's figure holds; its memory-minimising scheduler, as XLA:GPU/TPU schedule for memory; float32,
+    since XLA:CPU computes bfloat16 in float32, scaled to the compute dtype's width; `--skip-unit-compile`
+    leaves it out), plus the cotangents of the unit's output and input held meanwhile. `recompute_top`
+    lists its largest residual groups.
 
-XLA:CPU's scheduler does not exploit remat (its temp bytes do not shrink, measured on a 16-layer MLP
-too), so on CPU the residual estimate is the one that shows what remat buys on an accelerator.
+The estimate is conservative: every saved unit input counts as alive while the largest unit (in the
+first stage) is rebuilt, although the backward pass has freed the later stages' by then.
 """
 
 import argparse
@@ -50,32 +63,96 @@ def _abstract_state(config, num_classes, tx):
   return graphdef, jax.eval_shape(lambda: init()[1])
 
 
-def _largest_block_residuals(graphdef, state, args) -> int:
-  """Activation bytes one ResNet block saves for its backward pass, the largest over the stages (each
-  stage's first and second block), traced without remat: what remat recomputes at a time."""
+def _segments(graphdef, state, args):
+  """(name, function of the model and an input, abstract input) for every unit that `model.remat`
+  recomputes as a whole: the stem, the first two blocks of every ResNet stage (the others repeat the
+  second's shapes) and the first RBG block (the second repeats its shapes but for the first GRU's input
+  width, which is smaller)."""
+  def shape(fn, x):
+    out = jax.eval_shape(lambda p, r, y: fn(nnx.merge(graphdef, p, r, copy=True), y),
+                         state.params, state.model_state, x)
+    return jax.ShapeDtypeStruct(out.shape, x.dtype)
   model = nnx.eval_shape(lambda: nnx.merge(graphdef, state.params, state.model_state, copy=True))
-  backbone = model.backbone
-  n, size, cin, largest = args.batch * args.frames, args.size // 4, backbone.layer1[0].conv1.in_features, 0
-  for stage in backbone.layers:
-    for block in list(stage)[:2]:
-      block_graphdef, params, rest = nnx.split(block, nnx.Param, ...)
-      x = jax.ShapeDtypeStruct((n, size, size, cin), model.dtype)
+  x = jax.ShapeDtypeStruct((args.batch * args.frames, args.size, args.size, 3), model.dtype)
+  segments = [('stem', lambda m, y: m.backbone.stem(y, True), x)]
+  x = shape(segments[0][1], x)
+  for i, stage in enumerate(model.backbone.layers):
+    for j in range(min(2, len(stage))):
+      segments.append((f'layer{i + 1}[{j}]', lambda m, y, i=i, j=j: m.backbone.layers[i][j](y, True),
+                       x))
+      x = shape(segments[-1][1], x)
+    # Blocks 2.. of a stage have the second block's shapes; x is the next stage's input.
+  if len(model.temporal):
+    t = jax.ShapeDtypeStruct((args.batch, args.frames, model.backbone.num_features), model.dtype)
+    segments.append(('temporal[0]', lambda m, y: m.temporal[0](y, True), t))
+  return segments
 
-      def run(params, rest, x, block_graphdef=block_graphdef):
-        return nnx.merge(block_graphdef, params, rest, copy=True)(x, True).astype(jnp.float32).sum()
-      residuals = ad_checkpoint.saved_residuals(run, params, rest, x)
-      largest = max(largest, _saved_bytes(residuals))
-      size //= block.conv2.strides[0]
-      cin = block.conv3.out_features if hasattr(block, 'conv3') else block.conv2.out_features
-  return largest
+
+def _units(graphdef, graphdef32, state, args, compile_units: bool) -> list:
+  """Memory of every remat unit while the backward pass rebuilds it, one dict per unit: `residuals`,
+  its own saved residuals at the compute dtype (traced without remat); `cotangents`, the cotangents of
+  its output and input that the backward pass holds meanwhile; with `compile_units`, `xla_temp`, the
+  temp bytes of XLA's compiled gradient of the unit alone (XLA:CPU with its memory-minimising scheduler,
+  as XLA:GPU/TPU schedule for memory; float32, since XLA:CPU computes bfloat16 in float32, scaled to
+  the compute dtype's width): intermediate buffers included, which the residuals leave out."""
+  units = []
+  for (name, fn, x) in _segments(graphdef, state, args):
+    def run(params, rest, y, fn=fn, graphdef=graphdef):
+      return fn(nnx.merge(graphdef, params, rest, copy=True), y).astype(jnp.float32).sum()
+    residuals = _kept(ad_checkpoint.saved_residuals(run, state.params, state.model_state, x))
+    out = jax.eval_shape(lambda p, r, y, fn=fn: fn(nnx.merge(graphdef, p, r, copy=True), y),
+                         state.params, state.model_state, x)
+    # The stem's input is the batch: the step needs no cotangent for it.
+    argnums = (0,) if name == 'stem' else (0, 2)
+    unit = {'name': name, 'residuals': sum(_nbytes(a) for a, _ in residuals),
+            'cotangents': _nbytes(out) + (_nbytes(x) if 2 in argnums else 0), 'groups': residuals}
+    if compile_units:
+      x32 = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+      grad = jax.jit(jax.grad(lambda p, r, y, fn=fn: run(p, r, y, fn, graphdef32), argnums=argnums))
+      compiled = grad.lower(state.params, state.model_state, x32).compile(
+          {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'})
+      unit['xla_temp'] = (compiled.memory_analysis().temp_size_in_bytes
+                          * jnp.dtype(x.dtype).itemsize // 4)
+    unit['total'] = max(unit['residuals'], unit.get('xla_temp', 0)) + unit['cotangents']
+    units.append(unit)
+  return units
 
 
-def _saved_bytes(residuals) -> int:
-  """Bytes of the residuals the backward pass keeps, without the inputs themselves and without
-  broadcasts (ReLU's JVP saves a broadcast zero; XLA fuses broadcasts into their users, never stores
-  them)."""
-  return sum(a.size * a.dtype.itemsize for a, src in residuals
-             if not src.startswith('from the argument') and 'broadcast_in_dim' not in src)
+def _kept(residuals):
+  """The residuals the backward pass keeps, without the inputs themselves and without broadcasts
+  (ReLU's JVP saves a broadcast zero; XLA fuses broadcasts into their users, never stores them)."""
+  return [(a, src) for a, src in residuals
+          if not src.startswith('from the argument') and 'broadcast_in_dim' not in src]
+
+
+def _nbytes(aval) -> int:
+  return aval.size * jnp.dtype(aval.dtype).itemsize
+
+
+def _groups(residuals, top: int) -> list:
+  """The `top` largest groups of residuals with the same type, producing operation and function:
+  [description, count, GiB], largest first."""
+  groups = {}
+  for aval, src in residuals:
+    op = src.split(' from ')[0].replace('output of ', '')
+    fn = src.rsplit('(', 1)[-1].rstrip(')') if src.endswith(')') else ''
+    key = f'{aval.str_short()} {op} ({fn})'
+    count, size = groups.get(key, (0, 0))
+    groups[key] = (count + 1, size + _nbytes(aval))
+  ranked = sorted(groups.items(), key=lambda kv: -kv[1][1])[:top]
+  return [[key, count, round(size / 2**30, 3)] for key, (count, size) in ranked]
+
+
+def _by_resolution(residuals, args) -> dict:
+  """GiB of the saved residuals per feature-map resolution ('224x224', '56x56', ...; 'temporal' for
+  [B, T, D] sequences, 'other' for the rest)."""
+  out = {}
+  for aval, _ in residuals:
+    shape = aval.shape
+    key = (f'{shape[1]}x{shape[2]}' if len(shape) == 4 and shape[0] == args.batch * args.frames
+           else 'temporal' if shape[:2] == (args.batch, args.frames) else 'other')
+    out[key] = out.get(key, 0) + _nbytes(aval)
+  return {k: round(v / 2**30, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 def _bytes(tree) -> int:
@@ -121,16 +198,32 @@ def measure(args, remat: str) -> dict:
     model = nnx.merge(graphdef, params, model_state, copy=True)
     logits = model.logits(frames, train=True, rngs=nnx.Rngs(dropout=0))
     return steps.cross_entropy(logits, jnp.zeros((args.batch,), jnp.int32), 0.1).mean()
-  residuals = ad_checkpoint.saved_residuals(loss, state.params, state.model_state, frames)
-  out['residual_bytes'] = _saved_bytes(residuals)
-  out['block_bytes'] = _largest_block_residuals(graphdef, state, args)
-  # With remat, the backward pass recomputes one block at a time: add the largest block's activations.
-  estimate = (4 * _bytes(state.params) + _bytes(state.model_state)
-              + args.batch * args.frames * args.size**2 * 3 + out['residual_bytes']
-              + (out['block_bytes'] if remat == 'blocks' else 0))
+  residuals = _kept(ad_checkpoint.saved_residuals(loss, state.params, state.model_state, frames))
+  fixed = {'params_grads_adam': 4 * _bytes(state.params), 'batch_stats': _bytes(state.model_state),
+           'batch_uint8': args.batch * args.frames * args.size**2 * 3}
+  saved = sum(_nbytes(a) for a, _ in residuals)
+  out['breakdown_gib'] = {k: round(v / 2**30, 3) for k, v in fixed.items()}
+  out['breakdown_gib']['saved'] = round(saved / 2**30, 3)
+  out['saved_by_resolution_gib'] = _by_resolution(residuals, args)
+  out['saved_top'] = _groups(residuals, args.top)
+  estimate = sum(fixed.values()) + saved
+  if remat != 'none':
+    # The backward pass rebuilds one remat unit at a time: add the largest one's activations.
+    # Each unit traced and compiled on its own, without remat.
+    config.model.remat = 'none'
+    unit_graphdef, _ = _abstract_state(config, num_classes, tx)
+    config.model.dtype = 'float32'
+    graphdef32, _ = _abstract_state(config, num_classes, tx)
+    units = _units(unit_graphdef, graphdef32, state, args, not args.skip_unit_compile)
+    out['units_gib'] = {u['name']: {k: round(u[k] / 2**30, 3)
+                                    for k in ('residuals', 'xla_temp', 'cotangents', 'total') if k in u}
+                        for u in units}
+    largest = max(units, key=lambda u: u['total'])
+    out['breakdown_gib']['recompute'] = round(largest['total'] / 2**30, 3)
+    out['recompute_unit'] = largest['name']
+    out['recompute_top'] = _groups(largest['groups'], args.top)
+    estimate += largest['total']
   out['estimate_gib'] = round(estimate / 2**30, 3)
-  out['residual_gib'] = round(out['residual_bytes'] / 2**30, 3)
-  out['block_gib'] = round(out['block_bytes'] / 2**30, 3)
   return out
 
 
@@ -145,7 +238,11 @@ def main():
   parser.add_argument('--remat', nargs='+', default=['none'])
   parser.add_argument('--set', nargs='*', default=[],
                       help="config overrides, e.g. model.stage_sizes='(2,2,2,2)' model.bigru_layers=1")
-  parser.add_argument('--skip-compile', action='store_true', help='residual estimate only')
+  parser.add_argument('--skip-compile', action='store_true',
+                      help='no compile of the whole step (its XLA:CPU memory analysis ignores remat)')
+  parser.add_argument('--skip-unit-compile', action='store_true',
+                      help='remat units: saved residuals only, no XLA memory analysis')
+  parser.add_argument('--top', type=int, default=8, help='residual groups listed in the breakdown')
   args = parser.parse_args()
   for remat in args.remat:
     print(json.dumps(measure(args, remat)), flush=True)
