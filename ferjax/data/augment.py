@@ -207,10 +207,16 @@ def warp_flow(flow, matrix: np.ndarray, size: int,
   channels = max(flow[0].shape[-1], 3 if magnitude else 2)
   inverse = np.linalg.inv(np.asarray(matrix, np.float64)[:, :2]).astype(np.float32)
   out = np.empty((len(flow), size, size, channels), np.float32)
-  for t, field in enumerate(flow):  # Per field with OpenCV: ~10x faster than numpy on [T, S, S, 2].
-    moved = warp(field[None, ..., :2], matrix, size)[0]
-    dx, dy = cv2.split(cv2.transform(moved, inverse))
-    parts = [dx, dy] + ([cv2.magnitude(dx, dy)] if channels >= 3 else [])
+  # Per field with OpenCV (~10x faster than numpy on [T, S, S, 2]), through buffers reused across fields.
+  moved, vectors = np.empty((2, size, size, 2), np.float32)
+  length = np.empty((size, size), np.float32)
+  for t, field in enumerate(flow):
+    cv2.warpAffine(np.ascontiguousarray(field[..., :2]), matrix, (size, size), dst=moved,
+                   flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101)
+    cv2.transform(moved, inverse, dst=vectors)
+    parts = [vectors]
+    if channels >= 3:
+      parts.append(cv2.magnitude(*cv2.split(vectors), length))
     parts += [warp(field[None, ..., c], matrix, size)[0] for c in range(3, channels)]
     cv2.merge(parts, dst=out[t])
   return out
