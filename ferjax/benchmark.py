@@ -27,6 +27,14 @@ layers are under-counted by about their trip count (for Res-RBG at the paper's s
 the step). With more than one device the compiled program is one device's share (SPMD), and the totals
 below multiply it by the device count.
 
+`--breakdown` (Res-RBG) splits the train step: GFLOPs of the whole step, of the backbone-only step
+(`model.rbg_blocks=0`) and of the RBG stack's part alone (its forward and backward on the backbone's
+features and its optimizer update; the GRU scans unrolled for the count, so they are counted T times),
+which add up to the whole, and the three programs' process CPU seconds per step, alternating, so the
+RBG stack's share shows both ways (1 - backbone / whole, and part / whole):
+
+  python -m ferjax.benchmark --config configs/res_rbg.py --breakdown --config.input.batch_size=1 --steps 3
+
 `--input` measures the grain input pipeline alone instead (no model): reading, decoding, temporal sampling
 and augmentation of the config's training split, in the calling process (one worker's throughput), as
 frames/s and sequences/s per worker process. It needs the config's dataset prepared.
@@ -64,9 +72,11 @@ from absl import app, flags
 import cv2
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import jaxlib
 from ml_collections import config_flags
 import numpy as np
+import optax
 
 from ferjax import config as config_lib, models, sharding, steps
 from ferjax.data import datasets, protocols, spec, tfds_common
@@ -111,6 +121,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer('source_px', 0, '--input: 0 = the config\'s dataset; N = built-in moving-texture '
                        'JPEG sequences of N x N px (no dataset needed).')
   flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+  flags.DEFINE_bool('breakdown', False, 'Res-RBG: the RBG stack\'s share of the train step (FLOPs and '
+                    'CPU time of the whole step, the backbone-only step and the RBG part alone).')
 
 
 def peak_tflops(device_kind: str) -> float | None:
@@ -378,6 +390,124 @@ def sweep_table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+class _TemporalPart(nnx.Module):
+  """What follows the backbone in a Res-RBG: the RBG blocks, temporal pooling and the head (dropout off:
+  the breakdown's step sets it to 0 too)."""
+
+  def __init__(self, model):
+    self.temporal, self.head, self.pooling = model.temporal, model.head, model.pooling
+
+  def __call__(self, x, train: bool):
+    for block in self.temporal:
+      x = block(x, train)
+    x = jnp.mean(x, axis=1) if self.pooling == 'mean' else x[:, -1]
+    return self.head(x).astype(jnp.float32)
+
+
+def _rbg_part_step(config, num_classes: int):
+  """The RBG stack's share of a train step, alone: forward and backward of `_TemporalPart` on the
+  backbone's features [B, T, D] (gradients for its parameters and for the features, which the backbone's
+  backward needs) and the optimizer's update of its parameters. Returns (jitted fn, args)."""
+  model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
+  part = _TemporalPart(model)
+  graphdef, params, rest = nnx.split(part, nnx.Param, ...)
+  tx = steps.make_optimizer(config.train, total_steps=1000, warmup_steps=10)
+  opt_state = tx.init(params)
+  batch, t = config.input.batch_size, config.dataset.num_frames
+  rng = np.random.default_rng(0)
+  features = jnp.asarray(rng.normal(size=(batch, t, model.backbone.num_features)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
+  smoothing = config.train.label_smoothing
+
+  def fn(params, opt_state, rest, features, labels):
+    def loss_fn(params, features):
+      m = nnx.merge(graphdef, params, rest, copy=True)
+      logits = m(features, train=True)
+      loss = jnp.mean(steps.cross_entropy(logits, labels, smoothing))
+      return loss, nnx.state(m, nnx.Not(nnx.Param))
+    (loss, rest), (grads, d_features) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
+        params, features)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    # The train step's metrics that scale with the parameters (steps.train_step): their norms.
+    norms = optax.tree.norm(grads) + optax.tree.norm(params)
+    return params, opt_state, rest, d_features, loss + 0 * norms
+  return jax.jit(fn), (params, opt_state, rest, features, labels)
+
+
+def _with_model(config, **fields):
+  c = config.copy_and_resolve_references()
+  with c.unlocked():
+    for k, v in fields.items():
+      c.model[k] = v
+  return c
+
+
+def breakdown_flops(config, num_classes: int) -> dict:
+  """GFLOPs of the whole train step, of the backbone-only train step (`model.rbg_blocks=0`: backbone,
+  head, loss, optimizer) and of the RBG stack's part alone (`_rbg_part_step`), from XLA's cost analysis
+  of the lowered (not compiled) programs. The GRU scans are unrolled over T for the count
+  (`model.unroll=T`), since XLA counts a loop body once: every part is counted in full. The two parts
+  share only the tiny head, so they add up to the whole (tests/test_benchmark.py)."""
+  counted = _with_model(config, unroll=max(1, min(config.dataset.num_frames, 64)), dropout=0.0)
+  out = {}
+  for name, c in (('train_step', counted), ('backbone_step', _with_model(counted, rbg_blocks=0))):
+    _, train_fn, _, state, data = _setup(c, num_classes)
+    out[name] = flops(train_fn.lower(state, data)) / 1e9
+  fn, args = _rbg_part_step(counted, num_classes)
+  out['rbg_part'] = flops(fn.lower(*args)) / 1e9
+  return out
+
+
+def breakdown(config, num_steps: int, num_classes: int) -> dict:
+  """How much of the Res-RBG train step the RBG stack costs: its FLOP share (`breakdown_flops`) and its
+  time share, measured two ways in process CPU seconds per step (robust to other jobs on the machine;
+  all of this process's threads), alternating the programs step by step: 1 - backbone-only step / whole
+  step, and the RBG part alone / whole step. With dropout 0, so the programs differ only by the RBG stack."""
+  config_lib.validate(config)
+  if config.model.name != 'res_rbg':
+    raise ValueError(f'--breakdown splits a Res-RBG step; found model.name={config.model.name!r}')
+  if config.model.rbg_blocks < 1:
+    raise ValueError(f'--breakdown needs model.rbg_blocks >= 1; found {config.model.rbg_blocks}')
+  gflops = breakdown_flops(config, num_classes)
+  config = _with_model(config, dropout=0.0)
+  programs = {}
+  for name, c in (('train_step', config), ('backbone_step', _with_model(config, rbg_blocks=0))):
+    _, train_fn, _, state, data = _setup(c, num_classes)
+    compiled = train_fn.lower(state, data).compile()
+    programs[name] = (lambda compiled, data: lambda s: compiled(s, data))(compiled, data), [state]
+  fn, args = _rbg_part_step(config, num_classes)
+  rbg_compiled = fn.lower(*args).compile()
+  programs['rbg_part'] = (lambda s: (rbg_compiled(*s, *args[2:])[:2], None)), [args[:2]]
+  cpu = {name: [] for name in programs}
+  for i in range(num_steps + 1):  # The first round is the warm-up.
+    for name, (step, holder) in programs.items():
+      start = time.process_time()
+      holder[0], _ = jax.block_until_ready(step(holder[0]))
+      if i:
+        cpu[name].append(time.process_time() - start)
+  median = {name: float(np.median(v)) for name, v in cpu.items()}
+  return {
+      'config': ', '.join(f'{k}={v}' for k, v in config.model.items()),
+      'batch_size': config.input.batch_size, 'num_frames': config.dataset.num_frames,
+      'image_size': config.dataset.image_size, 'timed_steps': num_steps,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'gflops_train_step': _sig(gflops['train_step']),
+      'gflops_backbone_step': _sig(gflops['backbone_step']),
+      'gflops_rbg_part': _sig(gflops['rbg_part']),
+      'gflops_parts_over_whole': _sig((gflops['backbone_step'] + gflops['rbg_part'])
+                                      / gflops['train_step']),
+      'rbg_flop_share': _sig(gflops['rbg_part'] / gflops['train_step'], 3),
+      'cpu_s_train_step': _sig(median['train_step']),
+      'cpu_s_backbone_step': _sig(median['backbone_step']),
+      'cpu_s_rbg_part': _sig(median['rbg_part']),
+      'rbg_time_share_by_difference': _sig(1 - median['backbone_step'] / median['train_step'], 3),
+      'rbg_time_share_alone': _sig(median['rbg_part'] / median['train_step'], 3),
+      'cpu_s_train_step_all': [_sig(t) for t in cpu['train_step']],
+      'cpu_s_backbone_step_all': [_sig(t) for t in cpu['backbone_step']],
+  }
+
+
 def moving_texture_source(num_records: int, num_frames: int, px: int, seed: int = 0,
                           distinct: int | None = None) -> list[dict]:
   """In-memory records of JPEG frames (px x px) of a blurred-noise texture moving 1-3 px per frame:
@@ -521,6 +651,8 @@ def main(argv):
     if f.input:
       result = run_input(f.config, f.batches, flow=f.flow, source_px=f.source_px,
                          repeats=f.repeats, profile_batches=f.input_profile)
+    elif f.breakdown:
+      result = breakdown(f.config, f.steps, f.num_classes)
     elif f.sweep:
       result = sweep(f.config, f.sweep, f.steps, f.num_classes, **kwargs)
     else:

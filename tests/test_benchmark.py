@@ -98,3 +98,53 @@ def test_cli_sweeps_profiles_and_writes_json(tmp_path):
     assert any('conv' in op for op in row['profile']['top_ops_ms']), row['profile']
   assert large['step_vs_first'] == pytest.approx(
       large['train_step_s'] / small['train_step_s'], rel=0.01)
+
+
+def _tiny_res_rbg(hidden=8):
+  config = _config('synthetic', '')
+  config.model.width, config.model.stage_sizes, config.model.hidden = 4, (1, 1, 1, 1), hidden
+  config.model.rbg_blocks, config.model.bigru_layers = 1, 1
+  return config
+
+
+def test_breakdown_flops_add_up_and_count_every_gru_step():
+  """The backbone-only step and the RBG part add up to the whole step (they share only the head, 7 x 65
+  weights); the GRU scans are counted T times: against the rolled loop (XLA counts its body once) the
+  count grows by T - 1 recurrent steps of 4 recurrences (two GRUs, a BiGRU's two directions), each
+  [B, h] x [h, 3h] forward, twice that backward (input and weight gradients), plus the weight gradient's
+  3 h^2 accumulation: (T - 1) * 4 * (18 B + 3) h^2 FLOPs, hand-counted; the gates' elementwise work
+  (O(B h) per step) is the rest, under 5 % at h = 128."""
+  config = _tiny_res_rbg(hidden=128)
+  b, t, h = config.input.batch_size, config.dataset.num_frames, 128
+  parts = benchmark.breakdown_flops(config, 7)
+  assert (parts['backbone_step'] + parts['rbg_part']) / parts['train_step'] == pytest.approx(1, abs=0.01)
+  fn, args = benchmark._rbg_part_step(config, 7)  # config.model.unroll is 1: the rolled loop.
+  rolled = benchmark.flops(fn.lower(*args))
+  expected = (t - 1) * 4 * (18 * b + 3) * h * h
+  assert 1.0 <= (parts['rbg_part'] * 1e9 - rolled) / expected < 1.05
+
+
+def test_cli_breakdown_reports_consistent_shares(tmp_path):
+  """`--breakdown` on a tiny Res-RBG: the shares follow from the reported FLOPs and CPU seconds."""
+  out = tmp_path / 'breakdown.json'
+  args = [sys.executable, '-m', 'ferjax.benchmark', '--config', f'{REPO}/configs/res_rbg.py:synthetic',
+          '--config.model.width=4', '--config.model.stage_sizes=(1,1,1,1)',
+          '--config.model.hidden=8', '--config.model.rbg_blocks=1', '--config.model.bigru_layers=1',
+          '--config.dataset.num_frames=4', '--config.dataset.image_size=32',
+          '--config.input.batch_size=2', '--steps=2', '--breakdown', f'--json={out}']
+  proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'rbg_flop_share' in proc.stdout
+  r = json.loads(out.read_text())
+  assert r['gflops_parts_over_whole'] == pytest.approx(1, abs=0.01)
+  assert r['rbg_flop_share'] == pytest.approx(r['gflops_rbg_part'] / r['gflops_train_step'], rel=0.01)
+  assert 0 < r['rbg_flop_share'] < 1
+  assert r['rbg_time_share_alone'] == pytest.approx(r['cpu_s_rbg_part'] / r['cpu_s_train_step'],
+                                                    rel=0.01)
+  assert r['rbg_time_share_by_difference'] == pytest.approx(
+      1 - r['cpu_s_backbone_step'] / r['cpu_s_train_step'], abs=0.01)
+  assert len(r['cpu_s_train_step_all']) == len(r['cpu_s_backbone_step_all']) == r['timed_steps'] == 2
+  with pytest.raises(ValueError, match='rbg_blocks >= 1'):
+    config = _tiny_res_rbg()
+    config.model.rbg_blocks = 0
+    benchmark.breakdown(config, 1, 7)

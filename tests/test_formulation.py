@@ -135,3 +135,21 @@ def test_resnet_train_step_same_with_both_formulations(attention):
     assert len(leaves_f) == len(leaves_o) > 10
     for f, o in zip(leaves_f, leaves_o):
       np.testing.assert_allclose(f, o, rtol=0, atol=1e-4 * float(jnp.max(jnp.abs(o))) + 1e-9)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_conv1x1_as_matmul_is_the_convolution(stride):
+  """`resnet.Conv1x1` (the `DOT_1X1` formulation) equals `nnx.Conv`'s 1x1 convolution with the same
+  kernel, stride 2 on an odd size included (7 -> 4 rows, as the convolution's floor((7 - 1) / 2) + 1)."""
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 8))
+  conv = resnet._conv(8, 16, 1, stride, dtype=None, rngs=nnx.Rngs(0))
+  old = resnet.DOT_1X1
+  try:
+    resnet.DOT_1X1 = True
+    dot = resnet._conv(8, 16, 1, stride, dtype=None, rngs=nnx.Rngs(0))
+  finally:
+    resnet.DOT_1X1 = old
+  assert type(dot) is resnet.Conv1x1 and type(conv) is nnx.Conv
+  want = conv(x)
+  assert want.shape == (2, 4 if stride == 2 else 7, 4 if stride == 2 else 7, 16)
+  np.testing.assert_allclose(dot(x), want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))

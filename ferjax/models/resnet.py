@@ -52,10 +52,26 @@ RESNET_SPECS = {
 }
 
 
+# 1x1 convolutions as matmuls (`Conv1x1`): read when a layer is built; off, since end to end it did not
+# measurably help on XLA:CPU (README "Performance"; `scripts/ab_formulation.py --variants fused_bn dot1x1`).
+DOT_1X1 = False
+
+
+class Conv1x1(nnx.Conv):
+  """`nnx.Conv` with a 1x1 kernel (same parameter) computed as `einsum('nhwc,co->nhwo')` of the strided
+  input, the contraction XLA:CPU runs as a matmul instead of a convolution."""
+
+  def __call__(self, x):
+    s = self.strides
+    x, kernel = self.promote_dtype((x[:, ::s[0], ::s[1]], self.kernel[...]), dtype=self.dtype)
+    return jnp.einsum('nhwc,co->nhwo', x, kernel[0, 0], precision=self.precision)
+
+
 def _conv(cin, cout, k, stride=1, *, dtype, rngs):
   pad = (k - 1) // 2
-  return nnx.Conv(cin, cout, (k, k), (stride, stride), padding=((pad, pad), (pad, pad)),
-                  use_bias=False, kernel_init=conv_init, dtype=dtype, rngs=rngs)
+  cls = Conv1x1 if k == 1 and DOT_1X1 else nnx.Conv
+  return cls(cin, cout, (k, k), (stride, stride), padding=((pad, pad), (pad, pad)),
+             use_bias=False, kernel_init=conv_init, dtype=dtype, rngs=rngs)
 
 
 # The training-mode BatchNorm formulation of the ResNet layers: True = `batch_norm_train` (one-pass
