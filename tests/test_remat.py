@@ -140,3 +140,20 @@ def test_geca_keeps_no_feature_map_but_its_input_for_the_backward_pass():
     full = [src for aval, src in ad_checkpoint.saved_residuals(run, params, x)
             if aval.shape == x.shape]
     assert full == ['from the argument x'], full
+
+
+def test_remat_keeps_only_the_units_inputs_in_the_compute_dtype():
+  # remat='blocks' keeps, of the backbone's feature maps, exactly the remat units' inputs: the frames
+  # (the stem's input), the stem's max-pool output (the first block's input) and every block's output
+  # (the next block's input), in the compute dtype; nothing from inside a unit.
+  frames = FRAMES.astype(jnp.bfloat16)
+  graphdef, params, rest = nnx.split(models.create_model(
+      tiny_config(remat='blocks', dtype='bfloat16'), 5, rngs=nnx.Rngs(params=0)), nnx.Param, ...)
+  loss_fn = _loss_fn(graphdef, frames, LABELS)
+  residuals = ad_checkpoint.saved_residuals(lambda p, f: loss_fn(p, rest)[0], params, frames)
+  maps = sorted((aval.shape, str(aval.dtype)) for aval, _ in residuals
+                if len(aval.shape) == 4 and aval.shape[0] == 8)
+  # Width 4, bottlenecks (expansion 4), 32 px: frames, stem 8x8x4, stages 1-3 8x8x16, 4x4x32, 2x2x64
+  # (stage 4's 1x1x128 output is only averaged, which needs nothing kept).
+  expected = [(8, 32, 32, 3), (8, 8, 8, 4), (8, 8, 8, 16), (8, 4, 4, 32), (8, 2, 2, 64)]
+  assert maps == sorted((s, 'bfloat16') for s in expected), maps
