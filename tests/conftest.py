@@ -29,15 +29,22 @@ COMPILATION_CACHE_ENV = {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
                          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
 
 
-# The end-to-end modules, which start, kill and resume real training processes, run first: pytest-xdist
-# (`-n 2`) hands out tests in collection order, and a long test left for last keeps one worker busy
-# while the other idles.
-_SLOW_MODULES = ('test_crossval.py', 'test_multiprocess.py', 'test_reliability.py', 'test_train.py')
+# pytest-xdist runs whole modules (`--dist loadfile --no-loadscope-reorder`, pyproject.toml): a module's
+# fixtures (a trained run, an exported model) are built once, on one worker. A worker that runs out of
+# work takes the next module in collection order, so the modules run longest first (greedy
+# longest-processing-time scheduling): a long module left for last keeps one worker busy while the other
+# idles. Seconds per module on CI's 2-core machine (`.ci/run` at d01de2d, before they were cut); only the
+# order matters, and modules not listed (each well under half a minute) follow in file order.
+_MODULE_SECONDS = {
+    'test_reliability.py': 230, 'test_multiprocess.py': 140, 'test_train.py': 135,
+    'test_crossval.py': 130, 'test_recipe.py': 110, 'test_sharding.py': 100, 'test_rfscnn.py': 100,
+    'test_predict.py': 60, 'test_export.py': 55, 'test_benchmark.py': 50,
+}
 
 
 def pytest_collection_modifyitems(config, items):
   del config
-  items.sort(key=lambda item: item.path.name not in _SLOW_MODULES)  # Stable: file order otherwise.
+  items.sort(key=lambda item: -_MODULE_SECONDS.get(item.path.name, 0))  # Stable: file order otherwise.
 
 
 def _session_root(tmp_path_factory):
