@@ -32,8 +32,12 @@ gets `torch.set_num_threads(--threads)`; XLA:CPU sizes its thread pool to the ma
 `--threads` equal to the cores the process may use (2 on the development machine) for a fair
 comparison. On a machine shared with other jobs PyTorch's OpenMP threads stall on each other (measured: a
 tiny ResNet's backward 20-100x slower with 2 threads than with 1 on 2 cores under load 17); compare there
-with one core, `taskset -c 0 python scripts/compare_torch.py --threads 1` (XLA sizes its pool to the
-process's CPU affinity, so it gets one thread too). ferjax's step is
+with one thread each and CPU time, `python scripts/compare_torch.py --threads 1 --cpu-time --steps 5`:
+`--threads 1` also runs XLA:CPU single-threaded (`--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1` appended to $XLA_FLAGS), and `--cpu-time` takes the ratio of the median
+process CPU seconds per step (`time.process_time`), which other jobs inflate far less than wall time
+(both are always printed; the last line states the ratio used). On a quiet machine compare wall time
+with the cores the process may use, e.g. `--threads 2`. ferjax's step is
 the project's own jitted train step (`ferjax.steps.jit_train_step`); its compile time is printed too.
 XLA flags (README "Performance") are read from $XLA_FLAGS when JAX starts.
 """
@@ -51,6 +55,8 @@ from torch import nn
 import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# XLA:CPU on one thread (with --threads 1): no multi-threaded Eigen, an intra-op pool of one.
+SINGLE_THREAD_FLAGS = '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -259,9 +265,13 @@ def main(argv=None):
   p.add_argument('--rtol', type=float, default=1e-2,
                  help='allowed relative loss difference after the first update')
   p.add_argument('--channels_last', action='store_true', help='PyTorch NHWC memory format')
+  p.add_argument('--cpu-time', '--cpu_time', dest='cpu_time', action='store_true',
+                 help='compare process CPU seconds per step (robust on a shared machine) instead of wall')
   p.add_argument('--json', default=None)
   args = p.parse_args(argv)
   torch.set_num_threads(args.threads)
+  if args.threads == 1:  # XLA:CPU single-threaded too (read when JAX starts, below).
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + SINGLE_THREAD_FLAGS).strip()
 
   import jax  # pylint: disable=import-outside-toplevel  # after argparse: --help stays fast.
   from flax import nnx  # pylint: disable=import-outside-toplevel
@@ -334,12 +344,14 @@ def main(argv=None):
     return float(jax.device_get(metrics['loss'])), float(jax.device_get(metrics['grad_norm']))
 
   jax_times, torch_times, jax_losses, torch_losses = [], [], [], []
+  jax_cpu, torch_cpu = [], []
   for _ in range(args.steps + 1):  # The first pair is the warm-up and the loss check's first step.
-    for fn, times, losses in ((jax_step, jax_times, jax_losses),
-                              (torch_step, torch_times, torch_losses)):
-      start = time.perf_counter()
+    for fn, times, cpu, losses in ((jax_step, jax_times, jax_cpu, jax_losses),
+                                   (torch_step, torch_times, torch_cpu, torch_losses)):
+      start, start_cpu = time.perf_counter(), time.process_time()
       losses.append(fn())
       times.append(time.perf_counter() - start)
+      cpu.append(time.process_time() - start_cpu)
   def rel(a, b):
     return abs(a - b) / abs(b)
   # Step 0: the same weights and inputs, so loss and gradient norm must agree to float32 rounding.
@@ -359,6 +371,12 @@ def main(argv=None):
       'torch_step_s': round(_median(torch_times[1:]), 3),
       'ferjax_step_times': [round(t, 3) for t in jax_times[1:]],
       'torch_step_times': [round(t, 3) for t in torch_times[1:]],
+      # Process CPU seconds per step (all threads): with --threads 1 the step's own work, which other
+      # jobs on the machine inflate far less than the wall time.
+      'ferjax_step_cpu_s': round(_median(jax_cpu[1:]), 3) if args.steps else None,
+      'torch_step_cpu_s': round(_median(torch_cpu[1:]), 3) if args.steps else None,
+      'ferjax_step_cpu_times': [round(t, 3) for t in jax_cpu[1:]],
+      'torch_step_cpu_times': [round(t, 3) for t in torch_cpu[1:]],
       'ferjax_losses': [round(v[0], 6) for v in jax_losses],
       'torch_losses': [round(v[0], 6) for v in torch_losses],
       'ferjax_grad_norm_0': round(jax_losses[0][1], 6), 'torch_grad_norm_0': round(torch_losses[0][1], 6),
@@ -366,8 +384,18 @@ def main(argv=None):
       'grad_norm_and_step1_loss_relative_difference': float(f'{later:.3g}'),
   }
   result['ratio_ferjax_over_torch'] = round(result['ferjax_step_s'] / result['torch_step_s'], 3)
+  if args.steps:
+    result['cpu_ratio_ferjax_over_torch'] = round(
+        result['ferjax_step_cpu_s'] / result['torch_step_cpu_s'], 3)
+  result['timing'] = 'cpu' if args.cpu_time else 'wall'
   width = max(map(len, result))
   print('\n'.join(f'{k:<{width}}  {v}' for k, v in result.items()))
+  kind = 'cpu' if args.cpu_time and args.steps else 'wall'
+  f, t = ((result['ferjax_step_cpu_s'], result['torch_step_cpu_s']) if kind == 'cpu'
+          else (result['ferjax_step_s'], result['torch_step_s']))
+  print(f'\nferjax / PyTorch = {f / t:.3f} ({kind} seconds per step, median of {args.steps}: ferjax '
+        f'{f:.3f} s, PyTorch {t:.3f} s; {args.threads} thread(s) each; ferjax runs at '
+        f'{t / f:.2f}x PyTorch\'s speed)')
   if args.json:
     with open(args.json, 'w') as out:
       json.dump(result, out, indent=2)
