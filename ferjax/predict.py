@@ -26,8 +26,11 @@ Output: a table per input on stdout (with the frames/s of the whole path: decodi
 model), and on request `--json FILE`, `--csv FILE`, `--annotate FILE.mp4|.avi` (the input with the face
 box, the label and probability bars; a `.png`/`.jpg` name writes one annotated frame: the middle frame
 of the window most confident in the clip label) and `--plot FILE.png` (class probabilities over time).
-With several inputs, `--annotate` and `--plot` write one file per input (`<name>.<input stem><suffix>`).
-Existing output files are kept unless `--overwrite` is given.
+With several inputs (or a folder of videos), `--annotate NAME.EXT` and `--plot NAME.EXT` write one file
+per input, `NAME.<input>.EXT`, where <input> is the input's name without extension; inputs that share a
+name get as many parent folders as tell them apart (`a.S005_001.avi`, `a.S010_001.avi` for two CK+
+sequence folders `001`), then their extension (`a.clip_avi.avi`, `a.clip_mp4.avi`). Existing output files
+are kept unless `--overwrite` is given: without it, nothing is written when any output exists.
 
 Exit codes: 0 every input predicted; 1 nothing done (a bad model, argument or existing output file; one
 line on stderr); 2 some inputs failed (each reported in one line; the others' results are written).
@@ -835,16 +838,57 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--batch-size', type=int, default=16, help='windows per model call')
   p.add_argument('--json', help='write every result to this JSON file')
   p.add_argument('--csv', help='write one row per window (and per clip) to this CSV file')
-  p.add_argument('--annotate', help='write the annotated video (.mp4/.avi) or one frame (.png/.jpg)')
-  p.add_argument('--plot', help='write the probabilities over time (.png)')
-  p.add_argument('--overwrite', action='store_true', help='replace existing output files')
+  p.add_argument('--annotate', metavar='NAME.EXT',
+                 help='write the annotated video (.mp4/.avi) or one frame (.png/.jpg). With several inputs '
+                      '(or a folder of videos): one file per input, NAME.<input>.EXT, <input> = the '
+                      "input's file or folder name without extension; inputs with the same name get "
+                      'their parent folders (NAME.S005_001.EXT), then their extension (NAME.clip_avi.EXT)')
+  p.add_argument('--plot', metavar='NAME.EXT',
+                 help='write the probabilities over time (.png/.pdf/.svg/.jpg); several inputs: as '
+                      '--annotate')
+  p.add_argument('--overwrite', action='store_true',
+                 help='replace existing output files (without it, nothing is written when any exists)')
   p.add_argument('--max-rows', type=int, default=40, help='window rows per input in the table')
   p.add_argument('--quiet', action='store_true', help='no progress line')
   return p
 
 
-def _per_input_path(path: Path, source: Source, several: bool) -> Path:
-  return path.with_name(f'{path.stem}.{source.path.stem}{path.suffix}') if several else path
+def input_labels(sources: Sequence[Source]) -> list[str]:
+  """A distinct name per input for its output files: its stem (`clip` for clip.avi, `001` for a frame
+  folder 001/); inputs whose stems collide get as many of their parent folders as tell them apart
+  (`S005_001`, `S010_001`), then their extension (`clip_avi`, `clip_mp4`). An input given twice is an
+  error."""
+  def label(source: Source, depth: int, extension: bool) -> str:
+    parents = source.path.parent.parts[1:]
+    name = source.path.name.replace('.', '_') if extension else source.path.stem
+    return '_'.join((*parents[len(parents) - depth:], name) if depth else (name,))
+
+  labels = [label(s, 0, False) for s in sources]
+  for stem in {x for x in labels if labels.count(x) > 1}:
+    group = [i for i, x in enumerate(labels) if x == stem]
+    depth_limit = max(len(sources[i].path.parent.parts) for i in group)
+    for extension in (False, True):
+      for depth in range(depth_limit):
+        names = [label(sources[i], depth, extension) for i in group]
+        if len(set(names)) == len(names):
+          break
+      else:
+        continue
+      break
+    else:
+      raise PredictError(f'{sources[group[0]].path} is given twice; pass each input once')
+    for i, name in zip(group, names):
+      labels[i] = name
+  if len(set(labels)) != len(labels):
+    clash = next(x for x in labels if labels.count(x) > 1)
+    raise PredictError(f'two inputs would write the same per-input output files ({clash}): '
+                       'rename one of them')
+  return labels
+
+
+def per_input_path(path: Path, label: str, several: bool) -> Path:
+  """`NAME.ext` for one input; `NAME.<label>.ext` per input when there are several (batch mode)."""
+  return path.with_name(f'{path.stem}.{label}{path.suffix}') if several else path
 
 
 def _check_args(args) -> None:
@@ -862,12 +906,28 @@ def _check_args(args) -> None:
     raise PredictError(f'--plot {args.plot}: expected a .png, .pdf, .svg or .jpg name')
 
 
-def _outputs(args, sources: Sequence[Source]) -> list[Path]:
-  paths = [Path(p) for p in (args.json, args.csv) if p]
-  for flag in (args.annotate, args.plot):
-    if flag:
-      paths += [_per_input_path(Path(flag), s, len(sources) > 1) for s in sources]
-  return [Path(os.path.abspath(os.path.expanduser(p))) for p in paths]
+def _outputs(args, sources: Sequence[Source]) -> tuple[list[Path], dict[Source, dict[str, Path]]]:
+  """(every output file, {source: {'annotate': path, 'plot': path}}), absolute; refuses two outputs
+  on one path and an output on an input."""
+  def absolute(path: str) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+  paths = [absolute(p) for p in (args.json, args.csv) if p]
+  per_input = {s: {} for s in sources}
+  labels = input_labels(sources) if len(sources) > 1 else [''] * len(sources)
+  for name in ('annotate', 'plot'):
+    if getattr(args, name):
+      for source, label in zip(sources, labels):
+        per_input[source][name] = per_input_path(absolute(getattr(args, name)), label, len(sources) > 1)
+        paths.append(per_input[source][name])
+  if len(set(paths)) != len(paths):
+    clash = next(p for p in paths if paths.count(p) > 1)
+    raise PredictError(f'two outputs would be written to {clash}; give --json, --csv, --annotate and '
+                       '--plot different names')
+  inputs = {s.path for s in sources} | {f for s in sources for f in s.files}
+  if clash := next((p for p in paths if p in inputs), None):
+    raise PredictError(f'{clash} is an input; an output file must not replace it')
+  return paths, per_input
 
 
 def _options(args, model) -> Options:
@@ -893,7 +953,7 @@ def run(argv: Sequence[str]) -> int:
   try:
     _check_args(args)
     sources, failed = expand_inputs(args.inputs)
-    outputs = _outputs(args, sources)
+    outputs, per_input = _outputs(args, sources)
     existing = [p for p in outputs if p.exists()]
     if existing and not args.overwrite:
       raise PredictError(f'{existing[0]} exists; pass --overwrite to replace it'
@@ -934,11 +994,10 @@ def run(argv: Sequence[str]) -> int:
     results.append(result)
     records.append(result_json(result))
     print(format_table(result, args.max_rows), flush=True)
-    several = len(sources) > 1
     if args.annotate:
-      write_annotated(result, _per_input_path(Path(args.annotate).absolute(), source, several))
+      write_annotated(result, per_input[source]['annotate'])
     if args.plot:
-      write_plot(result, _per_input_path(Path(args.plot).absolute(), source, several))
+      write_plot(result, per_input[source]['plot'])
   if results:
     frames = sum(r.num_frames for r in results)
     seconds = sum(r.seconds for r in results)
