@@ -91,6 +91,10 @@ def paper_config() -> ml_collections.ConfigDict:
   # BatchNorm on each stream's output before the fusion (the paper is silent; the product of two
   # standardised vectors starts at unit scale, and an SVM wants standardised inputs).
   c.model.fusion_norm = True
+  # Initial offset of that BatchNorm before a product fusion: 1 fuses (1 + a) * (1 + b) = 1 + a + b + ab,
+  # whose linear terms let each stream learn from scratch; 0 (the centred a * b) stalls at chance
+  # (issue 10; README "RFSCNN"). Concat and sum ignore it.
+  c.model.fusion_offset = 1.0
   c.model.freeze_streams = False  # Stage 2: streams in inference mode, no gradient (see `stage=2`).
   c.model.head = 'svm'  # The paper's: linear, multiclass hinge + svm_l2 * ||W||^2; or 'softmax'.
   c.model.svm_l2 = 1e-4
