@@ -37,7 +37,7 @@ print(json.dumps({'heavy': heavy, 'jax': 'jax' in sys.modules, 'classes': list(m
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory, synthetic_tiny):
-  return helpers.train_tiny_run(str(tmp_path_factory.mktemp('run')), synthetic_tiny)
+  return helpers.shared_run(tmp_path_factory, 'res_rbg_6_steps', helpers.train_tiny_run, synthetic_tiny)
 
 
 @pytest.fixture(scope='module')
@@ -145,3 +145,40 @@ def test_onnx_friendly_stack_equals_jnp_stack():
   for axis in (0, 1, -1, 2):
     np.testing.assert_array_equal(export._stack_by_concatenate(parts, axis=axis),
                                   jnp.stack(parts, axis=axis))
+
+
+@pytest.fixture(scope='module')
+def rfscnn_run(tmp_path_factory, synthetic_tiny):
+  return helpers.shared_run(tmp_path_factory, 'rfscnn_2_steps', helpers.train_tiny_rfscnn_run,
+                            synthetic_tiny)
+
+
+def test_rfscnn_artifact_takes_frames_and_flow(rfscnn_run, tmp_path):
+  """A family with two inputs: the .ferjax artifact's signature is (frames, flow), recorded in its
+  metadata, and it equals the trainer's eval_step (1e-6, the same XLA program)."""
+  out = export.export(predict.load_checkpoint(rfscnn_run), 'jax', tmp_path / 'rf.ferjax')
+  model = serving.load(out)
+  assert model.inputs == ('frames', 'flow')
+  assert model.metadata['inputs'][1] == {'name': 'flow', 'dtype': 'float32', 'shape': ['B', T - 1, S, S, 3]}
+  assert model.metadata['preprocessing']['flow'] == 'dis'
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (3, T, S, S, 3), dtype=np.uint8)
+  flow = rng.normal(0.0, 2.0, (3, T - 1, S, S, 3)).astype(np.float32)
+  expected = helpers.run_reference(rfscnn_run, {'frames': frames, 'flow': flow})
+  np.testing.assert_allclose(model.predict(frames, flow=flow), expected, atol=1e-6)
+  np.testing.assert_allclose(model.predict(frames[:1], flow=flow[:1]), expected[:1], atol=1e-6)
+  with pytest.raises(ValueError, match=r"expected inputs \['frames', 'flow'\]; found \['frames'\]"):
+    model.predict(frames)
+  with pytest.raises(ValueError, match=r'expected flow float32 \[B, 3, 32, 32, 3\] with B = 3'):
+    model.predict(frames, flow=flow[:2])
+
+
+def test_rfscnn_onnx_is_a_clear_error(rfscnn_run, tmp_path):
+  """jax2onnx (0.13) cannot convert RFSCNN with a symbolic batch (measured: "Symbolic dimension '4*B'
+  used in a context that requires a constant"); the error names the family and its inputs and points
+  to --format jax, and nothing is written."""
+  pytest.importorskip('jax2onnx')
+  with pytest.raises(export.ExportError, match=r"jax2onnx cannot convert the 'rfscnn' model \(inputs "
+                     r"\['frames', 'flow'\]\): .*; --format jax supports it"):
+    export.export(predict.load_checkpoint(rfscnn_run), 'onnx', tmp_path / 'rf.onnx')
+  assert not list(tmp_path.iterdir())

@@ -29,7 +29,7 @@ BLANK = (5, 6, 7)  # Frames of the test video replaced by black frames (no face)
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory, synthetic_tiny):
-  return helpers.train_tiny_run(str(tmp_path_factory.mktemp('run')), synthetic_tiny)
+  return helpers.shared_run(tmp_path_factory, 'res_rbg_6_steps', helpers.train_tiny_run, synthetic_tiny)
 
 
 @pytest.fixture(scope='module')
@@ -178,7 +178,8 @@ def test_not_a_run(tmp_path, inputs, capsys):
 
 @pytest.fixture(scope='module')
 def rfscnn_run(tmp_path_factory, synthetic_tiny):
-  return helpers.train_tiny_rfscnn_run(str(tmp_path_factory.mktemp('rfscnn_run')), synthetic_tiny)
+  return helpers.shared_run(tmp_path_factory, 'rfscnn_2_steps', helpers.train_tiny_rfscnn_run,
+                            synthetic_tiny)
 
 
 def test_rfscnn_window_equals_the_trainers_evaluation_with_flow(rfscnn_run, tmp_path, capsys):
@@ -215,3 +216,110 @@ def test_rfscnn_window_equals_the_trainers_evaluation_with_flow(rfscnn_run, tmp_
   # The flow matters to this model: without it (zeros) the probabilities differ by far more.
   without = helpers.run_reference(rfscnn_run, {**batch, 'flow': np.zeros_like(batch['flow'])})[0]
   assert np.abs(without - expected).max() > 1e-3, np.abs(without - expected).max()
+
+
+def test_input_labels_tell_inputs_with_one_name_apart(tmp_path):
+  def source(path):
+    return predict.Source(tmp_path / path, 'video')
+  sources = [source('ck/S005/001'), source('ck/S010/001'), source('x/clip.avi'), source('y/clip.mp4'),
+             source('x/clip.mp4'), source('happy.avi')]
+  assert predict.input_labels(sources) == ['S005_001', 'S010_001', 'x_clip_avi', 'y_clip_mp4',
+                                           'x_clip_mp4', 'happy']
+  # Only the colliding inputs get longer names; a folder deeper down decides with its nearest parents.
+  assert predict.input_labels([source('a/b/c/001'), source('a/d/c/001'), source('e/002')]) == [
+      'b_c_001', 'd_c_001', '002']
+  with pytest.raises(predict.PredictError, match='happy.avi is given twice'):
+    predict.input_labels([source('happy.avi'), source('happy.avi')])
+  with pytest.raises(predict.PredictError, match=r'same per-input output files \(a_b\)'):
+    predict.input_labels([source('a/b'), source('c/b'), source('a_b')])  # a/b -> a_b, taken.
+
+
+def test_batch_outputs_one_file_per_input_and_never_overwrite(run_dir, inputs, tmp_path, capsys):
+  """Two CK+-style sequence folders both named 001, and a folder with two videos: every input gets its
+  own --annotate/--plot file; a second run without --overwrite writes nothing and exits 1."""
+  frames = helpers.face_frames('happiness', 4)
+  for subject in ('S005', 'S010'):
+    folder = tmp_path / 'ck' / subject / '001'
+    folder.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+      cv2.imwrite(str(folder / f'{i:03d}.png'), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  videos = tmp_path / 'videos'
+  videos.mkdir()
+  helpers.write_video(videos / 'clip.avi', frames)
+  shutil.copy(videos / 'clip.avi', videos / 'other.avi')
+  out = tmp_path / 'out'
+  out.mkdir()
+  args = ['--workdir', run_dir, str(tmp_path / 'ck/S005/001'), str(tmp_path / 'ck/S010/001'), str(videos),
+          '--annotate', str(out / 'a.png'), '--plot', str(out / 'p.png'), '--quiet']
+  assert predict.run(args) == 0, capsys.readouterr().err
+  labels = ['S005_001', 'S010_001', 'clip', 'other']
+  expected = sorted([f'a.{x}.png' for x in labels] + [f'p.{x}.png' for x in labels])
+  assert sorted(os.listdir(out)) == expected
+  before = {name: (out / name).read_bytes() for name in expected}
+  (out / 'a.clip.png').write_bytes(b'mine')
+  capsys.readouterr()
+  assert predict.run(args) == predict.EXIT_USAGE
+  assert capsys.readouterr().err.strip() == (f'error: {out / "a.S005_001.png"} exists; pass --overwrite '
+                                             'to replace it (and 7 more)')
+  assert (out / 'a.clip.png').read_bytes() == b'mine'
+  assert predict.run([*args, '--overwrite']) == 0
+  assert (out / 'a.clip.png').read_bytes() == before['a.clip.png']
+  # One output on another, or on an input: refused before anything runs.
+  assert predict.run(['--workdir', run_dir, inputs['video'], '--plot', str(out / 'x.png'), '--annotate',
+                      str(out / 'x.png')]) == predict.EXIT_USAGE
+  assert f'two outputs would be written to {out / "x.png"}' in capsys.readouterr().err
+  assert predict.run(['--workdir', run_dir, inputs['video'], '--json', inputs['video'],
+                      '--overwrite']) == predict.EXIT_USAGE
+  assert 'is an input; an output file must not replace it' in capsys.readouterr().err
+
+
+def test_help_documents_the_batch_output_names():
+  text = ' '.join(predict._parser().format_help().split())  # pylint: disable=protected-access
+  assert 'NAME.<input>.EXT' in text and 'NAME.S005_001.EXT' in text and 'without it, nothing is written' in text
+
+
+EXPRESSIONS = ('anger', 'contempt', 'disgust', 'fear', 'happiness', 'sadness', 'surprise')
+
+
+# UNFINISHED, off by default: no model found so far learns the tiny synthetic dataset (18 training
+# subjects) to >= 90 % test WAR within the suite's budget (the best: 85.71 % with 80 CPU s, see
+# predict_helpers.ACCURATE_RUN); with 78.57 % test WAR the test's 14 clips came out 10/14 right. FERJAX_ACCURATE_PREDICT_TEST=1 runs it; the fixture then fails with the
+# test WAR it reached until ACCURATE_RUN is replaced by a config that gets there.
+ACCURATE_TEST = pytest.mark.skipif(
+    not os.environ.get('FERJAX_ACCURATE_PREDICT_TEST'),
+    reason='unfinished: set FERJAX_ACCURATE_PREDICT_TEST=1 (see predict_helpers.ACCURATE_RUN)')
+
+
+@pytest.fixture(scope='module')
+def accurate_run(tmp_path_factory, synthetic_tiny):
+  """A model trained to high accuracy on the tiny synthetic dataset (folds 1-9), checked on its unseen
+  test fold (fold 0: subjects 0 and 10) before any test relies on it."""
+  workdir = helpers.shared_run(tmp_path_factory, 'accurate', helpers.train_accurate_run, synthetic_tiny)
+  report = json.loads(open(os.path.join(workdir, 'report.json')).read())
+  if report['war'] < helpers.ACCURATE_MIN_WAR:
+    pytest.fail(f'the accurate model ({helpers.ACCURATE_FAMILY}, {helpers.ACCURATE_RUN}) reached '
+                f'{100 * report["war"]:.2f} % test WAR on fold_0; expected >= '
+                f'{100 * helpers.ACCURATE_MIN_WAR:.0f} % (see {workdir}/report.json)')
+  return workdir
+
+
+@ACCURATE_TEST
+def test_clip_label_equals_the_expression(accurate_run, tmp_path, capsys):
+  """scripts/synthetic_video.py clips of every expression, for the two test-fold subjects the model
+  never saw: subject 0 as videos, subject 10 as folders of PNG frames. One window spans each clip (as
+  evaluation samples a whole sequence); every clip's label must be its expression."""
+  videos = helpers.synthetic_clips(tmp_path, EXPRESSIONS, 0, 'video')
+  folders = helpers.synthetic_clips(tmp_path, EXPRESSIONS, 10, 'frames')
+  capsys.readouterr()
+  inputs = [*videos.values(), *folders.values()]
+  code = predict.run(['--workdir', accurate_run, *inputs, '--window', '8', '--json',
+                      str(tmp_path / 'p.json'), '--quiet'])
+  assert code == 0, capsys.readouterr().err
+  results = json.loads((tmp_path / 'p.json').read_text())['results']
+  assert [r['input'] for r in results] == [os.path.abspath(p) for p in inputs]
+  expected = [*videos, *folders]
+  got = [r['label'] for r in results]
+  assert got == expected, [(e, g, max(r['probs'].values())) for e, g, r in zip(expected, got, results)]
+  for r in results:
+    assert len(r['windows']) == 1 and all(r['face'])
+    np.testing.assert_allclose(sum(r['probs'].values()), 1.0, atol=1e-5)
