@@ -50,9 +50,11 @@ TINY_RFSCNN_RUN = {
 # UNFINISHED (test_predict.py's FERJAX_ACCURATE_PREDICT_TEST): the best model found that learns the tiny
 # synthetic dataset, meant to be trained to high test accuracy for "the clip label equals the video's
 # expression". The frame ResNet (width 16, one block per stage, no channel attention) pooled over the last
-# T = 4 frames ('apex' sampling), no RBG block, the 32 px frames at 48 px; 800 steps of 16 at 3e-3 with
+# T = 4 frames ('apex' sampling), no RBG block, the 32 px frames at 48 px; 1200 steps of 16 at 3e-3 with
 # the synthetic augmentation. Measured on the contended 2-core machine, test WAR on fold 0 (14
-# sequences) and process CPU seconds: this config 85.71 % (seed 0, 80 s); at 32 px 78.57 % (seed 0)
+# sequences) and process CPU seconds: this config 92.86 % (seed 0, 113 s: over the fixture's budget;
+# other seeds not tried), but the test's 14 clips came out 12/14 (sadness read as anger for both
+# subjects); 800 steps 85.71 % (seed 0, 80 s); at 32 px 78.57 % (seed 0)
 # and 50.00 % (seed 1), 53 s; at 32 px for 1200 steps at 5e-3 57.14 %; at 32 px without masking and
 # rotation 50.00 % (it fits the 18 training subjects instead); with a 2-layer GRU (rbg_blocks 1, no
 # BiGRU) still at chance after 400 steps; with batches of 8, the TINY_RUN model (width 4, G-ECA, an RBG
@@ -61,8 +63,8 @@ ACCURATE_FAMILY = 'res_rbg'
 ACCURATE_RUN = {
     **TINY_RUN, 'dataset.image_size': 48, 'model.width': 16, 'model.attention': 'none',
     'model.rbg_blocks': 0, 'dataset.sampling': 'apex', 'input.batch_size': 16, 'train.learning_rate': 3e-3,
-    'train.num_steps': 800, 'train.log_every_steps': 200, 'train.eval_every_steps': 800,
-    'train.checkpoint_every_steps': 800,
+    'train.num_steps': 1200, 'train.log_every_steps': 200, 'train.eval_every_steps': 1200,
+    'train.checkpoint_every_steps': 1200,
 }
 ACCURATE_MIN_WAR = 0.9
 
