@@ -327,3 +327,21 @@ def test_clip_label_equals_the_expression(accurate_run, tmp_path, capsys):
   for r in results:
     assert len(r['windows']) == 1 and all(r['face'])
     np.testing.assert_allclose(sum(r['probs'].values()), 1.0, atol=1e-5)
+
+
+def test_window_flow_is_the_pipelines_evaluation_flow():
+  """Without a model: the flow predict computes for a window equals the flow `pipeline.eval_batches`
+  makes for a record holding the same frames (exactly), and a one-frame input is a per-input error."""
+  from ferjax.data import augment, pipeline  # pylint: disable=import-outside-toplevel
+  frames = helpers.face_frames('happiness', 7, size=40)  # Crops of 40 px, evaluated at 32: a real warp.
+  options = predict.Options(window=7, stride=7, margin=0.0, crop_size=40, eval_crop=0.875, crop='frame',
+                            sampling='segments', flow='dis', inputs=('frames', 'flow'))
+  inputs, _ = predict.window_crops(list(frames), [None] * 7, T, helpers.SIZE, options)
+  batch = next(iter(pipeline.eval_batches(
+      [{'frames': list(frames), 'label': 0}], num_frames=T, image_size=helpers.SIZE,
+      options=augment.AugmentOptions.none(0.875), batch_size_per_host=1, inputs=('frames', 'flow'))))
+  np.testing.assert_array_equal(inputs['frames'], batch['frames'][0])
+  np.testing.assert_array_equal(inputs['flow'], batch['flow'][0])
+  assert inputs['flow'].shape == (T - 1, helpers.SIZE, helpers.SIZE, 3) and np.abs(inputs['flow']).max() > 0.1
+  with pytest.raises(media.MediaError, match='needs optical flow between frames; a single frame has none'):
+    predict.window_crops([frames[0]], [None], T, helpers.SIZE, options)
