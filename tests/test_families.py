@@ -67,12 +67,12 @@ TINY = {'dataset.config': 'tiny', 'dataset.num_frames': 4, 'dataset.image_size':
         'train.warmup_epochs': 0.0}
 
 
-def test_toy_family_from_a_config_file_trains_through_the_cli(tmp_path):
+def test_toy_family_from_a_config_file_trains_through_the_cli(tmp_path, synthetic_tiny):
   config_file = tmp_path / 'toy.py'
   config_file.write_text(TOY_CONFIG.replace('REPO', REPO))
-  workdir, data_dir = tmp_path / 'run', tmp_path / 'tfds'
+  workdir = tmp_path / 'run'
   args = [sys.executable, '-m', 'ferjax.train', '--config', str(config_file), '--workdir', str(workdir),
-          f'--config.dataset.data_dir={data_dir}']
+          f'--config.dataset.data_dir={synthetic_tiny}']  # The session's build (tests/conftest.py).
   args += [f'--config.{k}={v}' for k, v in TINY.items()]
   run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
