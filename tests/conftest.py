@@ -33,8 +33,9 @@ COMPILATION_CACHE_ENV = {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
 # fixtures (a trained run, an exported model) are built once, on one worker. A worker that runs out of
 # work takes the next module in collection order, so the modules run longest first (greedy
 # longest-processing-time scheduling): a long module left for last keeps one worker busy while the other
-# idles. Seconds per module on CI's 2-core machine (`.ci/run` at d01de2d, before they were cut); only the
-# order matters, and modules not listed (each well under half a minute) follow in file order.
+# idles. Rough seconds per module on CI's 2-core machine: its 15 slowest tests at d01de2d (`.ci/run`)
+# plus an estimate for the module's other tests; only the order matters. Modules not listed (shorter)
+# follow in file order. Update the table when a module's time changes a lot.
 _MODULE_SECONDS = {
     'test_reliability.py': 230, 'test_multiprocess.py': 140, 'test_train.py': 135,
     'test_crossval.py': 130, 'test_recipe.py': 110, 'test_sharding.py': 100, 'test_rfscnn.py': 100,
