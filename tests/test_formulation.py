@@ -1,5 +1,6 @@
 """The ResNet's fused training-mode BatchNorm (`resnet.batch_norm_train`) computes the same function as
-Flax's `nnx.BatchNorm`: outputs, running averages and gradients, alone and inside a ResNet train step."""
+Flax's `nnx.BatchNorm` (outputs, running averages, gradients), its 1x1 convolutions as matmuls
+(`resnet.Conv1x1`) the same as `nnx.Conv`, alone and together inside a ResNet train step."""
 
 import jax
 import jax.numpy as jnp
@@ -104,21 +105,23 @@ def test_eval_mode_is_flax():
 
 @pytest.mark.parametrize('attention', ['geca'])
 def test_resnet_train_step_same_with_both_formulations(attention):
-  """A tiny ResNet with G-ECA (stem, blocks, shortcut projections): the loss, every parameter gradient
-  and the updated running averages agree between the fused and Flax's BatchNorm (1e-4 of each leaf's
-  scale)."""
+  """A tiny ResNet with G-ECA (stem, blocks, strided shortcut projections): the loss, every parameter
+  gradient and the updated running averages agree between the default formulation (fused BatchNorm, 1x1
+  convolutions as matmuls) and the plain one (Flax's BatchNorm, convolutions), 3e-4 of each leaf's
+  scale."""
   # 64 px: at 16 px the last stage's BatchNorm normalises 2 values per channel, whose outputs are +-1
   # whatever the input, so every gradient below it would be float32 rounding noise (measured: 2 %).
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
 
-  def run(fused):
-    old = resnet.FUSED_BATCHNORM
+  def run(new):  # new: fused BatchNorm and 1x1 convolutions (the strided shortcuts) as matmuls.
+    old = resnet.FUSED_BATCHNORM, resnet.DOT_1X1
     try:
-      resnet.FUSED_BATCHNORM = fused
+      resnet.FUSED_BATCHNORM = resnet.DOT_1X1 = new
       model = resnet.ResNet('resnet18', width=4, stage_sizes=(1, 1, 1, 1), attention=attention,
                             num_classes=3, rngs=nnx.Rngs(0))
+      assert isinstance(model.layer2[0].downsample.conv, resnet.Conv1x1) == new
     finally:
-      resnet.FUSED_BATCHNORM = old
+      resnet.FUSED_BATCHNORM, resnet.DOT_1X1 = old
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(params):
@@ -134,7 +137,8 @@ def test_resnet_train_step_same_with_both_formulations(attention):
     leaves_f, leaves_o = jax.tree.leaves(tree_f), jax.tree.leaves(tree_o)
     assert len(leaves_f) == len(leaves_o) > 10
     for f, o in zip(leaves_f, leaves_o):
-      np.testing.assert_allclose(f, o, rtol=0, atol=1e-4 * float(jnp.max(jnp.abs(o))) + 1e-9)
+      # 3e-4: the G-ECA kernel's gradient sums over every channel and position (measured 1.2e-4).
+      np.testing.assert_allclose(f, o, rtol=0, atol=3e-4 * float(jnp.max(jnp.abs(o))) + 1e-9)
 
 
 @pytest.mark.parametrize('stride', [1, 2])
@@ -142,9 +146,10 @@ def test_conv1x1_as_matmul_is_the_convolution(stride):
   """`resnet.Conv1x1` (the `DOT_1X1` formulation) equals `nnx.Conv`'s 1x1 convolution with the same
   kernel, stride 2 on an odd size included (7 -> 4 rows, as the convolution's floor((7 - 1) / 2) + 1)."""
   x = jax.random.normal(jax.random.key(0), (2, 7, 7, 8))
-  conv = resnet._conv(8, 16, 1, stride, dtype=None, rngs=nnx.Rngs(0))
   old = resnet.DOT_1X1
   try:
+    resnet.DOT_1X1 = False
+    conv = resnet._conv(8, 16, 1, stride, dtype=None, rngs=nnx.Rngs(0))
     resnet.DOT_1X1 = True
     dot = resnet._conv(8, 16, 1, stride, dtype=None, rngs=nnx.Rngs(0))
   finally:
