@@ -146,9 +146,11 @@ def training_crop(config: dict, info) -> dict:
   """How the training data's faces were cropped: detector, margin, crop side (from the dataset's
   metadata `crop_options`; builder defaults when it has none; whole frames for rendered datasets)."""
   if config['dataset']['name'] in UNCROPPED_DATASETS:
-    size = getattr(getattr(info, 'config', None), 'image_size', None) if info is not None else None
-    builder_config = getattr(info, '_builder_config', None) if info is not None else None
-    size = size or getattr(builder_config, 'image_size', None) or config['dataset']['image_size']
+    # The side of the stored frames (the `frames` feature, e.g. 32 for synthetic_expressions/tiny), not
+    # the run's dataset.image_size: training resizes the stored frames, so predict must first shrink its
+    # input to that side too. A model trained at 48 px on 32 px frames that saw 64 px video frames
+    # resized straight to 48 got detail it never trained on (sadness read as anger).
+    size = _stored_frame_side(info) or config['dataset']['image_size']
     return {'detector': 'none', 'margin': 0.0, 'size': int(size),
             'source': 'whole rendered frames (the dataset is drawn face-centred)'}
   options = dict(info.metadata.get('crop_options') or {}) if info is not None and info.metadata else {}
@@ -156,6 +158,16 @@ def training_crop(config: dict, info) -> dict:
     return {'detector': options.get('face_detector', 'haar'), 'margin': float(options.get('margin', 0.25)),
             'size': int(options.get('size', 256)), 'source': 'dataset metadata crop_options'}
   return {**BUILDER_DEFAULT_CROP, 'source': 'builder defaults (the dataset metadata was not found)'}
+
+
+def _stored_frame_side(info) -> int | None:
+  """The side S of the dataset's stored frames (`frames` feature: Sequence(Image(shape=(S, S, 3)))), or
+  None when the dataset's info or a fixed frame size is missing."""
+  try:
+    side = info.features['frames'].shape[-3]
+  except (AttributeError, KeyError, IndexError, TypeError):
+    return None
+  return int(side) if side else None
 
 
 def _normalization(config: dict) -> dict:
