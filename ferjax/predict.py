@@ -149,7 +149,8 @@ def training_crop(config: dict, info) -> dict:
     # The side of the stored frames (the `frames` feature, e.g. 32 for synthetic_expressions/tiny), not
     # the run's dataset.image_size: training resizes the stored frames, so predict must first shrink its
     # input to that side too. A model trained at 48 px on 32 px frames that saw 64 px video frames
-    # resized straight to 48 got detail it never trained on (sadness read as anger).
+    # resized straight to 48 got detail it never trained on (probabilities up to 0.1 off the trainer's
+  # evaluation of the same frames).
     size = _stored_frame_side(info) or config['dataset']['image_size']
     return {'detector': 'none', 'margin': 0.0, 'size': int(size),
             'source': 'whole rendered frames (the dataset is drawn face-centred)'}
