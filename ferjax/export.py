@@ -14,6 +14,13 @@ ONNX graph names its inputs the same way.
 * `--format onnx` writes an ONNX model converted by jax2onnx (`pip install 'ferjax[export]'`), input
   `frames` uint8 [B, T, S, S, 3], output `probs`, the same metadata JSON in `metadata_props['ferjax']`.
 
+The model is the checkpoint the run selects (`ferjax.inference.run`: best validation UAR when the run
+kept one, else the latest). Its compute dtype is resolved for the artifact's target, not for the host
+that exports: `model.dtype='auto'` is bfloat16 for `--platforms cuda`/`tpu` and float32 for `cpu` (and
+for ONNX, which onnxruntime runs on a CPU), on whatever machine the export runs; `--dtype` chooses one
+explicitly. The metadata records the compute dtype, the face detector, margin and crop side the
+training data was made with, and the window `ferjax.predict` uses (the training sequences' median length).
+
 Run either with `ferjax.serving.load(FILE).predict(frames)` (no trainer code) or
 `python -m ferjax.predict --model FILE INPUT...`. Existing files are kept unless `--overwrite` is given.
 Exit codes: 0 written; 1 a user error (one line on stderr).
@@ -31,14 +38,15 @@ import zipfile
 
 import numpy as np
 
-from ferjax import predict, serving
+from ferjax import serving
+from ferjax.inference import model as model_lib, run as run_lib
 
 
 class ExportError(ValueError):
   """A user error: bad arguments, an existing output, a model the format cannot hold."""
 
 
-def _closed_function(model: predict.CheckpointModel):
+def _closed_function(model: model_lib.CheckpointModel):
   """frames -> probs with the weights as constants of the traced function."""
   variables = model.variables
 
@@ -50,15 +58,31 @@ def _closed_function(model: predict.CheckpointModel):
 def _input_specs(model) -> list:
   """One ShapeDtypeStruct per input of `metadata['inputs']` (frames first), sharing one symbolic B."""
   import jax  # pylint: disable=import-outside-toplevel
-  signature = model.metadata.get('inputs') or predict.input_signature(
+  signature = model.metadata.get('inputs') or model_lib.input_signature(
       ('frames',), model.num_frames, model.image_size)
   (batch,) = jax.export.symbolic_shape('B')
   return [jax.ShapeDtypeStruct((batch, *i['shape'][1:]), np.dtype(i['dtype'])) for i in signature]
 
 
-def export_jax(model: predict.CheckpointModel, platforms: Sequence[str] = ('cpu',)) -> bytes:
+def _check_dtype(model: model_lib.CheckpointModel, platforms: Sequence[str]) -> None:
+  """A model whose dtype is the run's 'auto' must have been resolved for the artifact's platforms."""
+  wanted = model.metadata['model'].get('dtype')
+  if wanted != 'auto' or model.metadata.get('compute_dtype') is None:
+    return
+  try:
+    expected = run_lib.compute_dtype({'dtype': 'auto'}, platforms)
+  except run_lib.RunError as e:
+    raise ExportError(str(e)) from None
+  if model.metadata['compute_dtype'] != expected:
+    raise ExportError(f"model.dtype='auto' is {expected} on {list(platforms)}, but the model was loaded "
+                      f"for {model.metadata['compute_dtype']}: load it with "
+                      f'load_run_model(..., platforms={list(platforms)})')
+
+
+def export_jax(model: model_lib.CheckpointModel, platforms: Sequence[str] = ('cpu',)) -> bytes:
   """The `.ferjax` zip (serialized jax.export artifact + metadata.json) as bytes."""
   import jax  # pylint: disable=import-outside-toplevel
+  _check_dtype(model, platforms)
   exported = jax.export.export(jax.jit(_closed_function(model)), platforms=tuple(platforms))(
       *_input_specs(model))
   metadata = {**model.metadata, 'export': {'format': 'jax', 'platforms': list(platforms),
@@ -111,7 +135,7 @@ def _onnx_friendly_ops():
     jnp.stack, nnx.max_pool = saved
 
 
-def export_onnx(model: predict.CheckpointModel, opset: int = 21) -> bytes:
+def export_onnx(model: model_lib.CheckpointModel, opset: int = 21) -> bytes:
   """The ONNX model (jax2onnx) with the metadata JSON in metadata_props, as bytes.
 
   The function is first traced to a jaxpr with a symbolic batch dimension (with `_onnx_friendly_ops`),
@@ -124,6 +148,7 @@ def export_onnx(model: predict.CheckpointModel, opset: int = 21) -> bytes:
   except ImportError:
     raise ExportError("--format onnx needs jax2onnx and onnx: pip install 'ferjax[export]'") from None
   import jax  # pylint: disable=import-outside-toplevel
+  _check_dtype(model, ['cpu'])
   specs = _input_specs(model)
   names = list(serving.input_names(model.metadata))
   with _onnx_friendly_ops():
@@ -158,7 +183,7 @@ def _version(package: str) -> str | None:
 SUFFIXES = {'jax': serving.JAX_SUFFIX, 'onnx': serving.ONNX_SUFFIX}
 
 
-def export(model: predict.CheckpointModel, fmt: str, output: str | os.PathLike, *,
+def export(model: model_lib.CheckpointModel, fmt: str, output: str | os.PathLike, *,
            overwrite: bool = False, platforms: Sequence[str] = ('cpu',)) -> Path:
   """Writes `model` as a `fmt` ('jax' | 'onnx') artifact to `output`; returns the absolute path."""
   path = Path(os.path.abspath(os.path.expanduser(os.fspath(output))))
@@ -186,6 +211,9 @@ def run(argv: Sequence[str]) -> int:
   parser.add_argument('--output', required=True, help='FILE.ferjax (jax) or FILE.onnx (onnx)')
   parser.add_argument('--platforms', default='cpu',
                       help='jax format: comma-separated platforms to lower for (cpu,cuda,tpu)')
+  parser.add_argument('--dtype', default='auto', choices=('auto', 'float32', 'bfloat16'),
+                      help="compute dtype (default auto: the run's model.dtype, whose 'auto' is bfloat16 "
+                           'for accelerator platforms and float32 for cpu, the platforms exported for)')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing output file')
   args = parser.parse_args(argv)
   from ferjax import checkpointing  # pylint: disable=import-outside-toplevel
@@ -198,21 +226,24 @@ def run(argv: Sequence[str]) -> int:
     if target.suffix != SUFFIXES[args.format]:
       raise ExportError(f'--output {target}: {args.format} artifacts are named '
                         f'*{SUFFIXES[args.format]}; found {target.suffix or "no suffix"!r}')
-    model = predict.load_checkpoint(args.workdir, args.checkpoint)
-    path = export(model, args.format, target, overwrite=args.overwrite,
-                  platforms=[p.strip() for p in args.platforms.split(',') if p.strip()])
-  except (ExportError, predict.PredictError, checkpointing.CheckpointMismatchError) as e:
+    platforms = [p.strip() for p in args.platforms.split(',') if p.strip()]
+    # The artifact computes as its target does: onnxruntime runs it on a CPU.
+    model = model_lib.load_run_model(args.workdir, args.checkpoint, dtype=args.dtype,
+                                     platforms=platforms if args.format == 'jax' else ['cpu'])
+    path = export(model, args.format, target, overwrite=args.overwrite, platforms=platforms)
+  except (ExportError, run_lib.RunError, checkpointing.CheckpointMismatchError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   source = model.metadata['source']
   print(f'Wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {args.format} artifact of {source["path"]} '
         f'({source["selection"]}, step {source["step"]}); {len(model.class_names)} classes, T='
-        f'{model.num_frames}, S={model.image_size}, batch dimension symbolic')
+        f'{model.num_frames}, S={model.image_size}, compute dtype {model.metadata["compute_dtype"]}, '
+        'batch dimension symbolic')
   return 0
 
 
 def main() -> None:
-  predict.quiet_library_logs()
+  model_lib.quiet_library_logs()
   sys.exit(run(sys.argv[1:]))
 
 

@@ -41,6 +41,7 @@ from ferjax import (checkpointing, config as config_lib, metrics, paths, plateau
 from ferjax import models
 from ferjax.models import convert
 from ferjax.data import datasets, pipeline, protocols, spec
+from ferjax.inference import run as run_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/<family>.py[:arg]).',
                                           lock_config=True)
@@ -120,9 +121,11 @@ def _init_model(config, num_classes):
     _log('Imported pretrained weights: ' + ', '.join(
         f'{k}={v}' for k, v in config.init.items() if v and k.endswith('_weights')))
   if config.init.get('checkpoint', ''):
-    # After the weight files: a previous run (e.g. RFSCNN's stage 1) sets every array.
-    loaded = convert.load_checkpoint(model, config.init.checkpoint)
-    _log(f'Initialised {loaded["loaded"]} arrays from {config.init.checkpoint} (step {loaded["step"]})')
+    # After the weight files: a previous run (e.g. RFSCNN's stage 1) sets every array, from the
+    # checkpoint that run selected (its best validation UAR when it kept one).
+    loaded = run_lib.init_from_run(model, config.init.checkpoint)
+    _log(f'Initialised {loaded["loaded"]} arrays from {loaded["path"]} ({loaded["selection"]}, '
+         f'step {loaded["step"]})')
   return model
 
 
@@ -221,6 +224,9 @@ def _restore_or_init(run: _Run) -> None:
          + (f' (changed: {"; ".join(changes)})' if changes else ''))
   if jax.process_index() == 0:
     workdir_lib.record_config(run.workdir, config_dict, resumed_from=resumed_from, changes=changes)
+    # How predict/export import the family, the class names, the typical sequence length (run.json).
+    run_lib.record_run(run.workdir, config_dict, run.dataset.class_names,
+                       run.dataset.source(run.splits.train))
 
 
 def _aggregate(index: np.ndarray, label: np.ndarray, prob: np.ndarray):

@@ -17,6 +17,7 @@ from flax import nnx
 from ferjax import config as config_lib
 from ferjax import models, steps
 from ferjax.models import convert, rfscnn, resnet
+from ferjax.inference import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T, S, CLASSES = 4, 32, 3
@@ -237,7 +238,7 @@ def test_init_checkpoint_loads_a_previous_runs_params_and_checks_shapes(tmp_path
     checkpointer.save(tmp_path / 'run' / 'checkpoints' / '7' / 'state', state)
     checkpointer.wait_until_finished()
   target = tiny(seed=2, head='svm')  # the head type is a loss, not a shape
-  counts = convert.load_checkpoint(target, str(tmp_path / 'run'))
+  counts = run_lib.init_from_run(target, str(tmp_path / 'run'))
   assert counts['step'] == 7 and counts['loaded'] > 10
   for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(source)), nnx.to_flat_state(nnx.state(target))):
     np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
@@ -245,10 +246,10 @@ def test_init_checkpoint_loads_a_previous_runs_params_and_checks_shapes(tmp_path
   kept = np.asarray(other.head.kernel[...])
   with pytest.raises(convert.WeightsMismatchError, match=r'shape mismatches.*head\.kernel: checkpoint \(8, 3\) '
                      r'vs model \(10, 3\)'):
-    convert.load_checkpoint(other, str(tmp_path / 'run'))
+    run_lib.init_from_run(other, str(tmp_path / 'run'))
   np.testing.assert_array_equal(np.asarray(other.head.kernel[...]), kept)  # nothing written
   with pytest.raises(convert.WeightsFileError, match='names no run with a checkpoint'):
-    convert.load_checkpoint(other, str(tmp_path / 'nothing'))
+    run_lib.init_from_run(other, str(tmp_path / 'nothing'))
 
 
 def test_weights_files_load_into_named_submodules(tmp_path):

@@ -513,50 +513,6 @@ def apply_pretrained(model: nnx.Module, init_config) -> dict[str, dict[str, int]
   return summary
 
 
-def load_checkpoint(model: nnx.Module, workdir: str) -> dict[str, int]:
-  """Initialises ``model`` (params and BatchNorm statistics) from the newest checkpoint of a previous
-  run in ``workdir`` (``<workdir>/checkpoints/<step>/state``), e.g. RFSCNN's stage 1 for stage 2.
-
-  Every array of the model must be in the checkpoint with the same shape; arrays the checkpoint has
-  and the model does not (another head size...) are an error too. Raises ``WeightsMismatchError``
-  (one line per problem, listed) before anything is written, ``WeightsFileError`` if there is no
-  checkpoint. Returns ``{'loaded': n, 'step': step}``.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  # Only runs that use it.
-  from etils import epath  # pylint: disable=import-outside-toplevel
-
-  root = epath.Path(paths.resolve(workdir)) / 'checkpoints'
-  steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
-  if not steps:
-    raise WeightsFileError(f'{workdir}: init.checkpoint names no run with a checkpoint (expected '
-                           f'{root}/<step>/)')
-  saved = ocp.StandardCheckpointer().restore(root / str(steps[-1]) / 'state')
-  flat = {}
-  for section in ('params', 'model_state'):
-    for path, value in jax.tree_util.tree_flatten_with_path(saved[section])[0]:
-      names = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
-      flat['.'.join(n for n in names if n != 'value')] = value
-  live = {'.'.join(str(p) for p in path): var
-          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))}
-  missing = sorted(k for k in live if k not in flat)
-  unexpected = sorted(k for k in flat if k not in live)
-  mismatched = [f'{k}: checkpoint {tuple(np.shape(flat[k]))} vs model {tuple(live[k].shape)}'
-                for k in sorted(live) if k in flat and tuple(np.shape(flat[k])) != tuple(live[k].shape)]
-  if missing or unexpected or mismatched:
-    msg = (f'Cannot initialise {type(model).__name__} from {root / str(steps[-1])}: {len(missing)} '
-           f'missing, {len(unexpected)} unexpected, {len(mismatched)} shape mismatches.')
-    for title, items in (('missing (model has them, checkpoint does not)', missing),
-                         ('unexpected (checkpoint has them, model does not)', unexpected),
-                         ('shape mismatches', mismatched)):
-      if items:
-        msg += _listing(title, items)
-    msg += '\n  init.checkpoint needs a run of the same architecture (model.* fields).'
-    raise WeightsMismatchError(msg)
-  for key, var in live.items():
-    var[...] = np.asarray(flat[key]).astype(var[...].dtype)
-  return {'loaded': len(live), 'step': steps[-1]}
-
-
 # ------------------------------------------------------------------------------------------------
 # Command line: check a file against an architecture, or export a fresh/converted ResNet.
 
