@@ -206,7 +206,7 @@ def _run_reference(workdir: str):
   return jax.jit(lambda batch: steps.eval_step(graphdef, state, batch, normalization)['probs'])
 
 
-def training_view(frames, start: int, end: int, eval_crop: float = 0.875) -> np.ndarray:
+def training_view(frames, start: int = 0, end: int | None = None, eval_crop: float = 0.875) -> np.ndarray:
   """What the model sees of frames[start:end] for a run on whole rendered frames (the synthetic
   dataset): T evenly spaced frames, each shrunk to the builder's 32 px, evaluation centre crop."""
   window = list(frames[start:end])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ferjax import export, predict, serving
+from ferjax.inference import model as model_lib
 
 sys.path.insert(0, os.path.dirname(__file__))
 import predict_helpers as helpers  # noqa: E402  pylint: disable=wrong-import-position
@@ -91,11 +92,12 @@ def test_jax_artifact_in_a_fresh_process(run_dir, frames, tmp_path):
 
 
 def test_predict_from_the_jax_artifact_equals_the_checkpoint(run_dir, tmp_path, capsys):
-  out = export.export(predict.load_checkpoint(run_dir), 'jax', tmp_path / 'm.ferjax')
+  out = export.export(model_lib.load_run_model(run_dir), 'jax', tmp_path / 'm.ferjax')
   video = helpers.write_video(tmp_path / 'v.avi', helpers.face_frames('fear', 7))
   results = {}
   for name, source in (('checkpoint', ['--workdir', run_dir]), ('artifact', ['--model', str(out)])):
-    assert predict.run([*source, video, '--json', str(tmp_path / f'{name}.json'), '--quiet']) == 0
+    assert predict.run([*source, video, '--window', str(T), '--json', str(tmp_path / f'{name}.json'),
+                        '--quiet']) == 0
     results[name] = json.loads((tmp_path / f'{name}.json').read_text())['results'][0]
   a, c = results['artifact']['windows'], results['checkpoint']['windows']
   assert [w['box'] for w in a] == [w['box'] for w in c] and len(a) == 3  # 7 frames, T=4, stride 2.
@@ -156,7 +158,7 @@ def rfscnn_run(tmp_path_factory, synthetic_tiny):
 def test_rfscnn_artifact_takes_frames_and_flow(rfscnn_run, tmp_path):
   """A family with two inputs: the .ferjax artifact's signature is (frames, flow), recorded in its
   metadata, and it equals the trainer's eval_step (1e-6, the same XLA program)."""
-  out = export.export(predict.load_checkpoint(rfscnn_run), 'jax', tmp_path / 'rf.ferjax')
+  out = export.export(model_lib.load_run_model(rfscnn_run), 'jax', tmp_path / 'rf.ferjax')
   model = serving.load(out)
   assert model.inputs == ('frames', 'flow')
   assert model.metadata['inputs'][1] == {'name': 'flow', 'dtype': 'float32', 'shape': ['B', T - 1, S, S, 3]}
@@ -180,5 +182,5 @@ def test_rfscnn_onnx_is_a_clear_error(rfscnn_run, tmp_path):
   pytest.importorskip('jax2onnx')
   with pytest.raises(export.ExportError, match=r"jax2onnx cannot convert the 'rfscnn' model \(inputs "
                      r"\['frames', 'flow'\]\): .*; --format jax supports it"):
-    export.export(predict.load_checkpoint(rfscnn_run), 'onnx', tmp_path / 'rf.onnx')
+    export.export(model_lib.load_run_model(rfscnn_run), 'onnx', tmp_path / 'rf.onnx')
   assert not list(tmp_path.iterdir())

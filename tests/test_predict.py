@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from ferjax import predict
-from ferjax.data import media
+from ferjax.data import faces, media
+from ferjax.inference import model as model_lib, outputs, windows
 
 sys.path.insert(0, os.path.dirname(__file__))
 import predict_helpers as helpers  # noqa: E402  pylint: disable=wrong-import-position
@@ -51,18 +52,18 @@ def inputs(tmp_path_factory):
 
 
 def test_window_starts():
-  assert predict.window_starts(10, 4, 3) == [0, 3, 6]
-  assert predict.window_starts(11, 4, 3) == [0, 3, 6, 7]  # The last window ends at the last frame.
-  assert predict.window_starts(4, 4, 2) == [0]
-  assert predict.window_starts(3, 4, 2) == [0]  # Shorter than a window: one window.
-  assert predict.window_starts(14, 4, 2) == [0, 2, 4, 6, 8, 10]
+  assert windows.window_starts(10, 4, 3) == [0, 3, 6]
+  assert windows.window_starts(11, 4, 3) == [0, 3, 6, 7]  # The last window ends at the last frame.
+  assert windows.window_starts(4, 4, 2) == [0]
+  assert windows.window_starts(3, 4, 2) == [0]  # Shorter than a window: one window.
+  assert windows.window_starts(14, 4, 2) == [0, 2, 4, 6, 8, 10]
 
 
 def test_cli_video_and_frame_folder(run_dir, inputs, tmp_path):
   out = tmp_path / 'out'
   out.mkdir()
   args = [sys.executable, '-m', 'ferjax.predict', '--workdir', os.path.relpath(run_dir, tmp_path),
-          os.path.relpath(inputs['video'], tmp_path), inputs['folder'], '--stride', '2',
+          os.path.relpath(inputs['video'], tmp_path), inputs['folder'], '--window', str(T), '--stride', '2',
           '--json', 'out/p.json', '--csv', 'out/p.csv', '--annotate', 'out/a.avi', '--plot', 'out/p.png']
   proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                         env={**os.environ, 'PYTHONPATH': helpers.REPO})
@@ -87,9 +88,11 @@ def test_cli_video_and_frame_folder(run_dir, inputs, tmp_path):
     scored = [w for w in result['windows'] if w['probs'] is not None]
     got = np.array([[w['probs'][n] for n in names] for w in scored])
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
-    # The same probabilities as the trainer's evaluation of the same windows (rounded to 6 decimals).
-    windows = np.stack([helpers.training_view(source, w['start'], w['end']) for w in scored])
-    np.testing.assert_allclose(got, helpers.reference_probs(run_dir, windows), atol=1e-5)
+    # The same probabilities as the trainer's evaluation of the same windows' face frames (rounded to 6
+    # decimals): the black frames of a scored window are never sampled.
+    views = np.stack([helpers.training_view([source[i] for i in range(w['start'], w['end'])
+                                             if result['face'][i]]) for w in scored])
+    np.testing.assert_allclose(got, helpers.reference_probs(run_dir, views), atol=1e-5)
     # The clip: the mean of its scored windows.
     clip = np.array([result['probs'][n] for n in names])
     np.testing.assert_allclose(clip, got.mean(0), atol=1e-5)
@@ -117,7 +120,7 @@ def test_single_image_is_t_copies(run_dir, inputs, tmp_path, capsys):
   assert code == 0, capsys.readouterr().err
   result = json.loads((tmp_path / 'p.json').read_text())['results'][0]
   assert result['kind'] == 'image' and len(result['windows']) == 1
-  expected = helpers.reference_probs(run_dir, helpers.training_view([apex] * T, 0, T)[None])[0]
+  expected = helpers.reference_probs(run_dir, helpers.training_view([apex] * T)[None])[0]
   names = json.loads((tmp_path / 'p.json').read_text())['model']['class_names']
   np.testing.assert_allclose([result['probs'][n] for n in names], expected, atol=1e-5)
   annotated = cv2.imread(str(tmp_path / 'a.png'))
@@ -224,18 +227,18 @@ def test_rfscnn_window_equals_the_trainers_evaluation_with_flow(rfscnn_run, tmp_
 
 def test_input_labels_tell_inputs_with_one_name_apart(tmp_path):
   def source(path):
-    return predict.Source(tmp_path / path, 'video')
+    return windows.Source(tmp_path / path, 'video')
   sources = [source('ck/S005/001'), source('ck/S010/001'), source('x/clip.avi'), source('y/clip.mp4'),
              source('x/clip.mp4'), source('happy.avi')]
-  assert predict.input_labels(sources) == ['S005_001', 'S010_001', 'x_clip_avi', 'y_clip_mp4',
+  assert outputs.input_labels(sources) == ['S005_001', 'S010_001', 'x_clip_avi', 'y_clip_mp4',
                                            'x_clip_mp4', 'happy']
   # Only the colliding inputs get longer names; a folder deeper down decides with its nearest parents.
-  assert predict.input_labels([source('a/b/c/001'), source('a/d/c/001'), source('e/002')]) == [
+  assert outputs.input_labels([source('a/b/c/001'), source('a/d/c/001'), source('e/002')]) == [
       'b_c_001', 'd_c_001', '002']
-  with pytest.raises(predict.PredictError, match='happy.avi is given twice'):
-    predict.input_labels([source('happy.avi'), source('happy.avi')])
-  with pytest.raises(predict.PredictError, match=r'same per-input output files \(a_b\)'):
-    predict.input_labels([source('a/b'), source('c/b'), source('a_b')])  # a/b -> a_b, taken.
+  with pytest.raises(outputs.OutputError, match='happy.avi is given twice'):
+    outputs.input_labels([source('happy.avi'), source('happy.avi')])
+  with pytest.raises(outputs.OutputError, match=r'same per-input output files \(a_b\)'):
+    outputs.input_labels([source('a/b'), source('c/b'), source('a_b')])  # a/b -> a_b, taken.
 
 
 def test_batch_outputs_one_file_per_input_and_never_overwrite(run_dir, inputs, tmp_path, capsys):
@@ -373,9 +376,9 @@ def test_whole_frame_datasets_are_shrunk_to_their_stored_frame_side(synthetic_ti
   dataset = {'name': 'synthetic_expressions', 'config': 'tiny', 'data_dir': synthetic_tiny,
              'image_size': 48}
   config = {'dataset': dataset}
-  crop = predict.training_crop(config, predict._dataset_info(config))  # pylint: disable=protected-access
+  crop = model_lib.training_crop(config, model_lib.dataset_info(config))
   assert (crop['detector'], crop['margin'], crop['size']) == ('none', 0.0, 32)
-  assert predict.training_crop(config, None)['size'] == 48
+  assert model_lib.training_crop(config, None)['size'] == 48
 
 
 def test_window_flow_is_the_pipelines_evaluation_flow():
@@ -383,9 +386,10 @@ def test_window_flow_is_the_pipelines_evaluation_flow():
   makes for a record holding the same frames (exactly), and a one-frame input is a per-input error."""
   from ferjax.data import augment, pipeline  # pylint: disable=import-outside-toplevel
   frames = helpers.face_frames('happiness', 7, size=40)  # Crops of 40 px, evaluated at 32: a real warp.
-  options = predict.Options(window=7, stride=7, margin=0.0, crop_size=40, eval_crop=0.875, crop='frame',
+  options = windows.Options(window=7, stride=7, margin=0.0, crop_size=40, eval_crop=0.875, crop='frame',
                             sampling='segments', flow='dis', inputs=('frames', 'flow'))
-  inputs, _ = predict.window_crops(list(frames), [None] * 7, T, helpers.SIZE, options)
+  boxes = [faces.centre_box(f.shape) for f in frames]
+  inputs, _ = windows.window_crops(list(frames), boxes, T, helpers.SIZE, options)
   batch = next(iter(pipeline.eval_batches(
       [{'frames': list(frames), 'label': 0}], num_frames=T, image_size=helpers.SIZE,
       options=augment.AugmentOptions.none(0.875), batch_size_per_host=1, inputs=('frames', 'flow'))))
@@ -395,4 +399,4 @@ def test_window_flow_is_the_pipelines_evaluation_flow():
   np.testing.assert_allclose(inputs['flow'], batch['flow'][0], rtol=0, atol=1e-5)
   assert inputs['flow'].shape == (T - 1, helpers.SIZE, helpers.SIZE, 3) and np.abs(inputs['flow']).max() > 0.1
   with pytest.raises(media.MediaError, match='needs optical flow between frames; a single frame has none'):
-    predict.window_crops([frames[0]], [None], T, helpers.SIZE, options)
+    windows.window_crops([frames[0]], boxes[:1], T, helpers.SIZE, options)
