@@ -400,3 +400,21 @@ def test_window_flow_is_the_pipelines_evaluation_flow():
   assert inputs['flow'].shape == (T - 1, helpers.SIZE, helpers.SIZE, 3) and np.abs(inputs['flow']).max() > 0.1
   with pytest.raises(media.MediaError, match='needs optical flow between frames; a single frame has none'):
     windows.window_crops([frames[0]], boxes[:1], T, helpers.SIZE, options)
+
+
+def test_a_window_feeds_the_model_its_face_frames_only():
+  """A window of 8 frames, 3 of them black (no face): the T frames the model sees are the evaluation
+  sampling of its 5 face frames, exactly what evaluation makes of a sequence of those 5 frames; no black
+  frame reaches the model."""
+  frames = helpers.face_frames('happiness', 8)
+  black = (1, 4, 6)
+  frames[list(black)] = 0
+  boxes = [None if i in black else faces.centre_box(f.shape) for i, f in enumerate(frames)]
+  options = windows.Options(window=8, stride=8, margin=0.0, crop_size=helpers.SIZE, eval_crop=0.875)
+  inputs, box = windows.window_crops(list(frames), boxes, T, helpers.SIZE, options)
+  expected = helpers.training_view([f for i, f in enumerate(frames) if i not in black])
+  np.testing.assert_array_equal(inputs['frames'], expected)
+  assert min(f.mean() for f in inputs['frames']) > 20  # The black frames have mean 0.
+  np.testing.assert_array_equal(box, faces.centre_box(frames[0].shape))
+  with pytest.raises(faces.NoFaceError, match='no face in any of the 2 frames of the window'):
+    windows.window_crops(list(frames[:2]), [None, None], T, helpers.SIZE, options)
