@@ -66,8 +66,7 @@ def _input_specs(model) -> list:
 
 def _check_dtype(model: model_lib.CheckpointModel, platforms: Sequence[str]) -> None:
   """A model whose dtype is the run's 'auto' must have been resolved for the artifact's platforms."""
-  wanted = model.metadata['model'].get('dtype')
-  if wanted != 'auto' or model.metadata.get('compute_dtype') is None:
+  if getattr(model, 'auto_dtype_for', None) is None:
     return
   try:
     expected = run_lib.compute_dtype({'dtype': 'auto'}, platforms)

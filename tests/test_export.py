@@ -184,3 +184,54 @@ def test_rfscnn_onnx_is_a_clear_error(rfscnn_run, tmp_path):
                      r"\['frames', 'flow'\]\): .*; --format jax supports it"):
     export.export(model_lib.load_run_model(rfscnn_run), 'onnx', tmp_path / 'rf.onnx')
   assert not list(tmp_path.iterdir())
+
+
+def _module_text(artifact) -> str:
+  from jax import export as jax_export  # pylint: disable=import-outside-toplevel
+  with zipfile.ZipFile(artifact) as archive:
+    return jax_export.deserialize(bytearray(archive.read(serving.MODEL_FILE))).mlir_module()
+
+
+def test_auto_dtype_resolves_for_the_target_platform_not_the_host(run_dir, tmp_path, capsys):
+  """The run's model.dtype is 'auto'. Exported on this CPU host for a TPU, the artifact computes in
+  bfloat16 (its StableHLO has bf16 convolutions); for a CPU, in float32 (no bf16 anywhere). The metadata
+  records the compute dtype, the face crop and the window. Platforms that resolve 'auto' differently
+  are one clear error."""
+  assert json.loads(open(os.path.join(run_dir, 'config.json')).read())['model']['dtype'] == 'auto'
+  texts = {}
+  for platform, dtype in (('tpu', 'bfloat16'), ('cpu', 'float32')):
+    out = tmp_path / f'{platform}.ferjax'
+    assert export.run(['--workdir', run_dir, '--format', 'jax', '--platforms', platform, '--output',
+                       str(out)]) == 0, capsys.readouterr().err
+    assert f'compute dtype {dtype}' in capsys.readouterr().out
+    with zipfile.ZipFile(out) as archive:
+      metadata = json.loads(archive.read(serving.METADATA_FILE))
+    assert metadata['compute_dtype'] == dtype and metadata['export']['platforms'] == [platform]
+    assert metadata['preprocessing']['face_crop']['detector'] == 'none'
+    assert metadata['preprocessing']['window']['source'] == 'median length of the training sequences'
+    texts[platform] = _module_text(out)
+  assert 'bf16' in texts['tpu'] and 'bf16' not in texts['cpu']
+  assert export.run(['--workdir', run_dir, '--format', 'jax', '--platforms', 'cpu,tpu', '--output',
+                     str(tmp_path / 'both.ferjax')]) == 1
+  err = capsys.readouterr().err.strip()
+  assert "model.dtype='auto' means" in err and '--dtype' in err and '\n' not in err
+  # An API caller that loads the model for one platform and exports it for another is stopped.
+  with pytest.raises(export.ExportError, match=r"model.dtype='auto' is bfloat16 on \['tpu'\]"):
+    export.export_jax(model_lib.load_run_model(run_dir, platforms=['cpu']), ['tpu'])
+
+
+def test_bfloat16_export_runs_in_bfloat16(run_dir, frames, tmp_path):
+  """`--dtype bfloat16` for a CPU: the artifact equals the in-process bfloat16 model (the same XLA
+  program) and differs from the float32 evaluation by bfloat16's rounding, not more."""
+  out = tmp_path / 'bf16.ferjax'
+  assert export.run(['--workdir', run_dir, '--format', 'jax', '--dtype', 'bfloat16', '--output',
+                     str(out)]) == 0
+  model = serving.load(out)
+  assert model.metadata['compute_dtype'] == 'bfloat16' and 'bf16' in _module_text(out)
+  probs = model.predict(frames)
+  np.testing.assert_allclose(probs, model_lib.load_run_model(run_dir, dtype='bfloat16').predict(frames),
+                             atol=1e-6)
+  float32 = helpers.reference_probs(run_dir, frames)
+  difference = np.abs(probs - float32).max()
+  assert 1e-6 < difference < 0.05, difference
+  np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)

@@ -143,6 +143,8 @@ class CheckpointModel:
   function: Callable
   variables: Any
   kind: str = 'checkpoint'
+  # The platforms model.dtype='auto' was resolved for; None when the dtype was chosen explicitly.
+  auto_dtype_for: tuple[str, ...] | None = None
 
   def __post_init__(self):
     import jax  # pylint: disable=import-outside-toplevel
@@ -171,10 +173,13 @@ def load_run_model(workdir: str | None = None, checkpoint: str | None = None, *,
   from ferjax import steps  # pylint: disable=import-outside-toplevel  # The trainer's stack only here.
   step_dir, run_dir = run_lib.select_checkpoint(workdir, checkpoint)
   config = run_lib.read_config(step_dir, run_dir)
-  overrides = {}
+  overrides, auto_for = {}, None
   if 'dtype' in config['model']:
-    overrides['dtype'] = run_lib.compute_dtype(
-        {'dtype': dtype if dtype != 'auto' else config['model']['dtype']}, platforms)
+    chosen = dtype if dtype != 'auto' else config['model']['dtype']
+    overrides['dtype'] = run_lib.compute_dtype({'dtype': chosen}, platforms)
+    if chosen == 'auto':
+      import jax  # pylint: disable=import-outside-toplevel
+      auto_for = tuple(platforms or [jax.default_backend()])
   info = dataset_info(config)
   run = run_lib.load_run(checkpoint=step_dir, model_overrides=overrides, dataset_info=info)
   # dataset.normalization ('imagenet' | 'unit'); configs from before the field was added are 'imagenet'.
@@ -190,7 +195,7 @@ def load_run_model(workdir: str | None = None, checkpoint: str | None = None, *,
   metadata = model_metadata(config, run.class_names, training_crop(config, info), source,
                             run.family.inputs, window=window(run.info, config['dataset']['num_frames']),
                             compute_dtype=overrides.get('dtype'))
-  return CheckpointModel(step_dir, metadata, function, run.variables)
+  return CheckpointModel(step_dir, metadata, function, run.variables, auto_dtype_for=auto_for)
 
 
 def load_model(workdir: str | None = None, checkpoint: str | None = None, model: str | None = None):
