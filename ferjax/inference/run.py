@@ -22,6 +22,7 @@ run trained with.
 import dataclasses
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import json
@@ -135,6 +136,9 @@ def _importable_module(obj) -> str | None:
   name, file = getattr(obj, '__module__', None), _source_file(obj)
   if not name or name == '__main__' or not file:
     return None
+  # On sys.path, not only in sys.modules (where a config file loaded by path also sits).
+  if importlib.machinery.PathFinder.find_spec(name.split('.')[0]) is None:
+    return None
   try:
     spec = importlib.util.find_spec(name)
   except (ImportError, ValueError):
@@ -149,14 +153,14 @@ def _sha256(path: Path) -> str:
 
 
 def family_recipe(family, workdir) -> dict:
-  """How to import `family` in another process: its module, or a copy of its file in `workdir`."""
+  """How to import `family` in another process: its module, and (unless it is ferjax's own) a copy of
+  its file in `workdir`, used when the module cannot be imported there."""
   obj = _defining_object(family)
   module = _importable_module(obj)
-  if module is not None:
-    return {'name': family.name, 'module': module}
+  recipe = {'name': family.name, **({'module': module} if module else {})}
   file = _source_file(obj)
-  if not file or not os.path.isfile(file):
-    return {'name': family.name}  # Defined interactively: nothing to record; loading says so.
+  if (module or '').startswith('ferjax.') or not file or not os.path.isfile(file):
+    return recipe  # Built in; or defined interactively: nothing to copy.
   source = Path(file)
   digest = _sha256(source)
   name = f'{FAMILY_DIR}/{digest[:12]}_{source.name}'
@@ -164,7 +168,7 @@ def family_recipe(family, workdir) -> dict:
   if not copy.exists():  # Named by content: an edited file gets a new copy, never overwrites one.
     copy.parent.mkdir(parents=True, exist_ok=True)
     copy.write_bytes(source.read_bytes())
-  return {'name': family.name, 'file': name, 'sha256': digest, 'copied_from': os.fspath(source)}
+  return {**recipe, 'file': name, 'sha256': digest, 'copied_from': os.fspath(source)}
 
 
 def _exec_file(path: Path, name: str) -> None:
@@ -190,8 +194,12 @@ def import_family(name: str, workdir: Path):
   where = Path(workdir) / RUN_FILE
   try:
     if recipe.get('module'):
-      importlib.import_module(recipe['module'])
-    elif recipe.get('file'):
+      try:
+        importlib.import_module(recipe['module'])
+      except ImportError:
+        if not recipe.get('file'):
+          raise
+    if name not in models.names() and recipe.get('file'):
       path = Path(workdir) / recipe['file']
       if not path.is_file():
         raise RunError(f'{where}: the family file {path} it names is missing')
