@@ -31,16 +31,17 @@ PAGES = [README, os.path.join(REPO, 'CONTRIBUTING.md'), *sorted(glob.glob(
 JOURNAL = re.compile(rb'this session|last session|at commit|issue [0-9]|load average')
 JOURNAL_FREE = ['README.md', 'CONTRIBUTING.md', 'docs', 'ferjax', 'configs', 'scripts', 'launch']
 CONFIG_SECTIONS = ('dataset', 'input', 'augment', 'model', 'init', 'train', 'mesh', 'eval')
+NOT_CONFIG_FIELDS = {'model.jax'}  # The file inside a .ferjax artifact.
 QUICKSTART_HEADING = '## Quickstart'
 # Appended to the quickstart's commands so that they run in seconds: the built-in dataset's `tiny`
 # variant (20 subjects, 32 px, built once per test session by conftest.py), a tiny model and two steps.
 TINY_TRAIN = {
     'dataset.config': 'tiny', 'dataset.num_frames': 4, 'dataset.image_size': 32,
-    'input.batch_size': 8, 'input.eval_batch_size': 8, 'input.worker_count': 0,
-    'model.width': 4, 'model.stage_sizes': '(1,1,1,1)', 'model.hidden': 8, 'model.rbg_blocks': 1,
-    'train.num_steps': 2, 'train.warmup_epochs': 0.0, 'train.log_every_steps': 1,
+    'input.batch_size': 8, 'input.eval_batch_size': 8, 'input.worker_count': 0, 'train.num_steps': 2, 'train.warmup_epochs': 0.0, 'train.log_every_steps': 1,
     'train.eval_every_steps': 2, 'train.checkpoint_every_steps': 2,
 }
+TINY_MODELS = {'configs/res_rbg.py': {'model.width': 4, 'model.stage_sizes': '(1,1,1,1)', 'model.hidden': 8,
+                                      'model.rbg_blocks': 1}}
 TINY_VIDEO = ['--frames', '8', '--gap', '2', '--size', '64']
 
 
@@ -194,9 +195,10 @@ def test_documented_config_fields_and_arguments_exist():
       fields |= _flatten(module.get_config(preset))
   sections = '|'.join(CONFIG_SECTIONS)
   unknown = [(page, f) for page, f in _mentions(rf'(?:--config\.|`)((?:{sections})\.\w+)\b(?![(*<\w])')
-             if f not in fields]
+             if f not in fields | NOT_CONFIG_FIELDS]
   bad_args = []
-  for page, path, arg in [(p, *m.split(':', 1)) for p, m in _mentions(r'(configs/\w+\.py:[\w,=.]+)')]:
+  # Arguments with placeholders (`<row>`, `1|2|3`, `${fold}`) are templates, not arguments.
+  for page, path, arg in [(p, *m.split(':', 1)) for p, m in _mentions(r'(configs/\w+\.py:[\w,=.]++)(?![<|$*{])')]:
     try:
       configs[path].get_config(arg.rstrip('.,'))
     except Exception as e:  # pylint: disable=broad-except
@@ -212,13 +214,27 @@ def test_documented_config_fields_and_arguments_exist():
 def _tiny(command: str, data_dir: str) -> list[str]:
   """`command` split as the shell would, `python` as this interpreter, with tiny-size overrides appended."""
   args = shlex.split(command)
-  assert args[0] == 'python', f'the quickstart runs Python commands only; found {command!r}'
+  assert args[0] == 'python', f'expected a Python command; found {command!r}'
   args[0] = sys.executable
   if args[1:3] == ['-m', 'ferjax.train']:
-    args += [f'--config.{k}={v}' for k, v in {**TINY_TRAIN, 'dataset.data_dir': data_dir}.items()]
+    model = TINY_MODELS.get(args[args.index('--config') + 1].split(':')[0], {})
+    args += [f'--config.{k}={v}' for k, v in {**TINY_TRAIN, **model, 'dataset.data_dir': data_dir}.items()]
   elif args[1] == 'scripts/synthetic_video.py':
     args += TINY_VIDEO
   return args
+
+
+def _link_repository(cwd) -> dict:
+  """Links to the repository's configs/ and scripts/ in `cwd`, so that the docs' relative paths resolve as
+  in a clone while everything the commands write lands in `cwd`; the environment to run them in."""
+  for name in ('configs', 'scripts'):
+    os.symlink(os.path.join(REPO, name), cwd / name)
+  return {**os.environ, 'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', '')}
+
+
+def _run(args: list[str], cwd, env) -> None:
+  result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, f'{shlex.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}'
 
 
 def test_quickstart_commands_are_train_predict_export():
@@ -230,15 +246,9 @@ def test_quickstart_commands_are_train_predict_export():
 
 @pytest.mark.slow
 def test_quickstart_runs_as_written(tmp_path, synthetic_tiny):
-  # A fresh directory holding nothing but links to the repository's configs/ and scripts/, so that the
-  # README's relative paths (configs/..., scripts/..., runs/quickstart, demo.avi) resolve as in a clone.
-  for name in ('configs', 'scripts'):
-    os.symlink(os.path.join(REPO, name), tmp_path / name)
-  env = {**os.environ, 'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  env = _link_repository(tmp_path)
   for command in quickstart_commands():
-    result = subprocess.run(_tiny(command, synthetic_tiny), cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert result.returncode == 0, f'{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}'
+    _run(_tiny(command, synthetic_tiny), tmp_path, env)
   run = tmp_path / 'runs' / 'quickstart'
   report = json.loads((run / 'report.json').read_text())
   assert report['selection']['step'] == 2
@@ -249,3 +259,18 @@ def test_quickstart_runs_as_written(tmp_path, synthetic_tiny):
   from ferjax import serving  # pylint: disable=g-import-not-at-top
   model = serving.load(str(tmp_path / 'quickstart.ferjax'))
   assert list(model.class_names) == report['class_names']
+
+
+@pytest.mark.slow
+def test_extending_example_trains(tmp_path, synthetic_tiny):
+  """docs/extending.md's family-in-a-config-file, saved as the page says, trains with its command."""
+  page = _read(os.path.join(REPO, 'docs', 'extending.md'))
+  (source,) = _fenced_blocks(page, 'python')
+  (command,) = [c for block in _fenced_blocks(page) for c in _commands(block)]
+  env = _link_repository(tmp_path)
+  (tmp_path / 'toy.py').write_text(source)
+  _run(_tiny(command, synthetic_tiny), tmp_path, env)
+  report = json.loads((tmp_path / 'runs' / 'toy' / 'report.json').read_text())
+  assert report['selection']['step'] == 2
+  logged = [json.loads(line) for line in (tmp_path / 'runs' / 'toy' / 'metrics.jsonl').read_text().splitlines()]
+  assert any('loss/activity' in record for record in logged)
