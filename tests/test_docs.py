@@ -118,6 +118,14 @@ def test_documented_modules_exist():
   assert not missing, f'modules that do not exist: {missing}'
 
 
+def _anchors(path: str) -> set[str]:
+  """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces as hyphens."""
+  if not path.endswith('.md'):
+    return set()
+  headings = re.findall(r'^#+ (.+)$', re.sub(r'^```.*?^```', '', _read(path), flags=re.M | re.S), flags=re.M)
+  return {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-') for h in headings}
+
+
 def test_documented_paths_exist():
   tops = 'configs|scripts|launch|tests|tfds_builders|docs|ferjax|\\.ci'
   missing = []
@@ -130,9 +138,13 @@ def test_documented_paths_exist():
       name_re = name.rstrip('_') + (r'\w*' if name.endswith('_') else r'\b')  # `test_sigterm_*` is a prefix.
       if not re.search(rf'^\s*(?:def|class) {name_re}', _read(os.path.join(REPO, path)), flags=re.M):
         missing.append((page, mention))
-  for page, link in _mentions(r'\]\(([^)#:]+)(?:#[^)]*)?\)'):
-    if not os.path.exists(os.path.join(os.path.dirname(os.path.join(REPO, page)), link)):
+  for page, link, anchor in [(p, *m.split('#', 1)) if '#' in m else (p, m, '')
+                             for p, m in _mentions(r'\]\(([^):]+)\)')]:
+    target = os.path.join(os.path.dirname(os.path.join(REPO, page)), link) if link else os.path.join(REPO, page)
+    if not os.path.exists(target):
       missing.append((page, link))
+    elif anchor and anchor not in _anchors(target):
+      missing.append((page, f'{link}#{anchor}'))
   assert not missing, f'paths or tests that do not exist: {missing}'
 
 
