@@ -37,7 +37,8 @@ QUICKSTART_HEADING = '## Quickstart'
 # variant (20 subjects, 32 px, built once per test session by conftest.py), a tiny model and two steps.
 TINY_TRAIN = {
     'dataset.config': 'tiny', 'dataset.num_frames': 4, 'dataset.image_size': 32,
-    'input.batch_size': 8, 'input.eval_batch_size': 8, 'input.worker_count': 0, 'train.num_steps': 2, 'train.warmup_epochs': 0.0, 'train.log_every_steps': 1,
+    'input.batch_size': 8, 'input.eval_batch_size': 8, 'input.worker_count': 0,
+    'train.num_steps': 2, 'train.warmup_epochs': 0.0, 'train.log_every_steps': 1,
     'train.eval_every_steps': 2, 'train.checkpoint_every_steps': 2,
 }
 TINY_MODELS = {'configs/res_rbg.py': {'model.width': 4, 'model.stage_sizes': '(1,1,1,1)', 'model.hidden': 8,
@@ -166,7 +167,13 @@ def test_documented_cli_flags_exist():
   for page in PAGES:
     for block in _fenced_blocks(_read(page)):
       for command in _commands(block):
-        if not re.match(r'(?:taskset -c \d+ )?python (?:-m ferjax|scripts/)', command):
+        script = re.match(r'bash (launch/\S+)', command)
+        if script:  # The launch scripts' own options come before `--` (the trainer's after it).
+          options = _read(os.path.join(REPO, script.group(1)))
+          unknown += [(os.path.relpath(page, REPO), flag) for flag in
+                      re.findall(r'(?<!\S)(--[\w-]+)', command.split(' -- ')[0]) if f'{flag})' not in options]
+          continue
+        if not re.match(r'(?:taskset -c \d+ )?python (?:-m ferjax|-m tfds_builders|scripts/)', command):
           continue
         for flag in re.findall(r'(?<!\S)--([\w-]+)', command):
           if flag.replace('-', '_') not in defined:
