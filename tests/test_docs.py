@@ -149,6 +149,23 @@ def test_documented_paths_exist():
   assert not missing, f'paths or tests that do not exist: {missing}'
 
 
+def test_code_points_to_existing_docs():
+  """Docstrings and comments cite docs pages that exist and README sections that the README has."""
+  readme_headings = set(re.findall(r'^#+ (.+)$', _read(README), flags=re.M))
+  stale = []
+  for pattern in ('ferjax/**/*.py', 'configs/*.py', 'scripts/*.py', 'tests/*.py'):
+    for name in glob.glob(os.path.join(REPO, pattern), recursive=True):
+      if os.path.samefile(name, __file__):
+        continue
+      source = _read(name)
+      where = os.path.relpath(name, REPO)
+      stale += [(where, page) for page in re.findall(r'(?<![\w/])(docs/[\w/.-]+\.md)', source)
+                if not os.path.exists(os.path.join(REPO, page))]
+      stale += [(where, f'README "{section}"') for section in re.findall(r'README[:,]? "([^"]+)"', source)
+                if section not in readme_headings]
+  assert not stale, f'references to docs that do not exist (the README is short; detail is in docs/): {stale}'
+
+
 def _defined_flags() -> set[str]:
   """Every flag a ferjax CLI defines (absl DEFINE_*, argparse add_argument), plus absl's own."""
   names = {'help', 'helpfull', 'verbosity', 'v', 'alsologtostderr', 'logtostderr'}
