@@ -234,7 +234,10 @@ def typical_length(source, sample: int = LENGTH_SAMPLE) -> dict:
   lengths = []
   for i in picks:
     record = source[int(i)]
-    lengths.append(int(record['num_frames']) if 'num_frames' in record else len(record['frames']))
+    if 'num_frames' in record or 'frames' in record:
+      lengths.append(int(record['num_frames']) if 'num_frames' in record else len(record['frames']))
+  if not lengths:
+    return {}
   return {'median': int(round(float(np.median(lengths)))), 'min': min(lengths), 'max': max(lengths),
           'records_read': len(lengths), 'records': n}
 
