@@ -22,7 +22,6 @@ run trained with.
 import dataclasses
 import hashlib
 import importlib
-import importlib.machinery
 import importlib.util
 import inspect
 import json
@@ -136,8 +135,11 @@ def _importable_module(obj) -> str | None:
   name, file = getattr(obj, '__module__', None), _source_file(obj)
   if not name or name == '__main__' or not file:
     return None
-  # On sys.path, not only in sys.modules (where a config file loaded by path also sits).
-  if importlib.machinery.PathFinder.find_spec(name.split('.')[0]) is None:
+  # Found by an import finder (sys.path, an editable install's finder), not only in sys.modules, where a
+  # config file loaded by path also sits.
+  top = name.split('.')[0]
+  if not any(getattr(finder, 'find_spec', None) and finder.find_spec(top, None) is not None
+             for finder in sys.meta_path):
     return None
   try:
     spec = importlib.util.find_spec(name)
