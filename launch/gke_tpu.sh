@@ -234,7 +234,7 @@ if ((dry_run)); then
   quoted() { printf '%q ' "$@" | sed 's/ $//'; echo; }
   quoted git -C "$source_dir" archive --format=tar.gz -o "$local_archive" "$commit"
   quoted gcloud storage cp "$local_archive" "$code_uri"
-  echo "$(quoted "${kubectl[@]}" apply -f -) <<'MANIFEST'"
+  echo "$(quoted "${kubectl[@]}" create -f -) <<'MANIFEST'"
   manifest
   echo MANIFEST
   echo "# follow host 0: ${kubectl[*]} logs -f -l jobset.sigs.k8s.io/jobset-name=$name,batch.kubernetes.io/job-completion-index=0"
@@ -243,7 +243,7 @@ fi
 git -C "$source_dir" archive --format=tar.gz -o "$local_archive" "$commit"
 gcloud storage cp "$local_archive" "$code_uri"
 rm -f "$local_archive"
-manifest | "${kubectl[@]}" apply -f -
+manifest | "${kubectl[@]}" create -f -  # create, not apply: an existing JobSet of that name is an error
 echo "Submitted JobSet $name. Follow host 0 with:"
 echo "  ${kubectl[*]} logs -f -l jobset.sigs.k8s.io/jobset-name=$name,batch.kubernetes.io/job-completion-index=0"
 echo "Status: ${kubectl[*]} get jobset $name   (Restarts counts the requeues after preemption)"

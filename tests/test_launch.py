@@ -241,7 +241,7 @@ def test_gke_manifest_runs_the_training_command_on_every_host(checkout, tmp_path
   _check_shipped_archive(lines[1], commit, tmp_path)
   code_uri = f'gs://bucket/runs/ck0/code/ferjax-{commit}.tar.gz'
   assert lines[2] == f'gcloud storage cp {shlex.split(lines[1])[6]} {code_uri}'
-  assert lines[3] == "kubectl apply -f - <<'MANIFEST'"
+  assert lines[3] == "kubectl create -f - <<'MANIFEST'"
 
   name = jobset['metadata']['name']
   assert name == 'ferjax-alice-v6e-4x4' and jobset['metadata']['labels']['ferjax/commit'] == commit
