@@ -82,6 +82,19 @@ def _check_shipped_archive(command, commit, tmp_path):
                              check=True).stdout.strip('\0').split('\0')
   assert names == set(committed)
   assert not any(n.startswith(('runs/', '.venv/', 'data/', 'notes.txt')) for n in names)
+  return archive
+
+
+def _check_recorded_commit(archive, commit, tmp_path):
+  """ferjax run from the unpacked archive (no .git) records the archive's commit as its provenance."""
+  unpacked = tmp_path / 'unpacked'
+  unpacked.mkdir()
+  with tarfile.open(archive) as tar:
+    tar.extractall(unpacked, filter='data')
+  code = 'from ferjax import provenance; print(provenance.code_version())'
+  out = subprocess.run([sys.executable, '-c', code], cwd=unpacked, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, 'PYTHONPATH': str(unpacked)}, check=True).stdout
+  assert out.strip() == str({'git_commit': commit, 'git_dirty': False})
 
 
 def _check_python_line(script):
@@ -108,7 +121,7 @@ def test_tpu_dry_run_ships_the_commit_provisions_python_and_requeues(checkout, t
                       '--node-id=ferjax-alice-v4-32 --accelerator-type=v4-32 '
                       '--runtime-version=tpu-ubuntu2204-base --spot')
   assert lines[1].startswith(f'git -C {path} archive --format=tar.gz -o ')
-  _check_shipped_archive(lines[1], commit, tmp_path)
+  _check_recorded_commit(_check_shipped_archive(lines[1], commit, tmp_path), commit, tmp_path)
   archive = f'ferjax-{commit}.tar.gz'
   assert lines[2].startswith('gcloud compute tpus tpu-vm scp ') and lines[2].endswith(f'{where} --worker=all')
   assert f'ferjax-alice-v4-32:\\~/{archive}' in lines[2]
