@@ -34,27 +34,33 @@ class TrainState:
   rng: jax.Array  # uint32 key data; the step's dropout key is fold_in(rng, step).
 
 
-def decays(path) -> bool:
+def decays(path, no_decay: str = '') -> bool:
   """Weight decay on convolution/linear kernels and GRU weight matrices only (torchvision, timm and
-  the flax examples exempt biases and normalisation scales/offsets)."""
-  name = losses.param_path(path).rsplit('/', 1)[-1]
+  the flax examples exempt biases and normalisation scales/offsets), except the parameters whose path
+  matches regex `no_decay` (a family's parameters that its loss already regularises, e.g. an SVM head)."""
+  full = losses.param_path(path)
+  name = full.rsplit('/', 1)[-1]
+  if no_decay and re.search(no_decay, full):
+    return False
   return name == 'kernel' or name.startswith('weight_')
 
 
-def decay_mask(params):
+def decay_mask(params, no_decay: str = ''):
   """A pytree of bools shaped like `params`: True where weight decay applies (see `decays`)."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: decays(path, no_decay), params)
 
 
 def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
-                   warmup_steps: int) -> optax.GradientTransformation:
+                   warmup_steps: int, *, no_decay: str = '') -> optax.GradientTransformation:
   """Warm-up + cosine decay (or warm-up + constant scaled on plateaus, see `ferjax.plateau`); AdamW,
-  RAdam or SGD with momentum; optional global-norm clipping.
+  RAdam or SGD with momentum; optional global-norm clipping. `no_decay`: regex of parameter paths
+  exempt from weight decay (`Family.no_decay`).
 
   RAdam (Liu et al., 2020; the Residual Masking Network's optimizer) decays weights decoupled, as the
   reference implementation the RMN code uses (`p -= lr * weight_decay * p`), on the `decay_mask` leaves.
   """
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  mask = functools.partial(decay_mask, no_decay=no_decay)
   if train.get('schedule', 'cosine') == 'plateau':
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, train.learning_rate, max(warmup_steps, 1)),
@@ -64,13 +70,13 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
         0.0, train.learning_rate, warmup_steps=warmup_steps, decay_steps=max(total_steps, 1),
         end_value=0.0)
   if train.optimizer == 'adamw':
-    tx = optax.adamw(schedule, weight_decay=train.weight_decay, mask=decay_mask)
+    tx = optax.adamw(schedule, weight_decay=train.weight_decay, mask=mask)
   elif train.optimizer == 'radam':
     tx = optax.chain(optax.scale_by_radam(),
-                     optax.add_decayed_weights(train.weight_decay, mask=decay_mask),
+                     optax.add_decayed_weights(train.weight_decay, mask=mask),
                      optax.scale_by_learning_rate(schedule))
   else:
-    tx = optax.chain(optax.add_decayed_weights(train.weight_decay, mask=decay_mask),
+    tx = optax.chain(optax.add_decayed_weights(train.weight_decay, mask=mask),
                      optax.sgd(schedule, momentum=train.momentum, nesterov=True))
   if train.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(train.grad_clip), tx)

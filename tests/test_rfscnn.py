@@ -172,7 +172,7 @@ def _accuracy(graphdef, state):
 @pytest.mark.parametrize('head', rfscnn.HEADS)
 @pytest.mark.parametrize('fusion', rfscnn.FUSIONS)
 def test_each_fusion_and_head_learns_well_above_chance(fusion, head):
-  # Product + SVM is the paper's configuration; with the centred product (fusion_offset=0, issue 10)
+  # Product + SVM is the paper's configuration; with the centred product (product_offset=0)
   # it reached 0.50 here.
   c = _config(fusion=fusion, head=head)
   model = tiny(fusion=fusion, head=head)
@@ -186,7 +186,7 @@ def test_product_fusion_starts_at_one_plus_each_standardised_stream():
   synthetic set. The offset 1 makes the fused features (1 + a) * (1 + b) = 1 + a + b + a * b."""
   b = batch()
   for fusion, offset, mean in [('product', 1.0, 1.0), ('product', 0.0, 0.0), ('concat', 1.0, 0.0)]:
-    model = tiny(fusion=fusion, fusion_offset=offset)
+    model = tiny(fusion=fusion, product_offset=offset)
     rgb, flow = model.stream('rgb', b['frames'], True), model.stream('flow', b['flow'], True)
     # Train-mode BatchNorm: batch mean = the offset, standard deviation 1 (epsilon aside).
     np.testing.assert_allclose(rgb.mean(0), mean, atol=1e-4)

@@ -31,6 +31,11 @@ def _default_losses(config) -> losses_lib.Loss:
   return losses_lib.classification(config.train.label_smoothing)
 
 
+def _decay_everywhere(config) -> str:
+  del config
+  return ''
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   """A model family.
@@ -44,6 +49,8 @@ class Family:
     losses: ``config -> losses.Loss``; the default is cross-entropy with ``train.label_smoothing``.
     pretrained: ``(model, init_config) -> summary`` importing weight files into named submodules
       (``ferjax.models.convert.apply_pretrained`` for the ResNet/GRU families), or None.
+    no_decay: ``config -> regex`` of parameter paths exempt from ``train.weight_decay`` because a loss
+      term already regularises them (e.g. RFSCNN's SVM head); '' = the default decay rule everywhere.
   """
   name: str
   schema: Mapping[str, Check]
@@ -51,6 +58,7 @@ class Family:
   inputs: tuple[str, ...] = ('frames',)
   losses: Callable[[Any], losses_lib.Loss] = _default_losses
   pretrained: Callable[..., dict] | None = None
+  no_decay: Callable[[Any], str] = _decay_everywhere
 
 
 _FAMILIES: dict[str, Family] = {}
