@@ -80,6 +80,9 @@ def paper_config() -> ml_collections.ConfigDict:
   c.model.spatial_proj = 16
   c.model.spatial_out = 16
   c.model.spatial_activation = 'tanh'
+  # N^r_ij: 'orthogonal' = the vertical and horizontal predecessor of the sweep (4-connected);
+  # 'diagonal' = also the diagonal one (STRNN's predecessor set). The RFSCNN paper does not list it.
+  c.model.spatial_neighbours = 'orthogonal'
   # Temporal recursive layer: RNN state per direction, steps after the sparse time projection L_d (of L),
   # size O after P (the stream's output has L_d * O = 256 features), cell ('rnn' = the paper's).
   c.model.temporal_hidden = 128

@@ -20,7 +20,9 @@ Where the paper is silent, this project chose (all arguments / config fields, se
   description is not usable;
 * the spatial layer's grid = the CNN's last feature map (``grid`` x ``grid``, 7 at 224 px), its hidden
   size, K_d, and P^r acting on the hidden axis (m_t = K_d x D features, flattened); sigma = tanh;
-* the neighbours N^r_ij: the vertical and the horizontal predecessor of the sweep (4-connected);
+* the neighbours N^r_ij (``spatial_neighbours``): the vertical and the horizontal predecessor of the
+  sweep (4-connected, 'orthogonal'), or those and the diagonal one (STRNN's predecessor set,
+  'diagonal');
 * the temporal cell: the paper's plain RNN (tanh) by default, or ferjax's PyTorch-layout GRU;
 * P^f/P^b act on the hidden axis after the sparse time projection (o: L_d x O features, flattened);
 * BatchNorm on each stream's output before the fusion (``fusion_norm``): the product of two small
@@ -160,6 +162,7 @@ class RFSCNN(nnx.Module):
     backbone, width, stage_sizes: the ResNet of each stream.
     grid: side of the ResNet's last feature map (7 at 224 px, 8 at 227 px, 2 at 48 px).
     spatial_hidden, spatial_proj, spatial_out, spatial_activation: H, K_d, D, sigma of the spatial layer.
+    spatial_neighbours: N^r_ij, 'orthogonal' (4-connected) or 'diagonal' (with the diagonal predecessor).
     temporal_hidden, temporal_proj, temporal_out, temporal_cell: H, L_d, O, cell of the temporal layer.
     fusion: 'concat' | 'sum' | 'product'.
     streams: 'both', or one stream alone ('rgb' | 'flow'; no fusion).
@@ -183,6 +186,7 @@ class RFSCNN(nnx.Module):
   def __init__(self, num_classes: int, *, num_frames: int = 16, backbone: str = 'resnet18',
                width: int = 64, stage_sizes=None, grid: int = 7, spatial_hidden: int = 128,
                spatial_proj: int = 16, spatial_out: int = 16, spatial_activation: str = 'tanh',
+               spatial_neighbours: str = 'orthogonal',
                temporal_hidden: int = 128, temporal_proj: int = 8, temporal_out: int = 32,
                temporal_cell: str = 'rnn', fusion: str = 'product', streams: str = 'both',
                freeze_streams: bool = False, fusion_norm: bool = True, product_offset: float = 1.0,
@@ -202,7 +206,8 @@ class RFSCNN(nnx.Module):
       cnn = resnet.ResNet(backbone, width=width, stage_sizes=stage_sizes, dtype=dtype, rngs=rngs)
       spatial = spatial_recurrent.SpatialRecurrent(
           cnn.num_features, spatial_hidden, (grid, grid), spatial_proj, spatial_out,
-          activation=spatial_activation, unroll=unroll, dtype=dtype, rngs=rngs)
+          activation=spatial_activation, neighbours=spatial_neighbours, unroll=unroll, dtype=dtype,
+          rngs=rngs)
       length = num_frames if name == 'rgb' else num_frames - 1
       temporal = TemporalRecurrent(spatial.features, temporal_hidden, length, temporal_proj,
                                    temporal_out, cell=temporal_cell, rngs=rngs)
@@ -335,6 +340,7 @@ SCHEMA = {
     'spatial_proj': config_lib.number(1, integer=True),
     'spatial_out': config_lib.number(1, integer=True),
     'spatial_activation': config_lib.one_of(*spatial_recurrent.ACTIVATIONS),
+    'spatial_neighbours': config_lib.one_of(*spatial_recurrent.NEIGHBOURS),
     'temporal_hidden': config_lib.number(1, integer=True),
     'temporal_proj': config_lib.number(1, integer=True),
     'temporal_out': config_lib.number(1, integer=True),
