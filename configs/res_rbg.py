@@ -65,6 +65,8 @@ def paper_config() -> ml_collections.ConfigDict:
   c.augment.mask_size = (0.1, 0.3)  # Side as a fraction of the crop.
   c.augment.mask_count = 1
   c.augment.eval_crop = 0.875  # 224 of 256.
+  # The border a rotation uncovers: 'reflect' (mirrored) or 'black' (zeros; zero motion for flow).
+  c.augment.fill = 'reflect'
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'res_rbg'

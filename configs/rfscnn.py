@@ -64,6 +64,8 @@ def paper_config() -> ml_collections.ConfigDict:
   c.augment.mask_size = (0.1, 0.3)
   c.augment.mask_count = 1
   c.augment.eval_crop = 0.875  # 224 of 256.
+  # The border a rotation uncovers: 'reflect' (mirrored) or 'black' (zeros; zero motion for flow).
+  c.augment.fill = 'reflect'
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'rfscnn'
@@ -109,6 +111,8 @@ def paper_config() -> ml_collections.ConfigDict:
   # normalises the scale anyway; it matters for ImageNet weights in the flow stream).
   c.model.flow_scale = 0.2
   c.model.dropout = 0.5
+  # Compute dtype of the CNNs: 'float32', 'bfloat16' or 'auto' (bfloat16 on TPU/GPU, float32 on CPU);
+  # the recurrences, the fusion and the head stay float32.
   c.model.dtype = 'float32'
   c.model.unroll = 1  # lax.scan unroll over the spatial layer's h + w - 1 diagonals.
 

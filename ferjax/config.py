@@ -123,6 +123,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'augment.mask_size': _range_pair(0.0, 1.0),
     'augment.mask_count': _number(0, 16, integer=True),
     'augment.eval_crop': _number(0.1, 1.0),
+    'augment.fill': _one_of('reflect', 'black'),  # The border a rotation uncovers (augment.FILLS).
     'model.name': _string,  # Then the family's schema checks the rest of config.model.
     # Also any init.<submodule>_weights / init.<submodule>_prefix (INIT_KEY; ferjax.models.convert).
     'init.checkpoint': _string,  # A previous run's workdir whose final params initialise the model.

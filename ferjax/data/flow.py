@@ -113,16 +113,17 @@ def eval_matrix(height: int, width: int, size: int, eval_crop: float) -> np.ndar
 
 
 def sequence_flow(frames, matrix: np.ndarray, size: int, method: str = 'dis',
-                  warped: np.ndarray | None = None) -> np.ndarray:
+                  warped: np.ndarray | None = None, fill: str = 'reflect') -> np.ndarray:
   """Flow of the sampled source frames [T, H, W, 3] (an array or a list of [H, W, 3] arrays) under the frames' output -> source ``matrix``:
   float32 [T - 1, size, size, 3] (dx, dy, magnitude) in output pixels.
 
   ``*_output`` methods: the flow of ``warped``, the frames' ``augment.warp(frames, matrix, size)`` (the
-  caller's copy, before jitter; computed here when None).
+  caller's copy, before jitter; computed here when None). ``fill``: the warp's border (``augment.FILLS``).
   """
   if method.endswith(OUTPUT_SUFFIX):
-    return compute(augment.warp(frames, matrix, size) if warped is None else warped, method)
+    return compute(augment.warp(frames, matrix, size, fill) if warped is None else warped, method)
   height, width, _ = np.shape(frames[0])
   fields = _vectors(frames, method, working_scale(height, width, size))
   h, w, _ = fields[0].shape  # Rounded sides: the exact scale of each axis.
-  return augment.warp_flow(fields, _to_working(matrix, w / width, h / height), size, magnitude=True)
+  return augment.warp_flow(fields, _to_working(matrix, w / width, h / height), size, magnitude=True,
+                           fill=fill)

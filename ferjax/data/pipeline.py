@@ -86,6 +86,7 @@ class View:
     flow_method: ``config.dataset.flow`` (one of ``flow.METHODS``).
     warped: ``augment.warp(frames, matrix, size)`` when the example has it (training, TTA copies), for
       the ``*_output`` flow methods; None = computed where needed.
+    fill: the warp's border (``augment.FILLS``), for inputs warped like the frames.
   """
   frames: Sequence[np.ndarray]
   indices: np.ndarray
@@ -94,6 +95,7 @@ class View:
   size: int
   flow_method: str = 'dis'
   warped: np.ndarray | None = None
+  fill: str = 'reflect'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +116,8 @@ def _flow(view: View) -> np.ndarray:
   if view.num_frames < 2:
     raise ValueError(f'optical flow needs a sequence of at least 2 frames; found {view.num_frames}')
   # float32 on the host, unlike the uint8 frames: flow has no natural 8-bit range; the model scales it.
-  return flow_lib.sequence_flow(view.frames, view.matrix, view.size, view.flow_method, view.warped)
+  return flow_lib.sequence_flow(view.frames, view.matrix, view.size, view.flow_method, view.warped,
+                                view.fill)
 
 
 def _random_flow(t: int, s: int, rng: np.random.Generator) -> np.ndarray:
@@ -247,7 +250,8 @@ class ExampleSpec:
   def extras(self, record: dict, indices: np.ndarray, frames: Sequence[np.ndarray], matrix: np.ndarray,
              warped: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The example's inputs besides frames; ``warped`` = ``augment.warp(frames, matrix, S)`` if at hand."""
-    view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow, warped)
+    view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow, warped,
+                self.options.fill)
     return _extra_inputs(self.inputs, view)
 
   def example(self, record: dict, out_frames: np.ndarray,
@@ -288,7 +292,7 @@ class _TrainExample:
     frames = _select_frames(record, indices)
     height, width, _ = frames[0].shape
     d = augment.draw(height, width, spec.image_size, spec.options, rng)
-    warped = augment.warp(frames, d.matrix, spec.image_size)
+    warped = augment.warp(frames, d.matrix, spec.image_size, spec.options.fill)
     extras = spec.extras(record, indices, frames, d.matrix, warped)  # Before the in-place jitter.
     return spec.example(record, augment.jitter_and_mask(warped, d), extras)
 
@@ -333,7 +337,7 @@ class _EvalExample:
     else:
       rng = np.random.default_rng([TTA_STREAM, record_index, copy])
       matrix = augment.draw(height, width, spec.image_size, spec.options, rng).matrix
-      out = augment.warp(frames, matrix, spec.image_size)
+      out = augment.warp(frames, matrix, spec.image_size, spec.options.fill)
     # Copy 0's frames are resized (area averaging), not warped: its *_output flow warps the frames itself,
     # as `ferjax.predict` does, so evaluation and prediction see the same flow.
     warped = None if copy == 0 else out

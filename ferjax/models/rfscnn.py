@@ -54,6 +54,7 @@ from flax import nnx
 
 from ferjax import config as config_lib
 from ferjax import losses as losses_lib
+from ferjax.models import precision
 from ferjax.models import recurrent
 from ferjax.models import resnet
 from ferjax.models import spatial_recurrent
@@ -179,7 +180,9 @@ class RFSCNN(nnx.Module):
       ``train.trainable='head'``, which also keeps the optimizer off the streams).
     flow_scale: factor applied to the flow (pixels) before its CNN.
     dropout: rate before the classifier.
-    dtype: compute dtype of the CNNs and input projections.
+    dtype: compute dtype of the CNNs and input projections (``model.dtype``: 'float32', 'bfloat16' or
+      'auto' = bfloat16 on TPU/GPU, float32 on CPU); the recurrences, the fusion and the head run in
+      float32.
     unroll: ``lax.scan`` unroll over the spatial layer's diagonals.
   """
 
@@ -327,8 +330,6 @@ def rfscnn_losses(config) -> losses_lib.Loss:
   return losses_lib.Loss(tuple(terms))
 
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
 # config.model of 'rfscnn': the checks; the defaults are in configs/rfscnn.py.
 SCHEMA = {
     'num_frames': config_lib.number(2, 512, integer=True),
@@ -356,7 +357,7 @@ SCHEMA = {
     'l1_weight': config_lib.number(0),
     'flow_scale': config_lib.number(0, lo_open=True),
     'dropout': config_lib.number(0, 1, hi_open=True),
-    'dtype': config_lib.one_of(*_DTYPES),
+    'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'unroll': config_lib.number(1, 64, integer=True),
 }
 _LOSS_FIELDS = ('head', 'svm_multiclass', 'svm_l2', 'l1_weight')
@@ -370,7 +371,7 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> RFSCNN:
   for key in _LOSS_FIELDS:
     fields.pop(key, None)
   if 'dtype' in fields:
-    fields['dtype'] = _DTYPES[fields['dtype']]
+    fields['dtype'] = precision.resolve_dtype(fields['dtype'])
   if 'stage_sizes' in fields:
     fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
   return RFSCNN(num_classes, **fields, rngs=rngs)
