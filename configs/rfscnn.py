@@ -111,8 +111,8 @@ def paper_config() -> ml_collections.ConfigDict:
   # normalises the scale anyway; it matters for ImageNet weights in the flow stream).
   c.model.flow_scale = 0.2
   c.model.dropout = 0.5
-  # Compute dtype of the CNNs: 'float32', 'bfloat16' or 'auto' (bfloat16 on TPU/GPU, float32 on CPU);
-  # the recurrences, the fusion and the head stay float32.
+  # Compute dtype of the CNNs: 'float32', 'bfloat16' or 'auto' (bfloat16 on TPU/GPU, float32 on
+  # CPU); the recurrences, the fusion and the head stay float32.
   c.model.dtype = 'float32'
   c.model.unroll = 1  # lax.scan unroll over the spatial layer's h + w - 1 diagonals.
 
@@ -139,7 +139,8 @@ def paper_config() -> ml_collections.ConfigDict:
   c.train.early_stop_patience = 0
   c.train.learning_rate = 3e-4  # Peak, for the global batch.
   c.train.warmup_epochs = 2.0
-  # Kernels and RNN weights; not biases, norms, the L1-penalised projections or the SVM head (svm_l2).
+  # Kernels and RNN weights; not biases, norms, the L1-penalised projections or the SVM head
+  # (its regulariser is svm_l2).
   c.train.weight_decay = 0.05
   c.train.momentum = 0.9  # sgd only.
   c.train.grad_clip = 1.0  # Global-norm clipping; 0 disables.

@@ -11,8 +11,8 @@ The argument is `<preset>[,reconstruction][,key=value...]`; presets are `fer2013
 
 `fer2013` is the public code's recipe (`phamquiluan/ResidualMaskingNetwork`, configs/fer2013_config.json and
 its trainer): ResNet-34 + masking blocks, 48x48 grey faces resized to 224 and repeated to 3 channels, scaled by
-1/255 without mean/std (`dataset.normalization='unit'`), random horizontal flip and rotation up to 30 degrees
-with the uncovered corners black (utils/augmenters/augment.py: imgaug's `Affine`, constant fill 0;
+1/255 without mean/std (`dataset.normalization='unit'`), random horizontal flip and rotation up to 30
+degrees with the uncovered corners black (utils/augmenters/augment.py: imgaug's `Affine`, constant fill 0;
 `augment.fill='black'`; `'reflect'` mirrors the image instead),
 RAdam (lr 1e-4, decoupled weight decay 1e-3), batch 48, reduce-on-plateau (patience 2, factor 0.1 =
 PyTorch's default, down to 1e-6) evaluated every epoch on the validation split (PublicTest), at most 50
@@ -147,10 +147,11 @@ def ck_plus_config() -> ml_collections.ConfigDict:
   argmax of its frames' mean probabilities; every frame is trained on with its sequence's label. The
   FER2013 recipe otherwise, with the next fold held out for the plateau schedule and early stopping.
 
-  A per-frame image model on a sequence dataset samples the apex (`dataset.sampling='apex'`: the last T
-  frames; CK+ sequences run from a neutral onset to the apex), T = 3: the usual image protocol on CK+ (the
-  last three frames carry the label). Sampling TSN segments over the whole sequence would train the neutral
-  onset frames with the apex label. 16 sequences x 3 frames = 48 images per step, the recipe's batch."""
+  A per-frame image model on a sequence dataset samples the apex (`dataset.sampling='apex'`: the
+  last T frames; CK+ sequences run from a neutral onset to the apex), T = 3: the usual image protocol
+  on CK+ (the last three frames carry the label). Sampling TSN segments over the whole sequence would
+  train the neutral onset frames with the apex label. 16 sequences x 3 frames = 48 images per step,
+  the recipe's batch."""
   c = fer2013_config()
   c.dataset.name = 'ck_plus'
   c.dataset.num_frames = 3

@@ -154,7 +154,8 @@ def test_skew_indices_cover_every_node_once():
 
 
 def test_bad_feature_map_shape_is_a_clear_error():
-  with pytest.raises(ValueError, match=r"Unknown neighbours 'eight'; expected one of \('orthogonal', 'diagonal'\)"):
+  with pytest.raises(ValueError,
+                     match=r"Unknown neighbours 'eight'; expected one of \('orthogonal', 'diagonal'\)"):
     _layer((3, 4), neighbours='eight')
   layer = _layer((3, 4))
   with pytest.raises(ValueError, match=r'expects a feature map \[N, 3, 4, 3\], got shape \(2, 4, 3, 3\)'):

@@ -30,8 +30,9 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # uint8 colour of masked rectangles: the ImageNet mean, which normalises to within 0.006 of 0.
 MASK_FILL = np.round(IMAGENET_MEAN * 255).astype(np.uint8)
 # What the warp puts where it samples outside the source frame (the corners a rotation uncovers):
-# 'reflect' mirrors the frame (OpenCV's BORDER_REFLECT_101); 'black' is zero (imgaug's and torchvision's
-# default, e.g. the Residual Masking Network's `iaa.Affine(rotate=...)`); for optical flow, zero motion.
+# 'reflect' mirrors the frame (OpenCV's BORDER_REFLECT_101); 'black' is zero (imgaug's and
+# torchvision's default, e.g. the Residual Masking Network's `iaa.Affine(rotate=...)`); for optical
+# flow, zero motion.
 FILLS = {'reflect': cv2.BORDER_REFLECT_101, 'black': cv2.BORDER_CONSTANT}
 
 
@@ -183,8 +184,8 @@ def draw(height: int, width: int, size: int, options: AugmentOptions, rng: np.ra
 
 
 def warp(frames, matrix: np.ndarray, size: int, fill: str = 'reflect') -> np.ndarray:
-  """The geometric part: every frame through one affine warp (one interpolation; ``fill``: the border,
-  a key of ``FILLS``).
+  """The geometric part: every frame through one affine warp (one interpolation; ``fill``: the
+  border, a key of ``FILLS``).
 
   ``frames``: [T, H, W, C] (an array or a sequence of [H, W, C] arrays) -> [T, size, size, C].
   Each frame is warped straight into its slot of the output (``dst=``): no per-frame arrays to stack,

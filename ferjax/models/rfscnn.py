@@ -65,7 +65,6 @@ HEADS = ('softmax', 'svm')
 # SVM per class (one-vs-rest, the usual form of an SVM trained on fixed features, e.g. liblinear).
 SVM_MULTICLASS = ('crammer_singer', 'one_vs_rest')
 HEAD_KERNEL = r'(^|/)head/kernel($|/)'
-
 CELLS = ('rnn', 'gru')
 STREAMS = ('rgb', 'flow')
 # Parameters under an L1 penalty and counted by `sparsity`: every sparse projection.
@@ -320,8 +319,8 @@ def rfscnn_losses(config) -> losses_lib.Loss:
   and metrics.jsonl)."""
   m = config.model
   if m.head == 'svm':
-    hinge = (losses_lib.multiclass_hinge(1.0) if m.get('svm_multiclass', 'crammer_singer') == 'crammer_singer'
-             else losses_lib.one_vs_rest_hinge(1.0))
+    one_vs_rest = m.get('svm_multiclass', 'crammer_singer') == 'one_vs_rest'
+    hinge = losses_lib.one_vs_rest_hinge(1.0) if one_vs_rest else losses_lib.multiclass_hinge(1.0)
     terms = [('hinge', 1.0, hinge), ('svm_l2', m.svm_l2, l2_penalty(HEAD_KERNEL))]
   else:
     terms = [('cross_entropy', 1.0, losses_lib.cross_entropy(config.train.label_smoothing))]

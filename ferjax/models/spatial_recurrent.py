@@ -14,8 +14,9 @@ sweep that starts in the top-left corner:
   grid split into four directed acyclic sweeps (STRNN's spatial layer, after DAG-RNN, Shuai et al.
   2016).
 
-The other three sweeps start in the other corners. The RFSCNN paper writes N^r_ij without listing it. The K = h*w node states are then projected sparsely over the nodes, s^r = G^r^T h^r (K -> K_d;
-G^r is the ``sparse_proj`` parameter, the one an L1 penalty makes sparse), and the four directions are
+The other three sweeps start in the other corners. The RFSCNN paper writes N^r_ij without listing it.
+The K = h*w node states are then projected sparsely over the nodes, s^r = G^r^T h^r (K -> K_d; G^r is
+the ``sparse_proj`` parameter, the one an L1 penalty makes sparse), and the four directions are
 combined, m = sum_r P^r s^r (P^r maps the hidden axis, H -> D), flattened to K_d * D features.
 
 Wavefront. A node depends only on nodes of the two previous anti-diagonals (i + j = d - 1 for the
@@ -24,9 +25,9 @@ are computed at once: h + w - 1 sequential steps instead of h * w. The grid is "
 gather puts diagonal d, row i at [d, i]; off-grid slots are masked to zero), a ``lax.scan`` runs over
 the diagonals with the two previous diagonals as its carry (the up neighbour of row i is the previous
 diagonal's row i - 1, the left neighbour its row i, the diagonal neighbour the one before's row i - 1),
-and a second static gather puts the states back on the grid. The four directions are the top-left sweep of the flipped grid and run in the same
-scan, stacked on a leading axis (one sequential loop for all four, as ferjax's BiGRU does for its two
-directions). ``python -m ferjax.benchmark --spatial`` measures it against ``per_node_scan``, a
+and a second static gather puts the states back on the grid. The four directions are the top-left
+sweep of the flipped grid and run in the same scan, stacked on a leading axis (one sequential loop for
+all four, as ferjax's BiGRU does for its two directions). ``python -m ferjax.benchmark --spatial`` measures it against ``per_node_scan``, a
 ``lax.scan`` that visits the h * w nodes one by one.
 """
 
