@@ -27,7 +27,8 @@ the diagonals with the two previous diagonals as its carry (the up neighbour of 
 diagonal's row i - 1, the left neighbour its row i, the diagonal neighbour the one before's row i - 1),
 and a second static gather puts the states back on the grid. The four directions are the top-left
 sweep of the flipped grid and run in the same scan, stacked on a leading axis (one sequential loop for
-all four, as ferjax's BiGRU does for its two directions). ``python -m ferjax.benchmark --spatial`` measures it against ``per_node_scan``, a
+all four, as ferjax's BiGRU does for its two directions). ``python -m ferjax.benchmark --spatial``
+measures it against ``per_node_scan``, a
 ``lax.scan`` that visits the h * w nodes one by one.
 """
 
