@@ -279,8 +279,10 @@ def test_fill_black_zeroes_the_corners_a_rotation_uncovers():
                                 augment.warp(frames, matrix, S, 'black'))
   field = np.ones((1, H, H, 2), np.float32)
   moved = augment.warp_flow(field, d.matrix, S, magnitude=True, fill='black')
+  mirrored = augment.warp_flow(field, d.matrix, S, magnitude=True)
   np.testing.assert_array_equal(moved[0, 0, 0], 0.0)
-  assert np.all(moved[0, S // 2, S // 2, 2] > 1.0)  # (1, 1) rotated: magnitude sqrt(2) inside.
-  assert np.all(augment.warp_flow(field, d.matrix, S, magnitude=True)[0, ..., 2] > 1.0)
+  # Inside, the same vectors: (1, 1) source pixels, sqrt(2) long, zoomed by S / H into output pixels.
+  np.testing.assert_allclose(moved[0, S // 2, S // 2], mirrored[0, S // 2, S // 2])
+  np.testing.assert_allclose(mirrored[0, ..., 2], np.sqrt(2) * S / H, rtol=1e-5)
   with pytest.raises(ValueError, match=r"fill must be one of \('reflect', 'black'\); got 'mirror'"):
     augment.AugmentOptions(fill='mirror')
