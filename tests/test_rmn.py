@@ -274,7 +274,7 @@ def test_reconstruction_decoder_depth_is_a_field():
   # 1x1 features: 3 levels give 8x8 before the resize to 32x32; 5 levels give 32x32 directly.
   x = features
   for up in three.reconstruction.up:
-    x = up(x)
+    x = up(x, False)
   assert x.shape[1:3] == (8, 8)
   assert apply(three, frames)['reconstruction'].shape == (2, 32, 32, 3)
   from ferjax import config as config_lib
