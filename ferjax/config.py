@@ -195,13 +195,26 @@ def family_rules(family) -> dict[str, Callable[[Any], str | None]]:
   return {**RULES, **family.config_rules, **inputs_lib.rules(family.inputs), **model_rules(family)}
 
 
+def _owners(key: str) -> list[str]:
+  """The registered families and inputs whose own rules name `key` (for the unknown-key message)."""
+  owners = [f'family {f.name!r}' for f in map(registry.get_family, registry.names())
+            if key in f.config_rules]
+  return owners + [f'input {name!r}' for name, spec in inputs_lib.INPUTS.items() if key in spec.rules]
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks the generic sections against RULES, the family's own keys against its config_rules and its
   inputs' rules, and config.model against its schema; raises ConfigError naming the first bad key."""
   family = _family(config)
   flat = _flatten(config)
   init_keys = {k: _string for k in flat if INIT_KEY.fullmatch(k)}
-  check_fields(flat, {**family_rules(family), **init_keys})
+  rules = {**family_rules(family), **init_keys}
+  for key in flat:
+    owners = _owners(key) if key not in rules else ()
+    if owners:
+      raise ConfigError(f'config key {key!r} is read by {" and ".join(owners)}, not by '
+                        f'{family.name!r}; remove it (configs/common.py holds the keys every family reads)')
+  check_fields(flat, rules)
   if config.mesh.data == -1 and config.mesh.fsdp == -1:
     raise ConfigError('config.mesh: at most one of mesh.data and mesh.fsdp may be -1, found both')
   return config

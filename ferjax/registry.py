@@ -2,7 +2,7 @@
 
 A family (`Family`) is registered by its own module (`register`); nothing else in ferjax names it. The
 built-in families are the modules of the `ferjax.models` package, found by listing that package when a
-name is first looked up (`get_family`), so adding one is adding a file. A family defined elsewhere (a
+name is first looked up (`get_family`, `names`), so adding one is adding a file. A family defined elsewhere (a
 config file, another package) registers itself when that file or module is imported.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 import dataclasses
 import importlib
+import pkgutil
 from typing import Any
 
 from ferjax import losses as losses_lib
@@ -72,8 +73,19 @@ def register(family: Family) -> Family:
   return family
 
 
+_BUILTINS_LOADED = []
+
+
 def _load_builtins() -> None:
-  importlib.import_module(BUILTIN_PACKAGE)
+  """Imports every public module of `ferjax.models` once: the built-in families register themselves.
+  (Here, not in that package's __init__, so `python -m ferjax.models.<module>` runs its module once.)"""
+  if _BUILTINS_LOADED:
+    return
+  _BUILTINS_LOADED.append(True)
+  package = importlib.import_module(BUILTIN_PACKAGE)
+  for info in pkgutil.iter_modules(package.__path__):
+    if not info.name.startswith('_'):
+      importlib.import_module(f'{BUILTIN_PACKAGE}.{info.name}')
 
 
 def names() -> tuple[str, ...]:

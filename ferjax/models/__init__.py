@@ -8,16 +8,15 @@ state holds only ``nnx.Param`` and ``nnx.BatchStat``.
 A family (``ferjax.registry.Family``) is everything the trainer needs to know about a model: its config
 schema, ``from_config``, its inputs, loss terms, training metrics and how pretrained weight files map to
 its submodules. Its module registers it with ``ferjax.registry.register``; the trainer, steps, config
-validation and pipeline look it up by ``config.model.name`` and know nothing else about it. Every module
-of this package is imported with it (listed, not named), so a built-in family is one new file here.
+validation and pipeline look it up by ``config.model.name`` and know nothing else about it. The registry
+imports every module of this package on the first lookup (listed, not named), so a built-in family is one
+new file here.
 Defaults live in the config file (``configs/<family>.py``). See docs/extending.md.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import pkgutil
 
 from flax import nnx
 
@@ -45,14 +44,5 @@ def count_params(model: nnx.Module) -> dict[str, int]:
   counts['total'] = sum(counts.values())
   return counts
 
-
-def _import_package_modules() -> None:
-  """Imports every public module of this package: the built-in families register themselves."""
-  for info in pkgutil.iter_modules(__path__):
-    if not info.name.startswith('_'):
-      importlib.import_module(f'{__name__}.{info.name}')
-
-
-_import_package_modules()
 
 __all__ = ['Family', 'register', 'get_family', 'names', 'create_model', 'count_params']
