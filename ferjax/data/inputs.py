@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import dataclasses
+import importlib.machinery
+import sys
 import types
 from typing import Any
 
@@ -50,7 +52,8 @@ class Input:
   """An input besides `frames`: how to compute it from a View, and its shape and dtype for (T, S)
   (padding rows get zeros of that shape; `random` fills benchmark batches).
 
-  `compute` and `random` must be picklable (module-level functions): grain workers run them.
+  grain's worker processes run `compute` (pickled with the example maker): functions of a module that
+  a worker cannot import by name (a config file) are pickled by value (`register`).
   `rules`: `key -> check` of the config keys outside `config.model` the input reads (in `View.options`);
   validation adds them for every family that names the input.
   """
@@ -73,8 +76,23 @@ def register(name: str, spec: Input) -> Input:
   if not isinstance(spec, Input):
     raise TypeError(f'register({name!r}, ...) expects a ferjax.data.inputs.Input; found '
                     f'{type(spec).__name__}')
+  for fn in (spec.compute, spec.shape, spec.random):
+    _pickle_by_value_if_not_importable(getattr(fn, '__module__', None))
   _INPUTS[name] = spec
   return spec
+
+
+def _pickle_by_value_if_not_importable(module_name: str | None) -> None:
+  """A config file is loaded by path under a name no other process can import, so grain's workers could
+  not unpickle its functions by reference: cloudpickle (grain's pickler) then pickles them by value."""
+  module = sys.modules.get(module_name or '')
+  if module is None or module_name == '__main__':
+    return
+  # Searched on sys.path only: importlib.util.find_spec would answer from sys.modules itself.
+  importable = importlib.machinery.PathFinder.find_spec(module_name.split('.')[0]) is not None
+  if not importable:
+    import cloudpickle  # pylint: disable=import-outside-toplevel  # grain's dependency.
+    cloudpickle.register_pickle_by_value(module)
 
 
 def get(name: str) -> Input:

@@ -162,9 +162,14 @@ class ExampleSpec:
   sampling: str = 'segments'
   flow: str = 'dis'
   input_options: tuple[tuple[str, Any], ...] = ()
+  # The registered Input of every non-frame input, resolved here: grain's worker processes get them
+  # with the example maker (pickled), not from a registry that only the main process filled.
+  specs: tuple[tuple[str, Input], ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, 'inputs', inputs_lib.check(self.inputs))
+    object.__setattr__(self, 'specs', tuple((name, inputs_lib.get(name)) for name in self.inputs
+                                            if name != 'frames'))
     if self.sampling not in sampling.MODES:
       raise ValueError(f'sampling must be one of {sorted(sampling.MODES)}; got {self.sampling!r}')
     if self.flow not in flow_lib.METHODS:
@@ -175,7 +180,7 @@ class ExampleSpec:
     """The example's inputs besides frames; ``warped`` = ``augment.warp(frames, matrix, S)`` if at hand."""
     view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow, warped,
                 dict(self.input_options))
-    return inputs_lib.compute(self.inputs, view)
+    return {name: spec.compute(view) for name, spec in self.specs}
 
   def example(self, record: dict, out_frames: np.ndarray,
               extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -242,7 +247,8 @@ class _EvalExample:
     if position >= len(self.rows):
       shape = (spec.num_frames, spec.image_size, spec.image_size, 3)
       return {'frames': np.zeros(shape, np.uint8), 'label': np.int32(0), 'mask': np.bool_(False),
-              'index': np.int32(-1), **inputs_lib.padding(spec.inputs, spec.num_frames, spec.image_size)}
+              'index': np.int32(-1), **{name: np.zeros(s.shape(spec.num_frames, spec.image_size), s.dtype)
+                 for name, s in spec.specs}}
     record_index, window, copy = (int(v) for v in self.rows[position])
     example = self._make(self.source[record_index], record_index, window, copy)
     return {**example, 'mask': np.bool_(True), 'index': np.int32(record_index)}
