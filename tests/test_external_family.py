@@ -165,6 +165,10 @@ def test_cross_validates_two_folds(family_config, synthetic_tiny, tmp_path):
     assert report['step'] == 2 and report['num_examples'] > 0
 
 
+# Needs ferjax.inference (a run records how to import its family; predict and export import it from
+# there): strict, so the mark must go when that lands.
+@pytest.mark.xfail(strict=True, reason="predict/export cannot yet import a family the run's workdir "
+                   'records (ferjax.inference)')
 def test_predicts_on_a_video_and_exports(trained, tmp_path):
   """predict and export load the family the run recorded, in processes that never saw the config file."""
   video = helpers.write_video(tmp_path / 'happy.avi', helpers.face_frames('happiness', 8, size=32))
