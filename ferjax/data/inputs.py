@@ -120,6 +120,21 @@ def rules(inputs: Sequence[str]) -> dict[str, checks.Check]:
   return out
 
 
+def options(config, inputs: Sequence[str]) -> dict[str, Any]:
+  """`View.options` of a model with `inputs`: the values in `config` (a ConfigDict, or a run's
+  config.json as a dict) of the keys those inputs read (`Input.rules`, e.g. 'dataset.flow'). A key the
+  config lacks is left out and the input uses its default (`benchmark --input --flow` adds flow to any
+  family). Training and inference build their views with the same options."""
+  out = {}
+  for key in rules(inputs):
+    node = config
+    for part in key.split('.'):
+      node = node.get(part) if hasattr(node, 'get') else None
+    if node is not None:
+      out[key] = node
+  return out
+
+
 def compute(inputs: Sequence[str], view: View) -> dict[str, np.ndarray]:
   """The non-frame `inputs` of one example."""
   return {name: get(name).compute(view) for name in inputs if name != 'frames'}

@@ -13,21 +13,6 @@ import numpy as np
 from ferjax.data import augment, inputs as inputs_lib, pipeline
 
 
-def input_options(config, inputs: Sequence[str]) -> dict:
-  """`View.options` of a model with `inputs`: the config's (a ConfigDict, or config.json's dict) values
-  of the keys those inputs read (`Input.rules`, e.g. 'dataset.flow'). A key the config lacks is left
-  out, and the input uses its default (`benchmark --input --flow` adds flow to any family). Inference
-  builds its windows' inputs with the same options."""
-  out = {}
-  for key in inputs_lib.rules(inputs):
-    node = config
-    for part in key.split('.'):
-      node = node.get(part) if hasattr(node, 'get') else None
-    if node is not None:
-      out[key] = node
-  return out
-
-
 def input_args(config: ml_collections.ConfigDict, inputs: Sequence[str]) -> dict:
   """Keyword arguments of `pipeline.train_loader` / `eval_batches` that the config implies for a model
   with `inputs` ('frames' and registered inputs)."""
@@ -35,7 +20,7 @@ def input_args(config: ml_collections.ConfigDict, inputs: Sequence[str]) -> dict
   return dict(num_frames=config.dataset.num_frames, image_size=config.dataset.image_size,
               options=augment.AugmentOptions.from_config(config.augment), inputs=inputs,
               sampling_mode=config.dataset.sampling, flow=config.dataset.get('flow', 'dis'),
-              input_options=input_options(config, inputs))
+              input_options=inputs_lib.options(config, inputs))
 
 
 def train_loader(config, source, shard: tuple[int, int, int], worker_count: int,
