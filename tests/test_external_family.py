@@ -186,6 +186,8 @@ def test_predicts_on_a_video_and_exports(trained, tmp_path):
   from ferjax import serving  # pylint: disable=import-outside-toplevel
   model = serving.load(artifact)
   assert model.inputs == ('frames', 'motion')
+  # The input's own config key travels with the model: predict computes `motion` as training did.
+  assert model.metadata['preprocessing']['input_options'] == {'dataset.motion_scale': 10.0}
   rng = np.random.default_rng(0)
   probs = model.predict(rng.integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8),
                         motion=rng.uniform(0, 1, (2, 3)).astype(np.float32))
