@@ -616,7 +616,8 @@ def run_input(config, num_batches: int, flow: bool = False, source_px: int = 0, 
   }
   if 'flow' in first:  # Flow images (T - 1 per sequence) per second, decoding and augmentation included.
     flows = num_batches * batch * first['flow'].shape[1]
-    result.update(flow=config.dataset.get('flow', 'dis'), flow_frames_per_s_per_worker=round(flows / seconds, 1),
+    result.update(flow=config.dataset.get('flow', 'dis'),
+                  flow_frames_per_s_per_worker=round(flows / seconds, 1),
                   flow_frames_per_cpu_s=round(flows / cpu_seconds, 1),
                   flow_frames_per_cpu_s_rounds=[round(flows / c, 1) for _, c in rounds])
   if profile_batches:

@@ -488,7 +488,8 @@ def maybe_initialize_distributed() -> None:
         'JAX_PROCESS_ID (0 .. JAX_NUM_PROCESSES-1) on every process.') from None
 
 
-_maybe_initialize_distributed = maybe_initialize_distributed  # Older name, for callers not yet on maybe_initialize_distributed.
+# Older name, for callers not yet on maybe_initialize_distributed.
+_maybe_initialize_distributed = maybe_initialize_distributed
 
 
 def main(argv):

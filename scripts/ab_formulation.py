@@ -2,7 +2,8 @@ r"""A/B timing of the ferjax train step under model-code formulations, alternati
 
 Each variant sets the formulation fields of `config.model` (`fused_batchnorm`, `dot_1x1`: every switch,
 so a variant means the same program whatever the configs' defaults), compiles the project's jitted train
-step (`ferjax.benchmark._setup`) on the same random batch, and the timed steps then alternate A, B, A, B, ... so both see the same machine load.
+step (`ferjax.benchmark._setup`) on the same random batch, and the timed steps then alternate A, B, A,
+B, ... so both see the same machine load.
 Times are process CPU seconds per step (`time.process_time`, all threads of this process), which a
 machine shared with other jobs inflates far less than wall time; with `--threads 1` (the default) XLA
 runs single-threaded (`--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1` added to
@@ -73,8 +74,8 @@ def main(argv=None):
     compiled = train_fn.lower(state, data).compile()
     compile_cpu_s = time.process_time() - start
     state, metrics = compiled(state, data)  # Warm-up; the first loss.
-    runs[name] = {'formulation': VARIANTS[name], 'compiled': compiled, 'state': state, 'data': data, 'times': [],
-                  'loss_0': float(metrics['loss']), 'compile_cpu_s': round(compile_cpu_s, 1)}
+    runs[name] = {'formulation': VARIANTS[name], 'compiled': compiled, 'state': state, 'data': data,
+                  'times': [], 'loss_0': float(metrics['loss']), 'compile_cpu_s': round(compile_cpu_s, 1)}
   for _ in range(args.repeats):
     for run in runs.values():
       start = time.process_time()

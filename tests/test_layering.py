@@ -48,7 +48,8 @@ def _imports(module: str, path: pathlib.Path, modules):
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ''
       if node.level:
-        base = '.'.join(package.split('.')[:len(package.split('.')) - node.level + 1] + ([base] if base else []))
+        parts = package.split('.')
+        base = '.'.join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
       if base.split('.')[0] != 'ferjax':
         continue
       for alias in node.names:

@@ -5,9 +5,9 @@ of decoded uint8 [H, W, 3] arrays, or JPEG bytes) and ``label`` -- typically
 ``tfds.data_source(name, split=..., data_dir=...)``.
 
 Batches follow the batch contract of DESIGN.md: ``frames`` uint8 [B, T, S, S, 3] (normalised on the device,
-``ferjax.steps.normalize_inputs``), ``label`` int32 [B], plus the other inputs named in ``inputs`` (registered in
-``ferjax.data.inputs``, e.g. ``flow`` float32 [B, T - 1, S, S, 3]); evaluation batches add ``mask`` bool [B] (False on
-padding rows) and ``index`` int32 [B] (the row's record in the split, -1 on padding rows), so that
+``ferjax.steps.normalize_inputs``), ``label`` int32 [B], plus the other inputs named in ``inputs``
+(registered in ``ferjax.data.inputs``, e.g. ``flow`` float32 [B, T - 1, S, S, 3]); evaluation batches add
+``mask`` bool [B] (False on padding rows) and ``index`` int32 [B] (the row's record in the split, -1 on padding rows), so that
 evaluation can average the rows of one record (test-time augmentation, windows).
 
 Which T frames an example holds is the sampling mode (``sampling.MODES``: 'segments', 'clip', 'apex').
