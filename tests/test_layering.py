@@ -8,7 +8,10 @@ cycle hidden behind a function-level import counts too.
 import ast
 import hashlib
 import inspect
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -188,3 +191,15 @@ def test_tfds_internals_are_the_checked_ones():
     pytest.fail(f'tensorflow_datasets {tfds.__version__} changed ExampleParser (checked on {CHECKED_TFDS}): '
                 'recheck ferjax/data/tfds_common.py:ArrayRecordTfData against it, run '
                 'tests/test_tfds_load.py with TensorFlow, then update EXAMPLE_PARSER_SOURCE_SHA256')
+
+
+def test_built_in_families_register_without_being_named(tmp_path):
+  """ferjax/models/__init__.py names no family module, and the registry finds every module of the package
+  (in a fresh process that imports only the registry)."""
+  graph, _ = _graph()
+  assert not {m for m in graph['ferjax.models'] if m.startswith('ferjax.models.')}
+  run = subprocess.run([sys.executable, '-c', 'from ferjax import registry; print(*registry.names())'],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, 'PYTHONPATH': str(REPO)})
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert {'res_rbg', 'rfscnn', 'rmn'} <= set(run.stdout.split())
