@@ -10,7 +10,10 @@ import tensorflow_datasets as tfds
 
 from conftest import build_sequence_dataset
 from ferjax import models
-from ferjax.data import augment, flow, pipeline, spec, tfds_common
+from ferjax.data import augment, flow, inputs, pipeline, spec, tfds_common
+
+# The pipeline's flow, without the family that reads it: registered here as RFSCNN's module registers it.
+inputs.register('flow', flow.INPUT)
 
 S = 48
 SHIFT = (2.0, -1.0)  # The content moves 2 px right and 1 px up per frame.
