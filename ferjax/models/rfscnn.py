@@ -54,6 +54,10 @@ from flax import nnx
 
 from ferjax import config as config_lib
 from ferjax import losses as losses_lib
+from ferjax import registry
+from ferjax.data import flow as flow_lib
+from ferjax.data import inputs as inputs_lib
+from ferjax.models import convert
 from ferjax.models import precision
 from ferjax.models import recurrent
 from ferjax.models import resnet
@@ -356,6 +360,8 @@ SCHEMA = {
     'l1_weight': config_lib.number(0),
     'flow_scale': config_lib.number(0, lo_open=True),
     'dropout': config_lib.number(0, 1, hi_open=True),
+    'dot_1x1': config_lib.boolean,  # resnet.formulation
+    'fused_batchnorm': config_lib.boolean,
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'unroll': config_lib.number(1, 64, integer=True),
 }
@@ -373,7 +379,8 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> RFSCNN:
     fields['dtype'] = precision.resolve_dtype(fields['dtype'])
   if 'stage_sizes' in fields:
     fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
-  return RFSCNN(num_classes, **fields, rngs=rngs)
+  with resnet.formulation(**resnet.pop_formulation(fields)):
+    return RFSCNN(num_classes, **fields, rngs=rngs)
 
 
 def no_decay(config) -> str:
@@ -382,16 +389,7 @@ def no_decay(config) -> str:
   return HEAD_KERNEL if config.model.head == 'svm' else ''
 
 
-def _pretrained(model, init_config) -> dict:
-  from ferjax.models import convert  # pylint: disable=import-outside-toplevel  # convert imports models.
-  return convert.apply_pretrained(model, init_config)
-
-
-def _register():
-  from ferjax import models  # pylint: disable=import-outside-toplevel  # models imports this module.
-  models.register(models.Family('rfscnn', SCHEMA, from_config, inputs=('frames', 'flow'),
-                                losses=rfscnn_losses, pretrained=_pretrained,
-                                no_decay=no_decay))
-
-
-_register()
+inputs_lib.register('flow', flow_lib.INPUT)  # The temporal stream's input.
+registry.register(registry.Family('rfscnn', SCHEMA, from_config, inputs=('frames', 'flow'),
+                                  losses=rfscnn_losses, pretrained=convert.apply_pretrained,
+                                  no_decay=no_decay))
