@@ -1,4 +1,4 @@
-"""Writes the `dummy_data/` of the image builders (CK+, Oulu-CASIA, FER2013) in each dataset's real layout.
+"""Writes the `dummy_data/` of the image builders (CK+, Oulu-CASIA, FER2013, RAF-DB, DFEW, FERV39k) in each dataset's real layout.
 
 Usage::
 
@@ -330,6 +330,50 @@ def make_fer2013(out: Path) -> None:
         else:
           write_image(path, cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), grey=True)
   write_ds_store(out / 'folders' / 'FER2013' / 'train' / 'happy')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RAF-DB (basic emotion set): label file, aligned and original images.
+
+# (file name in the label file, label text, what is on disk). Labels 1-7 = surprise, fear, disgust,
+# happiness, sadness, anger, neutral.
+RAF_LINES = [(f'train_{i + 1:05d}.jpg', str(i % 7 + 1), 'ok') for i in range(14)] + [
+    ('train_00015.jpg', '8', 'ok'),          # Label out of range: skipped (line 15).
+    ('train_00016.jpg', '3', 'absent'),      # Listed, no image: skipped (line 16).
+] + [(f'test_{i + 1:04d}.jpg', str(i + 1), 'ok') for i in range(7)] + [
+    ('test_0008.jpg', '4', 'broken'),        # Not an image: skipped when read (line 24).
+]
+
+
+@register('raf_db')
+def make_raf_db(out: Path) -> None:
+  """``basic/EmoLabel/list_patition_label.txt`` (24 lines, 3 unusable), ``basic/Image/aligned/`` (100x100)
+  and ``basic/Image/original/`` (96x72, a face the Haar cascade finds), an unlisted image and a .DS_Store.
+
+  Expected result: train 14 lines (validation_every=2: one per class to validation), test 7; skipped: line
+  15 (label 8), line 16 (image absent), line 24 (unreadable image).
+  """
+  root = out / 'basic'
+  lines = []
+  for k, (name, label, state) in enumerate(RAF_LINES):
+    lines.append(f'{name} {label}')
+    stem = name[:-4]
+    aligned, original = root / 'Image' / 'aligned' / f'{stem}_aligned.jpg', root / 'Image' / 'original' / name
+    if state == 'absent':
+      continue
+    if state == 'broken':
+      for path in (aligned, original):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b'\xff\xd8 not really a JPEG')
+      continue
+    shift = (0.05 * ((k % 3) - 1), 0.03 * ((k % 2) * 2 - 1))
+    write_image(aligned, draw_face(100, 100, t=(k % 5) / 4, background=(60 + 9 * (k % 7), 80, 90)))
+    write_image(original, draw_face(96, 72, t=(k % 5) / 4, shift=shift, background=(70, 80 + 5 * (k % 5), 90)))
+  write_image(root / 'Image' / 'aligned' / 'train_00099_aligned.jpg', draw_face(100, 100))  # Unlisted.
+  write_image(root / 'Image' / 'original' / 'train_00099.jpg', draw_face(96, 72))
+  write_ds_store(root / 'Image' / 'aligned')
+  (root / 'EmoLabel').mkdir(parents=True)
+  (root / 'EmoLabel' / 'list_patition_label.txt').write_text('\n'.join(lines) + '\n\n')
 
 
 def dummy_data_dir(name: str) -> Path:
