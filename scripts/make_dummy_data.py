@@ -376,6 +376,84 @@ def make_raf_db(out: Path) -> None:
   (root / 'EmoLabel' / 'list_patition_label.txt').write_text('\n'.join(lines) + '\n\n')
 
 
+# ----------------------------------------------------------------------------------------------------------
+# DFEW: Clip/clip_224x224{,_16f}/<id>/<id>_<frame>.jpg and EmoLabel_DataSplit/{train,test}(single-labeled).
+
+# clip id -> (test fold, label code 1-7, frames in clip_224x224, what is special). Frames are 32x32 (the
+# test config's size, so they are stored as they are) unless noted.
+DFEW_CLIPS = {
+    '00001': (1, 1, 4, ''), '00002': (1, 2, 3, ''), '00003': (2, 3, 5, ''), '00004': (2, 4, 3, ''),
+    '00005': (3, 5, 4, ''), '00006': (3, 6, 3, ''),
+    '00099': (3, 7, 0, 'absent'),       # Listed in test set_3, no frame folder.
+    '00007': (4, 7, 4, ''),
+    '00008': (4, 1, 3, 'truncated'),    # A frame cut off: the clip is skipped.
+    '00009': (5, 2, 3, ''),
+    '00010': (5, 4, 3, 'resize'),       # 40x40 frames: centre-cropped, resized, re-encoded.
+    '00011': (5, 5, 4, 'gap'),          # Frame 3 missing: kept, gap recorded.
+    '00012': (0, 3, 3, 'unlisted'),     # A multi-labelled clip: in no split file.
+}
+
+
+def _dfew_frames(folder: Path, clip: str, n: int, special: str, k: int, size: int = 32,
+                 noise: bool = False) -> None:
+  numbers = [1, 2, 4, 5] if special == 'gap' else list(range(1, n + 1))
+  side = 40 if special == 'resize' else size
+  for j, number in enumerate(numbers):
+    frame = draw_face(side, side, t=j / max(len(numbers) - 1, 1), background=(50 + 13 * (k % 9), 80, 90))
+    if noise:  # Camera-like noise, so JPEG sizes and decoding costs are realistic.
+      grain = np.random.default_rng([k, j]).integers(-10, 11, frame.shape)
+      frame = np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+    write_image(folder / f'{clip}_{number:05d}.jpg', frame, quality=90)
+  if special == 'truncated':
+    path = folder / f'{clip}_{numbers[-1]:05d}.jpg'
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _dfew_csvs(out: Path, clips: dict, bad_line: bool = True,
+               train_drop: tuple[int, str] | None = None) -> None:
+  """test set_k = the clips of fold k; train set_k = the other folds (minus ``train_drop``)."""
+  for kind in ('train', 'test'):
+    folder = out / 'EmoLabel_DataSplit' / f'{kind}(single-labeled)'
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 6):
+      rows = ['video_name,label']
+      for clip, (fold, code, *_rest) in clips.items():
+        dropped = kind == 'train' and train_drop == (k, clip)
+        if fold and (fold == k) == (kind == 'test') and not dropped:
+          rows.append(f'{int(clip)},{code}')
+      if kind == 'test' and k == 2 and bad_line:
+        rows.append('abc,3')  # An unreadable line: skipped and reported with its line number.
+      (folder / f'set_{k}.csv').write_text('\n'.join(rows) + '\n')
+
+
+@register('dfew')
+def make_dfew(out: Path) -> None:
+  """DFEW's released layout with both frame sets, 13 clips (see ``DFEW_CLIPS``), 32x32 frames; the train
+  CSV of set 5 lacks clip 1 (so the fold check reports one difference), test set_2.csv has an unreadable
+  line (line 4).
+
+  Expected result (both configs): fold_1 2, fold_2 2, fold_3 2, fold_4 1, fold_5 3 clips; skipped 00099
+  (absent) and 00008 (truncated frame); 00012 present but unlisted; 00011 has a gap (frame 3).
+  """
+  for k, (clip, (_fold, _code, n, special)) in enumerate(DFEW_CLIPS.items()):
+    if special == 'absent':
+      continue
+    _dfew_frames(out / 'Clip' / 'clip_224x224' / clip, clip, n, special, k)
+    _dfew_frames(out / 'Clip' / 'clip_224x224_16f' / clip, clip, 16, '' if special == 'gap' else special, k)
+  write_ds_store(out / 'Clip' / 'clip_224x224' / '00001')
+  _dfew_csvs(out, DFEW_CLIPS, train_drop=(5, '00001'))
+
+
+@register('dfew_benchmark')
+def make_dfew_benchmark(out: Path, num_clips: int = 40, num_frames: int = 71) -> None:
+  """A DFEW replica at real frame size for build throughput (not committed): ``num_clips`` clips of
+  ``num_frames`` 224x224 JPEG frames (the median clip length of the all-frames release), 8 per fold."""
+  clips = {f'{i + 1:05d}': (i % 5 + 1, i % 7 + 1, num_frames, '') for i in range(num_clips)}
+  for k, clip in enumerate(clips):
+    _dfew_frames(out / 'Clip' / 'clip_224x224' / clip, clip, num_frames, '', k, size=224, noise=True)
+  _dfew_csvs(out, clips, bad_line=False)
+
+
 def dummy_data_dir(name: str) -> Path:
   """Where a builder's dummy data lives: ``tfds_builders/<name>/dummy_data``."""
   return REPO / 'tfds_builders' / name / 'dummy_data'
