@@ -454,6 +454,52 @@ def make_dfew_benchmark(out: Path, num_clips: int = 40, num_frames: int = 71) ->
   _dfew_csvs(out, clips, bad_line=False)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# FERV39k: 2_ClipsforFaceCrop/<Scene>/<Emotion>/<id>/*.jpg and 4_setups/All_scenes/{train,test}_All.csv.
+
+FERV_EMOTIONS = ('Angry', 'Disgust', 'Fear', 'Happy', 'Neutral', 'Sad', 'Surprise')
+# (split file, scene, emotion, id, what is special): two scenes, each emotion twice in train per scene,
+# once in test for the first scene.
+FERV_CLIPS = (
+    [('train', scene, e, f'{100 * s + 2 * i + j + 1:04d}', '') for s, scene in enumerate(('Action', 'Crime'))
+     for i, e in enumerate(FERV_EMOTIONS) for j in range(2)]
+    + [('test', 'Action', e, f'{500 + i:04d}', '') for i, e in enumerate(FERV_EMOTIONS)]
+    + [('test', 'Crime', 'Happy', '0600', 'absent'),      # Listed, no folder: skipped.
+       ('test', 'Crime', 'Sad', '0601', 'truncated'),     # A frame cut off: skipped.
+       ('train', 'Crime', 'Fear', '0602', 'resize'),      # 40x40 crops: resized.
+       ('none', 'Crime', 'Angry', '0603', 'unlisted')])   # In no split file.
+
+
+@register('ferv39k')
+def make_ferv39k(out: Path) -> None:
+  """FERV39k's released layout: 2 scenes, 36 clip folders of 3 32x32 frames (see ``FERV_CLIPS``) and the
+  two split files, with a line whose label disagrees with its path (train_All.csv line 30) and one with an
+  unknown emotion (test_All.csv line 10).
+
+  Expected result (validation_every=2): train 15, validation 14, test 7 clips; skipped 0600 (absent), 0601
+  (truncated frame); 0603 present but unlisted.
+  """
+  lines = {'train': [], 'test': []}
+  for k, (split, scene, emotion, clip, special) in enumerate(FERV_CLIPS):
+    if split in lines:
+      lines[split].append(f'{scene}/{emotion}/{clip} {emotion}')
+    if special == 'absent':
+      continue
+    folder = out / '2_ClipsforFaceCrop' / scene / emotion / clip
+    side = 40 if special == 'resize' else 32
+    for j in range(3):
+      write_image(folder / f'{j + 1:03d}.jpg', draw_face(side, side, t=j / 2, background=(40 + 11 * (k % 13), 80, 90)))
+    if special == 'truncated':
+      (folder / '003.jpg').write_bytes((folder / '003.jpg').read_bytes()[:150])
+  lines['train'].insert(29, 'Crime/Happy/0013 Sad')    # Label and emotion folder disagree.
+  lines['test'].insert(10, 'Crime/Happy/0014 Joyful')  # Not an emotion.
+  setups = out / '4_setups' / 'All_scenes'
+  setups.mkdir(parents=True)
+  for split, rows in lines.items():
+    (setups / f'{split}_All.csv').write_text('\n'.join(rows) + '\n')
+  write_ds_store(out / '2_ClipsforFaceCrop' / 'Action')
+
+
 def dummy_data_dir(name: str) -> Path:
   """Where a builder's dummy data lives: ``tfds_builders/<name>/dummy_data``."""
   return REPO / 'tfds_builders' / name / 'dummy_data'
