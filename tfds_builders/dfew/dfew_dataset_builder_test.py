@@ -34,7 +34,9 @@ EXPECTED = {
 @pytest.fixture(scope='module', params=sorted(CONFIGS))
 def built(request, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp(request.param)
-  testing.build(builder_lib.Builder, CONFIGS[request.param], data_dir, DUMMY)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv('FERJAX_NUM_WORKERS', '1')  # The serial path; the parallel one is compared below.
+    testing.build(builder_lib.Builder, CONFIGS[request.param], data_dir, DUMMY)
   return request.param, f'dfew/test_{request.param}', data_dir
 
 
@@ -107,3 +109,17 @@ def test_train_of_fold_k_is_the_other_four_as_released(built):
     # lacks 00001 on purpose (reported above).
     expected = released - {'00099', '00008'} | ({'00001'} if k == 5 else set())
     assert train == expected, k
+
+
+def test_parallel_build_equals_serial(built, tmp_path, monkeypatch):
+  """Two worker processes give the same records, in the same order, as the fixture's build."""
+  frame_set, name, data_dir = built
+  if frame_set != 'clip_224x224':
+    pytest.skip('one frame set is enough: the pool is the same code path for both')
+  monkeypatch.setenv('FERJAX_NUM_WORKERS', '2')
+  testing.build(builder_lib.Builder, CONFIGS[frame_set], tmp_path, DUMMY)
+  for fold in FOLDS:
+    serial = tfds.data_source(name, split=fold, data_dir=data_dir)
+    parallel = tfds.data_source(name, split=fold, data_dir=tmp_path)
+    assert [serial.data_source[i] for i in range(len(serial))] == [
+        parallel.data_source[i] for i in range(len(parallel))]
