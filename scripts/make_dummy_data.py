@@ -4,6 +4,7 @@ Usage::
 
   python scripts/make_dummy_data.py                  # every builder's dummy_data/
   python scripts/make_dummy_data.py ck_plus_benchmark --out /tmp/ck_bench   # throughput layout
+  python scripts/make_dummy_data.py dfew_benchmark --out /tmp/dfew_bench     # (also ferv39k_, mafw_, raf_db_)
   python scripts/make_dummy_data.py ck_plus          # one
   python scripts/make_dummy_data.py ck_plus --out /tmp/ck   # somewhere else
 
@@ -498,6 +499,68 @@ def make_ferv39k(out: Path) -> None:
   for split, rows in lines.items():
     (setups / f'{split}_All.csv').write_text('\n'.join(rows) + '\n')
   write_ds_store(out / '2_ClipsforFaceCrop' / 'Action')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Replicas at real frame sizes, for build throughput (docs/data-benchmarks.md; not committed).
+
+
+def _noisy_face(width: int, height: int, seed: list[int], **kwargs) -> np.ndarray:
+  """A drawn face with camera-like noise, so JPEG sizes and decoding costs are realistic."""
+  frame = draw_face(width, height, **kwargs)
+  grain = np.random.default_rng(seed).integers(-10, 11, frame.shape)
+  return np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+
+
+@register('ferv39k_benchmark')
+def make_ferv39k_benchmark(out: Path, num_clips: int = 140, num_frames: int = 28) -> None:
+  """FERV39k replica: ``num_clips`` clips of ``num_frames`` (the release's median) 224x224 face crops."""
+  lines = []
+  for k in range(num_clips):
+    emotion = FERV_EMOTIONS[k % 7]
+    clip = f'Action/{emotion}/{k:04d}'
+    for j in range(num_frames):
+      write_image(out / '2_ClipsforFaceCrop' / clip / f'{j + 1:03d}.jpg',
+                  _noisy_face(224, 224, [k, j], t=j / (num_frames - 1)), quality=90)
+    lines.append(f'{clip} {emotion}')
+  setups = out / '4_setups' / 'All_scenes'
+  setups.mkdir(parents=True)
+  (setups / 'train_All.csv').write_text('\n'.join(lines[:num_clips * 4 // 5]) + '\n')
+  (setups / 'test_All.csv').write_text('\n'.join(lines[num_clips * 4 // 5:]) + '\n')
+
+
+@register('mafw_benchmark')
+def make_mafw_benchmark(out: Path, num_clips: int = 20, num_frames: int = 64, width: int = 1280,
+                        height: int = 720) -> None:
+  """MAFW replica: ``num_clips`` frame folders of ``num_frames`` 1280x720 JPEG frames (faces detected)."""
+  folder = out / 'Train & Test Set' / 'single' / 'no_caption'
+  emotions = ('anger', 'disgust', 'fear', 'happiness', 'neutral', 'sadness', 'surprise', 'contempt',
+              'anxiety', 'helplessness', 'disappointment')
+  rows = {k: [] for k in range(1, 6)}
+  for c in range(num_clips):
+    clip = f'{c + 1:05d}'
+    for j in range(num_frames):
+      write_image(out / 'data' / 'frames' / clip / f'{j + 1}.jpg',
+                  _noisy_face(width, height, [c, j], t=j / (num_frames - 1), scale=0.8), quality=90)
+    rows[c % 5 + 1].append(f'{clip}.mp4 {emotions[c % 11]}')
+  for k in range(1, 6):
+    (folder / f'set_{k}').mkdir(parents=True)
+    (folder / f'set_{k}' / 'test.txt').write_text('\n'.join(rows[k]) + '\n')
+    others = [r for f in range(1, 6) if f != k for r in rows[f]]
+    (folder / f'set_{k}' / 'train.txt').write_text('\n'.join(others) + '\n')
+
+
+@register('raf_db_benchmark')
+def make_raf_db_benchmark(out: Path, num_images: int = 1000) -> None:
+  """RAF-DB replica: ``num_images`` aligned 100x100 faces and 640x480 originals."""
+  lines = []
+  for k in range(num_images):
+    name = f'train_{k + 1:05d}.jpg' if k % 5 else f'test_{k + 1:04d}.jpg'
+    lines.append(f'{name} {k % 7 + 1}')
+    write_image(out / 'Image' / 'aligned' / f'{name[:-4]}_aligned.jpg', _noisy_face(100, 100, [k]), quality=90)
+    write_image(out / 'Image' / 'original' / name, _noisy_face(640, 480, [k, 1], scale=0.7), quality=90)
+  (out / 'EmoLabel').mkdir(parents=True)
+  (out / 'EmoLabel' / 'list_patition_label.txt').write_text('\n'.join(lines) + '\n')
 
 
 def dummy_data_dir(name: str) -> Path:
