@@ -6,9 +6,11 @@ Usage:
   python -m ferjax.train --config configs/res_rbg.py:oulu_casia,fold=3
   ... --config.model.hidden=256 --config.train.num_epochs=30    # any field can be overridden
 
-The argument is `<preset>[,key=value...]`; presets are `ck_plus` (default), `oulu_casia`, `synthetic`, or
-any prepared TFDS dataset name (which uses the paper setting). Keys: `fold=<k>`, `rbg_blocks=<n>`,
-`ablation=<row>` (a row of the paper's ablation table, see ABLATIONS), `seed=<s>`.
+The argument is `<preset>[,key=value...]`; presets are `ck_plus` (default), `oulu_casia`, `synthetic`, the
+video benchmarks `dfew`, `ferv39k`, `mafw` and `dfew_baseline` (VIDEO_BENCHMARKS), or any prepared TFDS
+dataset name (which uses the paper setting). Keys: `fold=<k>` (DFEW, MAFW: the released set, 1-5),
+`rbg_blocks=<n>`, `ablation=<row>` (a row of the paper's ablation table, see ABLATIONS), `seed=<s>`,
+`size=<px>` (the input side, e.g. 112).
 
 Choices the paper does not publish (this project's reading, all overridable): T = 16 frames, 224 px crops of
 256 px faces, ImageNet normalisation, BiGRU directions summed, hidden size 560 (63.72 M parameters, -0.7 %
@@ -18,7 +20,26 @@ warm-up + cosine decay, label smoothing 0.1; see docs/models/res_rbg.md for the 
 
 import ml_collections
 
-PRESETS = ('ck_plus', 'oulu_casia', 'synthetic')
+PRESETS = ('ck_plus', 'oulu_casia', 'synthetic', 'dfew', 'dfew_baseline', 'ferv39k', 'mafw')
+
+
+# The in-the-wild video benchmarks (docs/benchmarks.md): 16 frames, TSN segments, 224 px (size=112 for the
+# 112 px variant). DFEW and MAFW: `fold=k` is the release's set k (1-5; dataset.fold = k - 1, the position
+# of fold_k); their folds are the release's, not subject-independent. FERV39k: train -> test, the best
+# validation UAR on the builder's held-out share of train selects the checkpoint.
+VIDEO_BENCHMARKS = {
+    'dfew': {'dataset.config': 'clip_224x224'},
+    'mafw': {'dataset.config': 'frames'},
+    'ferv39k': {'dataset.holdout_validation': True},
+    # The DFEW paper's ResNet-18 + GRU baseline (UAR/WAR 51.68 / 64.02), this project's reading: per-frame
+    # ResNet-18 without channel attention -> a plain 2-layer GRU -> classifier, on the 16-frame release at
+    # 112 px (the ablation table's 'baseline' row on ResNet-18).
+    'dfew_baseline': {'dataset.config': 'clip_224x224_16f', 'dataset.image_size': 112,
+                      'model.backbone': 'resnet18', 'model.hidden': 512, 'model.attention': 'none',
+                      'augment.mask_prob': 0.0, 'model.rbg_blocks': 1, 'model.bigru_layers': 0,
+                      'model.block_norm': False, 'model.residual': False},
+}
+RELEASED_FOLDS = {'dfew': 5, 'dfew_baseline': 5, 'mafw': 5}
 
 
 def paper_config() -> ml_collections.ConfigDict:
@@ -218,11 +239,12 @@ def _int(key: str, value: str) -> int:
     raise ValueError(f'config argument {key}={value!r}: expected an integer') from None
 
 
-ARG_KEYS = ('fold', 'rbg_blocks', 'ablation', 'seed')
+ARG_KEYS = ('fold', 'rbg_blocks', 'ablation', 'seed', 'size')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`<preset>[,fold=k][,rbg_blocks=n][,ablation=<row>][,seed=s]`, e.g. `ck_plus,ablation=bigru`."""
+  """`<preset>[,fold=k][,rbg_blocks=n][,ablation=<row>][,seed=s][,size=px]`, e.g. `ck_plus,ablation=bigru`,
+  `dfew,fold=3,size=112` (DFEW's released set 3 at 112 px)."""
   preset, *pairs = (arg or 'ck_plus').split(',')
   if preset == 'synthetic':
     c = synthetic_config()
@@ -231,12 +253,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dataset.name = preset
   if preset == 'oulu_casia':
     c.dataset.config = 'VL_Strong'
+  for field, v in VIDEO_BENCHMARKS.get(preset, {}).items():
+    _set(c, field, v)
+  if preset == 'dfew_baseline':
+    c.dataset.name = 'dfew'
   for pair in pairs:
     key, sep, value = pair.partition('=')
     if not sep:
       raise ValueError(f'config argument {pair!r}: expected key=value with key one of {ARG_KEYS}')
-    if key == 'fold':
+    if key == 'fold' and preset in RELEASED_FOLDS:
+      k = _int(key, value)
+      if not 1 <= k <= RELEASED_FOLDS[preset]:
+        raise ValueError(f'config argument fold={k}: {preset} has the released folds (sets) 1-'
+                         f'{RELEASED_FOLDS[preset]}')
+      c.dataset.fold = k - 1
+    elif key == 'fold':
       c.dataset.fold = _int(key, value)
+    elif key == 'size':
+      c.dataset.image_size = _int(key, value)
     elif key == 'rbg_blocks':
       c.model.rbg_blocks = _int(key, value)
     elif key == 'seed':

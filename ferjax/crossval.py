@@ -296,7 +296,9 @@ def run(config, workdir: str, folds: str = '', retrain: str = '') -> dict[str, A
 def _protocol_name(split_names, config, subject_folds: int = 0) -> str:
   kind, _ = protocols._layout(split_names)  # pylint: disable=protected-access
   num = protocols.num_folds(split_names, subject_folds)
-  name = {'kfold': f'{num}-fold subject-independent', 'train_validation': 'train / validation',
+  kfold = (f'{num} released folds (not subject-independent)' if protocols.released_folds(split_names)
+           else f'{num}-fold subject-independent')
+  name = {'kfold': kfold, 'train_validation': 'train / validation',
           'train_validation_test': 'official train / validation / test splits',
           'loso': (f'{num}-fold subject-independent (over {len(split_names)} subjects)' if subject_folds
                    else 'leave-one-subject-out')}[kind]

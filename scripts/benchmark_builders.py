@@ -10,8 +10,8 @@ not depend on other load on the machine):
 
 * the per-sequence work that the worker processes share (reading, face detection, cropping, encoding:
   ``sequence_builder.process_sequence`` over every sequence);
-* a whole build with one worker (``FERJAX_NUM_WORKERS=1``); the difference is the serial part that the
-  main process does whatever the number of workers (TFDS serialisation, ArrayRecord writing, shuffling).
+* the serial part that the main process does whatever the number of workers: serialising each example
+  (``features.serialize_example``; ArrayRecord writing and TFDS's shuffle come on top, not measured).
 
 The estimate for a full dataset on ``--cores`` cores: frames x max(worker part / cores, serial part), i.e.
 the workers and the writer overlap and the slower of the two sets the pace.
@@ -41,13 +41,14 @@ def measure(spec: str, manual_dir: str, cores: int) -> dict:
     sources = builder._find_sources(Path(manual_dir))  # pylint: disable=protected-access
     options = builder._crop_options()  # pylint: disable=protected-access
     start = time.process_time()
-    frames = sum(int(r.example['num_frames']) for r in map(
-        lambda s: sequence_builder.process_sequence(s, options), sources) if r.example is not None)
+    examples = [r.example for r in (sequence_builder.process_sequence(s, options) for s in sources)
+                if r.example is not None]
     worker = time.process_time() - start
     start = time.process_time()
-    sequence_builder.build(name, manual_dir, data_dir, config)
-    whole = time.process_time() - start
-  serial = max(whole - worker, 0.0)
+    for example in examples:
+      builder.info.features.serialize_example(example)
+    serial = time.process_time() - start
+  frames = sum(int(e['num_frames']) for e in examples)
   full = FULL_FRAMES.get(spec, 0)
   hours = full * max(worker / cores, serial) / frames / 3600
   return {'spec': spec, 'sequences': len(sources), 'frames': frames,

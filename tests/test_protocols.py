@@ -53,6 +53,9 @@ def test_released_folds_numbered_from_one():
       train='fold_2+fold_3+fold_4', validation='fold_1', test='fold_5')
   with pytest.raises(ValueError, match=r"exactly \['fold_1', 'fold_2', 'fold_3'\]"):
     protocols.splits_for(['fold_1', 'fold_2', 'fold_4'], 0)
+  assert protocols.released_folds(available)
+  assert not protocols.released_folds([f'fold_{i}' for i in range(5)])
+  assert not protocols.released_folds(['train', 'validation', 'test'])
 
 
 def test_subjects_sort_naturally():

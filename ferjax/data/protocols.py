@@ -104,6 +104,12 @@ def num_folds(available: Sequence[str], subject_folds: int = 0) -> int:
   return 1 if kind in _SINGLE_FOLD else len(names)
 
 
+def released_folds(available: Sequence[str]) -> bool:
+  """True for folds numbered as their release numbers them (``fold_1 .. fold_k``: DFEW, MAFW); such folds
+  are the release's, not drawn by subject, so nothing makes them subject-independent."""
+  return _layout(available)[0] == 'kfold' and 'fold_0' not in available
+
+
 def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = False,
                subject_folds: int = 0) -> Splits:
   """The train / validation / test split expressions of ``fold`` for a dataset with ``available`` splits.
