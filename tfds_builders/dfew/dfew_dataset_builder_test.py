@@ -123,3 +123,24 @@ def test_parallel_build_equals_serial(built, tmp_path, monkeypatch):
     parallel = tfds.data_source(name, split=fold, data_dir=tmp_path)
     assert [serial.data_source[i] for i in range(len(serial))] == [
         parallel.data_source[i] for i in range(len(parallel))]
+
+
+def test_split_files_as_mirrors_name_them(tmp_path):
+  """The official code repository's `label/single_trainset_k.csv`, and mirrors' `train_set_k.csv`, are the
+  same split files; a missing set is one error naming what was expected."""
+  from tfds_builders import sequence_builder  # pylint: disable=g-import-not-at-top
+  from tfds_builders.dfew import layout  # pylint: disable=g-import-not-at-top
+  for folder, pattern in (('repo/label', 'single_{kind}set_{k}.csv'),
+                          ('mirror/EmoLabel_DataSplit/splits', '{kind}_set_{k}.csv')):
+    (tmp_path / folder).mkdir(parents=True)
+    for k in range(1, 6):
+      for kind in ('train', 'test'):
+        (tmp_path / folder / pattern.format(kind=kind, k=k)).write_text('video_name,label\n1,1\n')
+    root = tmp_path / folder.split('/')[0]
+    files = layout.find_split_files(root)
+    assert {kind: sorted(v) for kind, v in files.items()} == {'train': [1, 2, 3, 4, 5],
+                                                             'test': [1, 2, 3, 4, 5]}
+    assert files['test'][3].name == pattern.format(kind='test', k=3)
+  (tmp_path / 'repo/label/single_testset_4.csv').unlink()
+  with pytest.raises(sequence_builder.ManualDirError, match=r'found test sets \[1, 2, 3, 5\]'):
+    layout.find_split_files(tmp_path / 'repo')

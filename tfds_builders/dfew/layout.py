@@ -9,7 +9,8 @@ Expected layout (datasets.md), at any depth below the manual dir::
 
 The CSVs have a header ``video_name,label``; ``video_name`` is an integer (zero-padded to 5 digits to name
 the folder) and ``label`` 1-7 = happy, sad, neutral, angry, surprise, disgust, fear. Mirrors rename the files
-(``train_set_1.csv``) or make the labels 0-based (0-6); both are accepted (0-based when some label is 0 and
+(``train_set_1.csv``, or ``label/single_trainset_1.csv`` as the official code repository has them) or
+make the labels 0-based (0-6); all are accepted (0-based when some label is 0 and
 none is 7, recorded as ``label_base`` in the metadata).
 """
 
@@ -27,7 +28,7 @@ EMOTION_CODES = ('happiness', 'sadness', 'neutral', 'anger', 'surprise', 'disgus
 EMOTIONS = tuple(sorted(EMOTION_CODES))
 FRAME_SETS = ('clip_224x224', 'clip_224x224_16f')
 NUM_FOLDS = 5
-_SET_FILE = re.compile(r'(?:.*_)?set_?(\d)\.csv', re.IGNORECASE)
+_SET_FILE = re.compile(r'.*set_?(\d)\.csv', re.IGNORECASE)
 _FRAME = re.compile(r'(?:\d+_)?(\d+)\.jpe?g', re.IGNORECASE)
 
 EXPECTED_LAYOUT = """\
@@ -54,38 +55,46 @@ class BadRow:
   reason: str
 
 
-def _split_dir(kind: str):
-  return sequence_builder.name_matches(rf'{kind}.*single.*', rf'{kind}')
+def _kind_and_set(path: pathlib.Path) -> tuple[str, int] | None:
+  """('train' | 'test', set number) of a split CSV, from its name or its folder's name."""
+  match = _SET_FILE.fullmatch(path.name)
+  if not match:
+    return None
+  for text in (path.name.lower(), path.parent.name.lower()):
+    for kind in ('train', 'test'):
+      if kind in text:
+        return kind, int(match.group(1))
+  return None
 
 
 def find_split_files(manual_dir: os.PathLike | str) -> dict[str, dict[int, pathlib.Path]]:
-  """``{'train': {1: set_1.csv, ...}, 'test': {...}}`` below ``EmoLabel_DataSplit`` (or any folder holding
-  the two split folders).
+  """``{'train': {1: set_1.csv, ...}, 'test': {...}}``: the single-labelled split CSVs below
+  ``EmoLabel_DataSplit`` (``train(single-labeled)/set_1.csv``), or named like the official repository's
+  ``label/single_trainset_1.csv``.
 
   Raises:
-    ManualDirError: the split folders or some set file are not found.
+    ManualDirError: some set file is not found.
+    BuildError: a set file is found twice.
   """
-  roots = sequence_builder.find_dirs(manual_dir, sequence_builder.name_matches('EmoLabel_DataSplit'))
-  if not roots:
-    raise sequence_builder.manual_dir_error('DFEW', manual_dir, EXPECTED_LAYOUT,
-                                            problem='found no EmoLabel_DataSplit/ folder')
-  if len(roots) > 1:
-    raise sequence_builder.BuildError(f'dfew: two EmoLabel_DataSplit folders: {roots[0]} and {roots[1]}')
-  files = {}
-  for kind in ('train', 'test'):
-    folders = [p for p in sequence_builder.subdirs(roots[0]) if _split_dir(kind)(p)]
-    found = {}
-    for folder in folders[:1]:
-      for path in sorted(folder.iterdir()):
-        match = _SET_FILE.fullmatch(path.name)
-        if match and path.is_file():
-          found[int(match.group(1))] = path
+  roots = sequence_builder.find_dirs(
+      manual_dir, sequence_builder.name_matches('EmoLabel_DataSplit', 'label')) or [pathlib.Path(manual_dir)]
+  files: dict[str, dict[int, pathlib.Path]] = {'train': {}, 'test': {}}
+  for root in roots:
+    for path in sorted(root.rglob('*.csv')):
+      found = _kind_and_set(path)
+      if found is None or any('multi' in part.lower() for part in path.relative_to(root).parts):
+        continue
+      kind, number = found
+      if number in files[kind]:
+        raise sequence_builder.BuildError(
+            f'dfew: two {kind} files for set {number}: {files[kind][number]} and {path}')
+      files[kind][number] = path
+  for kind, found in files.items():
     if sorted(found) != list(range(1, NUM_FOLDS + 1)):
       raise sequence_builder.manual_dir_error(
           'DFEW', manual_dir, EXPECTED_LAYOUT,
-          problem=f'expected {kind}(single-labeled)/set_1.csv ... set_5.csv in {roots[0]}, found sets '
-                  f'{sorted(found)} in {[str(f) for f in folders] or "no such folder"}')
-    files[kind] = found
+          problem=f'expected {kind}(single-labeled)/set_1.csv ... set_5.csv, found {kind} sets '
+                  f'{sorted(found)}')
   return files
 
 
