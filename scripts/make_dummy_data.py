@@ -502,7 +502,7 @@ def make_ferv39k(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Replicas at real frame sizes, for build throughput (docs/data-benchmarks.md; not committed).
+# Replicas at real frame sizes, for build throughput (docs/benchmarks.md; not committed).
 
 
 def _noisy_face(width: int, height: int, seed: list[int], **kwargs) -> np.ndarray:
