@@ -1,4 +1,5 @@
-"""Shared machinery of the ferjax sequence builders (CK+, Oulu-CASIA, eNTERFACE'05, RML, AFEW).
+"""Shared machinery of the ferjax sequence builders (CK+, Oulu-CASIA, eNTERFACE'05, RML, AFEW, DFEW, FERV39k,
+MAFW, RAF-DB).
 
 A dataset builder subclasses :class:`SequenceDatasetBuilder` and implements one method,
 ``_find_sources(manual_dir)``, which walks the user's copy and returns one :class:`SequenceSource` per
@@ -7,7 +8,9 @@ sequence (which files, label, subject, split). Everything else is shared:
 * finding the dataset's known folders at any nesting depth below the manual dir (:func:`find_dirs`), and a
   clear error naming the expected layout and what was found (:func:`manual_dir_error`);
 * reading frames (image files or a video), keeping at most ``max_frames`` evenly spaced ones, face-cropping
-  them with one stable square box per sequence (``ferjax.data.faces``) and JPEG-encoding them;
+  them with one stable square box per sequence (``ferjax.data.faces``) and JPEG-encoding them, or, for
+  released face crops that already have the target size (``keep_jpeg``), storing their JPEG bytes as
+  they are;
 * doing that for all sequences in parallel on all CPU cores (``FERJAX_NUM_WORKERS`` overrides the count),
   in a deterministic order, with progress lines on stdout;
 * skipping unusable sequences (undecodable files, no face, an unreadable label file) with a logged reason;
