@@ -121,3 +121,17 @@ def test_benchmark_presets():
     config_lib.validate(_res_rbg(preset))
   with pytest.raises(ValueError, match='released folds'):
     _res_rbg('dfew,fold=0')
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('dfew', 'EmoLabel_DataSplit'), ('ferv39k', '2_ClipsforFaceCrop'), ('mafw', 'no_caption'),
+    ('raf_db', 'list_patition_label.txt')])
+def test_wrong_manual_dir_is_one_error_naming_the_layout(name, expected, tmp_path, capsys):
+  from tfds_builders import sequence_builder  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'copy' / 'videos').mkdir(parents=True)
+  (tmp_path / 'copy' / 'readme.txt').write_text('not the dataset')
+  code = sequence_builder.main([name, '--manual_dir', str(tmp_path / 'copy'),
+                                '--data_dir', str(tmp_path / 'out')])
+  err = capsys.readouterr().err
+  assert code == 2 and err.startswith('error: found no') and expected in err
+  assert 'Traceback' not in err and 'readme.txt' in err  # What the folder holds.

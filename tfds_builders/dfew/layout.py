@@ -89,6 +89,9 @@ def find_split_files(manual_dir: os.PathLike | str) -> dict[str, dict[int, pathl
         raise sequence_builder.BuildError(
             f'dfew: two {kind} files for set {number}: {files[kind][number]} and {path}')
       files[kind][number] = path
+  if not any(files.values()):
+    raise sequence_builder.manual_dir_error('DFEW', manual_dir, EXPECTED_LAYOUT,
+                                            problem='found no DFEW split file (EmoLabel_DataSplit/)')
   for kind, found in files.items():
     if sorted(found) != list(range(1, NUM_FOLDS + 1)):
       raise sequence_builder.manual_dir_error(
