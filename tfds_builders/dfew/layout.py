@@ -126,7 +126,10 @@ def read_split_file(path: pathlib.Path) -> tuple[list[Row], list[BadRow]]:
 
 def find_frame_root(manual_dir: os.PathLike | str, frame_set: str) -> pathlib.Path:
   """The ``clip_224x224`` (or ``_16f``) folder holding the per-clip frame folders."""
-  roots = sequence_builder.find_dirs(manual_dir, sequence_builder.name_matches(re.escape(frame_set)))
+  # The folder holding numbered clip folders (unpacking sometimes doubles the level).
+  named = sequence_builder.name_matches(re.escape(frame_set))
+  clips = sequence_builder.has_subdirs(r'\d+')
+  roots = sequence_builder.find_dirs(manual_dir, lambda p: named(p) and clips(p))
   if not roots:
     raise sequence_builder.manual_dir_error(
         'DFEW', manual_dir, EXPECTED_LAYOUT, problem=f'found no Clip/{frame_set}/ folder')
