@@ -132,7 +132,7 @@ def manifest(split_names, subjects: dict[str, list[str]], holdout_validation: bo
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
   keep = ('war', 'uar', 'macro_f1', 'num_examples', 'per_class_recall', 'confusion_matrix', 'selection',
-          'split', 'class_names')
+          'split', 'class_names', 'by_scene')
   return {k: report[k] for k in keep if k in report}
 
 
