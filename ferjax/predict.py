@@ -9,18 +9,26 @@ and BatchNorm statistics are restored (Orbax partial restore), never the optimiz
 Each INPUT is a video file, a folder of frames (e.g. a CK+ sequence folder), one image, or a folder of videos
 (every video in it, batch mode). For every input:
 
-1. Faces are detected on every frame (`--detector`, default `blazeface`: MediaPipe's BlazeFace with Haar
-   where it finds nothing, as in the builders); a frame's face is its largest box. Frames without a face
-   are marked as such (`face: false`), never given a guessed box.
-2. Sliding windows of `--window` consecutive frames (default T, the model's frame count) start every
-   `--stride` frames (a last window is added so that the end of the input is covered). A window is
-   scored when at least `--min-face-fraction` of its frames have a face: like the builders, it gets one
-   stable square box (medians of its frames' boxes, plus `--margin`), all its frames are cropped with that
-   box, T evenly spaced ones are taken (`ferjax.data.sampling.eval_indices`), centre-cropped and resized
-   as in evaluation (`augment.eval_crop`, `dataset.image_size`). Shorter inputs are one window whose
-   frames repeat (as evaluation samples short sequences); one image is T copies of itself.
-3. Windows are batched (`--batch-size`) through the model; each gets class probabilities, and the clip's
-   prediction is the mean of its scored windows' probabilities.
+1. Faces are detected on every frame (`--detector`, default: the detector the training data was cropped
+   with, as the dataset's metadata records it; another one warns, since its boxes frame faces
+   differently; for a model trained on whole frames, `ferjax.data.faces.DEFAULT_DETECTOR` finds the
+   faces). Detections are linked into face **tracks** (`ferjax.data.face_tracks`): a face is seen at
+   overlapping places in at least `--min-track-length` frames (gaps of up to `--max-gap` frames
+   bridged); isolated hits are dropped. An input without a track is "no face" (an error for that
+   input). Each track is a face with its own results; frames where a face has no detection are marked
+   (`face: false` for the main face), never given a guessed box.
+2. Per face, sliding windows of `--window` consecutive frames (default T, the model's frame count) start
+   every `--stride` frames over the frames the face is seen in (a last window is added so that its end
+   is covered). A window is scored when at least `--min-face-fraction` of its frames have the face: like
+   the builders, it gets one stable square box (medians of the face's boxes over the builders'
+   `detect_frames` evenly spaced frames of the window, plus `--margin`), all its frames are cropped with
+   that box, T evenly spaced ones are taken (`ferjax.data.sampling.eval_indices`), centre-cropped and
+   resized as in evaluation (`augment.eval_crop`, `dataset.image_size`). Shorter inputs are one window
+   whose frames repeat (as evaluation samples short sequences); one image is T copies of itself.
+3. Windows are batched (`--batch-size`) through the model; each gets class probabilities, and a face's
+   prediction is the mean of its scored windows' probabilities. The input's label is that of its main
+   face (the track seen in the most frames); with several faces the table, `--json` (`tracks`) and
+   `--csv` (`track` column) report each.
 
 Output: a table per input on stdout (with the frames/s of the whole path: decoding, detection, cropping,
 model), and on request `--json FILE`, `--csv FILE`, `--annotate FILE.mp4|.avi` (the input with the face
@@ -467,7 +475,8 @@ class Result:
   num_frames: int = 0
   fps: float | None = None
   frame_size: tuple[int, int] | None = None  # (width, height)
-  boxes: list[list[float] | None] = dataclasses.field(default_factory=list)  # Main face per frame; None: none.
+  # The main face's box per frame (None: not seen there).
+  boxes: list[list[float] | None] = dataclasses.field(default_factory=list)
   tracks: list[TrackResult] = dataclasses.field(default_factory=list)
   track_boxes: list[dict[int, list[float]]] = dataclasses.field(default_factory=list)  # Per track.
   seconds: float = 0.0
@@ -733,7 +742,8 @@ def format_table(result: Result, max_rows: int = 40) -> str:
       lines.append(f'  face {track.id}: frames {track.first}-{track.last}, seen in {track.face_frames}: '
                    + (f'{result.track_label(track)} ({probs.max():.2f})' if probs is not None else
                       'no window with a face'))
-    lines.append(f'  {"window":>6}  {"frames":>11}  {"time":>15}  {"faces":>5}  {"label":<{width}}  {columns}')
+    lines.append(f'  {"window":>6}  {"frames":>11}  {"time":>15}  {"faces":>5}  '
+                 f'{"label":<{width}}  {columns}')
     for i, w in enumerate(track.windows[:max_rows]):
       span = f'{_time(w.start, result.fps)}-{_time(w.end - 1, result.fps)}' if result.fps else '-'
       label = names[int(np.argmax(w.probs))] if w.probs is not None else 'no face'
@@ -743,9 +753,9 @@ def format_table(result: Result, max_rows: int = 40) -> str:
     if len(track.windows) > max_rows:
       lines.append(f'  ... {len(track.windows) - max_rows} more windows (see --json / --csv)')
     if track.clip_probs is not None:
-      lines.append(f'  {"clip" if not several else f"face {track.id}":>6}  '
-                   f'{f"{track.first if several else 0}-{track.last if several else result.num_frames - 1}":>11}'
-                   f'  {"":>15}  {"":>5}  {result.track_label(track):<{width}}  {cells(track.clip_probs)}')
+      frames = f'{track.first}-{track.last}' if several else f'0-{result.num_frames - 1}'
+      lines.append(f'  {"clip" if not several else f"face {track.id}":>6}  {frames:>11}  {"":>15}  '
+                   f'{"":>5}  {result.track_label(track):<{width}}  {cells(track.clip_probs)}')
   return '\n'.join(lines)
 
 

@@ -72,7 +72,8 @@ def test_crop_square_pads_outside_with_black_and_resizes():
 def test_centre_detector_and_detector_names():
   frame = np.zeros((48, 64, 3), np.uint8)
   np.testing.assert_array_equal(faces.make_detector('none')(frame), [[8, 0, 48, 48]])
-  with pytest.raises(ValueError, match="one of \\('haar', 'blazeface', 'libfacedetection', 'yunet', 'none'\\)"):
+  with pytest.raises(ValueError,
+                     match="one of \\('haar', 'blazeface', 'libfacedetection', 'yunet', 'none'\\)"):
     faces.make_detector('mtcnn')
   with pytest.raises(ValueError, match='YuNet ONNX'):
     faces.make_detector('yunet')

@@ -78,10 +78,10 @@ def test_predict_defaults_to_the_training_datas_detector_and_warns_on_another():
 
 def test_builder_crop_and_predict_crop_of_a_real_clip_agree(tmp_path):
   """The same real clip (Hopper's portrait drifting over a 640x480 frame): the crop box the builder
-  stores (`process_sequence`, default CropOptions, recorded in the dataset metadata) and the one predict
-  cuts (its detector resolved from that metadata, the face's track, medians over the builder's
-  detect_frames of the clip plus the metadata's margin) overlap by IoU >= 0.95. BlazeFace, predict's earlier default, frames the face ~10 % smaller
-  and lower: its box is far below that."""
+  stores (`process_sequence`, default CropOptions, recorded in the dataset metadata) and the one
+  predict cuts (its detector resolved from that metadata, the face's track, medians over the builder's
+  detect_frames of the clip plus the metadata's margin) overlap by IoU >= 0.95. BlazeFace, predict's
+  earlier default, frames the face ~10 % smaller and lower: its box is far below that."""
   portrait = cv2.resize(_hopper(), (256, 300), interpolation=cv2.INTER_AREA)
   frames = []
   for t in range(12):

