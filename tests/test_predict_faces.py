@@ -139,6 +139,7 @@ def test_isolated_face_frames_are_no_face(run_dir, tmp_path, capsys):
   assert predict.run(['--workdir', run_dir, flashes, '--quiet']) == predict.EXIT_SOME_FAILED
   err = capsys.readouterr().err
   assert 'no face: detections in 2 of its 24 frames, but none seen in 5 frames' in err, err
+  frames = _text_frames(24)
   for k in range(8, 14):
     _paste_face(frames[k], face, 100 + 2 * k, 40)
   steady = helpers.write_video(tmp_path / 'steady.avi', frames)
@@ -164,7 +165,9 @@ def test_two_faces_are_two_tracks_with_their_own_results(run_dir, tmp_path):
   assert '2 faces (tracks)' in proc.stdout and 'face 0:' in proc.stdout and 'face 1:' in proc.stdout
   (result,) = json.loads((tmp_path / 'p.json').read_text())['results']
   tracks = result['tracks']
-  assert len(tracks) == 2 and all(t['face_frames'] == 8 for t in tracks)
+  # Each face seen in at least --min-track-length (5) of the 8 frames (BlazeFace sees the 160 px wide
+  # frame at 128 px, where the drawn faces' scores come near its threshold).
+  assert len(tracks) == 2 and all(t['face_frames'] >= 5 for t in tracks), tracks
   centres = []
   for track in tracks:
     assert track['label'] is not None and len(track['windows']) >= 1
