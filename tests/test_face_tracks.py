@@ -74,3 +74,20 @@ def test_a_detection_feeds_one_track_and_a_track_takes_one_detection_per_frame()
   tracks = face_tracks.track_faces(detections, min_length=1)
   assert [t.length for t in tracks] == [4, 1]
   np.testing.assert_array_equal(tracks[0].box(3), [102, 101, 80, 80])
+
+
+def test_scattered_hits_at_one_place_are_no_face_however_many():
+  """A logo whose letters fire the detector every 6th frame for 100 frames: 17 hits linked into one
+  track (gaps of 5 <= max_gap), but never 5 within 9 consecutive frames: no face. A face detected on
+  every other frame is one."""
+  logo = np.array([[200, 40, 30, 30, 0.8]], np.float32)
+  empty = np.zeros((0, 5), np.float32)
+  scattered = [logo if k % 6 == 0 else empty for k in range(100)]
+  assert face_tracks.track_faces(scattered, min_length=5, max_gap=12) == []
+  every_other = [logo if k % 2 == 0 else empty for k in range(100)]
+  (track,) = face_tracks.track_faces(every_other, min_length=5, max_gap=12)
+  assert track.length == 50
+  # The first 5 detections exactly: 5 within 9 frames (0, 2, 4, 6, 8) is a face, 5 within 10 is not.
+  assert len(face_tracks.track_faces(every_other[:9] + [empty] * 20, min_length=5)) == 1
+  spread = [logo if k in (0, 2, 4, 6, 9) else empty for k in range(30)]
+  assert face_tracks.track_faces(spread, min_length=5) == []

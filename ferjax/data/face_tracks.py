@@ -9,9 +9,11 @@ of its detections:
    track and one track takes one detection per frame). A detection that overlaps no live track starts a
    new one. A track stays live for ``max_gap`` frames without a detection (a missed frame does not split
    a face in two); after that it ends.
-2. Tracks with fewer than ``min_length`` detections are dropped: an isolated hit is not a face. Where an
-   input has fewer frames than ``min_length`` (one image, a short frame folder), every frame must have
-   the face.
+2. A track is a face only when it was seen in ``min_length`` frames close together: ``min_length``
+   detections within ``2 * min_length - 1`` consecutive frames (at least every other frame). Isolated
+   hits, even many of them at one place over a long video (a logo's letters firing the detector now
+   and then), are dropped. Where an input has fewer frames than ``min_length`` (one image, a short
+   frame folder), every frame must have the face.
 
 Two faces in a video are two tracks, each with its own boxes; nothing ever averages boxes across
 tracks.
@@ -75,14 +77,20 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return inter / np.maximum(union, 1e-9)
 
 
+def _seen_close_together(frames: list[int], needed: int) -> bool:
+  """Whether `needed` of the sorted `frames` fall within 2 * needed - 1 consecutive frames."""
+  return any(frames[i + needed - 1] - frames[i] < 2 * needed - 1 for i in range(len(frames) - needed + 1))
+
+
 def track_faces(detections: Sequence[np.ndarray], *, min_length: int = MIN_TRACK_LENGTH,
                 max_gap: int = MAX_GAP, iou_threshold: float = IOU_THRESHOLD) -> list[Track]:
   """The face tracks of a sequence, longest first (ties: larger faces first).
 
   Args:
     detections: per frame, the detections [N, 5] (x, y, w, h, score) or [N, 4]; N may be 0.
-    min_length: tracks with fewer detections are dropped (capped at the number of frames, so that one
-      image or a short clip can still hold a face).
+    min_length: a track needs this many detections within 2 * min_length - 1 consecutive frames, or
+      it is dropped (capped at the number of frames, so that one image or a short clip can still hold
+      a face).
     max_gap: frames without a detection that a track bridges.
     iou_threshold: smallest overlap between a track's last box and a detection that continues it.
   """
@@ -114,7 +122,7 @@ def track_faces(detections: Sequence[np.ndarray], *, min_length: int = MIN_TRACK
       if j not in taken:
         live.append(Track(id=-1, boxes={frame: found[j]}))
   needed = min(min_length, max(len(detections), 1))
-  tracks = [t for t in done + live if t.length >= needed]
+  tracks = [t for t in done + live if _seen_close_together(sorted(t.boxes), needed)]
   tracks.sort(key=lambda t: (-t.length, -t.mean_area, t.first))
   for k, t in enumerate(tracks):
     t.id = k
