@@ -11,7 +11,9 @@ The argument is `<preset>[,reconstruction][,key=value...]`; presets are `fer2013
 
 `fer2013` is the public code's recipe (`phamquiluan/ResidualMaskingNetwork`, configs/fer2013_config.json and
 its trainer): ResNet-34 + masking blocks, 48x48 grey faces resized to 224 and repeated to 3 channels, scaled by
-1/255 without mean/std (`dataset.normalization='unit'`), random horizontal flip and rotation up to 30 degrees,
+1/255 without mean/std (`dataset.normalization='unit'`), random horizontal flip and rotation up to 30
+degrees with the uncovered corners black (utils/augmenters/augment.py: imgaug's `Affine`, constant fill 0;
+`augment.fill='black'`; `'reflect'` mirrors the image instead),
 RAdam (lr 1e-4, decoupled weight decay 1e-3), batch 48, reduce-on-plateau (patience 2, factor 0.1 =
 PyTorch's default, down to 1e-6) evaluated every epoch on the validation split (PublicTest), at most 50
 epochs, early stop after 8 epochs without improvement, the best validation checkpoint tested on PrivateTest
@@ -21,8 +23,8 @@ weight decay on biases and normalisation parameters, no label smoothing; the cod
 is commented out, so the trunk starts from scratch here too (`--config.init.backbone_weights=...` loads
 torchvision ResNet-34 weights into it).
 
-The generic sections (dataset/input/augment/init/train/mesh/eval) start from `configs/res_rbg.py`'s paper
-config, so fields added to every config arrive here too; every value this recipe depends on is set below.
+The generic sections (dataset/input/augment/init/train/mesh/eval) start from `configs/common.py`, so fields
+added to every config arrive here too; every value this recipe depends on is set below.
 """
 
 import importlib.util
@@ -34,13 +36,24 @@ PRESETS = ('fer2013', 'synthetic_images', 'ck_plus')
 ARG_KEYS = ('fold', 'seed')
 
 
-def _base() -> ml_collections.ConfigDict:
-  """configs/res_rbg.py's paper config (loaded by path: config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'res_rbg.py')
-  spec = importlib.util.spec_from_file_location('ferjax_configs_res_rbg', path)
+def _common():
+  """configs/common.py (config files are loaded by path, not imported as a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py')
+  spec = importlib.util.spec_from_file_location('ferjax_configs_common', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.paper_config()
+  return module
+
+
+common = _common()
+
+
+def _base() -> ml_collections.ConfigDict:
+  """The shared sections, and the trunk's torchvision weights (`init.backbone_weights`)."""
+  c = common.base()
+  c.init.backbone_weights = ''  # torchvision-layout .safetensors/.npz; '' = random init.
+  c.init.backbone_prefix = ''  # Key prefix inside that file, e.g. 'module.'.
+  return c
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -55,6 +68,9 @@ def model_config() -> ml_collections.ConfigDict:
   # Shen & Li's reconstruction variant: weight of L_rec = mean |p - p'| (p = the model's input); 0 = off
   # (no decoder).
   m.reconstruction_weight = 0.0
+  # Transposed-convolution levels of the reconstruction decoder (each doubles the side; 5 = 32x, the
+  # ResNet's stride, so a 224 px input comes back at 224 px without a resize).
+  m.reconstruction_levels = 5
   # Mask term: 'binary' = this project's reading of the "margin/binary" term (rmn.py docstring); 'none'.
   m.mask_loss = 'none'
   m.mask_loss_weight = 0.0
@@ -62,6 +78,9 @@ def model_config() -> ml_collections.ConfigDict:
   # 'blocks' recomputes the stem and every BasicBlock (trunk and masks) in the backward pass: same values,
   # less activation memory, about one more forward pass of compute. 'none' keeps every activation.
   m.remat = 'none'
+  # Formulations of the ResNet layers (same function, different XLA programs; ferjax/models/resnet.py).
+  m.dot_1x1 = True
+  m.fused_batchnorm = True
   return m
 
 
@@ -81,9 +100,9 @@ def fer2013_config() -> ml_collections.ConfigDict:
   c.augment.crop_ratio = (1.0, 1.0)
   c.augment.flip = True
   c.augment.rotation = 30.0
+  c.augment.fill = 'black'  # imgaug's Affine default (constant 0), the public code's augmenter.
   c.augment.brightness = 0.0
-  c.augment.contrast = 0.0
-  c.augment.mask_prob = 0.0
+  c.augment.contrast = 0.0  # No random masking either (no augment.mask_* keys).
   c.augment.eval_crop = 1.0
   c.model = model_config()
   c.train.num_epochs = 50.0
@@ -139,48 +158,35 @@ def synthetic_images_config() -> ml_collections.ConfigDict:
 def ck_plus_config() -> ml_collections.ConfigDict:
   """Per frame on CK+ (10-fold by subject): the model scores each of T frames, a sequence's class is the
   argmax of its frames' mean probabilities; every frame is trained on with its sequence's label. The
-  FER2013 recipe otherwise, with the next fold held out for the plateau schedule and early stopping."""
+  FER2013 recipe otherwise, with the next fold held out for the plateau schedule and early stopping.
+
+  A per-frame image model on a sequence dataset samples the apex (`dataset.sampling='apex'`: the
+  last T frames; CK+ sequences run from a neutral onset to the apex), T = 3: the usual image protocol
+  on CK+ (the last three frames carry the label). Sampling TSN segments over the whole sequence would
+  train the neutral onset frames with the apex label. 16 sequences x 3 frames = 48 images per step,
+  the recipe's batch."""
   c = fer2013_config()
   c.dataset.name = 'ck_plus'
-  c.dataset.num_frames = 16
-  c.input.batch_size = 8  # 8 sequences x 16 frames = 128 images per step.
-  c.input.eval_batch_size = 8
+  c.dataset.num_frames = 3
+  c.dataset.sampling = 'apex'
+  c.input.batch_size = 16  # 16 sequences x 3 frames = 48 images per step.
+  c.input.eval_batch_size = 16
   c.train.eval_every_steps = 100
   c.train.checkpoint_every_steps = 100
   c.eval.tta_copies = 0
   return c
 
 
-def _int(key: str, value: str) -> int:
-  try:
-    return int(value)
-  except ValueError:
-    raise ValueError(f'config argument {key}={value!r}: expected an integer') from None
+def _reconstruction(c: ml_collections.ConfigDict) -> None:
+  # Shen & Li: L = CE + L_rec, plus the mask term (this project's reading, weight 0.1).
+  c.model.reconstruction_weight = 1.0
+  c.model.mask_loss = 'binary'
+  c.model.mask_loss_weight = 0.1
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`<preset>[,reconstruction][,fold=k][,seed=s]`, e.g. `fer2013,reconstruction`."""
-  preset, *pairs = (arg or 'fer2013').split(',')
-  makers = {'fer2013': fer2013_config, 'synthetic_images': synthetic_images_config,
-            'ck_plus': ck_plus_config}
-  if preset not in makers:
-    raise ValueError(f'config preset {preset!r} is unknown; expected one of {PRESETS}')
-  c = makers[preset]()
-  for pair in pairs:
-    if pair == 'reconstruction':
-      # Shen & Li: L = CE + L_rec, plus the mask term (this project's reading, weight 0.1).
-      c.model.reconstruction_weight = 1.0
-      c.model.mask_loss = 'binary'
-      c.model.mask_loss_weight = 0.1
-      continue
-    key, sep, value = pair.partition('=')
-    if not sep:
-      raise ValueError(f'config argument {pair!r}: expected `reconstruction` or key=value with key one '
-                       f'of {ARG_KEYS}')
-    if key == 'fold':
-      c.dataset.fold = _int(key, value)
-    elif key == 'seed':
-      c.seed = _int(key, value)
-    else:
-      raise ValueError(f'config argument key {key!r} is unknown; expected one of {ARG_KEYS}')
-  return c
+  return common.parse(arg, presets={'fer2013': fer2013_config,
+                                    'synthetic_images': synthetic_images_config,
+                                    'ck_plus': ck_plus_config},
+                      default='fer2013', keys=common.KEYS, words={'reconstruction': _reconstruction})

@@ -11,10 +11,15 @@ trainer's own evaluation step (`ferjax.steps.eval_step`).
 Each INPUT is a video file, a folder of frames (e.g. a CK+ sequence folder), one image, or a folder of videos
 (every video in it, batch mode). For every input (details in `ferjax.inference.windows`):
 
-1. Faces are detected on every frame (`--detector`, default `blazeface`: MediaPipe's BlazeFace with Haar
-   where it finds nothing, as in the builders); a frame's face is its largest box. Frames without a face
-   are marked as such (`face: false`), never given a guessed box.
-2. Sliding windows of `--window` consecutive frames (default: the median length of the run's training
+1. Faces are detected on every frame (`--detector`, default: the detector the training data was cropped
+   with, as the dataset's metadata records it; another one warns, since its boxes frame faces
+   differently; for a model trained on whole frames, `ferjax.data.faces.DEFAULT_DETECTOR` finds the
+   faces). Detections are linked into face **tracks** (`ferjax.data.face_tracks`): a face is seen at
+   overlapping places in at least `--min-track-length` frames (gaps of up to `--max-gap` frames
+   bridged); isolated hits are dropped. An input without a track is "no face" (an error for that
+   input). Each track is a face with its own results; frames where a face has no detection are marked
+   (`face: false` for the main face), never given a guessed box.
+2. Per face, sliding windows of `--window` consecutive frames (default: the median length of the run's training
    sequences, recorded in its run.json; T for runs that did not record it) start every `--stride` frames
    (a last window is added so that the end of the input is covered). A window is scored when at least
    `--min-face-fraction` of its frames have a face, else it is "no face". Its face frames, and only
@@ -22,8 +27,10 @@ Each INPUT is a video file, a folder of frames (e.g. a CK+ sequence folder), one
    `--margin`), T of them are taken as evaluation samples a sequence (`dataset.sampling`), centre-cropped
    and resized as in evaluation (`augment.eval_crop`, `dataset.image_size`). Shorter inputs are one
    window; one image is T copies of itself.
-3. Windows are batched (`--batch-size`) through the model; each gets class probabilities, and the clip's
-   prediction is the mean of its scored windows' probabilities.
+3. Windows are batched (`--batch-size`) through the model; each gets class probabilities, and a face's
+   prediction is the mean of its scored windows' probabilities. The input's label is that of its main
+   face (the track seen in the most frames); with several faces the table, `--json` (`tracks`) and
+   `--csv` (`track` column) report each.
 
 Output: a table per input on stdout (with the frames/s of the whole path: decoding, detection, cropping,
 model), and on request `--json FILE`, `--csv FILE`, `--annotate FILE.mp4|.avi` (the input with the face
@@ -48,7 +55,7 @@ import sys
 from typing import Sequence
 
 from ferjax import serving
-from ferjax.data import faces, media
+from ferjax.data import face_tracks, faces, media
 from ferjax.inference import model as model_lib, outputs, run as run_lib, windows
 
 EXIT_USAGE = 1
@@ -69,8 +76,10 @@ def _parser() -> argparse.ArgumentParser:
   src.add_argument('--workdir', help='a training run (best_checkpoint/ if any, else checkpoints/)')
   src.add_argument('--checkpoint', help='a checkpoint step folder, or a folder of them (newest)')
   src.add_argument('--model', help='an exported .ferjax or .onnx artifact (python -m ferjax.export)')
-  p.add_argument('--detector', default='blazeface', choices=faces.DETECTORS,
-                 help="face detector (default blazeface, Haar where it finds none); 'none' = centre square")
+  p.add_argument('--detector', default=None, choices=faces.DETECTORS,
+                 help="face detector (default: the one the training data was cropped with, from the "
+                      f"dataset's metadata; {faces.DEFAULT_DETECTOR!r} to find the faces of a model trained "
+                      "on whole frames); another one warns: its boxes differ. 'none' = centre square")
   p.add_argument('--yunet-model', help="the YuNet .onnx file for --detector yunet")
   p.add_argument('--crop', choices=('face', 'frame'), default=None,
                  help="what the model sees: 'face' (the window's face box plus --margin) or 'frame' (the "
@@ -85,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--stride', type=int, default=None, help='frames between window starts (default: window/2)')
   p.add_argument('--min-face-fraction', type=float, default=0.5,
                  help='a window is scored when at least this fraction of its frames has a face')
+  p.add_argument('--min-track-length', type=int, default=face_tracks.MIN_TRACK_LENGTH,
+                 help='a face is a track of detections at overlapping places in at least this many frames '
+                      '(all frames of a shorter input); isolated detections are dropped')
+  p.add_argument('--max-gap', type=int, default=face_tracks.MAX_GAP,
+                 help='frames without a detection that a face\'s track bridges')
   p.add_argument('--batch-size', type=int, default=16, help='windows per model call')
   p.add_argument('--json', help='write every result to this JSON file')
   p.add_argument('--csv', help='write one row per window (and per clip) to this CSV file')
@@ -103,11 +117,14 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+
 def _check_args(args) -> None:
-  for name in ('window', 'stride', 'batch_size'):
+  for name in ('window', 'stride', 'batch_size', 'min_track_length'):
     value = getattr(args, name)
     if value is not None and value < 1:
       raise PredictError(f'--{name.replace("_", "-")} must be >= 1; found {value}')
+  if args.max_gap < 0:
+    raise PredictError(f'--max-gap must be >= 0; found {args.max_gap}')
   if not 0 < args.min_face_fraction <= 1:
     raise PredictError(f'--min-face-fraction must be in (0, 1]; found {args.min_face_fraction}')
   if args.margin is not None and not 0 <= args.margin <= 2:
@@ -117,6 +134,7 @@ def _check_args(args) -> None:
     raise PredictError(f'--annotate {args.annotate}: expected a .mp4, .avi, .png or .jpg name')
   if args.plot and Path(args.plot).suffix.lower() not in ('.png', '.pdf', '.svg', '.jpg'):
     raise PredictError(f'--plot {args.plot}: expected a .png, .pdf, .svg or .jpg name')
+
 
 
 def _outputs(args, sources: Sequence[windows.Source]) -> tuple[list[Path], dict]:
@@ -143,11 +161,30 @@ def _outputs(args, sources: Sequence[windows.Source]) -> tuple[list[Path], dict]
   return paths, per_input
 
 
-def _options(args, model) -> windows.Options:
+
+def resolve_detector(requested: str | None, crop: dict) -> tuple[str, str | None]:
+  """(detector name, a warning or None): the training data's detector unless another is requested.
+
+  A model trained on whole frames (`crop['detector'] == 'none'`) still needs faces found, to tell
+  frames with a face from frames without: faces.DEFAULT_DETECTOR does that.
+  """
+  trained = crop.get('detector', model_lib.BUILDER_DEFAULT_CROP['detector'])
+  default = trained if trained != 'none' else faces.DEFAULT_DETECTOR
+  if requested is None or requested == default:
+    return default, None
+  if trained == 'none':
+    return requested, None
+  return requested, (f'--detector {requested}: the training data was cropped with {trained!r} '
+                     f'({crop.get("source", "dataset metadata")}); {requested!r} frames faces '
+                     'differently, so the model sees other crops than it trained on')
+
+
+
+def _options(args, model, detector: str) -> windows.Options:
   crop = model.metadata.get('preprocessing', {}).get('face_crop', {})
   margin = args.margin
   if margin is None:
-    margin = 0.0 if args.detector == 'none' else (
+    margin = 0.0 if detector == 'none' else (
         crop['margin'] if crop.get('detector', 'none') != 'none' else model_lib.BUILDER_DEFAULT_CROP['margin'])
   preprocessing = model.metadata.get('preprocessing', {})
   # The training sequences' typical length (older artifacts and runs: T).
@@ -158,7 +195,11 @@ def _options(args, model) -> windows.Options:
                  eval_crop=float(preprocessing.get('eval_crop', 1.0)),
                  min_face_fraction=args.min_face_fraction, batch_size=args.batch_size,
                  sampling=preprocessing.get('sampling', 'segments'), flow=preprocessing.get('flow', 'dis'),
-                 inputs=tuple(serving.input_names(model.metadata)))
+                 inputs=tuple(serving.input_names(model.metadata)),
+                 input_options=dict(preprocessing.get('input_options') or {}),
+                 min_track_length=args.min_track_length, max_gap=args.max_gap,
+                 detect_frames=int(crop.get('detect_frames', model_lib.BUILDER_DEFAULT_CROP['detect_frames'])))
+
 
 
 def run(argv: Sequence[str]) -> int:
@@ -180,11 +221,15 @@ def run(argv: Sequence[str]) -> int:
         print(f'error: {error}', file=sys.stderr)
       raise PredictError('no readable input')
     model = model_lib.load_model(args.workdir, args.checkpoint, args.model)
+    crop = model.metadata.get('preprocessing', {}).get('face_crop', {})
+    detector_name, warning = resolve_detector(args.detector, crop)
+    if warning:
+      print(f'warning: {warning}', file=sys.stderr)
     try:
-      detector = faces.make_detector(args.detector, args.yunet_model)
+      detector = faces.make_detector(detector_name, args.yunet_model)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-      raise PredictError(f'--detector {args.detector}: {e}') from None
-    options = _options(args, model)
+      raise PredictError(f'--detector {detector_name}: {e}') from None
+    options = _options(args, model, detector_name)
   except (PredictError, run_lib.RunError, outputs.OutputError) as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_USAGE
@@ -205,6 +250,10 @@ def run(argv: Sequence[str]) -> int:
       failed.append((os.fspath(source.path), str(e)))
       records.append({'input': os.fspath(source.path), 'error': str(e)})
       continue
+    if len(result.tracks) > 1 and options.crop == 'frame':
+      print(f'warning: {source.path}: {len(result.tracks)} faces, but the model sees whole frames '
+            '(--crop frame): every face gets the same frames; --crop face cuts each face out',
+            file=sys.stderr)
     results.append(result)
     records.append(outputs.result_json(result))
     print(outputs.format_table(result, args.max_rows), flush=True)
@@ -217,12 +266,12 @@ def run(argv: Sequence[str]) -> int:
     seconds = sum(r.seconds for r in results)
     in_model = sum(r.model_seconds for r in results)
     print(f'{len(results)} input(s), {frames} frames in {seconds:.2f} s: {frames / seconds:.1f} frames/s '
-          f'(decode + detect ({args.detector}) + crop + model; model {model.kind}: {in_model:.2f} s, '
+          f'(decode + detect ({detector_name}) + crop + model; model {model.kind}: {in_model:.2f} s, '
           'its first call compiles)')
   if args.json:
     payload = {'model': {k: model.metadata.get(k) for k in ('class_names', 'num_frames', 'image_size',
                                                              'inputs', 'preprocessing', 'source')},
-               'options': dataclasses.asdict(options) | {'detector': args.detector},
+               'options': dataclasses.asdict(options) | {'detector': detector_name},
                'results': records}
     Path(args.json).write_text(json.dumps(payload, indent=1))
   if args.csv:
@@ -231,6 +280,7 @@ def run(argv: Sequence[str]) -> int:
     print(f'{len(failed)} of {len(failed) + len(results)} input(s) failed', file=sys.stderr)
     return EXIT_SOME_FAILED
   return 0
+
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from ferjax.data import augment
 from ferjax.inference import run as run_lib
 
 # What the builders crop when a dataset's metadata does not say (tfds_builders.sequence_builder).
-BUILDER_DEFAULT_CROP = {'detector': 'haar', 'margin': 0.25, 'size': 256}
+BUILDER_DEFAULT_CROP = {'detector': 'haar', 'margin': 0.25, 'size': 256, 'detect_frames': 8}
 # Datasets whose frames are whole renders, not detector crops.
 UNCROPPED_DATASETS = ('synthetic_expressions',)
 
@@ -31,7 +31,7 @@ def dataset_info(config: dict):
   from ferjax.data import datasets  # pylint: disable=import-outside-toplevel
   dataset = config['dataset']
   name = f'{dataset["name"]}/{dataset["config"]}' if dataset.get('config') else dataset['name']
-  datasets._register_builder(dataset['name'])  # pylint: disable=protected-access
+  datasets.register_builder(dataset['name'])
   try:
     return tfds.builder(name, data_dir=dataset.get('data_dir') or None).info
   except Exception:  # pylint: disable=broad-except  # Unknown builder or config: no info.
@@ -51,10 +51,19 @@ def training_crop(config: dict, info) -> dict:
     return {'detector': 'none', 'margin': 0.0, 'size': int(size),
             'source': 'whole rendered frames (the dataset is drawn face-centred)'}
   options = dict(info.metadata.get('crop_options') or {}) if info is not None and info.metadata else {}
+  return crop_from_options(options)
+
+
+def crop_from_options(options: dict) -> dict:
+  """predict's face crop from a builder's `crop_options` (the dict its dataset metadata records); the
+  builder defaults when there are none."""
   if options:
     return {'detector': options.get('face_detector', 'haar'), 'margin': float(options.get('margin', 0.25)),
-            'size': int(options.get('size', 256)), 'source': 'dataset metadata crop_options'}
+            'size': int(options.get('size', 256)), 'detect_frames': int(options.get('detect_frames', 8)),
+            'source': 'dataset metadata crop_options'}
   return {**BUILDER_DEFAULT_CROP, 'source': 'builder defaults (the dataset metadata was not found)'}
+
+
 
 
 def _stored_frame_side(info) -> int | None:
@@ -115,6 +124,8 @@ def model_metadata(config: dict, class_names: Sequence[str], crop: dict, source:
           'flow': config['dataset'].get('flow', 'dis'),
           # Frames a prediction window spans (ferjax.predict's default --window).
           'window': window,
+          # The config values the model's other inputs read (`ferjax.data.inputs.options`).
+          'input_options': _input_options(config, inputs),
       },
       # What the model computes in ('auto' resolved for the platforms it was made for; None: the
       # family has no dtype field).
@@ -123,6 +134,13 @@ def model_metadata(config: dict, class_names: Sequence[str], crop: dict, source:
       'model': config['model'],
       'source': source,
   }
+
+
+def _input_options(config: dict, inputs: Sequence[str]) -> dict:
+  if all(name == 'frames' for name in inputs):
+    return {}
+  from ferjax.data import inputs as inputs_lib  # pylint: disable=import-outside-toplevel  # grain.
+  return inputs_lib.options(config, inputs)
 
 
 def window(info: dict, num_frames: int) -> dict:

@@ -21,32 +21,45 @@ def _time(frame: int, fps: float | None) -> str:
 
 
 def format_table(result: Result, max_rows: int = 40) -> str:
-  """The readable summary of one input: a header line, one row per window (the first `max_rows`)."""
+  """The readable summary of one input: a header line, then per face (track) a line and one row per
+  window (the first `max_rows`)."""
   names = result.class_names
   face_count = sum(b is not None for b in result.boxes)
-  scored = sum(w.probs is not None for w in result.windows)
   clip = result.clip_probs
+  several = len(result.tracks) > 1
   head = (f'{result.source.path} ({result.source.kind}, {result.num_frames} frames'
-          + (f', {result.fps:.1f} fps' if result.fps else '') + f'): '
+          + (f', {result.fps:.1f} fps' if result.fps else '') + '): '
+          + (f'{len(result.tracks)} faces (tracks); main face: ' if several else '')
           + (f'{result.label} ({clip.max():.2f})' if clip is not None else 'no window with a face')
-          + f', mean of {scored}/{len(result.windows)} windows; face in {face_count}/{result.num_frames} '
-          f'frames; {result.frames_per_second:.1f} frames/s')
+          + f', mean of {sum(w.probs is not None for w in result.windows)}/{len(result.windows)} windows; '
+          f'face in {face_count}/{result.num_frames} frames; {result.frames_per_second:.1f} frames/s')
   width = max(6, *(len(n) for n in names))
-  lines = [head, f'  {"window":>6}  {"frames":>11}  {"time":>15}  {"faces":>5}  {"label":<{width}}  '
-           + '  '.join(f'{n[:width]:>{max(len(n[:width]), 4)}}' for n in names)]
-  for i, w in enumerate(result.windows[:max_rows]):
-    span = f'{_time(w.start, result.fps)}-{_time(w.end - 1, result.fps)}' if result.fps else '-'
-    label = names[int(np.argmax(w.probs))] if w.probs is not None else 'no face'
-    cells = ('  '.join(f'{p:>{max(len(n[:width]), 4)}.2f}' for n, p in zip(names, w.probs))
-             if w.probs is not None else '')
-    lines.append(f'  {i:>6}  {f"{w.start}-{w.end - 1}":>11}  {span:>15}  '
-                 f'{f"{w.face_frames}/{w.end - w.start}":>5}  {label:<{width}}  {cells}'.rstrip())
-  if len(result.windows) > max_rows:
-    lines.append(f'  ... {len(result.windows) - max_rows} more windows (see --json / --csv)')
-  if clip is not None:
-    lines.append(f'  {"clip":>6}  {f"0-{result.num_frames - 1}":>11}  {"":>15}  {"":>5}  '
-                 f'{result.label:<{width}}  '
-                 + '  '.join(f'{p:>{max(len(n[:width]), 4)}.2f}' for n, p in zip(names, clip)))
+  columns = ('  '.join(f'{n[:width]:>{max(len(n[:width]), 4)}}' for n in names))
+
+  def cells(probs):
+    return '  '.join(f'{p:>{max(len(n[:width]), 4)}.2f}' for n, p in zip(names, probs))
+
+  lines = [head]
+  for track in result.tracks:
+    if several:
+      probs = track.clip_probs
+      lines.append(f'  face {track.id}: frames {track.first}-{track.last}, seen in {track.face_frames}: '
+                   + (f'{result.track_label(track)} ({probs.max():.2f})' if probs is not None else
+                      'no window with a face'))
+    lines.append(f'  {"window":>6}  {"frames":>11}  {"time":>15}  {"faces":>5}  '
+                 f'{"label":<{width}}  {columns}')
+    for i, w in enumerate(track.windows[:max_rows]):
+      span = f'{_time(w.start, result.fps)}-{_time(w.end - 1, result.fps)}' if result.fps else '-'
+      label = names[int(np.argmax(w.probs))] if w.probs is not None else 'no face'
+      lines.append(f'  {i:>6}  {f"{w.start}-{w.end - 1}":>11}  {span:>15}  '
+                   f'{f"{w.face_frames}/{w.end - w.start}":>5}  {label:<{width}}  '
+                   f'{cells(w.probs) if w.probs is not None else ""}'.rstrip())
+    if len(track.windows) > max_rows:
+      lines.append(f'  ... {len(track.windows) - max_rows} more windows (see --json / --csv)')
+    if track.clip_probs is not None:
+      frames = f'{track.first}-{track.last}' if several else f'0-{result.num_frames - 1}'
+      lines.append(f'  {"clip" if not several else f"face {track.id}":>6}  {frames:>11}  {"":>15}  '
+                   f'{"":>5}  {result.track_label(track):<{width}}  {cells(track.clip_probs)}')
   return '\n'.join(lines)
 
 
@@ -54,7 +67,17 @@ def _probs_dict(names, probs) -> dict | None:
   return None if probs is None else {n: round(float(p), 6) for n, p in zip(names, probs)}
 
 
+def _windows_json(names, windows) -> list[dict]:
+  return [{'start': w.start, 'end': w.end, 'face_frames': w.face_frames,
+           'box': None if w.box is None else [round(v, 1) for v in w.box],
+           'face_box': None if w.face_box is None else [round(v, 1) for v in w.face_box],
+           'label': None if w.probs is None else names[int(np.argmax(w.probs))],
+           'probs': _probs_dict(names, w.probs)} for w in windows]
+
+
 def result_json(result: Result) -> dict:
+  """One input's results; `label`, `probs`, `face`, `face_boxes` and `windows` are the main face's
+  (the first track), `tracks` has every face."""
   names = result.class_names
   return {
       'input': os.fspath(result.source.path), 'kind': result.source.kind, 'error': None,
@@ -64,31 +87,34 @@ def result_json(result: Result) -> dict:
       'frames_per_second': round(result.frames_per_second, 2),
       'face': [b is not None for b in result.boxes],
       'face_boxes': [None if b is None else [round(v, 1) for v in b] for b in result.boxes],
-      'windows': [{'start': w.start, 'end': w.end, 'face_frames': w.face_frames,
-                   'box': None if w.box is None else [round(v, 1) for v in w.box],
-                   'face_box': None if w.face_box is None else [round(v, 1) for v in w.face_box],
-                   'label': None if w.probs is None else names[int(np.argmax(w.probs))],
-                   'probs': _probs_dict(names, w.probs)} for w in result.windows],
+      'windows': _windows_json(names, result.windows),
+      'tracks': [{'track': t.id, 'first_frame': t.first, 'last_frame': t.last, 'face_frames': t.face_frames,
+                  'label': result.track_label(t), 'probs': _probs_dict(names, t.clip_probs),
+                  'face_boxes': {str(k): [round(v, 1) for v in b] for k, b in boxes.items()},
+                  'windows': _windows_json(names, t.windows)}
+                 for t, boxes in zip(result.tracks, result.track_boxes)],
   }
 
 
 def csv_text(results: Sequence[Result], class_names: Sequence[str]) -> str:
-  """One row per window and one `clip` row per input; probabilities in class order."""
+  """One row per window of every face (track) and one `clip` row per face; probabilities in class
+  order."""
   out = io.StringIO()
   writer = csv.writer(out)
-  writer.writerow(['input', 'window', 'start_frame', 'end_frame', 'start_s', 'end_s', 'face_frames',
-                   'label', *[f'p_{n}' for n in class_names]])
+  writer.writerow(['input', 'track', 'window', 'start_frame', 'end_frame', 'start_s', 'end_s',
+                   'face_frames', 'label', *[f'p_{n}' for n in class_names]])
   for r in results:
-    for i, w in enumerate(r.windows):
-      times = [f'{w.start / r.fps:.3f}', f'{(w.end - 1) / r.fps:.3f}'] if r.fps else ['', '']
-      label = r.class_names[int(np.argmax(w.probs))] if w.probs is not None else 'no face'
-      probs = [f'{p:.6f}' for p in w.probs] if w.probs is not None else [''] * len(class_names)
-      writer.writerow([os.fspath(r.source.path), i, w.start, w.end - 1, *times, w.face_frames, label,
-                       *probs])
-    clip = r.clip_probs
-    writer.writerow([os.fspath(r.source.path), 'clip', 0, r.num_frames - 1, '', '', 
-                     sum(b is not None for b in r.boxes), r.label or 'no face',
-                     *([f'{p:.6f}' for p in clip] if clip is not None else [''] * len(class_names))])
+    for track in r.tracks:
+      for i, w in enumerate(track.windows):
+        times = [f'{w.start / r.fps:.3f}', f'{(w.end - 1) / r.fps:.3f}'] if r.fps else ['', '']
+        label = r.class_names[int(np.argmax(w.probs))] if w.probs is not None else 'no face'
+        probs = [f'{p:.6f}' for p in w.probs] if w.probs is not None else [''] * len(class_names)
+        writer.writerow([os.fspath(r.source.path), track.id, i, w.start, w.end - 1, *times, w.face_frames,
+                         label, *probs])
+      clip = track.clip_probs
+      writer.writerow([os.fspath(r.source.path), track.id, 'clip', track.first, track.last, '', '',
+                       track.face_frames, r.track_label(track) or 'no face',
+                       *([f'{p:.6f}' for p in clip] if clip is not None else [''] * len(class_names))])
   return out.getvalue()
 
 
@@ -234,4 +260,3 @@ def input_labels(sources: Sequence[Source]) -> list[str]:
 def per_input_path(path: Path, label: str, several: bool) -> Path:
   """`NAME.ext` for one input; `NAME.<label>.ext` per input when there are several (batch mode)."""
   return path.with_name(f'{path.stem}.{label}{path.suffix}') if several else path
-

@@ -2,11 +2,11 @@
 
 For every input:
 
-1. Faces are detected on every frame (`frame_face`: the detector's largest box); frames without a face
-   are marked as such, never given a guessed box.
-2. Sliding windows of `Options.window` consecutive frames start every `Options.stride` frames (a last
-   window is added so that the end of the input is covered). A window is scored when at least
-   `Options.min_face_fraction` of its frames have a face; otherwise it is "no face".
+1. Faces are detected on every frame and linked into face tracks (`detect_tracks`,
+   `ferjax.data.face_tracks`); each track is a face with its own windows and results.
+2. Per face, sliding windows of `Options.window` consecutive frames start every `Options.stride` frames
+   (a last window is added so that the end of the face's frames is covered). A window is scored when at
+   least `Options.min_face_fraction` of its frames have the face; otherwise it is "no face".
 3. A scored window's **face frames** play the part of a dataset record's sequence: they are cropped
    with the window's one stable square box (medians of their boxes, plus `Options.margin`, as the
    builders crop), and the T frames the model sees are the run's evaluation sampling
@@ -26,11 +26,11 @@ import os
 from pathlib import Path
 import sys
 import time
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ferjax.data import augment, faces, media, sampling
+from ferjax.data import augment, face_tracks, faces, media, sampling
 
 
 # Inputs: videos, frame folders, images; read frame by frame.
@@ -95,7 +95,7 @@ def iter_frames(source: Source) -> Iterator[np.ndarray]:
       ok, frame = capture.retrieve()
       if not ok or frame is None:
         raise media.MediaError(f'{source.path}: OpenCV cannot decode frame {index}')
-      yield media._to_rgb(frame)  # pylint: disable=protected-access
+      yield media.to_rgb(frame)
       index += 1
   finally:
     capture.release()
@@ -118,27 +118,51 @@ class Window:
 
 
 @dataclasses.dataclass
-class Result:
-  """The prediction of one input."""
-  source: Source
-  class_names: tuple[str, ...]
-  num_frames: int = 0
-  fps: float | None = None
-  frame_size: tuple[int, int] | None = None  # (width, height)
-  boxes: list[list[float] | None] = dataclasses.field(default_factory=list)  # Per frame; None: no face.
+class TrackResult:
+  """The prediction for one face (a track, `ferjax.data.face_tracks`): its windows and their mean."""
+  id: int
+  first: int  # First and last frame with a detection of this face.
+  last: int
+  face_frames: int  # Frames with a detection of this face.
   windows: list[Window] = dataclasses.field(default_factory=list)
-  seconds: float = 0.0
-  model_seconds: float = 0.0  # Of `seconds`, in model calls (the first call of a process compiles).
 
   @property
   def clip_probs(self) -> np.ndarray | None:
     scored = [w.probs for w in self.windows if w.probs is not None]
     return np.mean(scored, axis=0) if scored else None
 
+
+@dataclasses.dataclass
+class Result:
+  """The prediction of one input: one TrackResult per face; `windows`, `clip_probs` and `label` are
+  those of the main face (the first track: the face seen in the most frames)."""
+  source: Source
+  class_names: tuple[str, ...]
+  num_frames: int = 0
+  fps: float | None = None
+  frame_size: tuple[int, int] | None = None  # (width, height)
+  # The main face's box per frame (None: not seen there).
+  boxes: list[list[float] | None] = dataclasses.field(default_factory=list)
+  tracks: list[TrackResult] = dataclasses.field(default_factory=list)
+  track_boxes: list[dict[int, list[float]]] = dataclasses.field(default_factory=list)  # Per track.
+  seconds: float = 0.0
+  model_seconds: float = 0.0  # Of `seconds`, in model calls (the first call of a process compiles).
+
+  @property
+  def windows(self) -> list[Window]:
+    return self.tracks[0].windows if self.tracks else []
+
+  @property
+  def clip_probs(self) -> np.ndarray | None:
+    return self.tracks[0].clip_probs if self.tracks else None
+
+  def track_label(self, track: TrackResult) -> str | None:
+    probs = track.clip_probs
+    return None if probs is None else self.class_names[int(np.argmax(probs))]
+
   @property
   def label(self) -> str | None:
-    probs = self.clip_probs
-    return None if probs is None else self.class_names[int(np.argmax(probs))]
+    return self.track_label(self.tracks[0]) if self.tracks else None
 
   @property
   def frames_per_second(self) -> float:
@@ -159,11 +183,11 @@ class Options:
   sampling: str = 'segments'  # Which T frames of a window: the run's dataset.sampling, evaluation indices.
   flow: str = 'dis'  # The run's dataset.flow, for models whose inputs include flow.
   inputs: tuple[str, ...] = ('frames',)  # The model's inputs (metadata['inputs']).
-
-
-def frame_face(detector: faces.FaceDetector, frame: np.ndarray) -> np.ndarray | None:
-  """The face (x, y, w, h) of one frame: the detector's largest box, None when it finds none."""
-  return faces.largest_box(detector(frame))
+  # Config values the other inputs read (metadata['preprocessing']['input_options']).
+  input_options: dict = dataclasses.field(default_factory=dict)
+  min_track_length: int = face_tracks.MIN_TRACK_LENGTH  # A face is seen in at least this many frames.
+  max_gap: int = face_tracks.MAX_GAP  # Frames without a detection a face's track bridges.
+  detect_frames: int = 8  # A window's box: medians over this many evenly spaced frames (as the builders).
 
 
 def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
@@ -175,6 +199,15 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
   if starts[-1] != num_frames - window:
     starts.append(num_frames - window)
   return starts
+
+
+def window_box(boxes: Sequence[np.ndarray | None], margin: float, detect_frames: int) -> np.ndarray:
+  """A window's square crop box from its frames' face boxes, as the builders make a sequence's: the
+  medians (`faces.stable_box`) over `detect_frames` evenly spaced frames (the builders' `detect_frames`:
+  detector boxes jump between scales from frame to frame, and medians over other frames differ by
+  several percent); over all its face frames when those picks hold none."""
+  picked = [boxes[i] for i in media.evenly_spaced(len(boxes), detect_frames)]
+  return faces.stable_box(picked if any(b is not None for b in picked) else boxes, margin)
 
 
 def window_crops(frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None], num_samples: int,
@@ -192,7 +225,7 @@ def window_crops(frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None
   face = [i for i, b in enumerate(boxes) if b is not None]
   if not face:
     raise faces.NoFaceError(f'no face in any of the {len(frames)} frames of the window')
-  box = (faces.stable_box(boxes, options.margin) if options.crop == 'face' else
+  box = (window_box(boxes, options.margin, options.detect_frames) if options.crop == 'face' else
          faces.centre_box(frames[face[0]].shape))
   picks = sampling.indices(options.sampling, len(face), num_samples)
   crops = [faces.crop_square(frames[face[i]], box, options.crop_size) for i in picks]
@@ -204,11 +237,11 @@ def window_crops(frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None
                            f'(inputs {list(options.inputs)})')
   if extra:
     # pylint: disable-next=import-outside-toplevel  # grain and flow only for families that need them.
-    from ferjax.data import flow as flow_lib, pipeline
+    from ferjax.data import flow as flow_lib, inputs as inputs_lib, pipeline
     matrix = flow_lib.eval_matrix(options.crop_size, options.crop_size, image_size, options.eval_crop)
     view = pipeline.View(crops, np.asarray(picks, np.int32), len(face), matrix, image_size,
-                         options.flow)
-    out.update(pipeline._extra_inputs(extra, view))  # pylint: disable=protected-access
+                         options.flow, None, {'dataset.flow': options.flow, **options.input_options})
+    out.update(inputs_lib.compute(extra, view))
   return out, box
 
 
@@ -268,10 +301,28 @@ class _Progress:
       sys.stderr.flush()
 
 
+def detect_tracks(frames: Iterable[np.ndarray], detector: faces.FaceDetector, options: Options,
+                  on_frame: Callable[[int, np.ndarray], Any] | None = None,
+                  ) -> tuple[list[face_tracks.Track], list[np.ndarray]]:
+  """(the face tracks, per-frame detections [N, 5]) of a sequence: every frame is looked at."""
+  detections = []
+  for index, frame in enumerate(frames):
+    detections.append(faces.detect_faces(detector, frame))
+    if on_frame is not None:
+      on_frame(index, frame)
+  tracks = face_tracks.track_faces(detections, min_length=options.min_track_length,
+                                   max_gap=options.max_gap)
+  return tracks, detections
+
+
 def predict_source(source: Source, model, detector: faces.FaceDetector, options: Options,
                    progress: bool = True) -> Result:
   """Detects, tracks, crops and classifies one input (see the module docstring). Raises MediaError
-  for unreadable input and NoFaceError when no frame has a face."""
+  for unreadable input and NoFaceError when no face is seen in `options.min_track_length` frames.
+
+  Two passes over the frames (videos are never held in memory whole): the first detects faces on
+  every frame and links them into tracks, the second crops and scores each track's windows.
+  """
   t0 = time.perf_counter()
   result = Result(source, tuple(model.class_names))
   total = 0
@@ -279,44 +330,50 @@ def predict_source(source: Source, model, detector: faces.FaceDetector, options:
     result.fps, total = _video_info(source.path)
   elif source.kind == 'frames':
     total = len(source.files)
-  span = options.window
-  buffer: list[np.ndarray] = []  # The last `span` frames (and their boxes): one window's worth.
-  buffer_start = 0
-  batcher = _Batcher(model, options.batch_size)
-  bar = _Progress(source.path.name, total, progress and total > 4 * span)
-
-  def emit(start: int, end: int) -> None:
-    frames = buffer[start - buffer_start:end - buffer_start]
-    boxes = [None if b is None else np.asarray(b, np.float32) for b in result.boxes[start:end]]
-    window = Window(start, end, sum(b is not None for b in boxes))
-    result.windows.append(window)
-    if window.face_frames and window.face_frames >= options.min_face_fraction * len(frames):
-      inputs, box = window_crops(frames, boxes, model.num_frames, model.image_size, options)
-      window.box = [float(v) for v in box]
-      window.face_box = [float(v) for v in faces.stable_box(boxes, 0.0)]
-      batcher.add(window, inputs)
-
+  bar = _Progress(source.path.name, total, progress and total > 4 * options.window)
+  sizes = []
   try:
-    for index, frame in enumerate(iter_frames(source)):
-      if result.frame_size is None:
-        result.frame_size = (frame.shape[1], frame.shape[0])
-      found = frame_face(detector, frame)
-      result.boxes.append(None if found is None else [float(v) for v in found])
-      buffer.append(frame)
-      if len(buffer) > span:
-        buffer.pop(0)
-        buffer_start += 1
-      if index + 1 >= span and (index + 1 - span) % options.stride == 0:
-        emit(index + 1 - span, index + 1)
-      bar.update(index + 1)
+    tracks, detections = detect_tracks(iter_frames(source), detector, options,
+                                       lambda i, frame: (sizes.append(frame.shape), bar.update(i + 1)))
   finally:
     bar.close()
-  result.num_frames = len(result.boxes)
-  last = window_starts(result.num_frames, span, options.stride)[-1]
-  if not result.windows or result.windows[-1].start != last:
-    emit(last, min(last + span, result.num_frames))
-  if not any(b is not None for b in result.boxes):
-    raise faces.NoFaceError(f'{source.path}: no face found in any of its {result.num_frames} frames')
+  result.frame_size = (sizes[0][1], sizes[0][0]) if sizes else None
+  result.num_frames = len(detections)
+  if not tracks:
+    hits = sum(len(d) > 0 for d in detections)
+    raise faces.NoFaceError(
+        f'{source.path}: no face found in any of its {result.num_frames} frames' if not hits else
+        f'{source.path}: no face: detections in {hits} of its {result.num_frames} frames, but none seen '
+        f'in {min(options.min_track_length, result.num_frames)} frames at one place '
+        '(--min-track-length)')
+  result.track_boxes = [{k: [float(v) for v in b[:4]] for k, b in sorted(t.boxes.items())} for t in tracks]
+  result.boxes = [result.track_boxes[0].get(k) for k in range(result.num_frames)]
+  span = options.window
+  pending = []  # (window, its track) in the order their last frame arrives.
+  for track in tracks:
+    length = track.last + 1 - track.first
+    starts = [track.first + s for s in window_starts(length, span, options.stride)]
+    windows = [Window(s, min(s + span, result.num_frames), 0) for s in starts]
+    result.tracks.append(TrackResult(track.id, track.first, track.last, track.length, windows))
+    pending += [(w, track) for w in windows]
+  pending.sort(key=lambda x: x[0].end)
+
+  batcher = _Batcher(model, options.batch_size)
+  buffer: list[np.ndarray] = []  # The last `span` frames: one window's worth.
+  next_window = 0
+  for index, frame in enumerate(iter_frames(source)):
+    buffer = (buffer + [frame])[-span:]
+    while next_window < len(pending) and pending[next_window][0].end == index + 1:
+      window, track = pending[next_window]
+      next_window += 1
+      frames = buffer[len(buffer) - (window.end - window.start):]
+      boxes = track.frame_boxes(window.start, window.end)
+      window.face_frames = sum(b is not None for b in boxes)
+      if window.face_frames and window.face_frames >= options.min_face_fraction * len(frames):
+        inputs, box = window_crops(frames, boxes, model.num_frames, model.image_size, options)
+        window.box = [float(v) for v in box]
+        window.face_box = [float(v) for v in window_box(boxes, 0.0, options.detect_frames)]
+        batcher.add(window, inputs)
   batcher.flush()
   result.seconds = time.perf_counter() - t0
   result.model_seconds = batcher.model_seconds

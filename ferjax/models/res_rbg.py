@@ -26,7 +26,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ferjax import config as config_lib
+from ferjax import registry
+from ferjax.data import augment
 from ferjax.models import attention as attention_lib
+from ferjax.models import convert
+from ferjax.models import heads
 from ferjax.models import precision
 from ferjax.models import recurrent
 from ferjax.models import resnet
@@ -107,12 +111,14 @@ class ResRBG(nnx.Module):
     rbg_blocks: number of RBG blocks (0 = pool the frame features directly).
     relu_before_gru, bigru_layers, block_norm, residual: the RBG block's structure (``RBGBlock``).
     head_zero_init: start the classifier's kernel at 0 (big_vision's default), so no gradient reaches the
-      frame and sequence layers before the classifier has aligned with the labels.
+      frame and sequence layers before the classifier has aligned with the labels; otherwise PyTorch's
+      ``nn.Linear`` initialisation (``heads.Float32Linear``).
     hidden: GRU hidden size (per direction).
     merge: BiGRU merge ('concat' | 'sum' | 'mean').
     pooling: temporal pooling ('mean' | 'last').
     dropout: dropout rate before the classifier.
-    dtype: compute dtype (float32 or bfloat16); parameters are float32, logits float32.
+    dtype: compute dtype (float32 or bfloat16) of the ResNet and the RBG blocks; parameters are float32,
+      the classifier computes in float32 (its input is cast up, not its output).
     unroll: ``lax.scan`` unroll factor of the recurrent layers.
     remat: 'none' | 'blocks': rematerialise every ResNet block and every RBG block (``nnx.remat``),
       so the backward pass keeps only the blocks' inputs and recomputes the rest; same values, about
@@ -151,9 +157,7 @@ class ResRBG(nnx.Module):
       d = blocks[-1].out_features
     self.temporal = nnx.List(blocks)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(d, num_classes, dtype=dtype, rngs=rngs,
-                           kernel_init=(nnx.initializers.zeros if head_zero_init
-                                        else nnx.initializers.lecun_normal()))
+    self.head = heads.Float32Linear(d, num_classes, zero_init=head_zero_init, rngs=rngs)
 
   def __call__(self, batch: dict[str, jax.Array], *, train: bool = False,
                rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
@@ -179,7 +183,7 @@ class ResRBG(nnx.Module):
       x = resnet.call_block(block, x, train, self.remat)
     x = jnp.mean(x, axis=1) if self.pooling == 'mean' else x[:, -1]
     x = self.dropout(x, deterministic=not train, rngs=rngs)
-    return self.head(x).astype(jnp.float32)
+    return self.head(x)  # float32 (heads.Float32Linear).
 
 
 # config.model of 'res_rbg': the checks; the defaults are in configs/res_rbg.py (this project's reading of
@@ -202,6 +206,8 @@ SCHEMA = {
     'merge': config_lib.one_of(*recurrent.MERGE_MODES),
     'pooling': config_lib.one_of(*POOLING_MODES),
     'dropout': config_lib.number(0, 1, hi_open=True),
+    'dot_1x1': config_lib.boolean,  # resnet.formulation
+    'fused_batchnorm': config_lib.boolean,
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'remat': config_lib.one_of(*REMAT_MODES),
 }
@@ -221,18 +227,11 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> ResRBG:
   if 'stage_sizes' in fields:  # () means the backbone's standard depths.
     fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
   fields['block_norm'] = fields.pop('block_norm', True)
-  return ResRBG(num_classes, **fields, rngs=rngs)
+  with resnet.formulation(**resnet.pop_formulation(fields)):
+    return ResRBG(num_classes, **fields, rngs=rngs)
 
 
-def _pretrained(model, init_config) -> dict:
-  from ferjax.models import convert  # pylint: disable=import-outside-toplevel  # convert imports models.
-  return convert.apply_pretrained(model, init_config)
-
-
-def _register():
-  from ferjax import models  # pylint: disable=import-outside-toplevel  # models imports this module.
-  models.register(models.Family('res_rbg', SCHEMA, from_config, inputs=('frames',),
-                                pretrained=_pretrained))
-
-
-_register()
+# Random masking of the input frames ("RM" of the paper's ablation) is Res-RBG's: its augment.mask_* keys.
+registry.register(registry.Family('res_rbg', SCHEMA, from_config, inputs=('frames',),
+                                    pretrained=convert.apply_pretrained,
+                                    config_rules=augment.MASK_RULES))

@@ -25,9 +25,10 @@ the bottom/right to the encoder feature's size before the concatenation (the usu
 input from 32 px works.
 
 Reconstruction variant (Shen & Li), on when ``reconstruction=True``: a decoder (``ReconstructionDecoder``)
-upsamples the masked last-stage features back to the input: five transposed convolutions (2x2, stride 2)
-+ BatchNorm + ReLU halving the channels, a 3x3 convolution to 3 channels, and a bilinear resize to the
-input size when 32x the feature map is not it. The model returns ``reconstruction`` and
+upsamples the masked last-stage features back to the input: ``reconstruction_levels`` (default 5: 32x, the
+trunk's stride) transposed convolutions (2x2, stride 2) + BatchNorm + ReLU halving the channels, a 3x3
+convolution to 3 channels, and a bilinear resize to the input size when 2^levels x the feature map is not
+it (the paper does not give the decoder's depth). The model returns ``reconstruction`` and
 ``reconstruction_target``: the model's own input frames, i.e. the normalised image the network sees. With
 the RMN recipe (``dataset.normalization='unit'``) that is the [0, 1] image p of the paper; with ImageNet
 normalisation it is the standardised image. ``losses.l1_reconstruction`` is their mean absolute error
@@ -53,6 +54,8 @@ from flax import nnx
 
 from ferjax import config as config_lib
 from ferjax import losses as losses_lib
+from ferjax import registry
+from ferjax.models import convert
 from ferjax.models import precision
 from ferjax.models import resnet
 
@@ -176,6 +179,7 @@ class RMN(nnx.Module):
     mask_activation: 'softmax' over channels (the paper) | 'sigmoid'.
     dropout: dropout rate before the classifier (0.4 in the public code).
     reconstruction: add the reconstruction decoder (Shen & Li) and return its outputs.
+    reconstruction_levels: the decoder's transposed-convolution levels (each doubles the side).
     mask_loss: 'none' | 'binary': return ``mask_binary`` [N] for the mask term.
     dtype: compute dtype (``model.dtype``: 'auto' = bfloat16 on TPU/GPU, float32 on CPU); parameters are
       float32, logits, masks and reconstructions float32.
@@ -186,8 +190,8 @@ class RMN(nnx.Module):
 
   def __init__(self, num_classes: int, *, backbone: str = 'resnet34', width: int = 64,
                stage_sizes=None, mask_depths=MASK_DEPTHS, mask_activation: str = 'softmax',
-               dropout: float = 0.4, reconstruction: bool = False, mask_loss: str = 'none',
-               dtype=jnp.float32, remat: str = 'none', rngs: nnx.Rngs):
+               dropout: float = 0.4, reconstruction: bool = False, reconstruction_levels: int = 5,
+               mask_loss: str = 'none', dtype=jnp.float32, remat: str = 'none', rngs: nnx.Rngs):
     if not 0.0 <= dropout < 1.0:
       raise ValueError(f'dropout must be in [0, 1), got {dropout}.')
     if len(mask_depths) != 4 or any(int(d) < 1 for d in mask_depths):
@@ -209,7 +213,8 @@ class RMN(nnx.Module):
                                                  remat=self.remat, rngs=rngs))
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(self.backbone.num_features, num_classes, dtype=dtype, rngs=rngs)
-    self.reconstruction = (ReconstructionDecoder(self.backbone.num_features, dtype=dtype, rngs=rngs)
+    self.reconstruction = (ReconstructionDecoder(self.backbone.num_features,
+                                                 levels=int(reconstruction_levels), dtype=dtype, rngs=rngs)
                            if reconstruction else None)
 
   @property
@@ -267,8 +272,11 @@ SCHEMA = {
     'mask_activation': config_lib.one_of(*MASK_ACTIVATIONS),
     'dropout': config_lib.number(0, 1, hi_open=True),
     'reconstruction_weight': config_lib.number(0),
+    'reconstruction_levels': config_lib.number(1, 8, integer=True),
     'mask_loss': config_lib.one_of(*MASK_LOSSES),
     'mask_loss_weight': config_lib.number(0),
+    'dot_1x1': config_lib.boolean,  # resnet.formulation
+    'fused_batchnorm': config_lib.boolean,
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'remat': config_lib.one_of(*REMAT_MODES),
 }
@@ -288,7 +296,8 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> RMN:
     fields['mask_depths'] = tuple(fields['mask_depths'] or ()) or MASK_DEPTHS
   fields['reconstruction'] = fields.pop('reconstruction_weight', 0) > 0
   fields.pop('mask_loss_weight', None)
-  return RMN(num_classes, **fields, rngs=rngs)
+  with resnet.formulation(**resnet.pop_formulation(fields)):
+    return RMN(num_classes, **fields, rngs=rngs)
 
 
 def make_losses(config) -> losses_lib.Loss:
@@ -305,15 +314,5 @@ def make_losses(config) -> losses_lib.Loss:
   return losses_lib.Loss(tuple(terms))
 
 
-def _pretrained(model, init_config) -> dict:
-  from ferjax.models import convert  # pylint: disable=import-outside-toplevel  # convert imports models.
-  return convert.apply_pretrained(model, init_config)
-
-
-def _register():
-  from ferjax import models  # pylint: disable=import-outside-toplevel  # models imports this module.
-  models.register(models.Family('rmn', SCHEMA, from_config, inputs=('frames',), losses=make_losses,
-                                pretrained=_pretrained))
-
-
-_register()
+registry.register(registry.Family('rmn', SCHEMA, from_config, inputs=('frames',), losses=make_losses,
+                                    pretrained=convert.apply_pretrained))
