@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from ferjax import predict
+from ferjax.inference import model as model_lib, windows
 from ferjax.data import face_tracks, faces
 from tfds_builders import sequence_builder
 
@@ -62,13 +63,13 @@ def _paste_face(frame: np.ndarray, face: np.ndarray, x: int, y: int) -> None:
 
 
 def test_predict_defaults_to_the_training_datas_detector_and_warns_on_another():
-  builder_crop = predict.crop_from_options(
+  builder_crop = model_lib.crop_from_options(
       dataclasses.asdict(sequence_builder.SequenceConfig(name='x').crop_options()))
   assert predict.resolve_detector(None, builder_crop) == ('haar', None)
   assert predict.resolve_detector('haar', builder_crop) == ('haar', None)
   name, warning = predict.resolve_detector('blazeface', builder_crop)
   assert name == 'blazeface' and "cropped with 'haar'" in warning and 'other crops' in warning
-  blaze = predict.crop_from_options({'face_detector': 'blazeface', 'margin': 0.25, 'size': 256})
+  blaze = model_lib.crop_from_options({'face_detector': 'blazeface', 'margin': 0.25, 'size': 256})
   assert predict.resolve_detector(None, blaze) == ('blazeface', None)
   # Whole rendered frames: faces are still found (to tell frames with a face), with the default.
   frames = {'detector': 'none', 'margin': 0.0, 'size': 32}
@@ -98,14 +99,14 @@ def test_builder_crop_and_predict_crop_of_a_real_clip_agree(tmp_path):
 
   from ferjax.data import media  # pylint: disable=import-outside-toplevel
   decoded, _ = media.read_video(video)
-  crop = predict.crop_from_options(dataclasses.asdict(options))
+  crop = model_lib.crop_from_options(dataclasses.asdict(options))
 
   def predict_box(detector_name):
     detector = faces.make_detector(detector_name)
-    opts = predict.Options(window=12, stride=12, margin=crop['margin'], crop_size=crop['size'], eval_crop=1.0,
+    opts = windows.Options(window=12, stride=12, margin=crop['margin'], crop_size=crop['size'], eval_crop=1.0,
                            detect_frames=crop['detect_frames'])
-    tracks, _ = predict.detect_tracks(decoded, detector, opts)
-    return predict.window_box(tracks[0].frame_boxes(0, len(decoded)), opts.margin, opts.detect_frames)
+    tracks, _ = windows.detect_tracks(decoded, detector, opts)
+    return windows.window_box(tracks[0].frame_boxes(0, len(decoded)), opts.margin, opts.detect_frames)
 
   name, _ = predict.resolve_detector(None, crop)
   iou = face_tracks.iou_matrix(np.array([built]), np.array([predict_box(name)]))[0, 0]
