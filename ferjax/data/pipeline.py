@@ -86,6 +86,7 @@ class View:
     flow_method: ``config.dataset.flow`` (one of ``flow.METHODS``).
     warped: ``augment.warp(frames, matrix, size)`` when the example has it (training, TTA copies), for
       the ``*_output`` flow methods; None = computed where needed.
+    record: the record itself (e.g. its onset/apex indices, ``ferjax.data.micro_flow``).
   """
   frames: Sequence[np.ndarray]
   indices: np.ndarray
@@ -94,6 +95,7 @@ class View:
   size: int
   flow_method: str = 'dis'
   warped: np.ndarray | None = None
+  record: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +249,7 @@ class ExampleSpec:
   def extras(self, record: dict, indices: np.ndarray, frames: Sequence[np.ndarray], matrix: np.ndarray,
              warped: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The example's inputs besides frames; ``warped`` = ``augment.warp(frames, matrix, S)`` if at hand."""
-    view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow, warped)
+    view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow, warped, record)
     return _extra_inputs(self.inputs, view)
 
   def example(self, record: dict, out_frames: np.ndarray,
