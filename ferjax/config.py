@@ -129,7 +129,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'train.num_epochs': _number(0, lo_open=True),
     'train.num_steps': _number(-1, integer=True),
     'train.optimizer': _one_of('adamw', 'sgd', 'radam'),
-    'train.schedule': _one_of('cosine', 'plateau'),
+    'train.schedule': _one_of('cosine', 'plateau', 'constant'),
     'train.plateau_patience': _number(0, integer=True),
     'train.plateau_factor': _number(0, 1, lo_open=True, hi_open=True),
     'train.min_learning_rate': _number(0),

@@ -48,14 +48,14 @@ def decay_mask(params):
 
 def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
                    warmup_steps: int) -> optax.GradientTransformation:
-  """Warm-up + cosine decay (or warm-up + constant scaled on plateaus, see `ferjax.plateau`); AdamW,
+  """Warm-up + cosine decay (or warm-up + constant: as it is, or scaled on plateaus, see `ferjax.plateau`); AdamW,
   RAdam or SGD with momentum; optional global-norm clipping.
 
   RAdam (Liu et al., 2020; the Residual Masking Network's optimizer) decays weights decoupled, as the
   reference implementation the RMN code uses (`p -= lr * weight_decay * p`), on the `decay_mask` leaves.
   """
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-  if train.get('schedule', 'cosine') == 'plateau':
+  if train.get('schedule', 'cosine') in ('plateau', 'constant'):  # 'constant': no plateau link.
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, train.learning_rate, max(warmup_steps, 1)),
          optax.constant_schedule(train.learning_rate)], [warmup_steps])
