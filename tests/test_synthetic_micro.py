@@ -1,0 +1,57 @@
+"""synthetic_expressions/micro_tiny: built for real (TFDS + ArrayRecord), read back, and what it shows."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import tfds_builders.synthetic_expressions as synthetic_expressions
+from ferjax.data import micro_flow, pipeline, protocols
+from tfds_builders.synthetic_expressions import faces, micro
+
+
+@pytest.fixture(scope='module')
+def micro_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  synthetic_expressions.build(data_dir, config='micro_tiny', workers=1)
+  return data_dir
+
+
+def test_micro_tiny_layout_features_and_loso(micro_dir):
+  splits = protocols.dataset_splits('synthetic_expressions/micro_tiny', micro_dir)
+  assert splits == [f'subject_s{i:03d}' for i in range(6)]
+  assert protocols.num_folds(splits) == 6
+  s = protocols.splits_for(splits, 2)
+  assert s.test == 'subject_s002' and 'subject_s002' not in s.train.split('+')
+  builder = tfds.builder('synthetic_expressions/micro_tiny', data_dir=micro_dir)
+  assert builder.info.features['label'].names == ['negative', 'positive', 'surprise']
+  for split in splits:
+    records = list(tfds.data_source('synthetic_expressions/micro_tiny', split=split, data_dir=micro_dir))
+    assert sorted(r['label'] for r in records) == [0, 1, 2]  # One clip of each class per subject.
+    for r in records:
+      assert r['subject'].decode() == split.removeprefix('subject_')
+      assert 1 <= r['onset'] < r['apex'] < r['offset'] <= r['num_frames'] - 1
+      assert len(r['frames']) == r['num_frames'] and 6 <= r['num_frames'] <= 8
+      assert r['frames'][0].shape == (32, 32, 3)
+      batch_input = pipeline.INPUTS[micro_flow.NAME].compute(pipeline.View(
+          r['frames'], np.arange(1), r['num_frames'], np.eye(2, 3), 28, record=r))
+      assert batch_input.shape == (28, 28, 3) and 0 <= batch_input.min() and batch_input.max() <= 1
+
+
+def test_micro_clip_is_neutral_outside_onset_offset_and_low_amplitude():
+  identity = faces.sample_identity(np.random.default_rng(5))
+  curve = micro.intensity(12, 2, 5, 9)
+  assert curve[:3].tolist() == [0, 0, 0] and curve[5] == 1 and curve[9:].tolist() == [0, 0, 0]
+  assert np.all(np.diff(curve[2:6]) > 0) and np.all(np.diff(curve[5:10]) < 0)
+  # Same generator state, no noise: a micro apex frame lies between neutral and the macro apex.
+  quiet = faces.Identity(**{**identity.__dict__, 'noise_sigma': 0.0, 'motion': 0.0})
+  frames, (onset, apex, offset) = micro.render_micro_clip(quiet, 'surprise', 12, 64,
+                                                          np.random.default_rng(0))
+  neutral = faces.render_face(quiet, faces.expression_aus('surprise', quiet, 0.0), 64)
+  macro = faces.render_face(quiet, faces.expression_aus('surprise', quiet, 1.0), 64)
+  np.testing.assert_array_equal(frames[onset], neutral)
+  np.testing.assert_array_equal(frames[-1], neutral)
+  micro_change = np.abs(frames[apex].astype(int) - neutral).sum()
+  macro_change = np.abs(macro.astype(int) - neutral).sum()
+  assert 0 < micro_change < 0.6 * macro_change
+  with pytest.raises(ValueError, match='negative'):
+    micro.render_micro_clip(quiet, 'anger', 12, 64, np.random.default_rng(0))
