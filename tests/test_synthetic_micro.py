@@ -55,3 +55,38 @@ def test_micro_clip_is_neutral_outside_onset_offset_and_low_amplitude():
   assert 0 < micro_change < 0.6 * macro_change
   with pytest.raises(ValueError, match='negative'):
     micro.render_micro_clip(quiet, 'anger', 12, 64, np.random.default_rng(0))
+
+
+def _ststnet_config(arg: str):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('ststnet_config', 'configs/ststnet.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_ststnet_trains_and_tests_a_left_out_subject(micro_dir, tmp_path):
+  from ferjax import train  # pylint: disable=import-outside-toplevel
+  config = _ststnet_config('synthetic,fold=2')
+  config.dataset.config = 'micro_tiny'
+  config.dataset.data_dir = micro_dir
+  config.input.batch_size = config.input.eval_batch_size = 5
+  config.train.num_steps = 3
+  report = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert report['split'] == 'subject_s002' and report['num_examples'] == 3
+  assert report['class_names'] == ['negative', 'positive', 'surprise']
+  with pytest.raises(ValueError, match='preset'):
+    _ststnet_config('casme3')
+  with pytest.raises(ValueError, match='key one of'):
+    _ststnet_config('synthetic,epochs=3')
+
+
+def test_crossval_pooled_macro_f1_and_uar_are_uf1_and_uar():
+  from ferjax import metrics  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  labels, preds = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+  preds[labels == 2] = 0  # Class 2 never predicted.
+  report = metrics.classification_report(labels, preds, micro.CLASSES)
+  scores = metrics.uf1_uar(labels, preds, 3)
+  assert report['macro_f1'] == pytest.approx(scores['uf1'])
+  assert report['uar'] == pytest.approx(scores['uar'])
