@@ -22,73 +22,65 @@ import os
 
 import ml_collections
 
-PRESETS = ('megc2019', 'synthetic')
-ARG_KEYS = ('fold', 'subject_folds', 'seed')
 
-
-def _base() -> ml_collections.ConfigDict:
-  """configs/res_rbg.py's paper config (loaded by path: config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'res_rbg.py')
-  spec = importlib.util.spec_from_file_location('ferjax_configs_res_rbg', path)
+def _common():
+  """configs/common.py (config files are loaded by path, not imported as a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py')
+  spec = importlib.util.spec_from_file_location('ferjax_configs_common', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.paper_config()
+  return module
+
+
+common = _common()
+
+PRESETS = ('megc2019', 'synthetic')
 
 
 def paper_config() -> ml_collections.ConfigDict:
   """The paper's recipe on the MEGC2019 composite, left-out subject 0."""
-  c = _base()
+  c = common.base()
   c.dataset.name = 'megc2019'
-  c.dataset.config = ''
-  c.dataset.fold = 0
   c.dataset.holdout_validation = False  # The final model of each fold, as the paper.
   c.dataset.subject_folds = 0  # LOSO.
   c.dataset.num_frames = 1  # Frames are carried but unused; the flow input reads onset and apex.
   c.dataset.image_size = 28  # The flow/strain image side.
   c.dataset.normalization = 'unit'
-  c.dataset.sampling = 'segments'
-  for key in ('crop_scale', 'crop_ratio'):
-    c.augment[key] = (1.0, 1.0)
+  # The onset_apex_flow input's method: 'tvl1' (OpenCV contrib), 'dis', or 'auto' (TV-L1 where OpenCV has it).
+  c.dataset.micro_flow = 'auto'
+  c.augment.crop_scale = (1.0, 1.0)
+  c.augment.crop_ratio = (1.0, 1.0)
   c.augment.flip = False  # No augmentation in the paper (and flipping would need u negated).
   c.augment.rotation = 0.0
   c.augment.brightness = 0.0
   c.augment.contrast = 0.0
-  c.augment.mask_prob = 0.0
   c.augment.eval_crop = 1.0
   c.input.batch_size = 256
   c.input.eval_batch_size = 256
   c.input.worker_count = 0  # The flow image is cached per record; in-process reading is enough.
 
-  c.model = ml_collections.ConfigDict()
   c.model.name = 'ststnet'
   c.model.image_size = c.dataset.get_ref('image_size')
   c.model.filters = (3, 5, 8)  # The three streams' 3x3 convolutions.
   c.model.dropout = 0.5
 
-  c.init = ml_collections.ConfigDict()
-  c.init.checkpoint = ''
-
   c.train.num_epochs = 800.0
-  c.train.num_steps = -1
   c.train.optimizer = 'adamw'
   c.train.weight_decay = 0.0  # AdamW without decay = Adam (the code's torch.optim.Adam).
   c.train.learning_rate = 5e-5
   c.train.schedule = 'constant'
   c.train.warmup_epochs = 0.0
-  c.train.early_stop_patience = 0
   c.train.grad_clip = 0.0
   c.train.label_smoothing = 0.0
   c.train.log_every_steps = 50
   c.train.eval_every_steps = 1000
   c.train.checkpoint_every_steps = 1000
-  c.eval.tta_copies = 0
-  c.eval.windows = 'one'
   return c
 
 
 def synthetic_config() -> ml_collections.ConfigDict:
   """The built-in micro-expression set (24 subjects, 216 clips): the paper's model and optimizer with a
-  10x learning rate and 200 epochs, so every fold trains in seconds on a CPU."""
+  10x learning rate and 200 epochs, so every fold trains in seconds of CPU time."""
   c = paper_config()
   c.dataset.name = 'synthetic_expressions'
   c.dataset.config = 'micro'
@@ -97,26 +89,15 @@ def synthetic_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _int(key: str, value: str) -> int:
-  try:
-    return int(value)
-  except ValueError:
-    raise ValueError(f'config argument {key}={value!r}: expected an integer') from None
+def _subject_folds(c: ml_collections.ConfigDict, value: str) -> None:
+  c.dataset.subject_folds = common.integer('subject_folds', value)
+
+
+KEYS = {**common.KEYS, 'subject_folds': _subject_folds}
+ARG_KEYS = tuple(KEYS)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`<preset>[,fold=k][,subject_folds=k][,seed=s]`, e.g. `synthetic,subject_folds=4`."""
-  preset, *pairs = (arg or 'megc2019').split(',')
-  makers = {'megc2019': paper_config, 'synthetic': synthetic_config}
-  if preset not in makers:
-    raise ValueError(f'config preset {preset!r} is unknown; expected one of {PRESETS}')
-  c = makers[preset]()
-  for pair in pairs:
-    key, sep, value = pair.partition('=')
-    if not sep or key not in ARG_KEYS:
-      raise ValueError(f'config argument {pair!r}: expected key=value with key one of {ARG_KEYS}')
-    if key == 'seed':
-      c.seed = _int(key, value)
-    else:
-      c.dataset[key] = _int(key, value)
-  return c
+  """`<preset>[,fold=k][,seed=s][,subject_folds=k]`, e.g. `synthetic,subject_folds=4`."""
+  return common.parse(arg, presets={'megc2019': paper_config, 'synthetic': synthetic_config},
+                      default='megc2019', keys=KEYS)

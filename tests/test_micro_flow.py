@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from ferjax.data import augment, micro_flow, pipeline
+from ferjax.models import ststnet  # noqa: F401  # Registers the onset_apex_flow input.
 
 N = 96
 # Content at p in the onset frame moves to A (p - c) + c + t in the apex frame: u, v are affine in (x, y),
@@ -85,10 +86,10 @@ def test_pipeline_input_uses_the_records_onset_and_apex():
              {'frames': [onset, apex], 'label': 0, 'sequence_id': 'b'}]  # No indices: first -> last.
   loader = pipeline.train_loader(
       records, num_frames=2, image_size=28, options=augment.AugmentOptions(), batch_size_per_host=2,
-      seed=0, inputs=('frames', micro_flow.NAME))
+      seed=0, inputs=('frames', micro_flow.NAME), input_options={micro_flow.CONFIG_KEY: 'dis'})
   batch = next(iter(loader))
   assert batch[micro_flow.NAME].shape == (2, 28, 28, 3)
-  expected = micro_flow.flow_strain(onset, apex, 28, 'auto')
+  expected = micro_flow.flow_strain(onset, apex, 28, 'dis')  # The method the config's key picks.
   by_label = {int(label): x for label, x in zip(batch['label'], batch[micro_flow.NAME])}
   np.testing.assert_allclose(by_label[1], expected, atol=1e-6)
   np.testing.assert_allclose(by_label[0], expected, atol=1e-6)

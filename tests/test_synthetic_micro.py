@@ -5,7 +5,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 import tfds_builders.synthetic_expressions as synthetic_expressions
-from ferjax.data import micro_flow, pipeline, protocols
+from ferjax.data import inputs, micro_flow, protocols
+from ferjax.models import ststnet  # noqa: F401  # Registers the onset_apex_flow input.
 from tfds_builders.synthetic_expressions import faces, micro
 
 
@@ -32,7 +33,7 @@ def test_micro_tiny_layout_features_and_loso(micro_dir):
       assert 1 <= r['onset'] < r['apex'] < r['offset'] <= r['num_frames'] - 1
       assert len(r['frames']) == r['num_frames'] and 6 <= r['num_frames'] <= 8
       assert r['frames'][0].shape == (32, 32, 3)
-      batch_input = pipeline.INPUTS[micro_flow.NAME].compute(pipeline.View(
+      batch_input = inputs.get(micro_flow.NAME).compute(inputs.View(
           r['frames'], np.arange(1), r['num_frames'], np.eye(2, 3), 28, record=r))
       assert batch_input.shape == (28, 28, 3) and 0 <= batch_input.min() and batch_input.max() <= 1
 

@@ -20,12 +20,13 @@ parameters), present when OpenCV comes from opencv-contrib-python(-headless); ``
 ``'auto'`` = TV-L1 where OpenCV has it, else DIS. ``resolve_method`` names the method actually used, for a
 run's or a dataset's metadata.
 
-As a pipeline input (``onset_apex_flow``, registered in ``ferjax.data.pipeline.INPUTS`` on import of this
-module): the record's ``onset`` and ``apex`` frame indices select the two frames (records without them, e.g.
+As a model input (``INPUT``; a family that reads it registers it as ``onset_apex_flow`` with
+``ferjax.data.inputs.register``, as STSTNet does): the record's ``onset`` and ``apex`` frame indices select the two frames (records without them, e.g.
 of macro-expression datasets, use the first frame and the last); the image is cached per record in the
-process (it is the same every epoch: no augmentation), so each worker computes it once per sample. The
-input uses ``'auto'``: TV-L1 with the contrib build of OpenCV (the project's dependency), DIS otherwise;
-a run's ``provenance`` records which OpenCV distribution it had.
+process (it is the same every epoch: no augmentation), so each worker computes it once per sample.
+``dataset.micro_flow`` (the input's config key) picks the method; ``'auto'`` is TV-L1 with the contrib
+build of OpenCV (the project's dependency), DIS otherwise, and a run's provenance records which OpenCV
+distribution it had.
 """
 
 import threading
@@ -34,7 +35,8 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from ferjax.data import pipeline
+from ferjax import checks
+from ferjax.data import inputs as inputs_lib
 
 METHODS = ('auto', 'tvl1', 'dis')
 NAME = 'onset_apex_flow'
@@ -150,12 +152,21 @@ def record_input(record: Mapping, size: int, method: str) -> np.ndarray:
   return image
 
 
-def _input(view: pipeline.View) -> np.ndarray:
+def _input(view: inputs_lib.View) -> np.ndarray:
   if view.record is None:
     raise ValueError(f'{NAME} needs the record (its onset and apex frames)')
-  return record_input(view.record, view.size, 'auto')
+  return record_input(view.record, view.size, view.options.get(CONFIG_KEY, 'auto'))
 
 
-pipeline.INPUTS[NAME] = pipeline.Input(
-    _input, lambda t, s: (s, s, 3), np.float32,
-    lambda t, s, rng: rng.uniform(0.0, 1.0, (s, s, 3)).astype(np.float32))
+def _shape(t: int, s: int) -> tuple[int, ...]:
+  del t  # One image per clip, whatever the number of sampled frames.
+  return (s, s, 3)
+
+
+def _random(t: int, s: int, rng: np.random.Generator) -> np.ndarray:
+  return rng.uniform(0.0, 1.0, _shape(t, s)).astype(np.float32)
+
+
+CONFIG_KEY = 'dataset.micro_flow'
+# The `onset_apex_flow` model input: float32 [S, S, 3] (u, v, strain), each channel in [0, 1].
+INPUT = inputs_lib.Input(_input, _shape, np.float32, _random, rules={CONFIG_KEY: checks.one_of(*METHODS)})

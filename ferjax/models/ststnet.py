@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ferjax import config as config_lib
+from ferjax import registry
+from ferjax.data import inputs as inputs_lib
 from ferjax.data import micro_flow
 
 INPUT = micro_flow.NAME  # The batch key this family reads: float32 [B, S, S, 3].
@@ -102,9 +104,5 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> STSTNet:
   return STSTNet(num_classes, **fields, rngs=rngs)
 
 
-def _register():
-  from ferjax import models  # pylint: disable=import-outside-toplevel  # models imports this module.
-  models.register(models.Family('ststnet', SCHEMA, from_config, inputs=('frames', INPUT)))
-
-
-_register()
+inputs_lib.register(INPUT, micro_flow.INPUT)
+registry.register(registry.Family('ststnet', SCHEMA, from_config, inputs=('frames', INPUT)))
