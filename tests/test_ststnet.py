@@ -83,3 +83,23 @@ def test_family_and_config_errors():
   assert models.count_params(model)['total'] == 1683
   with pytest.raises(config_lib.ConfigError, match='model.dropout'):
     models.create_model({'name': 'ststnet', 'dropout': 1.5}, 3, rngs=nnx.Rngs(0))
+
+
+def test_constant_schedule_is_plain_adam_at_the_configured_rate():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from ferjax import plateau, steps  # pylint: disable=import-outside-toplevel
+  train = ml_collections.ConfigDict(dict(
+      optimizer='adamw', learning_rate=5e-2, weight_decay=0.0, momentum=0.9, grad_clip=0.0,
+      schedule='constant', plateau_patience=2, plateau_factor=0.1, min_learning_rate=0.0,
+      early_stop_patience=0))
+  tx = steps.make_optimizer(train, total_steps=10, warmup_steps=0)
+  reference = optax.adam(5e-2)
+  params = {'w': {'kernel': jnp.array([1.0, -2.0, 3.0])}}
+  state, ref_state = tx.init(params), reference.init(params)
+  assert plateau.find(state) is None  # No plateau link: no validation split needed.
+  for k in range(10):  # Through the end of the run: a cosine would have decayed to 0 by now.
+    grads = {'w': {'kernel': jnp.array([0.3, 0.1, -0.2]) * (k + 1)}}
+    updates, state = tx.update(grads, state, params)
+    ref_updates, ref_state = reference.update(grads, ref_state, params)
+    np.testing.assert_allclose(updates['w']['kernel'], ref_updates['w']['kernel'], rtol=1e-6)
