@@ -99,5 +99,7 @@ def count_params(model: nnx.Module) -> dict[str, int]:
 from ferjax.models import res_rbg  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
 from ferjax.models import rfscnn  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
 from ferjax.models import rmn  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
+from ferjax.models import dcn_cbam  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
+from ferjax.models import mhca  # pylint: disable=wrong-import-position,unused-import  # noqa: E402,F401
 
 __all__ = ['Family', 'register', 'get_family', 'names', 'create_model', 'count_params']
