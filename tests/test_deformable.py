@@ -135,3 +135,12 @@ def test_bad_shapes_name_what_was_expected():
                              padding=1)
   with pytest.raises(ValueError, match='method must be one of'):
     deformable.deform_conv2d(x, jnp.zeros((1, 5, 5, 18)), None, kernel, padding=1, method='loop')
+
+
+def test_benchmark_reports_both_layers_and_their_ratio():
+  from ferjax import benchmark
+  result = benchmark.run_deformable(batch=2, px=5, channels=4, num_steps=1, method='gather')
+  assert result['shape'] == '2 x 5 x 5 x 4' and result['method'] == 'gather'
+  for key in ('plain_wall_s', 'deformable_wall_s', 'plain_cpu_s', 'deformable_cpu_s'):
+    assert result[key] > 0
+  assert result['ratio_wall'] > 0 and result['ratio_cpu'] > 0
