@@ -114,8 +114,9 @@ def fer2013_config() -> ml_collections.ConfigDict:
 def synthetic_images_config() -> ml_collections.ConfigDict:
   """The quickstart on the built-in image set (`synthetic_expressions/images`, 48 px apex frames, 1120 /
   140 / 140 train / validation / test by subject): DAN's model at width 16 (heads 64 / 8 hidden, the
-  same ratios), RAdam 3e-3 with the plateau schedule and early stopping of configs/rmn.py's quickstart
-  (SGD 0.1 from scratch on 1,120 images is unstable), best validation checkpoint tested."""
+  same ratios), RAdam 3e-3 (SGD 0.1 from scratch on 1,120 images is unstable) with 1 warm-up epoch and
+  cosine decay over 40 epochs (20 epochs of configs/rmn.py's plateau recipe left it at 87 % training
+  accuracy, still rising), best validation checkpoint tested."""
   c = raf_db_config()
   c.dataset.name = 'synthetic_expressions'
   c.dataset.config = 'images'
@@ -129,15 +130,12 @@ def synthetic_images_config() -> ml_collections.ConfigDict:
   c.model.width = 16
   c.model.spatial_hidden = 64
   c.model.channel_hidden = 8
-  c.train.num_epochs = 20.0
+  c.train.num_epochs = 40.0
   c.train.optimizer = 'radam'
   c.train.learning_rate = 3e-3
+  c.train.warmup_epochs = 1.0
   c.train.weight_decay = 1e-3
-  c.train.schedule = 'plateau'
-  c.train.plateau_patience = 2
-  c.train.plateau_factor = 0.1
-  c.train.min_learning_rate = 1e-5
-  c.train.early_stop_patience = 6
+  c.train.schedule = 'cosine'
   c.train.eval_every_steps = 35  # One epoch: 1120 / 32.
   c.train.checkpoint_every_steps = 35
   c.train.log_every_steps = 35

@@ -23,7 +23,7 @@ output. The samples are read in one of two ways with the same values (``method``
   zero-padded, flattened input; O(1) per sample, but the input gradient is a scatter-add, which
   XLA:CPU runs serially.
 
-'auto' (the default) takes 'dense' for maps of at most ``DENSE_MAX_PIXELS`` pixels. All gradients
+'auto' (the default) is 'gather' (see ``METHODS``). All gradients
 (input, offsets, mask, kernel) come from autodiff; both methods equal torchvision's hand-written backward
 (tests/test_deformable.py against tests/data/deform_conv_reference.npz, made by
 scripts/make_deform_conv_reference.py).
@@ -45,10 +45,9 @@ from flax import nnx
 
 
 METHODS = ('auto', 'dense', 'gather')
-# 'auto' samples maps of at most this many pixels with the dense formulation: its cost grows with H * W
-# per sample but is all matmuls; the gather's backward is a scatter-add, which XLA:CPU runs serially
-# (`python -m ferjax.benchmark` times the layer at 14 x 14).
-DENSE_MAX_PIXELS = 32 * 32
+# 'auto' = 'gather': XLA:CPU (jaxlib 0.10.2) crashes (SIGSEGV) running the offset gradient of the 'dense'
+# program for some tiny maps (batch 32, 2 x 2, 32 channels, stride 1), so 'dense' is opt-in; where it
+# runs it equals 'gather' and torchvision (tests/test_deformable.py).
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -76,7 +75,7 @@ def deform_conv2d(x: jax.Array, offset: jax.Array, mask: jax.Array | None, kerne
     stride, padding, dilation: an int or (h, w) pair each; padding is symmetric (PyTorch's).
     method: how the bilinear samples are read (same values): 'dense' (a matmul with interpolation
       weights over all input pixels; no scatter in the backward pass), 'gather' (the four neighbours
-      gathered; O(1) per sample) or 'auto' ('dense' for maps of at most ``DENSE_MAX_PIXELS`` pixels).
+      gathered; O(1) per sample) or 'auto' (= 'gather').
 
   Returns:
     [N, Ho, Wo, Cout] in the promoted dtype of ``x`` and ``kernel``; sampling positions and bilinear
@@ -112,7 +111,7 @@ def deform_conv2d(x: jax.Array, offset: jax.Array, mask: jax.Array | None, kerne
     mask = jnp.ones((n, ho, wo, groups * taps), jnp.float32)
   mask = mask.astype(jnp.float32).reshape(n, ho, wo, groups, taps)
   if method == 'auto':
-    method = 'dense' if h * w <= DENSE_MAX_PIXELS else 'gather'
+    method = 'gather'
   if method not in METHODS[1:]:
     raise ValueError(f'deform_conv2d: method must be one of {METHODS}, got {method!r}.')
   dtype = jnp.promote_types(x.dtype, kernel.dtype)
@@ -130,8 +129,10 @@ def _hat(pos: jax.Array, size: int) -> jax.Array:
   torchvision's backward (a plain ``max(0, 1 - |pos - r|)`` would give 0 there)."""
   lo = jnp.floor(pos)
   frac = (pos - lo)[..., None]
-  r = jnp.arange(size, dtype=jnp.float32)
-  return jnp.where(r == lo[..., None], 1 - frac, 0.0) + jnp.where(r == lo[..., None] + 1, frac, 0.0)
+  index = lo.astype(jnp.int32)
+  # one_hot of an index outside [0, size) is all zeros: samples off the image read 0.
+  return (jax.nn.one_hot(index, size, dtype=pos.dtype) * (1 - frac)
+          + jax.nn.one_hot(index + 1, size, dtype=pos.dtype) * frac)
 
 
 def _sample_dense(x, y, xs, mask):
@@ -141,10 +142,12 @@ def _sample_dense(x, y, xs, mask):
   CPU for the small maps of a ResNet's last stages."""
   n, h, w, groups, cg = x.shape
   ho, wo, taps = y.shape[1], y.shape[2], y.shape[4]
-  weights = (_hat(y, h) * mask[..., None])[..., :, None] * _hat(xs, w)[..., None, :]
-  weights = weights.reshape(n, ho * wo, groups, taps, h * w).astype(x.dtype)
-  out = jnp.einsum('npgtk,nkgc->npgtc', weights, x.reshape(n, h * w, groups, cg))
-  return out.reshape(n, ho, wo, groups, taps, cg)
+  rows = jnp.moveaxis(_hat(y, h) * mask[..., None], 3, 1)  # [N, G, Ho, Wo, taps, H]
+  cols = jnp.moveaxis(_hat(xs, w), 3, 1)  # [N, G, Ho, Wo, taps, W]
+  weights = (rows[..., :, None] * cols[..., None, :]).reshape(n, groups, ho * wo * taps, h * w)
+  # One matmul per (image, group): [Ho Wo taps, H W] @ [H W, C/G].
+  out = jnp.matmul(weights.astype(x.dtype), jnp.moveaxis(x.reshape(n, h * w, groups, cg), 2, 1))
+  return jnp.moveaxis(out.reshape(n, groups, ho, wo, taps, cg), 1, 3)
 
 
 def _sample_gather(x, y, xs, mask):
