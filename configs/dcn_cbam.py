@@ -18,8 +18,8 @@ on 14 x 14 and 7 x 7 maps) with ImageNet normalisation, SGD (Nesterov momentum 0
 after 8, at most 50 epochs, batch 64, flip + rotation up to 10 degrees + random crops of 80-100 % of the
 area; the best PublicTest checkpoint is tested on PrivateTest.
 
-The generic sections start from `configs/res_rbg.py`'s paper config, so fields added to every config
-arrive here too; every value this recipe depends on is set below.
+The generic sections start from `configs/common.py`, so fields added to every config arrive here too;
+every value this recipe depends on is set below.
 """
 
 import importlib.util
@@ -28,16 +28,30 @@ import os
 import ml_collections
 
 PRESETS = ('fer2013', 'raf_db', 'synthetic_images')
-ARG_KEYS = ('backbone', 'fold', 'seed')
+
+
+def _common():
+  """configs/common.py (config files are loaded by path, not imported as a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py')
+  spec = importlib.util.spec_from_file_location('ferjax_configs_common', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+common = _common()
 
 
 def _base() -> ml_collections.ConfigDict:
-  """configs/res_rbg.py's paper config (loaded by path: config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'res_rbg.py')
-  spec = importlib.util.spec_from_file_location('ferjax_configs_res_rbg', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.paper_config()
+  """The shared sections, the trunk's torchvision weights (`init.backbone_weights`) and the augment
+  chain's random masking (this family's `augment.mask_*` keys; off unless a recipe sets it)."""
+  c = common.base()
+  c.init.backbone_weights = ''  # torchvision-layout .safetensors/.npz; '' = random init.
+  c.init.backbone_prefix = ''  # Key prefix inside that file, e.g. 'module.'.
+  c.augment.mask_prob = 0.0
+  c.augment.mask_size = (0.1, 0.3)
+  c.augment.mask_count = 1
+  return c
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -50,6 +64,9 @@ def model_config() -> ml_collections.ConfigDict:
   m.offset_groups = 1
   m.cbam_reduction = 16
   m.dropout = 0.0
+  # Formulations of the ResNet layers (same function, different XLA programs; ferjax/models/resnet.py).
+  m.dot_1x1 = True
+  m.fused_batchnorm = True
   m.dtype = 'auto'  # bfloat16 compute on TPU/GPU, float32 on CPU; parameters always float32.
   m.remat = 'none'
   return m
@@ -121,6 +138,7 @@ def raf_db_config() -> ml_collections.ConfigDict:
   c.train.learning_rate = 0.1
   c.train.momentum = 0.9
   c.train.weight_decay = 1e-4
+  c.train.weight_decay_rules = ((r'.*', 1.0),)  # DAN's SGD decays every parameter.
   c.train.schedule = 'cosine'
   c.train.eval_every_steps = 48  # One epoch: 12,271 / 256.
   c.train.checkpoint_every_steps = 48
@@ -147,6 +165,7 @@ def synthetic_images_config() -> ml_collections.ConfigDict:
   c.train.optimizer = 'radam'
   c.train.learning_rate = 3e-3
   c.train.weight_decay = 1e-3
+  c.train.weight_decay_rules = common.WEIGHT_DECAY_RULES
   c.train.early_stop_patience = 6
   c.train.eval_every_steps = 35  # One epoch: 1120 / 32.
   c.train.checkpoint_every_steps = 35
@@ -154,29 +173,12 @@ def synthetic_images_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _int(key: str, value: str) -> int:
-  try:
-    return int(value)
-  except ValueError:
-    raise ValueError(f'config argument {key}={value!r}: expected an integer') from None
+def _backbone(c: ml_collections.ConfigDict, value: str) -> None:
+  c.model.backbone = value
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`<preset>[,backbone=b][,fold=k][,seed=s]`, e.g. `fer2013,seed=1`."""
-  preset, *pairs = (arg or 'fer2013').split(',')
-  makers = {'fer2013': fer2013_config, 'raf_db': raf_db_config,
-            'synthetic_images': synthetic_images_config}
-  if preset not in makers:
-    raise ValueError(f'config preset {preset!r} is unknown; expected one of {PRESETS}')
-  c = makers[preset]()
-  for pair in pairs:
-    key, sep, value = pair.partition('=')
-    if not sep or key not in ARG_KEYS:
-      raise ValueError(f'config argument {pair!r}: expected key=value with key one of {ARG_KEYS}')
-    if key == 'backbone':
-      c.model.backbone = value
-    elif key == 'fold':
-      c.dataset.fold = _int(key, value)
-    else:
-      c.seed = _int(key, value)
-  return c
+  """`<preset>[,backbone=b][,fold=k][,seed=s]`, e.g. `fer2013,backbone=resnet50`."""
+  return common.parse(arg, presets={'fer2013': fer2013_config, 'raf_db': raf_db_config,
+                                    'synthetic_images': synthetic_images_config},
+                      default='fer2013', keys={'backbone': _backbone, **common.KEYS})

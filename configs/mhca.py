@@ -15,14 +15,14 @@ cross-entropy + affinity + partition losses (weights 1, 1), SGD lr 0.1 momentum 
 random erasing. ferjax's readings where it differs or cannot follow, each a field (docs/models/mhca.md):
 the learning rate follows ferjax's cosine decay (DAN: x0.1 every 10 epochs), SGD is ferjax's (Nesterov
 momentum), the rotation is applied to every image (DAN: with p = 0.2, together with a random 224 crop of
-the 32-px-padded image), weight decay skips biases and normalisation parameters (DAN decays everything);
+the 32-px-padded image); weight decay covers every parameter, the affinity centres included, as DAN's;
 DAN starts from an MS-Celeb-1M ResNet-18 (give any torchvision-layout ResNet-18 as
 `--config.init.backbone_weights=...`; from scratch otherwise). The run reports its final model
 (`dataset.holdout_validation=True` selects by the validation split instead); DAN reports its best
 test-set epoch.
 
-The generic sections start from `configs/res_rbg.py`'s paper config, so fields added to every config
-arrive here too; every value this recipe depends on is set below.
+The generic sections start from `configs/common.py`, so fields added to every config arrive here too;
+every value this recipe depends on is set below.
 """
 
 import importlib.util
@@ -31,16 +31,30 @@ import os
 import ml_collections
 
 PRESETS = ('raf_db', 'fer2013', 'synthetic_images')
-ARG_KEYS = ('backbone', 'fold', 'seed')
+
+
+def _common():
+  """configs/common.py (config files are loaded by path, not imported as a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py')
+  spec = importlib.util.spec_from_file_location('ferjax_configs_common', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+common = _common()
 
 
 def _base() -> ml_collections.ConfigDict:
-  """configs/res_rbg.py's paper config (loaded by path: config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'res_rbg.py')
-  spec = importlib.util.spec_from_file_location('ferjax_configs_res_rbg', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.paper_config()
+  """The shared sections, the trunk's torchvision weights (`init.backbone_weights`) and the augment
+  chain's random masking (this family's `augment.mask_*` keys; off unless a recipe sets it)."""
+  c = common.base()
+  c.init.backbone_weights = ''  # torchvision-layout .safetensors/.npz; '' = random init.
+  c.init.backbone_prefix = ''  # Key prefix inside that file, e.g. 'module.'.
+  c.augment.mask_prob = 0.0
+  c.augment.mask_size = (0.1, 0.3)
+  c.augment.mask_count = 1
+  return c
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -54,6 +68,9 @@ def model_config() -> ml_collections.ConfigDict:
   m.channel_hidden = 32  # Channel unit's Linear C -> 32 -> C.
   m.affinity_weight = 1.0
   m.partition_weight = 1.0
+  # Formulations of the ResNet layers (same function, different XLA programs; ferjax/models/resnet.py).
+  m.dot_1x1 = True
+  m.fused_batchnorm = True
   m.dtype = 'auto'  # bfloat16 compute on TPU/GPU, float32 on CPU; parameters always float32.
   m.remat = 'none'
   return m
@@ -91,6 +108,8 @@ def raf_db_config() -> ml_collections.ConfigDict:
   c.train.momentum = 0.9
   c.train.warmup_epochs = 0.0
   c.train.weight_decay = 1e-4
+  # DAN's SGD decays every parameter, BatchNorm, biases and the affinity centres included.
+  c.train.weight_decay_rules = ((r'.*', 1.0),)
   c.train.grad_clip = 0.0
   c.train.label_smoothing = 0.0
   c.train.schedule = 'cosine'
@@ -135,6 +154,7 @@ def synthetic_images_config() -> ml_collections.ConfigDict:
   c.train.learning_rate = 3e-3
   c.train.warmup_epochs = 1.0
   c.train.weight_decay = 1e-3
+  c.train.weight_decay_rules = common.WEIGHT_DECAY_RULES
   c.train.schedule = 'cosine'
   c.train.eval_every_steps = 35  # One epoch: 1120 / 32.
   c.train.checkpoint_every_steps = 35
@@ -142,29 +162,12 @@ def synthetic_images_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _int(key: str, value: str) -> int:
-  try:
-    return int(value)
-  except ValueError:
-    raise ValueError(f'config argument {key}={value!r}: expected an integer') from None
+def _backbone(c: ml_collections.ConfigDict, value: str) -> None:
+  c.model.backbone = value
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`<preset>[,backbone=b][,fold=k][,seed=s]`, e.g. `raf_db,backbone=resnet50`."""
-  preset, *pairs = (arg or 'raf_db').split(',')
-  makers = {'raf_db': raf_db_config, 'fer2013': fer2013_config,
-            'synthetic_images': synthetic_images_config}
-  if preset not in makers:
-    raise ValueError(f'config preset {preset!r} is unknown; expected one of {PRESETS}')
-  c = makers[preset]()
-  for pair in pairs:
-    key, sep, value = pair.partition('=')
-    if not sep or key not in ARG_KEYS:
-      raise ValueError(f'config argument {pair!r}: expected key=value with key one of {ARG_KEYS}')
-    if key == 'backbone':
-      c.model.backbone = value
-    elif key == 'fold':
-      c.dataset.fold = _int(key, value)
-    else:
-      c.seed = _int(key, value)
-  return c
+  return common.parse(arg, presets={'raf_db': raf_db_config, 'fer2013': fer2013_config,
+                                    'synthetic_images': synthetic_images_config},
+                      default='raf_db', keys={'backbone': _backbone, **common.KEYS})

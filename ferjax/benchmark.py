@@ -6,8 +6,8 @@ waited for, so the times are the device's), sequences/s and frames/s at the medi
 step from XLA's cost analysis of the compiled program, the achieved TFLOP/s and, on accelerators, the
 MFU against the chip's dense bfloat16 peak (`PEAK_TFLOPS`; CPUs have no entry, so no MFU), and memory:
 the compiled program's own estimate (arguments + outputs + temporaries - donated) and the measured peak
-(device `peak_bytes_in_use` where the backend reports it, else the process's peak RSS). Numbers in the
-README come from this command; timed assertions never live in tests.
+(device `peak_bytes_in_use` where the backend reports it, else the process's peak RSS). Numbers in
+docs/performance.md come from this command; timed assertions never live in tests.
 
   python -m ferjax.benchmark --config configs/res_rbg.py:synthetic --steps 20
   python -m ferjax.benchmark --config configs/res_rbg.py --config.input.batch_size=32 --json out.json
@@ -51,7 +51,7 @@ frames/s and sequences/s per worker process. It needs the config's dataset prepa
 
 For a family whose inputs include optical flow (RFSCNN) it also reports flow images/s per worker; `--flow`
 adds flow to any family, and `--source_px N` reads built-in moving-texture JPEG sequences of N px instead
-of a dataset (the README's flow figure):
+of a dataset (docs/performance.md's flow figure):
 
   python -m ferjax.benchmark --input --config configs/rfscnn.py --source_px 256 --batches 10
 
@@ -231,7 +231,7 @@ def _setup(config, num_classes: int):
   eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding)
   rng = np.random.default_rng(0)
   data = sharding.global_batch(
-      spec.random_batch(config, config.input.batch_size, num_classes, rng), mesh)
+      spec.random_batch(config, config.input.batch_size, num_classes, rng, family.inputs), mesh)
   return params, train_fn, eval_fn, state, data
 
 
@@ -605,8 +605,8 @@ def run_input(config, num_batches: int, flow: bool = False, source_px: int = 0, 
     dataset = datasets.prepare(config.dataset)
     splits = protocols.splits_for(dataset.split_names, config.dataset.fold, False)
     name, source = f'{dataset.name} {splits.train}', dataset.source(splits.train)
-  loader = spec.train_loader(config, source, (0, 1, batch), worker_count=0,
-                             extra_inputs=('flow',) if flow else ())
+  inputs = models.get_family(config.model.name).inputs + (('flow',) if flow else ())
+  loader = spec.train_loader(config, source, (0, 1, batch), worker_count=0, inputs=inputs)
   iterator = iter(loader)
   first = next(iterator)  # Warm-up: opens the source.
   rounds = _input_rounds(iterator, num_batches, repeats)
@@ -631,7 +631,8 @@ def run_input(config, num_batches: int, flow: bool = False, source_px: int = 0, 
   }
   if 'flow' in first:  # Flow images (T - 1 per sequence) per second, decoding and augmentation included.
     flows = num_batches * batch * first['flow'].shape[1]
-    result.update(flow=config.dataset.flow, flow_frames_per_s_per_worker=round(flows / seconds, 1),
+    result.update(flow=config.dataset.get('flow', 'dis'),
+                  flow_frames_per_s_per_worker=round(flows / seconds, 1),
                   flow_frames_per_cpu_s=round(flows / cpu_seconds, 1),
                   flow_frames_per_cpu_s_rounds=[round(flows / c, 1) for _, c in rounds])
   if profile_batches:

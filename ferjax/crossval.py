@@ -294,7 +294,7 @@ def run(config, workdir: str, folds: str = '', retrain: str = '') -> dict[str, A
 
 
 def _protocol_name(split_names, config, subject_folds: int = 0) -> str:
-  kind, _ = protocols._layout(split_names)  # pylint: disable=protected-access
+  kind, _ = protocols.layout(split_names)
   num = protocols.num_folds(split_names, subject_folds)
   name = {'kfold': f'{num}-fold subject-independent', 'train_validation': 'train / validation',
           'train_validation_test': 'official train / validation / test splits',
@@ -313,7 +313,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     config = config_lib.load_config(flags.FLAGS['config'])
-    train._maybe_initialize_distributed()  # pylint: disable=protected-access
+    train.maybe_initialize_distributed()
     run(config, paths.resolve(flags.FLAGS.workdir), _FOLDS.value, _RETRAIN.value)
   except train.Preempted as e:
     _log(f'Preempted in a fold: saved step {e.step}; rerun the same command to resume '

@@ -104,10 +104,12 @@ class _Run:
 
 
 def _loaders(config, dataset, splits, shard):
-  train = spec.train_loader(config, dataset.source(splits.train), shard[:3], config.input.worker_count)
+  inputs = models.get_family(config.model.name).inputs
+  train = spec.train_loader(config, dataset.source(splits.train), shard[:3], config.input.worker_count,
+                            inputs)
 
   def evaluation(split):
-    return spec.eval_batches(config, dataset.source(split), (shard[0], shard[1], shard[3]))
+    return spec.eval_batches(config, dataset.source(split), (shard[0], shard[1], shard[3]), inputs)
   return train, evaluation
 
 
@@ -196,10 +198,11 @@ def _set_up(config, workdir: epath.Path) -> _Run:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
 
   batch_sharding = sharding.batch_sharding(mesh)
-  loss = models.get_family(config.model.name).losses(config)
+  family = models.get_family(config.model.name)
   normalization = config.dataset.normalization
-  train_fn = steps.jit_train_step(graphdef, tx, loss, state_sharding, batch_sharding,
-                                  sharding.replicated(mesh), normalization=normalization)
+  train_fn = steps.jit_train_step(graphdef, tx, family.losses(config), state_sharding, batch_sharding,
+                                  sharding.replicated(mesh), normalization=normalization,
+                                  extra_metrics=family.metrics(config))
   eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding, normalization=normalization)
   checkpointer = checkpointing.Checkpointer(
       os.fspath(workdir / 'checkpoints'), max_to_keep=config.train.max_to_keep,
@@ -302,16 +305,18 @@ def _validate(run: _Run, step: int, writer: metrics.MetricWriter) -> None:
 
 
 def _train_scalars(summed: dict, num_steps: int, rate: float) -> dict:
-  """Per-step means of the summed step metrics; every loss term keeps its name ('loss/<term>')."""
+  """Per-step means of the summed step metrics; every loss term and family metric keeps its name
+  ('loss/<term>', 'metric/<name>')."""
   return {'loss': summed['loss'] / num_steps, 'accuracy': summed['correct'] / summed['count'],
           'grad_norm': summed['grad_norm'] / num_steps, 'steps_per_sec': rate,
-          **{k: v / num_steps for k, v in summed.items() if k.startswith('loss/')}}
+          **{k: v / num_steps for k, v in summed.items() if k.startswith(('loss/', 'metric/'))}}
 
 
 def _describe_loss(scalars: dict) -> str:
-  """'loss 1.2345', with the terms in brackets when there is more than one."""
+  """'loss 1.2345', with the terms in brackets when there is more than one, then the family's metrics."""
   terms = [f'{k[len("loss/"):]} {v:.4f}' for k, v in scalars.items() if k.startswith('loss/')]
-  return f'loss {scalars["loss"]:.4f}' + (f' ({", ".join(terms)})' if len(terms) > 1 else '')
+  extra = ''.join(f'  {k[len("metric/"):]} {v:.4g}' for k, v in scalars.items() if k.startswith('metric/'))
+  return f'loss {scalars["loss"]:.4f}' + (f' ({", ".join(terms)})' if len(terms) > 1 else '') + extra
 
 
 def _train_loop(run: _Run, writer: metrics.MetricWriter) -> None:
@@ -371,7 +376,8 @@ def _plain_eval_batches(run: _Run, split: str):
   config.eval.tta_copies = 0
   local_batch = _batch_sizes(config, run.mesh)[1]
   return spec.eval_batches(config, run.dataset.source(split),
-                           (jax.process_index(), jax.process_count(), local_batch))
+                           (jax.process_index(), jax.process_count(), local_batch),
+                           models.get_family(config.model.name).inputs)
 
 
 def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
@@ -451,7 +457,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       lock.release()
 
 
-def _maybe_initialize_distributed() -> None:
+def maybe_initialize_distributed() -> None:
   """Calls `jax.distributed.initialize()` on TPU VMs, under SLURM, or when asked (see --multiprocess).
 
   Outside a cluster JAX auto-detects, JAX (0.10) reads only JAX_COORDINATOR_ADDRESS from the environment,
@@ -482,6 +488,10 @@ def _maybe_initialize_distributed() -> None:
         'JAX_PROCESS_ID (0 .. JAX_NUM_PROCESSES-1) on every process.') from None
 
 
+# Older name, for callers not yet on maybe_initialize_distributed.
+_maybe_initialize_distributed = maybe_initialize_distributed
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
@@ -491,7 +501,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Library INFO logs (Orbax, TFDS) with --verbosity=0.
   try:
     config = config_lib.load_config(_CONFIG)
-    _maybe_initialize_distributed()
+    maybe_initialize_distributed()
     train_and_evaluate(config, paths.resolve(_WORKDIR.value))
   except Preempted as e:
     _log(f'Preempted: saved step {e.step}; rerun the same command to resume '

@@ -55,7 +55,7 @@ def _natural_key(name: str) -> list:
   return [int(tok) if tok.isdigit() else tok for tok in re.split(r'(\d+)', name)]
 
 
-def _layout(available: Sequence[str]) -> tuple[str, list[str]]:
+def layout(available: Sequence[str]) -> tuple[str, list[str]]:
   """(kind, ordered split names), kind in {'kfold', 'loso', 'train_validation', 'train_validation_test'}."""
   names = list(available)
   if names and all(_FOLD.fullmatch(n) for n in names):
@@ -75,9 +75,12 @@ def _layout(available: Sequence[str]) -> tuple[str, list[str]]:
       f'train+validation+test; found {sorted(names)}')
 
 
+_layout = layout  # Older name, for callers not yet on layout.
+
+
 def _groups(available: Sequence[str], subject_folds: int) -> tuple[str, list[str]]:
   """(kind, the protocol's fold units): split names, or '+'-joined groups of subject splits."""
-  kind, names = _layout(available)
+  kind, names = layout(available)
   if subject_folds and kind == 'loso':
     if not 2 <= subject_folds <= len(names):
       raise ValueError(f'subject_folds must be in [2, {len(names)}] for {len(names)} subjects; '

@@ -28,7 +28,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ferjax import config as config_lib
+from ferjax import registry
+from ferjax.data import augment
 from ferjax.models import cbam as cbam_lib
+from ferjax.models import convert
 from ferjax.models import deformable
 from ferjax.models import precision
 from ferjax.models import resnet
@@ -175,6 +178,8 @@ SCHEMA = {
     'offset_groups': config_lib.number(1, integer=True),
     'cbam_reduction': config_lib.number(1, integer=True),
     'dropout': config_lib.number(0, 1, hi_open=True),
+    'dot_1x1': config_lib.boolean,  # resnet.formulation
+    'fused_batchnorm': config_lib.boolean,
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'remat': config_lib.one_of(*REMAT_MODES),
 }
@@ -191,18 +196,11 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> DcnCbam:
     fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
   if 'deformable_stages' in fields:
     fields['deformable_stages'] = tuple(fields['deformable_stages'] or ())
-  return DcnCbam(num_classes, **fields, rngs=rngs)
+  with resnet.formulation(**resnet.pop_formulation(fields)):
+    return DcnCbam(num_classes, **fields, rngs=rngs)
 
 
-def _pretrained(model, init_config) -> dict:
-  from ferjax.models import convert  # pylint: disable=import-outside-toplevel  # convert imports models.
-  return convert.apply_pretrained(model, init_config)
-
-
-def _register():
-  from ferjax import models  # pylint: disable=import-outside-toplevel  # models imports this module.
-  models.register(models.Family('dcn_cbam', SCHEMA, from_config, inputs=('frames',),
-                                pretrained=_pretrained))
-
-
-_register()
+# Random erasing in the RAF-DB recipe is the augment chain's random masking: its augment.mask_* keys.
+registry.register(registry.Family('dcn_cbam', SCHEMA, from_config, inputs=('frames',),
+                                    pretrained=convert.apply_pretrained,
+                                    config_rules=augment.MASK_RULES))

@@ -42,6 +42,9 @@ from flax import nnx
 
 from ferjax import config as config_lib
 from ferjax import losses as losses_lib
+from ferjax import registry
+from ferjax.data import augment
+from ferjax.models import convert
 from ferjax.models import precision
 from ferjax.models import resnet
 
@@ -234,6 +237,8 @@ SCHEMA = {
     'channel_hidden': config_lib.number(1, integer=True),
     'affinity_weight': config_lib.number(0),
     'partition_weight': config_lib.number(0),
+    'dot_1x1': config_lib.boolean,  # resnet.formulation
+    'fused_batchnorm': config_lib.boolean,
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'remat': config_lib.one_of(*REMAT_MODES),
 }
@@ -250,18 +255,11 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> MHCA:
     fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
   fields.pop('affinity_weight', None)
   fields.pop('partition_weight', None)
-  return MHCA(num_classes, **fields, rngs=rngs)
+  with resnet.formulation(**resnet.pop_formulation(fields)):
+    return MHCA(num_classes, **fields, rngs=rngs)
 
 
-def _pretrained(model, init_config) -> dict:
-  from ferjax.models import convert  # pylint: disable=import-outside-toplevel  # convert imports models.
-  return convert.apply_pretrained(model, init_config)
-
-
-def _register():
-  from ferjax import models  # pylint: disable=import-outside-toplevel  # models imports this module.
-  models.register(models.Family('mhca', SCHEMA, from_config, inputs=('frames',), losses=make_losses,
-                                pretrained=_pretrained))
-
-
-_register()
+# Random erasing in the RAF-DB recipe is the augment chain's random masking: its augment.mask_* keys.
+registry.register(registry.Family('mhca', SCHEMA, from_config, inputs=('frames',), losses=make_losses,
+                                    pretrained=convert.apply_pretrained,
+                                    config_rules=augment.MASK_RULES))
