@@ -6,9 +6,11 @@ Usage:
   python -m ferjax.train --config configs/res_rbg.py:oulu_casia,fold=3
   ... --config.model.hidden=256 --config.train.num_epochs=30    # any field can be overridden
 
-The argument is `<preset>[,key=value...]`; presets are `ck_plus` (default), `oulu_casia`, `synthetic`, or
-any prepared TFDS dataset name (which uses the paper setting). Keys: `fold=<k>`, `rbg_blocks=<n>`,
-`ablation=<row>` (a row of the paper's ablation table, see ABLATIONS), `seed=<s>`.
+The argument is `<preset>[,key=value...]`; presets are `ck_plus` (default), `oulu_casia`, `synthetic`, the
+video benchmarks `dfew`, `ferv39k`, `mafw` and `dfew_baseline` (VIDEO_BENCHMARKS), or any prepared TFDS
+dataset name (which uses the paper setting). Keys: `fold=<k>` (DFEW, MAFW: the released set, 1-5),
+`rbg_blocks=<n>`, `ablation=<row>` (a row of the paper's ablation table, see ABLATIONS), `seed=<s>`,
+`size=<px>` (the input side, e.g. 112).
 
 Choices the paper does not publish (this project's reading, all overridable): T = 16 frames, 224 px crops of
 256 px faces, ImageNet normalisation, BiGRU directions summed, hidden size 560 (63.72 M parameters, -0.7 %
@@ -21,7 +23,26 @@ import os
 
 import ml_collections
 
-PRESETS = ('ck_plus', 'oulu_casia', 'synthetic')
+PRESETS = ('ck_plus', 'oulu_casia', 'synthetic', 'dfew', 'dfew_baseline', 'ferv39k', 'mafw')
+
+
+# The in-the-wild video benchmarks (docs/benchmarks.md): 16 frames, TSN segments, 224 px (size=112 for the
+# 112 px variant). DFEW and MAFW: `fold=k` is the release's set k (1-5; dataset.fold = k - 1, the position
+# of fold_k); their folds are the release's, not subject-independent. FERV39k: train -> test, the best
+# validation UAR on the builder's held-out share of train selects the checkpoint.
+VIDEO_BENCHMARKS = {
+    'dfew': {'dataset.config': 'clip_224x224'},
+    'mafw': {'dataset.config': 'frames'},
+    'ferv39k': {'dataset.holdout_validation': True},
+    # The DFEW paper's ResNet-18 + GRU baseline (UAR/WAR 51.68 / 64.02), this project's reading: per-frame
+    # ResNet-18 without channel attention -> a plain 2-layer GRU -> classifier, on the 16-frame release at
+    # 112 px (the ablation table's 'baseline' row on ResNet-18).
+    'dfew_baseline': {'dataset.config': 'clip_224x224_16f', 'dataset.image_size': 112,
+                      'model.backbone': 'resnet18', 'model.hidden': 512, 'model.attention': 'none',
+                      'augment.mask_prob': 0.0, 'model.rbg_blocks': 1, 'model.bigru_layers': 0,
+                      'model.block_norm': False, 'model.residual': False},
+}
+RELEASED_FOLDS = {'dfew': 5, 'mafw': 5}  # dataset.name -> number of released folds.
 
 
 def _common():
@@ -174,13 +195,40 @@ def _oulu_casia() -> ml_collections.ConfigDict:
   return c
 
 
-KEYS = {'fold': common.KEYS['fold'], 'rbg_blocks': _rbg_blocks, 'ablation': _ablation,
-        'seed': common.KEYS['seed']}
+def _video_benchmark(preset: str):
+  """The preset `preset` of VIDEO_BENCHMARKS: the paper setting with its overrides."""
+  def make() -> ml_collections.ConfigDict:
+    c = _dataset('dfew' if preset == 'dfew_baseline' else preset)
+    for field, v in VIDEO_BENCHMARKS[preset].items():
+      _set(c, field, v)
+    return c
+  return make
+
+
+def _fold(c: ml_collections.ConfigDict, value: str) -> None:
+  """`fold=k`: the fold's position, or for DFEW and MAFW the released set k (1-5)."""
+  if c.dataset.name not in RELEASED_FOLDS:
+    common.KEYS['fold'](c, value)
+    return
+  k = common.integer('fold', value)
+  if not 1 <= k <= RELEASED_FOLDS[c.dataset.name]:
+    raise ValueError(f'config argument fold={k}: {c.dataset.name} has the released folds (sets) 1-'
+                     f'{RELEASED_FOLDS[c.dataset.name]}')
+  c.dataset.fold = k - 1
+
+
+def _size(c: ml_collections.ConfigDict, value: str) -> None:
+  c.dataset.image_size = common.integer('size', value)
+
+
+KEYS = {'fold': _fold, 'rbg_blocks': _rbg_blocks, 'ablation': _ablation,
+        'seed': common.KEYS['seed'], 'size': _size}
 ARG_KEYS = tuple(KEYS)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`<preset>[,fold=k][,rbg_blocks=n][,ablation=<row>][,seed=s]`, e.g. `ck_plus,ablation=bigru`."""
-  return common.parse(arg, presets={'ck_plus': paper_config, 'oulu_casia': _oulu_casia,
-                                    'synthetic': synthetic_config},
-                      default='ck_plus', keys=KEYS, other_preset=_dataset)
+  """`<preset>[,fold=k][,rbg_blocks=n][,ablation=<row>][,seed=s][,size=px]`, e.g. `ck_plus,ablation=bigru`,
+  `dfew,fold=3,size=112` (DFEW's released set 3 at 112 px)."""
+  presets = {'ck_plus': paper_config, 'oulu_casia': _oulu_casia, 'synthetic': synthetic_config,
+             **{name: _video_benchmark(name) for name in VIDEO_BENCHMARKS}}
+  return common.parse(arg, presets=presets, default='ck_plus', keys=KEYS, other_preset=_dataset)

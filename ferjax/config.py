@@ -45,7 +45,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'dataset.num_frames': _number(1, 512, integer=True),
     'dataset.image_size': _number(16, 1024, integer=True),
     'dataset.normalization': _one_of('imagenet', 'unit'),
-    'dataset.sampling': _one_of('segments', 'clip', 'apex'),
+    'dataset.sampling': _one_of('segments', 'clip', 'apex', 'uniform', 'consecutive', 'consecutive_s2',
+                                'consecutive_s4'),  # ferjax.data.sampling.MODES
     'input.batch_size': _number(1, integer=True),
     'input.eval_batch_size': _number(1, integer=True),
     'input.worker_count': _number(0, 64, integer=True),

@@ -132,7 +132,7 @@ def manifest(split_names, subjects: dict[str, list[str]], holdout_validation: bo
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
   keep = ('war', 'uar', 'macro_f1', 'num_examples', 'per_class_recall', 'confusion_matrix', 'selection',
-          'split', 'class_names')
+          'split', 'class_names', 'by_scene')
   return {k: report[k] for k in keep if k in report}
 
 
@@ -296,7 +296,9 @@ def run(config, workdir: str, folds: str = '', retrain: str = '') -> dict[str, A
 def _protocol_name(split_names, config, subject_folds: int = 0) -> str:
   kind, _ = protocols.layout(split_names)
   num = protocols.num_folds(split_names, subject_folds)
-  name = {'kfold': f'{num}-fold subject-independent', 'train_validation': 'train / validation',
+  kfold = (f'{num} released folds (not subject-independent)' if protocols.released_folds(split_names)
+           else f'{num}-fold subject-independent')
+  name = {'kfold': kfold, 'train_validation': 'train / validation',
           'train_validation_test': 'official train / validation / test splits',
           'loso': (f'{num}-fold subject-independent (over {len(split_names)} subjects)' if subject_folds
                    else 'leave-one-subject-out')}[kind]

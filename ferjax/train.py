@@ -18,6 +18,7 @@ Exit codes of the CLI: 0 done; 1 a user error (one line on stderr); EXIT_PREEMPT
 once the state is saved: schedulers' requeue rules treat it as "terminated by a signal, run again".
 """
 
+from collections.abc import Sequence
 import dataclasses
 import json
 import math
@@ -249,14 +250,16 @@ def _scoring(frames: int, rows: np.ndarray, views: str) -> str:
           + (f', each row the mean of {frames} frames' if frames > 1 else ''))
 
 
-def evaluate(eval_fn, state, batches, mesh, class_names, stop: Callable[[], bool] = lambda: False):
+def evaluate(eval_fn, state, batches, mesh, class_names, stop: Callable[[], bool] = lambda: False,
+             groups: Sequence[str] | None = None):
   """Runs the model over every example of `batches` (padded rows masked out) -> classification report.
 
   A record may have several rows (test-time augmentation copies, windows of a long video; rows carry
   the record's `index`): its class probabilities are the mean over its rows, then the argmax; a per-frame
   model's row probabilities are already the mean of its frames'. `report['scoring']` says which, and
-  `report['num_examples']` counts records. Returns None when `stop()` turns True between batches
-  (preemption during evaluation).
+  `report['num_examples']` counts records. `groups` (one name per record, e.g. FERV39k's scenes) adds
+  `report['by_group']`: WAR, UAR and per-class recall of each group. Returns None when `stop()` turns True
+  between batches (preemption during evaluation).
   """
   labels, probs, indices, frames_scored = [], [], [], []
   for position, batch in enumerate(batches):
@@ -281,7 +284,20 @@ def evaluate(eval_fn, state, batches, mesh, class_names, stop: Callable[[], bool
   report = metrics.classification_report(label, prob.argmax(-1), class_names, probs=prob)
   scored = int(np.concatenate(frames_scored).max(initial=1))
   report['scoring'] = _scoring(scored, rows, getattr(batches, 'views', ''))
+  if groups is not None:
+    records = np.unique(np.concatenate(indices))  # The records scored, in the order of `prob`.
+    report['by_group'] = metrics.group_reports(label, prob.argmax(-1),
+                                               [groups[int(i)] for i in records], class_names)
   return report
+
+
+def _record_groups(dataset, split: str, feature: str = 'scene') -> list[str] | None:
+  """The `feature` (e.g. FERV39k's scene) of every record of `split`, or None without such a feature."""
+  source = dataset.source(split)
+  if not len(source) or feature not in source[0]:
+    return None
+  values = (source[i][feature] for i in range(len(source)))
+  return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
 def _validate(run: _Run, step: int, writer: metrics.MetricWriter) -> None:
@@ -391,10 +407,14 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
     selection = {'mode': 'best_validation_uar', 'step': int(validation['step']),
                  'validation_split': run.splits.validation,
                  'validation': {k: validation[k] for k in ('war', 'uar', 'macro_f1')}}
+  scenes = _record_groups(run.dataset, run.splits.test)
   report = evaluate(run.eval_fn, state, run.eval_batches(run.splits.test), run.mesh,
-                    run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']))
+                    run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']),
+                    groups=scenes)
   if report is None:
     raise Preempted(int(run.state.step))
+  if scenes is not None:  # FERV39k: results per scene (report.json 'by_scene', scenes.md).
+    report['by_scene'] = report.pop('by_group')
   if run.config.eval.tta_copies > 1:  # The papers report both (e.g. RMN: 74.14 % with TTA).
     plain = evaluate(run.eval_fn, state, _plain_eval_batches(run, run.splits.test), run.mesh,
                      run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']))
@@ -410,6 +430,8 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
   writer.write(selection['step'], 'test', {k: report[k] for k in ('war', 'uar', 'macro_f1')})
   if jax.process_index() == 0:
     (run.workdir / 'report.json').write_text(json.dumps(report, indent=2))
+    if 'by_scene' in report:
+      (run.workdir / 'scenes.md').write_text(metrics.group_table(report['by_scene']))
     metrics.save_confusion_matrix_png(
         np.array(report['confusion_matrix']), report['class_names'],
         os.fspath(run.workdir / 'confusion_matrix.png'),

@@ -69,6 +69,33 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
   return to_rgb(image)
 
 
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # Frame headers (not DHT, JPG, DAC).
+
+
+def jpeg_size(data: bytes, name: str | os.PathLike = 'JPEG data') -> tuple[int, int]:
+  """(height, width) of a JPEG from its frame header, without decoding it.
+
+  Raises MediaError when ``data`` is not a JPEG, has no frame header, or is cut off before its end marker
+  (a truncated download), so that a file stored without decoding is at least complete.
+  """
+  if data[:2] != b'\xff\xd8':
+    raise MediaError(f'{name} is not a JPEG file (no start-of-image marker)')
+  if not data.rstrip(b'\x00').endswith(b'\xff\xd9'):
+    raise MediaError(f'{name} is cut off: no JPEG end-of-image marker')
+  i = 2
+  while i + 4 <= len(data):
+    if data[i] != 0xFF:
+      break
+    marker = data[i + 1]
+    if marker == 0xFF:  # Fill byte.
+      i += 1
+      continue
+    if marker in _SOF_MARKERS and i + 9 <= len(data):
+      return int.from_bytes(data[i + 5:i + 7], 'big'), int.from_bytes(data[i + 7:i + 9], 'big')
+    i += 2 + int.from_bytes(data[i + 2:i + 4], 'big')
+  raise MediaError(f'{name} has no readable JPEG frame header')
+
+
 def read_images(paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
   """Several image files -> list of RGB uint8 arrays (shapes may differ between files)."""
   if not paths:

@@ -4,14 +4,18 @@ This is the one place that knows the split layouts of DESIGN.md:
 
 * k-fold datasets (CK+, Oulu-CASIA, the synthetic set) expose ``fold_0 .. fold_{k-1}``; fold ``f`` tests on
   ``fold_f``, validates on ``fold_{(f+1) % k}`` when a hold-out validation set is asked for, and trains on
-  the rest.
+  the rest. Datasets released with numbered folds (DFEW, MAFW: ``set_1 .. set_5``) expose
+  ``fold_1 .. fold_k``; fold index ``f`` then tests on ``fold_{f+1}``, the f-th in order, and the rest is
+  the same. Their folds are the release's, not drawn by subject: DFEW's and MAFW's are not
+  subject-independent.
 * leave-one-subject-out datasets (eNTERFACE'05, RML) expose ``subject_<id>``; subjects are sorted
   naturally (``subject_2 < subject_10``), fold ``f`` tests on the f-th subject, validates on the next one
   (cyclically) when asked, and trains on the rest.
 * AFEW exposes ``train`` and ``validation`` (its test labels are not public); there is one fold: train on
   ``train``, test on ``validation``, no separate validation set.
-* FER2013 (and the built-in ``synthetic_expressions/images``) expose ``train``, ``validation`` and ``test``
-  (FER2013's Training, PublicTest and PrivateTest); there is one fold and it always tests on ``test``. With a
+* FER2013, RAF-DB, FERV39k (and the built-in ``synthetic_expressions/images``) expose ``train``,
+  ``validation`` and ``test`` (FER2013's Training, PublicTest and PrivateTest; RAF-DB's and FERV39k's
+  ``validation`` is carved out of their released train list by the builder); there is one fold and it always tests on ``test``. With a
   hold-out validation set it trains on ``train`` and validates on ``validation`` (the published FER2013
   recipes); without one it trains on ``train+validation``, like every other layout, which trains on all the
   labelled data that is not the test set.
@@ -60,9 +64,13 @@ def layout(available: Sequence[str]) -> tuple[str, list[str]]:
   names = list(available)
   if names and all(_FOLD.fullmatch(n) for n in names):
     folds = sorted(names, key=_natural_key)
-    expected = [f'fold_{i}' for i in range(len(folds))]
+    # Released folds keep their release's numbering (DFEW's and MAFW's set_1 ... set_5 -> fold_1 ...
+    # fold_5); the protocol's fold index is the position in this list either way.
+    start = 1 if folds[0] == 'fold_1' else 0
+    expected = [f'fold_{i}' for i in range(start, start + len(folds))]
     if folds != expected:
-      raise ValueError(f'k-fold splits must be exactly {expected}; found {sorted(names)}')
+      raise ValueError(f'k-fold splits must be exactly {expected} (numbered from 0 or from 1); found '
+                       f'{sorted(names)}')
     return 'kfold', folds
   if names and all(_SUBJECT.fullmatch(n) for n in names):
     return 'loso', sorted(names, key=_natural_key)
@@ -97,6 +105,12 @@ def num_folds(available: Sequence[str], subject_folds: int = 0) -> int:
   """
   kind, names = _groups(available, subject_folds)
   return 1 if kind in _SINGLE_FOLD else len(names)
+
+
+def released_folds(available: Sequence[str]) -> bool:
+  """True for folds numbered as their release numbers them (``fold_1 .. fold_k``: DFEW, MAFW); such folds
+  are the release's, not drawn by subject, so nothing makes them subject-independent."""
+  return _layout(available)[0] == 'kfold' and 'fold_0' not in available
 
 
 def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = False,

@@ -7,7 +7,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 # Canonical label vocabulary; a dataset uses the subset it has, in this (alphabetical) order.
-EXPRESSIONS = ('anger', 'contempt', 'disgust', 'fear', 'happiness', 'neutral', 'sadness', 'surprise')
+# MAFW adds anxiety, disappointment and helplessness to the basic eight.
+EXPRESSIONS = ('anger', 'anxiety', 'contempt', 'disappointment', 'disgust', 'fear', 'happiness',
+               'helplessness', 'neutral', 'sadness', 'surprise')
 
 
 def sequence_features(class_names: Sequence[str], size: int) -> tfds.features.FeaturesDict:
