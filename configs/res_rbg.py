@@ -139,6 +139,9 @@ def paper_config() -> ml_collections.ConfigDict:
   # 'one': one window per sequence (the sampling mode's); 'all': consecutive T-frame windows covering
   # every frame, probabilities averaged (long videos).
   c.eval.windows = 'one'
+  # Test-time augmentation of validation (model selection, plateau schedule, early stopping); 0 or 1 =
+  # none, the public RMN and Res-RBG code's choice: validation follows the plain model's scores.
+  c.eval.validation_tta_copies = 0
   return c
 
 

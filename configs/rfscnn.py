@@ -146,6 +146,7 @@ def paper_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.tta_copies = 0  # Test-time augmentation copies per window; 0 or 1 = none.
   c.eval.windows = 'one'  # 'one' clip per video (the paper); 'all' = consecutive clips, averaged.
+  c.eval.validation_tta_copies = 0  # Validation's own test-time augmentation; 0 or 1 = none.
   return c
 
 

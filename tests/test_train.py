@@ -107,7 +107,6 @@ def test_holdout_validation_selects_the_best_validation_checkpoint(data_dir, tmp
   again = train.evaluate(run.eval_fn, state, run.eval_batches('fold_0'), run.mesh, ('a',) * 7)
   assert again['confusion_matrix'] == report['confusion_matrix']
   run.checkpointer.close()
-  run.best.close()
 
 
 def _like(target, restored):
