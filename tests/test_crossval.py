@@ -111,6 +111,8 @@ def test_every_fold_manifest_is_subject_independent(layout, holdout):
             'afew': ['train', 'validation']}[layout]
   # Two subjects per split, as the builders write them (subjects never span splits).
   subjects = {name: [f'{name}/a', f'{name}/b'] for name in splits}
+  if layout == 'afew' and holdout:  # A record-level hold-out of train: the subjects each part reads.
+    subjects.update({'train[10%:]': ['train/a'], 'train[:10%]': ['train/b']})
   folds = list(range(protocols.num_folds(splits)))
   m = crossval.manifest(splits, subjects, holdout, folds)
   assert sorted(m, key=int) == [str(k) for k in folds]
