@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -176,6 +177,44 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']
   state = _final_state(tmp_path, 1)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
+
+
+def test_nan_is_caught_before_a_validation_selects_it(data_dir, tmp_path):
+  # Validation at every 2nd step, logging and saving only at the end: the NaN parameters of step 2 must
+  # neither become the best checkpoint nor reach the plateau rule.
+  config = _config(data_dir, **{'dataset.holdout_validation': True, 'train.num_steps': 8,
+                                'train.learning_rate': 1e30, 'train.warmup_epochs': 1000.0,
+                                'train.eval_every_steps': 2, 'train.log_every_steps': 100,
+                                'train.checkpoint_every_steps': 100})
+  with pytest.raises(train.TrainingDiverged, match='by step 2'):
+    train.train_and_evaluate(config, str(tmp_path))
+  best = tmp_path / 'best_checkpoint'
+  assert not best.exists() or not [d for d in os.listdir(best) if d.isdigit()]
+  assert not (tmp_path / 'metrics.jsonl').exists() or 'validation' not in (
+      tmp_path / 'metrics.jsonl').read_text()
+
+
+def test_validation_without_tta_and_a_stale_best_checkpoint_moved_aside(data_dir, tmp_path):
+  holdout = {'dataset.holdout_validation': True, 'train.num_steps': 2, 'train.eval_every_steps': 2,
+             'eval.tta_copies': 2}
+  first = train.train_and_evaluate(_config(data_dir, **holdout), str(tmp_path))
+  # The test split is scored with the 2 TTA copies, validation (selection) without them.
+  assert '2 test-time augmentation copies' in first['scoring']
+  assert first['selection']['validation_scoring'] == 'argmax of the sequence class probabilities'
+  # A fresh start of another run in the same workdir (its checkpoints removed, another learning rate):
+  # the old best checkpoint is moved aside, not compared with, and the report selects from this run.
+  shutil.rmtree(tmp_path / 'checkpoints')
+  second = train.train_and_evaluate(_config(data_dir, **holdout, **{'train.learning_rate': 0.02}),
+                                    str(tmp_path))
+  assert os.listdir(tmp_path / 'best_checkpoint_previous') == ['step_2']
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert second['selection']['step'] == 2
+  assert second['selection']['validation']['uar'] == [r['uar'] for r in records
+                                                      if r['split'] == 'validation'][-1]
+  saved = _final_state(tmp_path, 2, directory='best_checkpoint')
+  mine = _final_state(tmp_path, 2)
+  for x, y in zip(jax.tree.leaves(saved['params']), jax.tree.leaves(mine['params'])):
+    np.testing.assert_array_equal(x, y)
 
 
 def test_pretrained_backbone_weights(data_dir, tmp_path):
