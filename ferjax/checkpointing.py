@@ -58,7 +58,8 @@ RESTORE_RETRY_DELAYS = (2.0, 10.0, 30.0)
 # Status codes of tensorstore / Orbax errors that mean "the bytes are not there or not valid". Everything
 # else (PERMISSION_DENIED, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...) may pass.
 _CORRUPTION_MARKS = ('NOT_FOUND', 'OUT_OF_RANGE', 'DATA_LOSS', 'Data corruption', 'is not valid for value',
-                     'was not found in the checkpoint', 'Error decoding', 'not a valid checkpoint')
+                     'was not found in the checkpoint', 'Error decoding', 'not a valid checkpoint',
+                     'does not exist')
 _TRANSIENT_MARKS = ('PERMISSION_DENIED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED',
                     'ABORTED', 'INTERNAL', 'UNKNOWN', 'CANCELLED', 'Permission denied')
 
@@ -214,8 +215,8 @@ class Checkpointer:
     Every field that changes the computed trajectory must be equal (config.RESUMABLE_CHANGES lists
     those that may change). Returns the allowed changes, as 'key: old -> new' lines.
     """
-    saved_config = self._manager.restore(
-        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+    saved_config = ocp.JsonCheckpointHandler().restore(self._item(step, 'config'),
+                                                       args=ocp.args.JsonRestore())
     if not isinstance(saved_config, dict):
       raise _Corrupt(f'the config item of step {step} is not a JSON object')
     where = f'{self.directory} (step {step})'
@@ -226,9 +227,9 @@ class Checkpointer:
           f'{where} was made with another config ({len(refused)} field(s) differ: '
           f'{"; ".join(refused[:6])}{"; ..." if len(refused) > 6 else ""}). Resuming would not continue '
           'the same run: use the config it was saved with, or a new --workdir.')
-    metadata = self._manager.item_metadata(step)['state']
-    if metadata is None or not (self.directory / str(step) / 'state' / '_METADATA').exists():
+    if not (self._item(step, 'state') / '_METADATA').exists():
       raise _Corrupt(f'the state item of step {step} has no metadata file')
+    metadata = ocp.StandardCheckpointHandler().metadata(self._item(step, 'state'))
     saved_shapes = _flat_shapes(metadata.tree if hasattr(metadata, 'tree') else metadata)
     current_shapes = _flat_shapes(abstract_state)
     bad = [f'{k}: {saved_shapes.get(k)} in the checkpoint, {current_shapes.get(k)} now'
@@ -240,12 +241,21 @@ class Checkpointer:
           'Use a new --workdir, or the config it was trained with.')
     return [f'{k}: {a!r} -> {b!r}' for k, a, b in changes]
 
+  def _item(self, step: int, name: str) -> epath.Path:
+    return self.directory / str(step) / name
+
   def restore(self, step: int, abstract_state, data_iterator):
-    """Restores the train state onto the shardings in `abstract_state`, and the iterator in place."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    return restored['state']
+    """Restores the train state onto the shardings in `abstract_state`, and the iterator in place.
+
+    Reads through the items' handlers, not the manager: the manager ends a restore with a barrier of
+    every host, where the other hosts would wait forever for a host whose read failed. Here every host
+    returns, and `restore_latest` lets them agree on what to do.
+    """
+    state = ocp.StandardCheckpointHandler().restore(
+        self._item(step, 'state'), args=ocp.args.StandardRestore(abstract_state))
+    grain.checkpoint.CheckpointHandler().restore(
+        self._item(step, 'data'), args=grain.checkpoint.CheckpointRestore(data_iterator))
+    return state
 
   def restore_latest(self, abstract_state, data_iterator, config: Mapping[str, Any], log=print, *,
                      start_over: bool = False):

@@ -50,8 +50,9 @@ def saved(tmp_path, monkeypatch):
   return tmp_path / 'checkpoints'
 
 
-def _restore_latest(directory, **kwargs):
+def _restore_latest(directory, fault=lambda: None, **kwargs):
   c = _checkpointer(directory)
+  fault()  # Injected once the manager is open: only the restore meets it.
   try:
     return c.restore_latest(_abstract(_state(0.0)), _iterator(), CONFIG, log=lambda _: None, **kwargs)
   finally:
@@ -59,16 +60,17 @@ def _restore_latest(directory, **kwargs):
 
 
 def _fail_first(monkeypatch, error: BaseException, times: int):
-  """Orbax's restore raises `error` on its first `times` calls, then reads as usual."""
-  original, calls = ocp.CheckpointManager.restore, []
+  """(fault, calls): once `fault()` is called, Orbax's reads of a checkpoint's config (the first item a
+  restore reads) raise `error` on their first `times` calls, then read as usual."""
+  original, calls = ocp.JsonCheckpointHandler.restore, []
 
-  def restore(self, *args, **kwargs):
-    calls.append(1)
-    if len(calls) <= times:
-      raise error
-    return original(self, *args, **kwargs)
-  monkeypatch.setattr(ocp.CheckpointManager, 'restore', restore)
-  return calls
+  def restore(self, directory, *args, **kwargs):
+    if os.path.basename(os.fspath(directory)) == 'config':
+      calls.append(1)
+      if len(calls) <= times:
+        raise error
+    return original(self, directory, *args, **kwargs)
+  return (lambda: monkeypatch.setattr(ocp.JsonCheckpointHandler, 'restore', restore)), calls
 
 
 NOT_CORRUPTION = [
@@ -82,8 +84,8 @@ NOT_CORRUPTION = [
 
 @pytest.mark.parametrize('error', NOT_CORRUPTION, ids=lambda e: type(e).__name__)
 def test_a_transient_error_is_retried_and_the_checkpoint_restores(saved, monkeypatch, error):
-  calls = _fail_first(monkeypatch, error, times=2)
-  step, state, _ = _restore_latest(saved)
+  fault, calls = _fail_first(monkeypatch, error, times=2)
+  step, state, _ = _restore_latest(saved, fault)
   assert step == 2 and len(calls) > 2
   np.testing.assert_array_equal(state['b'], np.arange(3) + 2.0)
   assert sorted(os.listdir(saved)) == ['1', '2']
@@ -92,9 +94,9 @@ def test_a_transient_error_is_retried_and_the_checkpoint_restores(saved, monkeyp
 
 @pytest.mark.parametrize('error', NOT_CORRUPTION, ids=lambda e: type(e).__name__)
 def test_a_lasting_error_stops_with_a_clear_error_and_moves_nothing(saved, monkeypatch, error):
-  calls = _fail_first(monkeypatch, error, times=10 ** 6)
+  fault, calls = _fail_first(monkeypatch, error, times=10 ** 6)
   with pytest.raises(checkpointing.CheckpointReadError, match=r'step 2 .* after 4 attempts') as info:
-    _restore_latest(saved)
+    _restore_latest(saved, fault)
   assert type(error).__name__ in str(info.value) and 'nothing was moved' in str(info.value)
   assert len(calls) == 4  # 1 + len(RESTORE_RETRY_DELAYS), then no fallback to an older step.
   assert sorted(os.listdir(saved)) == ['1', '2']
@@ -189,3 +191,98 @@ def test_validation_scoring_may_change_on_resume_only_without_validation(holdout
   old = {**saved, 'eval': {'tta_copies': 10, 'windows': 'one'}}
   assert [k for k, _, _ in checkpointing.refused_changes(old, saved)] == (
       ['eval.validation_tta_copies'] if holdout else [])
+
+
+# ------------------------------------------------------------------------------------------------
+# Two hosts (two processes on this machine, one CPU device each): a fault seen by one host only.
+
+def _host(directory: str, fault: str) -> dict:
+  """One host of a two-process job: saves steps 1 and 2 (fault 'none'), or restores with `fault`
+  injected on host 1 only; returns what this host saw."""
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+  checkpointing.RESTORE_RETRY_DELAYS = (0.0, 0.0, 0.0)
+  mesh = jax.make_mesh((2,), ('data',), devices=jax.devices())
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def state(value):
+    return {k: jax.make_array_from_callback(v.shape, replicated, lambda index, v=v: np.asarray(v)[index])
+            for k, v in _state(value).items()}
+  c = _checkpointer(directory)
+  try:
+    if fault == 'none':
+      iterator = _iterator()
+      for step in (1, 2):
+        next(iterator)
+        c.save(step, state(float(step)), iterator, CONFIG)
+      return {'saved': [1, 2]}
+    if jax.process_index() == 1:
+      error = {'corrupt': ValueError('OUT_OF_RANGE: Error reading "b/.zarray": Requested byte range '
+                                     '[0, 277) is not valid for value of size 64'),
+               'transient': PermissionError(errno.EACCES, 'Permission denied')}[fault]
+      original = ocp.JsonCheckpointHandler.restore
+
+      def restore(self, directory, *args, **kwargs):
+        if os.fspath(directory).endswith(os.path.join('2', 'config')):
+          raise error
+        return original(self, directory, *args, **kwargs)
+      ocp.JsonCheckpointHandler.restore = restore
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            state(0.0))
+    try:
+      step, restored, _ = c.restore_latest(abstract, _iterator(), CONFIG, log=lambda _: None)
+    except checkpointing.CheckpointReadError as e:
+      return {'error': type(e).__name__}
+    return {'step': step, 'b': np.asarray(restored['b'].addressable_data(0)).tolist()}
+  finally:
+    c.close()
+
+
+def _two_hosts(directory, fault: str) -> list[dict]:
+  import json  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env.update(JAX_PLATFORMS='cpu', JAX_ENABLE_COMPILATION_CACHE='false',
+             PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                         env.get('PYTHONPATH', '')]))
+  processes = [subprocess.Popen([sys.executable, os.path.abspath(__file__), str(directory), fault,
+                                 str(port), str(i)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = []
+  try:
+    for p in processes:
+      out, err = p.communicate(timeout=300)  # A host left alone at a barrier would wait forever.
+      assert p.returncode == 0, err[-3000:]
+      outputs.append(json.loads(out.strip().splitlines()[-1]))
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  return outputs
+
+
+def test_hosts_agree_before_a_checkpoint_is_moved(tmp_path):
+  directory = tmp_path / 'checkpoints'
+  assert _two_hosts(directory, 'none') == [{'saved': [1, 2]}] * 2
+  # Host 1 alone sees a failure that is not corruption: both hosts retry and stop, nothing moves.
+  assert _two_hosts(directory, 'transient') == [{'error': 'CheckpointReadError'}] * 2
+  assert sorted(os.listdir(directory)) == ['1', '2']
+  # Host 1 alone sees step 2 corrupt: both move it aside (once) and both resume from step 1.
+  assert _two_hosts(directory, 'corrupt') == [{'step': 1, 'b': [1.0, 2.0, 3.0]}] * 2
+  assert sorted(os.listdir(directory)) == ['1']
+  assert os.listdir(tmp_path / 'checkpoints_unreadable') == ['2']
+
+
+if __name__ == '__main__':
+  import json as _json  # pylint: disable=ungrouped-imports
+  import sys as _sys
+  _directory, _fault, _port, _index = _sys.argv[1:]
+  jax.distributed.initialize(f'127.0.0.1:{_port}', num_processes=2, process_id=int(_index))
+  from absl import flags as _flags  # pylint: disable=ungrouped-imports
+  _flags.FLAGS.mark_as_parsed()
+  print(_json.dumps(_host(_directory, _fault)))
