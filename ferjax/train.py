@@ -14,6 +14,11 @@ validation split), `metrics.jsonl`, `tensorboard/`, `run.lock` while running, an
 (WAR, UAR, macro-F1, per-class scores, confusion matrix, which checkpoint was selected) and
 `confusion_matrix.png`.
 
+Validation is scored with its own test-time augmentation setting (`eval.validation_tta_copies`, default
+none); `eval.tta_copies` scores the test split. A checkpoint that cannot be read because it is corrupt is
+moved aside and the previous one is used; any other read failure stops the run with nothing moved; a run
+whose checkpoints are all unreadable starts over only with `--start_over` (docs/training-reliability.md).
+
 Exit codes of the CLI: 0 done; 1 a user error (one line on stderr); EXIT_PREEMPTED (143) after SIGTERM,
 once the state is saved: schedulers' requeue rules treat it as "terminated by a signal, run again".
 """
