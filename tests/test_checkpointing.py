@@ -40,7 +40,7 @@ def _checkpointer(directory):
 @pytest.fixture
 def saved(tmp_path, monkeypatch):
   """`<tmp>/checkpoints` with steps 1 and 2 (state values 1.0 and 2.0); no retry delays."""
-  monkeypatch.setattr(checkpointing, 'RESTORE_RETRY_DELAYS', (0.0, 0.0, 0.0))
+  monkeypatch.setattr(checkpointing, 'RESTORE_RETRY_DELAYS', (0.0, 0.0, 0.0), raising=False)
   c = _checkpointer(tmp_path / 'checkpoints')
   iterator = _iterator()
   for step in (1, 2):
