@@ -13,7 +13,7 @@ any prepared TFDS dataset name (which uses the paper setting). Keys: `fold=<k>`,
 Choices the paper does not publish (this project's reading, all overridable): T = 16 frames, 224 px crops of
 256 px faces, ImageNet normalisation, BiGRU directions summed, hidden size 560 (63.72 M parameters, -0.7 %
 from the paper's 64.20 M), mean temporal pooling, AdamW with
-warm-up + cosine decay, label smoothing 0.1; see README "Configs" for the full list.
+warm-up + cosine decay, label smoothing 0.1; see docs/models/res_rbg.md for the full list.
 """
 
 import ml_collections
@@ -83,7 +83,7 @@ def paper_config() -> ml_collections.ConfigDict:
   # The paper publishes neither. Summed BiGRU directions keep every layer after the first at one width,
   # so each has its residual connection (concatenated directions double the width, and layers 3 and
   # the next block's layer 1 then have none: training from scratch stalled at chance on some seeds,
-  # see README "Res-RBG"); hidden 560 then gives 63.72 M parameters, -0.7 % from the paper's 64.20 M.
+  # see docs/models/res_rbg.md); hidden 560 then gives 63.72 M parameters, -0.7 % from the paper's 64.20 M.
   c.model.hidden = 560
   c.model.merge = 'sum'
   c.model.pooling = 'mean'

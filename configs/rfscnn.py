@@ -13,7 +13,7 @@ datasets), `seed=<s>`, `stage=2` (the paper's second stage: the fused SVM on fro
 
 The paper's settings: L = 16-frame clips (the central 16 frames; shorter videos repeat their edge frames),
 15 optical-flow images (dx, dy, magnitude), product fusion, an SVM. Where it is silent (this project's
-reading, all overridable, see README "RFSCNN"): ResNet-18 per stream (its depth description is unusable),
+reading, all overridable, see docs/models/rfscnn.md): ResNet-18 per stream (its depth description is unusable),
 224 px faces (the paper's 227 px comes from AlexNet's stem; ResNets are trained at 224, which gives a 7x7
 grid; 227 px gives 8x8: set `model.grid=8`), the spatial/temporal layers' sizes, AdamW with warm-up and
 cosine decay, one joint training of both streams and the fused classifier (stage 1).
@@ -93,7 +93,7 @@ def paper_config() -> ml_collections.ConfigDict:
   c.model.fusion_norm = True
   # Initial offset of that BatchNorm before a product fusion: 1 fuses (1 + a) * (1 + b) = 1 + a + b + ab,
   # whose linear terms let each stream learn from scratch; 0 (the centred a * b) stalls at chance
-  # (issue 10; README "RFSCNN"). Concat and sum ignore it.
+  # (docs/models/rfscnn.md). Concat and sum ignore it.
   c.model.fusion_offset = 1.0
   c.model.freeze_streams = False  # Stage 2: streams in inference mode, no gradient (see `stage=2`).
   c.model.head = 'svm'  # The paper's: linear, multiclass hinge + svm_l2 * ||W||^2; or 'softmax'.
@@ -180,9 +180,9 @@ def synthetic_config() -> ml_collections.ConfigDict:
   c.model.temporal_proj = 4
   c.model.temporal_out = 16
   c.model.flow_scale = 1.0  # 48 px frames: flows of a few pixels.
-  # The paper's product fusion + SVM head (inherited). Measured (README "RFSCNN", 15 epochs): 94.29 /
+  # The paper's product fusion + SVM head (inherited). Measured (docs/models/rfscnn.md, 15 epochs): 94.29 /
   # 97.14 / 97.14 % test WAR for seeds 0-2 (`:synthetic,fusion=product,head=svm,seed=s`; they stayed near
-  # chance, 10-24 %, before fusion_offset); `fusion=concat,head=softmax` reached 98.57 % (seed 0).
+  # chance, 10-24 %, with fusion_offset=0); `fusion=concat,head=softmax` reached 98.57 % (seed 0).
   c.model.dropout = 0.1
   c.train.num_epochs = 15.0
   c.train.learning_rate = 1e-3

@@ -6,8 +6,8 @@ waited for, so the times are the device's), sequences/s and frames/s at the medi
 step from XLA's cost analysis of the compiled program, the achieved TFLOP/s and, on accelerators, the
 MFU against the chip's dense bfloat16 peak (`PEAK_TFLOPS`; CPUs have no entry, so no MFU), and memory:
 the compiled program's own estimate (arguments + outputs + temporaries - donated) and the measured peak
-(device `peak_bytes_in_use` where the backend reports it, else the process's peak RSS). Numbers in the
-README come from this command; timed assertions never live in tests.
+(device `peak_bytes_in_use` where the backend reports it, else the process's peak RSS). Numbers in
+docs/performance.md come from this command; timed assertions never live in tests.
 
   python -m ferjax.benchmark --config configs/res_rbg.py:synthetic --steps 20
   python -m ferjax.benchmark --config configs/res_rbg.py --config.input.batch_size=32 --json out.json
@@ -43,7 +43,7 @@ frames/s and sequences/s per worker process. It needs the config's dataset prepa
 
 For a family whose inputs include optical flow (RFSCNN) it also reports flow images/s per worker; `--flow`
 adds flow to any family, and `--source_px N` reads built-in moving-texture JPEG sequences of N px instead
-of a dataset (the README's flow figure):
+of a dataset (docs/performance.md's flow figure):
 
   python -m ferjax.benchmark --input --config configs/rfscnn.py --source_px 256 --batches 10
 

@@ -39,7 +39,7 @@ process CPU seconds per step (`time.process_time`), which other jobs inflate far
 (both are always printed; the last line states the ratio used). On a quiet machine compare wall time
 with the cores the process may use, e.g. `--threads 2`. ferjax's step is
 the project's own jitted train step (`ferjax.steps.jit_train_step`); its compile time is printed too.
-XLA flags (README "Performance") are read from $XLA_FLAGS when JAX starts.
+XLA flags (docs/performance.md) are read from $XLA_FLAGS when JAX starts.
 """
 
 import argparse

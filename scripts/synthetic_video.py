@@ -9,7 +9,7 @@ not hold files yet) of lossless PNG frames 000.png, 001.png, ..., like a CK+ seq
 Each expression is an onset -> apex sequence of `--frames` frames drawn by the synthetic dataset's face
 generator (`tfds_builders/synthetic_expressions/faces.py`); `--gap` black frames (no face) separate them.
 Subject 0 is in fold 0, the quickstart's test fold, so a quickstart model never saw this identity.
-Used for the README's "Using a trained model" example.
+Used for the README's quickstart and docs/inference.md.
 """
 
 import argparse

@@ -102,7 +102,7 @@ def test_tf_data_split_arithmetic_and_shuffled_files(api_data_dir):
 
 
 def test_tfds_build_cli(tmp_path):
-  """`tfds build tfds_builders/ck_plus --manual_dir ...` from the repo root, as the README shows."""
+  """`tfds build tfds_builders/ck_plus --manual_dir ...` from the repo root, as docs/data.md shows."""
   for module in ('apache_beam', 'mlcroissant'):  # tensorflow-datasets 4.9's CLI imports both at start.
     pytest.importorskip(module, reason=f'the tfds CLI needs {module} (in the [tf] extra)')
   tfds_cli = shutil.which('tfds', path=os.path.dirname(sys.executable)) or shutil.which('tfds')

@@ -46,8 +46,8 @@ def global_max_pool(x: jax.Array) -> jax.Array:
   """Max of NHWC ``x`` over H and W: [N, C]. Same values and gradient as ``jnp.max(x, axis=(1, 2))``
   (the gradient is split evenly between tied maxima), but the backward pass rebuilds the location of
   the maxima from ``x`` instead of keeping jnp.max's own full-size indicator of them: the attention
-  keeps ``x`` anyway (for ``x * a``), so G-ECA saves one feature map fewer per block (README
-  "Performance", ``scripts/step_memory.py``)."""
+  keeps ``x`` anyway (for ``x * a``), so G-ECA saves one feature map fewer per block
+  (docs/performance.md, ``scripts/step_memory.py``)."""
   return jnp.max(x, axis=(1, 2))
 
 

@@ -2,7 +2,7 @@
 
 Files are ``.safetensors`` or ``.npz`` (read with ``allow_pickle=False``); pickle-based formats
 (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are never read. Convert those once with PyTorch yourself
-(see the README).
+(see docs/training.md).
 
 Layout. Every ferjax module tree has a PyTorch-style "state dict" view (``torch_layout``):
 module paths joined with dots (``layer1.0.conv1``; a ResNet's ``downsample.conv``/``downsample.bn``
@@ -74,7 +74,7 @@ class WeightsFileError(WeightsMismatchError):
 _CONVERT_HINT = (
     'Convert it once where PyTorch is installed: load the state dict there, then `from '
     'safetensors.torch import save_file; save_file({k: v.contiguous() for k, v in '
-    'state_dict.items()}, "weights.safetensors")` (README: "Starting from ImageNet weights").')
+    'state_dict.items()}, "weights.safetensors")` (docs/training.md: "Starting from ImageNet weights").')
 _PICKLE_MAGIC = b'\x80'  # pickle protocol >= 2
 _ZIP_MAGIC = b'PK\x03\x04'  # .npz, and torch.save's default (zip) format
 
@@ -117,7 +117,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     raise WeightsFileError(
         f'{path}: holds pickled Python objects, not plain arrays, and ferjax never unpickles '
         '(allow_pickle=False). Save plain arrays with np.savez(path, **arrays), or convert a '
-        'PyTorch checkpoint as the README shows ("Starting from ImageNet weights").') from e
+        'PyTorch checkpoint as docs/training.md shows ("Starting from ImageNet weights").') from e
   except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
     raise WeightsFileError(f'{path}: truncated or corrupt .npz file ({type(e).__name__}: '
                            f'{_one_line(e)}); download or convert it again.') from e

@@ -116,7 +116,7 @@ class ResRBG(nnx.Module):
     unroll: ``lax.scan`` unroll factor of the recurrent layers.
     remat: 'none' | 'blocks': rematerialise every ResNet block and every RBG block (``nnx.remat``),
       so the backward pass keeps only the blocks' inputs and recomputes the rest; same values, about
-      one more forward pass of compute, a fraction of the activation memory (README "Performance").
+      one more forward pass of compute, a fraction of the activation memory (docs/performance.md).
   """
 
   def __init__(self, num_classes: int, *, backbone: str = 'resnet50', width: int = 64,

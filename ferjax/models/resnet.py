@@ -56,7 +56,7 @@ RESNET_SPECS = {
 # weight gradient as a convolution with batch and features swapped and copies both operands into that
 # layout first (two full-size transposes per convolution); a matmul's gradients need no such copies.
 # Measured on the Res-RBG train step, 2 x 8 x 112 px, one thread, CPU time, 8 alternating repeats: 12 %
-# faster (`scripts/ab_formulation.py --variants flax_bn fused_bn dot1x1`, README "Performance").
+# faster (`scripts/ab_formulation.py --variants flax_bn fused_bn dot1x1`, docs/performance.md).
 DOT_1X1 = True
 
 
@@ -81,7 +81,7 @@ def _conv(cin, cout, k, stride=1, *, dtype, rngs):
 # statistics, scale and shift folded into one multiply-add, closed-form backward); False = Flax's
 # `nnx.BatchNorm` (autodiff through its statistics). Same values (tests/test_formulation.py); read when
 # a layer is built, so `scripts/ab_formulation.py` can build both in one process to time them. Alone it
-# was within noise on XLA:CPU (-1.5 % CPU time at 2 x 8 x 112 px, README "Performance"); it is on because
+# was within noise on XLA:CPU (-1.5 % CPU time at 2 x 8 x 112 px, docs/performance.md); it is on because
 # the measured faster step (`DOT_1X1`) was measured with it.
 FUSED_BATCHNORM = True
 

@@ -30,7 +30,7 @@ Where the paper is silent, this project chose (all arguments / config fields, se
   features start as (1 + a) * (1 + b) = 1 + a + b + a * b. With the usual offset 0 the two centred
   streams multiply to a * b alone: the gradient reaching stream a is the head's signal times b, a
   zero-mean feature of the *other* stream that does not yet depend on the class, so it averages out over
-  a batch and neither stream starts to learn (the product + SVM and product + softmax stall of issue 10;
+  a batch and neither stream starts to learn (product + SVM and product + softmax stall at chance;
   concat and sum, whose gradients carry no such factor, learn). With the offset each stream first learns
   through its linear term, as in the paper's first stage (each stream trained alone), and the product
   term grows as both streams become informative;
