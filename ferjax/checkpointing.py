@@ -221,7 +221,8 @@ class Checkpointer:
       raise _Corrupt(f'the config item of step {step} is not a JSON object')
     where = f'{self.directory} (step {step})'
     changes = config_lib.changed_fields(saved_config, dict(config))
-    refused = [f'{k}: {a!r} in the checkpoint, {b!r} now' for k, a, b in refused_changes(saved_config, config)]
+    refused = [f'{k}: {a!r} in the checkpoint, {b!r} now'
+               for k, a, b in refused_changes(saved_config, config)]
     if refused:
       raise CheckpointMismatchError(
           f'{where} was made with another config ({len(refused)} field(s) differ: '
