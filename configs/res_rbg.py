@@ -6,9 +6,11 @@ Usage:
   python -m ferjax.train --config configs/res_rbg.py:oulu_casia,fold=3
   ... --config.model.hidden=256 --config.train.num_epochs=30    # any field can be overridden
 
-The argument is `<preset>[,key=value...]`; presets are `ck_plus` (default), `oulu_casia`, `synthetic`, or
-any prepared TFDS dataset name (which uses the paper setting). Keys: `fold=<k>`, `rbg_blocks=<n>`,
-`ablation=<row>` (a row of the paper's ablation table, see ABLATIONS), `seed=<s>`.
+The argument is `<preset>[,key=value...]`; presets are `ck_plus` (default), `oulu_casia`, `synthetic`, the
+video benchmarks `dfew`, `ferv39k`, `mafw` and `dfew_baseline` (VIDEO_BENCHMARKS), or any prepared TFDS
+dataset name (which uses the paper setting). Keys: `fold=<k>` (DFEW, MAFW: the released set, 1-5),
+`rbg_blocks=<n>`, `ablation=<row>` (a row of the paper's ablation table, see ABLATIONS), `seed=<s>`,
+`size=<px>` (the input side, e.g. 112).
 
 Choices the paper does not publish (this project's reading, all overridable): T = 16 frames, 224 px crops of
 256 px faces, ImageNet normalisation, BiGRU directions summed, hidden size 560 (63.72 M parameters, -0.7 %
@@ -16,57 +18,54 @@ from the paper's 64.20 M), mean temporal pooling, AdamW with
 warm-up + cosine decay, label smoothing 0.1; see docs/models/res_rbg.md for the full list.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
-PRESETS = ('ck_plus', 'oulu_casia', 'synthetic')
+PRESETS = ('ck_plus', 'oulu_casia', 'synthetic', 'dfew', 'dfew_baseline', 'ferv39k', 'mafw')
+
+
+# The in-the-wild video benchmarks (docs/benchmarks.md): 16 frames, TSN segments, 224 px (size=112 for the
+# 112 px variant). DFEW and MAFW: `fold=k` is the release's set k (1-5; dataset.fold = k - 1, the position
+# of fold_k); their folds are the release's, not subject-independent. FERV39k: train -> test, the best
+# validation UAR on the builder's held-out share of train selects the checkpoint.
+VIDEO_BENCHMARKS = {
+    'dfew': {'dataset.config': 'clip_224x224'},
+    'mafw': {'dataset.config': 'frames'},
+    'ferv39k': {'dataset.holdout_validation': True},
+    # The DFEW paper's ResNet-18 + GRU baseline (UAR/WAR 51.68 / 64.02), this project's reading: per-frame
+    # ResNet-18 without channel attention -> a plain 2-layer GRU -> classifier, on the 16-frame release at
+    # 112 px (the ablation table's 'baseline' row on ResNet-18).
+    'dfew_baseline': {'dataset.config': 'clip_224x224_16f', 'dataset.image_size': 112,
+                      'model.backbone': 'resnet18', 'model.hidden': 512, 'model.attention': 'none',
+                      'augment.mask_prob': 0.0, 'model.rbg_blocks': 1, 'model.bigru_layers': 0,
+                      'model.block_norm': False, 'model.residual': False},
+}
+RELEASED_FOLDS = {'dfew': 5, 'mafw': 5}  # dataset.name -> number of released folds.
+
+
+def _common():
+  """configs/common.py (config files are loaded by path, not imported as a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py')
+  spec = importlib.util.spec_from_file_location('ferjax_configs_common', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+common = _common()
 
 
 def paper_config() -> ml_collections.ConfigDict:
   """The paper's main model (2RBG) on CK+ fold 0."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  c.dataset = ml_collections.ConfigDict()
+  c = common.base()
   c.dataset.name = 'ck_plus'
-  c.dataset.config = ''  # TFDS builder config ('' = the builder's default).
-  c.dataset.data_dir = ''  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR).
-  c.dataset.fold = 0
-  # The papers train on every non-test fold (9 of 10; n-1 subjects for LOSO) and report the final model.
-  # True holds out the next fold/subject for validation, and the best validation UAR then selects the
-  # reported checkpoint (never the test fold).
-  c.dataset.holdout_validation = False
-  # Leave-one-subject-out datasets (eNTERFACE'05, RML): 0 = LOSO; k >= 2 = subject-independent k-fold
-  # (subjects sorted, fold i = subjects [i::k]). k-fold datasets ignore it.
-  c.dataset.subject_folds = 0
-  c.dataset.num_frames = 16  # T
-  c.dataset.image_size = 224
-  # On-device input scaling: 'imagenet' = /255 then ImageNet mean/std, 'unit' = /255 only.
-  c.dataset.normalization = 'imagenet'
-  # Which T frames: 'segments' (TSN: a random frame of each of T segments in training, their centres in
-  # evaluation), 'clip' (the central T frames, RFSCNN's rule) or 'apex' (the last T frames).
-  c.dataset.sampling = 'segments'
-  # Optical flow, for families whose inputs include it: 'dis' or 'farneback' (of the source frames, then
-  # warped like them), or 'dis_output' / 'farneback_output' (of the augmented output frames: ~1.6x faster).
-  c.dataset.flow = 'dis'
 
-  c.input = ml_collections.ConfigDict()
-  c.input.batch_size = 32  # Global, over all hosts and devices.
-  c.input.eval_batch_size = 32
-  c.input.worker_count = 2  # grain worker processes per host (0 = in-process).
-
-  c.augment = ml_collections.ConfigDict()
-  c.augment.crop_scale = (0.6, 1.0)
-  c.augment.crop_ratio = (0.9, 1.1)
-  c.augment.flip = True
-  c.augment.rotation = 10.0  # Degrees.
-  c.augment.brightness = 0.2
-  c.augment.contrast = 0.2
-  c.augment.mask_prob = 0.5  # The paper's random masking ("RM").
+  c.augment.mask_prob = 0.5  # The paper's random masking ("RM"); Res-RBG's own augment keys.
   c.augment.mask_size = (0.1, 0.3)  # Side as a fraction of the crop.
   c.augment.mask_count = 1
-  c.augment.eval_crop = 0.875  # 224 of 256.
 
-  c.model = ml_collections.ConfigDict()
   c.model.name = 'res_rbg'
   c.model.backbone = 'resnet50'
   c.model.width = 64
@@ -93,55 +92,15 @@ def paper_config() -> ml_collections.ConfigDict:
   c.model.unroll = 1  # lax.scan unroll of the GRU time loop (1: measured, see ferjax/models/recurrent.py).
   # 'blocks' recomputes the ResNet stem and blocks and the RBG blocks in the backward pass (less memory).
   c.model.remat = 'none'
+  # Formulations of the ResNet layers (same function, different XLA programs; ferjax/models/resnet.py):
+  # 1x1 convolutions as matmuls, and the one-pass training-mode BatchNorm.
+  c.model.dot_1x1 = True
+  c.model.fused_batchnorm = True
 
-  c.init = ml_collections.ConfigDict()
   c.init.backbone_weights = ''  # torchvision-layout .safetensors/.npz; '' = random init.
   c.init.backbone_prefix = ''  # Key prefix inside that file, e.g. 'module.'.
   c.init.gru_weights = ''  # PyTorch nn.GRU-layout .safetensors/.npz.
   c.init.gru_prefix = ''
-  # Any init.<submodule>_weights / _prefix loads a file into that submodule (ResNet or GRU layout).
-  c.init.checkpoint = ''  # A previous run's workdir: its final params initialise the model.
-
-  c.train = ml_collections.ConfigDict()
-  c.train.num_epochs = 60.0
-  c.train.num_steps = -1  # > 0 overrides num_epochs.
-  c.train.optimizer = 'adamw'  # 'adamw' | 'radam' | 'sgd'.
-  # 'cosine' (warm-up + cosine decay) | 'plateau' (warm-up + constant, multiplied by plateau_factor after
-  # more than plateau_patience validations without a better UAR, down to min_learning_rate).
-  c.train.schedule = 'cosine'
-  c.train.plateau_patience = 2
-  c.train.plateau_factor = 0.1
-  c.train.min_learning_rate = 0.0
-  # > 0: stop after this many validations in a row without a better UAR (needs a validation split).
-  c.train.early_stop_patience = 0
-  c.train.learning_rate = 3e-4  # Peak, for the global batch.
-  c.train.warmup_epochs = 3.0
-  c.train.weight_decay = 0.05  # Not applied to biases and normalisation parameters.
-  c.train.momentum = 0.9  # sgd only.
-  c.train.grad_clip = 1.0  # Global-norm clipping; 0 disables.
-  c.train.label_smoothing = 0.1
-  c.train.log_every_steps = 10
-  c.train.eval_every_steps = 200
-  c.train.checkpoint_every_steps = 200
-  c.train.max_to_keep = 2
-  # Regex over parameter paths ('backbone/layer1/0/conv1/kernel'); '' trains all. The others stay frozen
-  # (no update, no weight decay).
-  c.train.trainable = ''
-
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # -1 = all devices not used by the other axes.
-  c.mesh.fsdp = 1  # >1 shards parameters and optimizer state over this many devices.
-
-  c.eval = ml_collections.ConfigDict()
-  # Test-time augmentation: K copies per window (copy 0 plain, the others the training flip/crop/rotation
-  # from a fixed per-(sequence, copy) seed), probabilities averaged; 0 or 1 = none.
-  c.eval.tta_copies = 0
-  # 'one': one window per sequence (the sampling mode's); 'all': consecutive T-frame windows covering
-  # every frame, probabilities averaged (long videos).
-  c.eval.windows = 'one'
-  # Test-time augmentation of validation (model selection, plateau schedule, early stopping); 0 or 1 =
-  # none, the public RMN and Res-RBG code's choice: validation follows the plain model's scores.
-  c.eval.validation_tta_copies = 0
   return c
 
 
@@ -214,39 +173,62 @@ def _set(c: ml_collections.ConfigDict, key: str, value) -> None:
   c[section][field] = value
 
 
-def _int(key: str, value: str) -> int:
-  try:
-    return int(value)
-  except ValueError:
-    raise ValueError(f'config argument {key}={value!r}: expected an integer') from None
+def _rbg_blocks(c: ml_collections.ConfigDict, value: str) -> None:
+  c.model.rbg_blocks = common.integer('rbg_blocks', value)
 
 
-ARG_KEYS = ('fold', 'rbg_blocks', 'ablation', 'seed')
+def _ablation(c: ml_collections.ConfigDict, value: str) -> None:
+  for field, v in ablation_overrides(value).items():
+    _set(c, field, v)
+
+
+def _dataset(name: str) -> ml_collections.ConfigDict:
+  """The paper setting on any prepared TFDS dataset."""
+  c = paper_config()
+  c.dataset.name = name
+  return c
+
+
+def _oulu_casia() -> ml_collections.ConfigDict:
+  c = _dataset('oulu_casia')
+  c.dataset.config = 'VL_Strong'
+  return c
+
+
+def _video_benchmark(preset: str):
+  """The preset `preset` of VIDEO_BENCHMARKS: the paper setting with its overrides."""
+  def make() -> ml_collections.ConfigDict:
+    c = _dataset('dfew' if preset == 'dfew_baseline' else preset)
+    for field, v in VIDEO_BENCHMARKS[preset].items():
+      _set(c, field, v)
+    return c
+  return make
+
+
+def _fold(c: ml_collections.ConfigDict, value: str) -> None:
+  """`fold=k`: the fold's position, or for DFEW and MAFW the released set k (1-5)."""
+  if c.dataset.name not in RELEASED_FOLDS:
+    common.KEYS['fold'](c, value)
+    return
+  k = common.integer('fold', value)
+  if not 1 <= k <= RELEASED_FOLDS[c.dataset.name]:
+    raise ValueError(f'config argument fold={k}: {c.dataset.name} has the released folds (sets) 1-'
+                     f'{RELEASED_FOLDS[c.dataset.name]}')
+  c.dataset.fold = k - 1
+
+
+def _size(c: ml_collections.ConfigDict, value: str) -> None:
+  c.dataset.image_size = common.integer('size', value)
+
+
+KEYS = {'fold': _fold, 'rbg_blocks': _rbg_blocks, 'ablation': _ablation,
+        'seed': common.KEYS['seed'], 'size': _size}
+ARG_KEYS = tuple(KEYS)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """`<preset>[,fold=k][,rbg_blocks=n][,ablation=<row>][,seed=s]`, e.g. `ck_plus,ablation=bigru`."""
-  preset, *pairs = (arg or 'ck_plus').split(',')
-  if preset == 'synthetic':
-    c = synthetic_config()
-  else:
-    c = paper_config()
-    c.dataset.name = preset
-  if preset == 'oulu_casia':
-    c.dataset.config = 'VL_Strong'
-  for pair in pairs:
-    key, sep, value = pair.partition('=')
-    if not sep:
-      raise ValueError(f'config argument {pair!r}: expected key=value with key one of {ARG_KEYS}')
-    if key == 'fold':
-      c.dataset.fold = _int(key, value)
-    elif key == 'rbg_blocks':
-      c.model.rbg_blocks = _int(key, value)
-    elif key == 'seed':
-      c.seed = _int(key, value)
-    elif key == 'ablation':
-      for field, v in ablation_overrides(value).items():
-        _set(c, field, v)
-    else:
-      raise ValueError(f'config argument key {key!r} is unknown; expected one of {ARG_KEYS}')
-  return c
+  """`<preset>[,fold=k][,rbg_blocks=n][,ablation=<row>][,seed=s][,size=px]`, e.g. `ck_plus,ablation=bigru`,
+  `dfew,fold=3,size=112` (DFEW's released set 3 at 112 px)."""
+  presets = {'ck_plus': paper_config, 'oulu_casia': _oulu_casia, 'synthetic': synthetic_config,
+             **{name: _video_benchmark(name) for name in VIDEO_BENCHMARKS}}
+  return common.parse(arg, presets=presets, default='ck_plus', keys=KEYS, other_preset=_dataset)

@@ -19,51 +19,44 @@ grid; 227 px gives 8x8: set `model.grid=8`), the spatial/temporal layers' sizes,
 cosine decay, one joint training of both streams and the fused classifier (stage 1).
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 PRESETS = ('enterface05', 'rml', 'afew', 'synthetic')
 
 
+def _common():
+  """configs/common.py (config files are loaded by path, not imported as a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py')
+  spec = importlib.util.spec_from_file_location('ferjax_configs_common', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+common = _common()
+
+
 def paper_config() -> ml_collections.ConfigDict:
   """The paper's model on eNTERFACE'05, left-out subject 0."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  c.dataset = ml_collections.ConfigDict()
+  c = common.base()
   c.dataset.name = 'enterface05'
-  c.dataset.config = ''  # TFDS builder config ('' = the builder's default).
-  c.dataset.data_dir = ''  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR).
   c.dataset.fold = 0  # LOSO datasets: the left-out subject's index; AFEW: 0 (train -> validation).
-  # The paper trains on every other subject and reports the final model; True holds out the next subject
-  # for validation and reports the checkpoint with the best validation UAR.
-  c.dataset.holdout_validation = False
-  c.dataset.subject_folds = 0  # 0 = leave-one-subject-out (the paper); k >= 2 = subject-independent k-fold.
   c.dataset.num_frames = 16  # L (the flow stream sees L - 1 flow images).
-  c.dataset.image_size = 224
-  # On-device input scaling: 'imagenet' = /255 then ImageNet mean/std, 'unit' = /255 only.
-  c.dataset.normalization = 'imagenet'
   # 'clip': the central L frames, edge frames repeated for short videos (the paper's rule).
   c.dataset.sampling = 'clip'
-  # Optical flow: OpenCV 'dis' (ultrafast preset) or 'farneback', of the source frames then warped like them;
-  # 'dis_output' / 'farneback_output': of the augmented S x S frames (the paper's order, ~1.6x faster).
+  # Optical flow (the flow input's key): OpenCV 'dis' (ultrafast preset) or 'farneback', of the source
+  # frames then warped like them; 'dis_output' / 'farneback_output': of the augmented S x S frames (the
+  # paper's order, ~1.6x faster).
   c.dataset.flow = 'dis'
 
-  c.input = ml_collections.ConfigDict()
   c.input.batch_size = 16  # Global, over all hosts and devices.
   c.input.eval_batch_size = 16
-  c.input.worker_count = 2  # grain worker processes per host (0 = in-process).
 
-  c.augment = ml_collections.ConfigDict()
   c.augment.crop_scale = (0.7, 1.0)  # Geometric augmentation is applied to the flow too (vector-correct).
-  c.augment.crop_ratio = (0.9, 1.1)
-  c.augment.flip = True
-  c.augment.rotation = 10.0  # Degrees.
-  c.augment.brightness = 0.2  # Photometric jitter: frames only, never the flow.
-  c.augment.contrast = 0.2
-  c.augment.mask_prob = 0.0  # Random masking is Res-RBG's, not RFSCNN's.
-  c.augment.mask_size = (0.1, 0.3)
-  c.augment.mask_count = 1
-  c.augment.eval_crop = 0.875  # 224 of 256.
+  # Photometric jitter (brightness, contrast) touches frames only, never the flow; no random masking.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'rfscnn'
@@ -105,8 +98,10 @@ def paper_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.5
   c.model.dtype = 'float32'
   c.model.unroll = 1  # lax.scan unroll over the spatial layer's h + w - 1 diagonals.
+  # Formulations of the ResNet layers (same function, different XLA programs; ferjax/models/resnet.py).
+  c.model.dot_1x1 = True
+  c.model.fused_batchnorm = True
 
-  c.init = ml_collections.ConfigDict()
   # torchvision-layout ResNet weights per stream (.safetensors/.npz; '' = random init). ImageNet weights
   # fit the flow stream too: its first convolution also takes 3 channels (dx, dy, magnitude).
   c.init.backbone_rgb_weights = ''
@@ -115,38 +110,12 @@ def paper_config() -> ml_collections.ConfigDict:
   c.init.backbone_flow_prefix = ''
   c.init.checkpoint = ''  # A previous run's workdir (stage 1): its final params initialise the model.
 
-  c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 30.0
-  c.train.num_steps = -1  # > 0 overrides num_epochs.
-  c.train.optimizer = 'adamw'  # 'adamw' | 'radam' | 'sgd'.
-  # 'cosine' (warm-up + cosine decay) | 'plateau' (warm-up + constant, multiplied by plateau_factor after
-  # more than plateau_patience validations without a better UAR, down to min_learning_rate).
-  c.train.schedule = 'cosine'
-  c.train.plateau_patience = 2
-  c.train.plateau_factor = 0.1
-  c.train.min_learning_rate = 0.0
-  # > 0: stop after this many validations in a row without a better UAR (needs a validation split).
-  c.train.early_stop_patience = 0
-  c.train.learning_rate = 3e-4  # Peak, for the global batch.
   c.train.warmup_epochs = 2.0
-  c.train.weight_decay = 0.05  # Kernels and RNN weights; not biases, norms or the L1-penalised projections.
-  c.train.momentum = 0.9  # sgd only.
-  c.train.grad_clip = 1.0  # Global-norm clipping; 0 disables.
+  # Kernels and RNN weights decay (train.weight_decay_rules); not biases, norms or the L1-penalised
+  # projections.
   c.train.label_smoothing = 0.0  # softmax head only.
-  c.train.log_every_steps = 10
-  c.train.eval_every_steps = 200
-  c.train.checkpoint_every_steps = 200
-  c.train.max_to_keep = 2
-  c.train.trainable = ''  # Regex over parameter paths to train ('' = all); `stage=2` trains only the head.
-
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # -1 = all devices not used by the other axes.
-  c.mesh.fsdp = 1  # >1 shards parameters and optimizer state over this many devices.
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.tta_copies = 0  # Test-time augmentation copies per window; 0 or 1 = none.
-  c.eval.windows = 'one'  # 'one' clip per video (the paper); 'all' = consecutive clips, averaged.
-  c.eval.validation_tta_copies = 0  # Validation's own test-time augmentation; 0 or 1 = none.
+  # train.trainable: `stage=2` trains only the head.
   return c
 
 
@@ -193,42 +162,38 @@ def synthetic_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _int(key: str, value: str) -> int:
-  try:
-    return int(value)
-  except ValueError:
-    raise ValueError(f'config argument {key}={value!r}: expected an integer') from None
+def _fusion(c: ml_collections.ConfigDict, value: str) -> None:
+  c.model.fusion = value  # Validated with the rest of the config.
 
 
-ARG_KEYS = ('fusion', 'head', 'fold', 'seed', 'stage')
+def _head(c: ml_collections.ConfigDict, value: str) -> None:
+  c.model.head = value
+
+
+def _stage(c: ml_collections.ConfigDict, value: str) -> None:
+  if value not in ('1', '2'):
+    raise ValueError(f'config argument stage={value!r}: expected 1 or 2')
+  if value == '2':
+    set_stage_2(c)
+
+
+KEYS = {'fusion': _fusion, 'head': _head, **common.KEYS, 'stage': _stage}
+ARG_KEYS = tuple(KEYS)
+
+
+def _dataset(name: str):
+  def make() -> ml_collections.ConfigDict:
+    c = paper_config()
+    c.dataset.name = name
+    return c
+  return make
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`<preset>[,fusion=f][,head=h][,fold=k][,seed=s][,stage=1|2]`, e.g. `rml,fold=3,fusion=sum`."""
-  preset, *pairs = (arg or 'enterface05').split(',')
-  if preset not in PRESETS:
-    raise ValueError(f'config preset {preset!r} is unknown; expected one of {PRESETS}')
-  c = synthetic_config() if preset == 'synthetic' else paper_config()
-  if preset != 'synthetic':
-    c.dataset.name = preset
-  for pair in pairs:
-    key, sep, value = pair.partition('=')
-    if not sep or key not in ARG_KEYS:
-      raise ValueError(f'config argument {pair!r}: expected key=value with key one of {ARG_KEYS}')
-    if key == 'fusion':
-      c.model.fusion = value  # Validated with the rest of the config.
-    elif key == 'head':
-      c.model.head = value
-    elif key == 'fold':
-      c.dataset.fold = _int(key, value)
-    elif key == 'seed':
-      c.seed = _int(key, value)
-    elif key == 'stage':
-      if value not in ('1', '2'):
-        raise ValueError(f'config argument stage={value!r}: expected 1 or 2')
-      if value == '2':
-        set_stage_2(c)
-  return c
+  presets = {name: _dataset(name) for name in PRESETS if name != 'synthetic'}
+  return common.parse(arg, presets={**presets, 'synthetic': synthetic_config}, default='enterface05',
+                      keys=KEYS)
 
 
 def set_stage_2(c: ml_collections.ConfigDict) -> None:

@@ -21,8 +21,8 @@ weight decay on biases and normalisation parameters, no label smoothing; the cod
 is commented out, so the trunk starts from scratch here too (`--config.init.backbone_weights=...` loads
 torchvision ResNet-34 weights into it).
 
-The generic sections (dataset/input/augment/init/train/mesh/eval) start from `configs/res_rbg.py`'s paper
-config, so fields added to every config arrive here too; every value this recipe depends on is set below.
+The generic sections (dataset/input/augment/init/train/mesh/eval) start from `configs/common.py`, so fields
+added to every config arrive here too; every value this recipe depends on is set below.
 """
 
 import importlib.util
@@ -34,13 +34,24 @@ PRESETS = ('fer2013', 'synthetic_images', 'ck_plus')
 ARG_KEYS = ('fold', 'seed')
 
 
-def _base() -> ml_collections.ConfigDict:
-  """configs/res_rbg.py's paper config (loaded by path: config files are not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'res_rbg.py')
-  spec = importlib.util.spec_from_file_location('ferjax_configs_res_rbg', path)
+def _common():
+  """configs/common.py (config files are loaded by path, not imported as a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'common.py')
+  spec = importlib.util.spec_from_file_location('ferjax_configs_common', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.paper_config()
+  return module
+
+
+common = _common()
+
+
+def _base() -> ml_collections.ConfigDict:
+  """The shared sections, and the trunk's torchvision weights (`init.backbone_weights`)."""
+  c = common.base()
+  c.init.backbone_weights = ''  # torchvision-layout .safetensors/.npz; '' = random init.
+  c.init.backbone_prefix = ''  # Key prefix inside that file, e.g. 'module.'.
+  return c
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -62,6 +73,9 @@ def model_config() -> ml_collections.ConfigDict:
   # 'blocks' recomputes the stem and every BasicBlock (trunk and masks) in the backward pass: same values,
   # less activation memory, about one more forward pass of compute. 'none' keeps every activation.
   m.remat = 'none'
+  # Formulations of the ResNet layers (same function, different XLA programs; ferjax/models/resnet.py).
+  m.dot_1x1 = True
+  m.fused_batchnorm = True
   return m
 
 
@@ -82,8 +96,7 @@ def fer2013_config() -> ml_collections.ConfigDict:
   c.augment.flip = True
   c.augment.rotation = 30.0
   c.augment.brightness = 0.0
-  c.augment.contrast = 0.0
-  c.augment.mask_prob = 0.0
+  c.augment.contrast = 0.0  # No random masking either (no augment.mask_* keys).
   c.augment.eval_crop = 1.0
   c.model = model_config()
   c.train.num_epochs = 50.0
@@ -151,36 +164,16 @@ def ck_plus_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _int(key: str, value: str) -> int:
-  try:
-    return int(value)
-  except ValueError:
-    raise ValueError(f'config argument {key}={value!r}: expected an integer') from None
+def _reconstruction(c: ml_collections.ConfigDict) -> None:
+  # Shen & Li: L = CE + L_rec, plus the mask term (this project's reading, weight 0.1).
+  c.model.reconstruction_weight = 1.0
+  c.model.mask_loss = 'binary'
+  c.model.mask_loss_weight = 0.1
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`<preset>[,reconstruction][,fold=k][,seed=s]`, e.g. `fer2013,reconstruction`."""
-  preset, *pairs = (arg or 'fer2013').split(',')
-  makers = {'fer2013': fer2013_config, 'synthetic_images': synthetic_images_config,
-            'ck_plus': ck_plus_config}
-  if preset not in makers:
-    raise ValueError(f'config preset {preset!r} is unknown; expected one of {PRESETS}')
-  c = makers[preset]()
-  for pair in pairs:
-    if pair == 'reconstruction':
-      # Shen & Li: L = CE + L_rec, plus the mask term (this project's reading, weight 0.1).
-      c.model.reconstruction_weight = 1.0
-      c.model.mask_loss = 'binary'
-      c.model.mask_loss_weight = 0.1
-      continue
-    key, sep, value = pair.partition('=')
-    if not sep:
-      raise ValueError(f'config argument {pair!r}: expected `reconstruction` or key=value with key one '
-                       f'of {ARG_KEYS}')
-    if key == 'fold':
-      c.dataset.fold = _int(key, value)
-    elif key == 'seed':
-      c.seed = _int(key, value)
-    else:
-      raise ValueError(f'config argument key {key!r} is unknown; expected one of {ARG_KEYS}')
-  return c
+  return common.parse(arg, presets={'fer2013': fer2013_config,
+                                    'synthetic_images': synthetic_images_config,
+                                    'ck_plus': ck_plus_config},
+                      default='fer2013', keys=common.KEYS, words={'reconstruction': _reconstruction})

@@ -216,7 +216,7 @@ def _setup(config, num_classes: int):
   eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding)
   rng = np.random.default_rng(0)
   data = sharding.global_batch(
-      spec.random_batch(config, config.input.batch_size, num_classes, rng), mesh)
+      spec.random_batch(config, config.input.batch_size, num_classes, rng, family.inputs), mesh)
   return params, train_fn, eval_fn, state, data
 
 
@@ -590,8 +590,8 @@ def run_input(config, num_batches: int, flow: bool = False, source_px: int = 0, 
     dataset = datasets.prepare(config.dataset)
     splits = protocols.splits_for(dataset.split_names, config.dataset.fold, False)
     name, source = f'{dataset.name} {splits.train}', dataset.source(splits.train)
-  loader = spec.train_loader(config, source, (0, 1, batch), worker_count=0,
-                             extra_inputs=('flow',) if flow else ())
+  inputs = models.get_family(config.model.name).inputs + (('flow',) if flow else ())
+  loader = spec.train_loader(config, source, (0, 1, batch), worker_count=0, inputs=inputs)
   iterator = iter(loader)
   first = next(iterator)  # Warm-up: opens the source.
   rounds = _input_rounds(iterator, num_batches, repeats)
@@ -616,7 +616,8 @@ def run_input(config, num_batches: int, flow: bool = False, source_px: int = 0, 
   }
   if 'flow' in first:  # Flow images (T - 1 per sequence) per second, decoding and augmentation included.
     flows = num_batches * batch * first['flow'].shape[1]
-    result.update(flow=config.dataset.flow, flow_frames_per_s_per_worker=round(flows / seconds, 1),
+    result.update(flow=config.dataset.get('flow', 'dis'),
+                  flow_frames_per_s_per_worker=round(flows / seconds, 1),
                   flow_frames_per_cpu_s=round(flows / cpu_seconds, 1),
                   flow_frames_per_cpu_s_rounds=[round(flows / c, 1) for _, c in rounds])
   if profile_batches:

@@ -146,11 +146,14 @@ def _key_name(key) -> str:
   return str(key)
 
 
-def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+def flat_shapes(tree) -> dict[str, tuple[int, ...]]:
   """'params/backbone/conv1/kernel/value' -> shape; the same names for live and saved trees."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {'/'.join(map(_key_name, path)): tuple(getattr(leaf, 'shape', ()))
           for path, leaf in leaves}
+
+
+_flat_shapes = flat_shapes  # Older name, for callers not yet on flat_shapes.
 
 
 class Checkpointer:
@@ -231,8 +234,8 @@ class Checkpointer:
     if not (self._item(step, 'state') / '_METADATA').exists():
       raise _Corrupt(f'the state item of step {step} has no metadata file')
     metadata = ocp.StandardCheckpointHandler().metadata(self._item(step, 'state'))
-    saved_shapes = _flat_shapes(metadata.tree if hasattr(metadata, 'tree') else metadata)
-    current_shapes = _flat_shapes(abstract_state)
+    saved_shapes = flat_shapes(metadata.tree if hasattr(metadata, 'tree') else metadata)
+    current_shapes = flat_shapes(abstract_state)
     bad = [f'{k}: {saved_shapes.get(k)} in the checkpoint, {current_shapes.get(k)} now'
            for k in sorted(set(saved_shapes) | set(current_shapes))
            if saved_shapes.get(k) != current_shapes.get(k)]

@@ -16,87 +16,24 @@ from typing import Any
 from absl import flags
 import ml_collections
 
-
-class ConfigError(ValueError):
-  """A config field holds a value the run cannot use."""
-
-
-def _one_of(*allowed: Any) -> Callable[[Any], str | None]:
-  def check(value):
-    return None if value in allowed else f'one of {", ".join(map(repr, allowed))}'
-  return check
+from ferjax import checks
+from ferjax import registry
+from ferjax.data import inputs as inputs_lib
 
 
-def _number(lo: float | None = None, hi: float | None = None, *, integer: bool = False,
-            lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], str | None]:
-  kind = 'an integer' if integer else 'a number'
-  bounds = []
-  if lo is not None:
-    bounds.append(f'{">" if lo_open else ">="} {lo}')
-  if hi is not None:
-    bounds.append(f'{"<" if hi_open else "<="} {hi}')
-  expected = f'{kind} {" and ".join(bounds)}'.strip()
+ConfigError = checks.ConfigError
+Check = checks.Check
+# The checks, for family schemas that import them from here (ferjax.checks is their home).
+one_of, number, range_pair, int_tuple, string, boolean, regex = (
+    checks.one_of, checks.number, checks.range_pair, checks.int_tuple, checks.string, checks.boolean,
+    checks.regex)
+check_fields = checks.check_fields
+_one_of, _number, _range_pair, _string, _regex, _boolean, _mesh_axis = (
+    one_of, number, range_pair, string, regex, boolean, checks.mesh_axis)
 
-  def check(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-      return expected
-    if integer and not isinstance(value, int):
-      return expected
-    if lo is not None and (value <= lo if lo_open else value < lo):
-      return expected
-    if hi is not None and (value >= hi if hi_open else value > hi):
-      return expected
-    return None
-  return check
-
-
-def _range_pair(lo: float, hi: float) -> Callable[[Any], str | None]:
-  expected = f'a pair (min, max) with {lo} <= min <= max <= {hi}'
-
-  def check(value):
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
-        or not all(isinstance(v, (int, float)) for v in value)):
-      return expected
-    return None if lo <= value[0] <= value[1] <= hi else expected
-  return check
-
-
-def _int_tuple(value) -> str | None:
-  expected = 'a tuple of positive integers, or () for the default'
-  if not isinstance(value, (tuple, list)):
-    return expected
-  return None if all(isinstance(v, int) and v > 0 for v in value) else expected
-
-
-def _string(value) -> str | None:
-  return None if isinstance(value, str) else 'a string'
-
-
-def _regex(value) -> str | None:
-  expected = "a regular expression ('' = everything)"
-  if not isinstance(value, str):
-    return expected
-  try:
-    re.compile(value)
-  except re.error as e:
-    return f'{expected} ({e})'
-  return None
-
-
-def _boolean(value) -> str | None:
-  return None if isinstance(value, bool) else 'True or False'
-
-
-def _mesh_axis(value) -> str | None:
-  ok = isinstance(value, int) and not isinstance(value, bool) and (value == -1 or value >= 1)
-  return None if ok else '-1 (all remaining devices) or a positive integer'
-
-
-# Public names for family schemas (ferjax/models/<family>.py).
-one_of, number, range_pair, int_tuple, string, boolean = (
-    _one_of, _number, _range_pair, _int_tuple, _string, _boolean)
-
-# The generic sections; config.model's fields beyond `name` come from the family's schema.
+# The generic sections; config.model's fields beyond `name` come from the family's schema, and keys only
+# one family (or one input) reads come from its `config_rules` (`Input.rules`): e.g. dataset.flow (the
+# flow input), augment.mask_* (Res-RBG's random masking).
 RULES: dict[str, Callable[[Any], str | None]] = {
     'seed': _number(0, integer=True),
     'dataset.name': _string,
@@ -108,8 +45,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'dataset.num_frames': _number(1, 512, integer=True),
     'dataset.image_size': _number(16, 1024, integer=True),
     'dataset.normalization': _one_of('imagenet', 'unit'),
-    'dataset.sampling': _one_of('segments', 'clip', 'apex'),
-    'dataset.flow': _one_of('dis', 'farneback', 'dis_output', 'farneback_output'),
+    'dataset.sampling': _one_of('segments', 'clip', 'apex', 'uniform', 'consecutive', 'consecutive_s2',
+                                'consecutive_s4'),  # ferjax.data.sampling.MODES
     'input.batch_size': _number(1, integer=True),
     'input.eval_batch_size': _number(1, integer=True),
     'input.worker_count': _number(0, 64, integer=True),
@@ -119,9 +56,6 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'augment.rotation': _number(0, 180),
     'augment.brightness': _number(0, 1),
     'augment.contrast': _number(0, 1),
-    'augment.mask_prob': _number(0, 1),
-    'augment.mask_size': _range_pair(0.0, 1.0),
-    'augment.mask_count': _number(0, 16, integer=True),
     'augment.eval_crop': _number(0.1, 1.0),
     'model.name': _string,  # Then the family's schema checks the rest of config.model.
     # Also any init.<submodule>_weights / init.<submodule>_prefix (INIT_KEY; ferjax.models.convert).
@@ -137,6 +71,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'train.learning_rate': _number(0, lo_open=True),
     'train.warmup_epochs': _number(0),
     'train.weight_decay': _number(0),
+    'train.weight_decay_rules': checks.regex_multipliers,
     'train.momentum': _number(0, 1, hi_open=True),
     'train.grad_clip': _number(0),
     'train.label_smoothing': _number(0, 1, hi_open=True),
@@ -152,6 +87,11 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'eval.windows': _one_of('one', 'all'),
 }
 
+
+# The default of `train.weight_decay_rules` (configs/common.py): (regex over a parameter's path, multiplier),
+# first match wins, no match = no decay. Convolution/linear kernels and GRU weight matrices decay; biases
+# and normalisation scales/offsets do not (torchvision, timm and the flax examples exempt them).
+DEFAULT_WEIGHT_DECAY_RULES = ((r'(^|/)(kernel|weight_[^/]*)$', 1.0),)
 
 # Pretrained weight files for named submodules: init.backbone_weights, init.backbone_rgb_prefix, ...
 INIT_KEY = re.compile(r'init\.\w+_(weights|prefix)')
@@ -178,13 +118,46 @@ RESUMABLE_CHANGES = _Resumable({
 })
 
 
+# Fields added to every config, with the value that reproduces runs saved before them: a saved config
+# without the field equals a current one with that value.
+ADDED_FIELDS = {
+    'train.weight_decay_rules': DEFAULT_WEIGHT_DECAY_RULES,
+    'model.dot_1x1': True,  # The formulations the module defaults built before they were fields.
+    'model.fused_batchnorm': True,
+}
+# Fields that left the configs of the families that never read them: a saved value that had no effect
+# (`value -> bool`) equals a current config without the field.
+REMOVED_FIELDS = {
+    'dataset.flow': lambda v: True,  # Only families with a flow input read it (and keep it).
+    'augment.mask_prob': lambda v: v == 0,  # Only Res-RBG masks (and keeps the keys).
+    'augment.mask_size': lambda v: True,
+    'augment.mask_count': lambda v: True,
+    'init.gru_weights': lambda v: v == '',
+    'init.gru_prefix': lambda v: True,
+}
+
+
+def _norm(v):
+  return [_norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _same(key: str, a: dict, b: dict) -> bool:
+  if key in a and key in b:
+    return _norm(a[key]) == _norm(b[key])
+  if key not in a and key in ADDED_FIELDS:
+    return _norm(b[key]) == _norm(ADDED_FIELDS[key])
+  if key not in b and key in REMOVED_FIELDS:
+    return (key.split('.')[0] != 'augment' or not a.get('augment.mask_prob', 0)) and (
+        REMOVED_FIELDS[key](a[key]))
+  return False
+
+
 def changed_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-  """(key, saved value, current value) for every flattened field that differs (tuples == lists)."""
-  def norm(v):
-    return [norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+  """(key, saved value, current value) for every flattened field that differs (tuples == lists; see
+  ADDED_FIELDS and REMOVED_FIELDS for the fields of earlier configs)."""
   a, b = _flatten_dict(saved), _flatten_dict(current)
   return [(k, a.get(k, '<absent>'), b.get(k, '<absent>')) for k in sorted(set(a) | set(b))
-          if norm(a.get(k, '<absent>')) != norm(b.get(k, '<absent>'))]
+          if not _same(k, a, b)]
 
 
 def _flatten_dict(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -208,42 +181,43 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, A
 
 
 def _family(config: ml_collections.ConfigDict):
-  from ferjax import models  # pylint: disable=import-outside-toplevel  # models import this module.
   name = config.get('model', {}).get('name', None)
   try:
-    return models.get_family(name)
-  except ValueError:
-    raise ConfigError(f'config.model.name: expected one of {", ".join(map(repr, models.names()))} '
-                      f'(or a family the config file registers), found {name!r}') from None
-
-
-def check_fields(flat: dict[str, Any], rules: dict[str, Callable[[Any], str | None]],
-                 partial: bool = False) -> None:
-  """Raises ConfigError for the first unknown, missing (unless `partial`) or invalid field."""
-  for key in flat:
-    if key not in rules:
-      raise ConfigError(f'config key {key!r} is unknown; known keys: {", ".join(sorted(rules))}')
-  for key, check in rules.items():
-    if key not in flat:
-      if partial:
-        continue
-      raise ConfigError(f'config key {key!r} is missing; the config file must set it')
-    expected = check(flat[key])
-    if expected:
-      raise ConfigError(f'config.{key}: expected {expected}, found {flat[key]!r}')
+    return registry.get_family(name)
+  except ValueError as e:
+    raise ConfigError(f'config.model.name: {e}') from None
 
 
 def model_rules(family) -> dict[str, Callable[[Any], str | None]]:
   return {'model.name': _string, **{f'model.{k}': v for k, v in family.schema.items()}}
 
 
+def family_rules(family) -> dict[str, Callable[[Any], str | None]]:
+  """Every rule a config of `family` is checked against: the generic ones, the family's config_rules,
+  its inputs' rules and its model schema."""
+  return {**RULES, **family.config_rules, **inputs_lib.rules(family.inputs), **model_rules(family)}
+
+
+def _owners(key: str) -> list[str]:
+  """The registered families and inputs whose own rules name `key` (for the unknown-key message)."""
+  owners = [f'family {f.name!r}' for f in map(registry.get_family, registry.names())
+            if key in f.config_rules]
+  return owners + [f'input {name!r}' for name, spec in inputs_lib.INPUTS.items() if key in spec.rules]
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks the generic sections against RULES and config.model against its family's schema; raises
-  ConfigError naming the first bad key."""
+  """Checks the generic sections against RULES, the family's own keys against its config_rules and its
+  inputs' rules, and config.model against its schema; raises ConfigError naming the first bad key."""
   family = _family(config)
   flat = _flatten(config)
   init_keys = {k: _string for k in flat if INIT_KEY.fullmatch(k)}
-  check_fields(flat, {**RULES, **init_keys, **model_rules(family)})
+  rules = {**family_rules(family), **init_keys}
+  for key in flat:
+    owners = _owners(key) if key not in rules else ()
+    if owners:
+      raise ConfigError(f'config key {key!r} is read by {" and ".join(owners)}, not by '
+                        f'{family.name!r}; remove it (configs/common.py holds the keys every family reads)')
+  check_fields(flat, rules)
   if config.mesh.data == -1 and config.mesh.fsdp == -1:
     raise ConfigError('config.mesh: at most one of mesh.data and mesh.fsdp may be -1, found both')
   return config

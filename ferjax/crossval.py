@@ -177,7 +177,7 @@ def manifest(split_names, subjects: dict[str, list[str]], holdout_validation: bo
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
   keep = ('war', 'uar', 'macro_f1', 'num_examples', 'per_class_recall', 'confusion_matrix', 'selection',
-          'split', 'class_names')
+          'split', 'class_names', 'by_scene')
   return {k: report[k] for k in keep if k in report}
 
 
@@ -356,9 +356,11 @@ def run(config, workdir: str, folds: str = '', retrain: str = '', *,
 
 
 def _protocol_name(split_names, config, subject_folds: int = 0) -> str:
-  kind, _ = protocols._layout(split_names)  # pylint: disable=protected-access
+  kind, _ = protocols.layout(split_names)
   num = protocols.num_folds(split_names, subject_folds)
-  name = {'kfold': f'{num}-fold subject-independent', 'train_validation': 'train / validation',
+  kfold = (f'{num} released folds (not subject-independent)' if protocols.released_folds(split_names)
+           else f'{num}-fold subject-independent')
+  name = {'kfold': kfold, 'train_validation': 'train / validation',
           'train_validation_test': 'official train / validation / test splits',
           'loso': (f'{num}-fold subject-independent (over {len(split_names)} subjects)' if subject_folds
                    else 'leave-one-subject-out')}[kind]
@@ -375,7 +377,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   try:
     config = config_lib.load_config(flags.FLAGS['config'])
-    train._maybe_initialize_distributed()  # pylint: disable=protected-access
+    train.maybe_initialize_distributed()
     run(config, paths.resolve(flags.FLAGS.workdir), _FOLDS.value, _RETRAIN.value,
         start_over=flags.FLAGS.start_over)
   except train.Preempted as e:

@@ -92,6 +92,33 @@ def classification_report(labels: np.ndarray, preds: np.ndarray,
   }
 
 
+def group_reports(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str],
+                  class_names: Sequence[str]) -> dict[str, dict]:
+  """WAR, UAR, per-class recall and count of every group of examples (e.g. FERV39k's scenes), by name.
+
+  ``groups`` names each example's group, aligned with ``labels`` and ``preds``; UAR is over the classes
+  present in the group, as in :func:`classification_report`.
+  """
+  labels, preds, groups = np.asarray(labels), np.asarray(preds), np.asarray(groups)
+  if not len(labels) == len(preds) == len(groups):
+    raise ValueError(f'labels, preds and groups must have one entry per example; found {len(labels)}, '
+                     f'{len(preds)}, {len(groups)}')
+  out = {}
+  for group in sorted(set(groups.tolist())):
+    keep = groups == group
+    r = classification_report(labels[keep], preds[keep], class_names)
+    out[group] = {k: r[k] for k in ('num_examples', 'war', 'uar', 'per_class_recall')}
+  return out
+
+
+def group_table(reports: dict[str, dict], what: str = 'scene') -> str:
+  """A Markdown table of :func:`group_reports`: one row per group, WAR and UAR in %."""
+  rows = [f'| {what} | sequences | WAR (%) | UAR (%) |', '| --- | ---: | ---: | ---: |']
+  for group, r in reports.items():
+    rows.append(f'| {group} | {r["num_examples"]} | {100 * r["war"]:.2f} | {100 * r["uar"]:.2f} |')
+  return '\n'.join(rows) + '\n'
+
+
 def save_confusion_matrix_png(cm: np.ndarray, class_names: Sequence[str], path: str,
                               title: str = '') -> None:
   """Row-normalised confusion matrix with counts, as a PNG."""

@@ -124,7 +124,7 @@ def _dataset_info(config: dict):
   from ferjax.data import datasets  # pylint: disable=import-outside-toplevel
   dataset = config['dataset']
   name = f'{dataset["name"]}/{dataset["config"]}' if dataset.get('config') else dataset['name']
-  datasets._register_builder(dataset['name'])  # pylint: disable=protected-access
+  datasets.register_builder(dataset['name'])
   try:
     return tfds.builder(name, data_dir=dataset.get('data_dir') or None).info
   except Exception:  # pylint: disable=broad-except  # Unknown builder or config: no info.
@@ -251,9 +251,9 @@ class CheckpointModel:
 
 def _check_shapes(step_dir: Path, metadata_tree, target) -> None:
   from ferjax import checkpointing  # pylint: disable=import-outside-toplevel
-  saved = {k: v for k, v in checkpointing._flat_shapes(metadata_tree).items()  # pylint: disable=protected-access
+  saved = {k: v for k, v in checkpointing.flat_shapes(metadata_tree).items()
            if k.split('/')[0] in ('params', 'model_state')}
-  current = checkpointing._flat_shapes(target)  # pylint: disable=protected-access
+  current = checkpointing.flat_shapes(target)
   bad = [f'{k}: {saved.get(k)} in the checkpoint, {current.get(k)} in the config'
          for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
   if bad:
@@ -414,7 +414,7 @@ def iter_frames(source: Source) -> Iterator[np.ndarray]:
       ok, frame = capture.retrieve()
       if not ok or frame is None:
         raise media.MediaError(f'{source.path}: OpenCV cannot decode frame {index}')
-      yield media._to_rgb(frame)  # pylint: disable=protected-access
+      yield media.to_rgb(frame)
       index += 1
   finally:
     capture.release()
@@ -514,11 +514,11 @@ def window_crops(frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None
                            f'(inputs {list(options.inputs)})')
   if extra:
     # pylint: disable-next=import-outside-toplevel  # grain and flow only for families that need them.
-    from ferjax.data import flow as flow_lib, pipeline
+    from ferjax.data import flow as flow_lib, inputs as inputs_lib, pipeline
     matrix = flow_lib.eval_matrix(options.crop_size, options.crop_size, image_size, options.eval_crop)
     view = pipeline.View(crops, np.asarray(picks, np.int32), len(frames), matrix, image_size,
-                         options.flow)
-    out.update(pipeline._extra_inputs(extra, view))  # pylint: disable=protected-access
+                         options.flow, None, {'dataset.flow': options.flow})
+    out.update(inputs_lib.compute(extra, view))
   return out, box
 
 

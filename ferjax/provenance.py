@@ -26,9 +26,25 @@ def _git(*args: str) -> str | None:
   return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _archived_commit() -> str | None:
+  """The commit a `git archive` of ferjax was made from (source_commit.txt, filled in by export-subst)."""
+  try:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'source_commit.txt')) as f:
+      text = f.read().strip()
+  except OSError:
+    return None
+  return text if len(text) == 40 and all(c in '0123456789abcdef' for c in text) else None
+
+
 def code_version() -> dict[str, Any]:
-  """The git commit of the ferjax checkout and whether it had uncommitted changes (None outside git)."""
+  """The git commit of the ferjax checkout and whether it had uncommitted changes (None if unknown).
+
+  Outside a git checkout (code shipped as a `git archive`, as launch/ does) the commit is the archive's and
+  the code is the committed code (`git_dirty` False).
+  """
   commit = _git('rev-parse', 'HEAD')
+  if commit is None and (archived := _archived_commit()) is not None:
+    return {'git_commit': archived, 'git_dirty': False}
   status = _git('status', '--porcelain', '--untracked-files=no') if commit else None
   return {'git_commit': commit, 'git_dirty': bool(status) if status is not None else None}
 

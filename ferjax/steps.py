@@ -6,7 +6,7 @@ The NNX model is split once into a static `GraphDef` and two pytrees: `params` (
 per-call Python graph traversal.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import functools
 import re
 from typing import Any
@@ -20,9 +20,9 @@ import optax
 
 from ferjax import config as config_lib
 from ferjax import losses
+from ferjax import normalization as normalization_lib
 from ferjax import plateau
 from ferjax import sharding
-from ferjax.data import augment
 
 
 @flax.struct.dataclass
@@ -34,16 +34,47 @@ class TrainState:
   rng: jax.Array  # uint32 key data; the step's dropout key is fold_in(rng, step).
 
 
-def decays(path) -> bool:
-  """Weight decay on convolution/linear kernels and GRU weight matrices only (torchvision, timm and
-  the flax examples exempt biases and normalisation scales/offsets)."""
-  name = losses.param_path(path).rsplit('/', 1)[-1]
-  return name == 'kernel' or name.startswith('weight_')
+DEFAULT_WEIGHT_DECAY_RULES = config_lib.DEFAULT_WEIGHT_DECAY_RULES
 
 
-def decay_mask(params):
+def decay_multiplier(path, rules=DEFAULT_WEIGHT_DECAY_RULES) -> float:
+  """The weight-decay multiplier of the parameter at `path`: that of the first (regex, multiplier) rule
+  whose regex `re.search`es its path ('backbone/layer1/0/conv1/kernel'); 0 when none does."""
+  name = losses.param_path(path)
+  for pattern, multiplier in rules:
+    if re.search(pattern, name):
+      return float(multiplier)
+  return 0.0
+
+
+def decays(path, rules=DEFAULT_WEIGHT_DECAY_RULES) -> bool:
+  """Whether weight decay applies to the parameter at `path` (a multiplier > 0)."""
+  return decay_multiplier(path, rules) > 0
+
+
+def decay_mask(params, rules=DEFAULT_WEIGHT_DECAY_RULES):
   """A pytree of bools shaped like `params`: True where weight decay applies (see `decays`)."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: decays(path, rules), params)
+
+
+def decay_multipliers(params, rules=DEFAULT_WEIGHT_DECAY_RULES):
+  """A pytree of floats shaped like `params`: each parameter's weight-decay multiplier."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: decay_multiplier(path, rules), params)
+
+
+def add_decayed_weights(weight_decay: float, rules=DEFAULT_WEIGHT_DECAY_RULES
+                        ) -> optax.GradientTransformation:
+  """`updates + weight_decay * multiplier * params` per parameter (decoupled weight decay), one
+  `optax.add_decayed_weights` per distinct multiplier; with the default rules exactly the single masked
+  transform of the rule above."""
+  rules = tuple((str(p), float(m)) for p, m in rules)
+  groups = sorted({m for _, m in rules if m > 0}) or [1.0]
+
+  def group_mask(multiplier):
+    return lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: decay_multiplier(path, rules) == multiplier, params)
+  parts = [optax.add_decayed_weights(weight_decay * m, mask=group_mask(m)) for m in groups]
+  return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
@@ -52,7 +83,8 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
   RAdam or SGD with momentum; optional global-norm clipping.
 
   RAdam (Liu et al., 2020; the Residual Masking Network's optimizer) decays weights decoupled, as the
-  reference implementation the RMN code uses (`p -= lr * weight_decay * p`), on the `decay_mask` leaves.
+  reference implementation the RMN code uses (`p -= lr * weight_decay * p`). Weight decay scales each
+  parameter by the multiplier `train.weight_decay_rules` gives it (`decay_multiplier`).
   """
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
   if train.get('schedule', 'cosine') == 'plateau':
@@ -63,15 +95,14 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, train.learning_rate, warmup_steps=warmup_steps, decay_steps=max(total_steps, 1),
         end_value=0.0)
-  if train.optimizer == 'adamw':
-    tx = optax.adamw(schedule, weight_decay=train.weight_decay, mask=decay_mask)
+  decay = add_decayed_weights(train.weight_decay,
+                              train.get('weight_decay_rules', DEFAULT_WEIGHT_DECAY_RULES))
+  if train.optimizer == 'adamw':  # optax.adamw's chain, with the configured decay.
+    tx = optax.chain(optax.scale_by_adam(), decay, optax.scale_by_learning_rate(schedule))
   elif train.optimizer == 'radam':
-    tx = optax.chain(optax.scale_by_radam(),
-                     optax.add_decayed_weights(train.weight_decay, mask=decay_mask),
-                     optax.scale_by_learning_rate(schedule))
+    tx = optax.chain(optax.scale_by_radam(), decay, optax.scale_by_learning_rate(schedule))
   else:
-    tx = optax.chain(optax.add_decayed_weights(train.weight_decay, mask=decay_mask),
-                     optax.sgd(schedule, momentum=train.momentum, nesterov=True))
+    tx = optax.chain(decay, optax.sgd(schedule, momentum=train.momentum, nesterov=True))
   if train.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(train.grad_clip), tx)
   if train.get('trainable', ''):
@@ -135,25 +166,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
   return optax.softmax_cross_entropy(logits, targets)
 
 
-NORMALIZATIONS = ('imagenet', 'unit')
-
-
-def normalize_inputs(batch: dict[str, jax.Array],
-                     normalization: str = 'imagenet') -> dict[str, jax.Array]:
-  """On the device: uint8 RGB `frames` -> float32 (the host sends 4x fewer bytes); every other entry as
-  it is. `normalization` (`dataset.normalization`): 'imagenet' = x / 255 standardised with the ImageNet
-  mean/std (for ImageNet-pretrained trunks), 'unit' = x / 255 only (the Residual Masking Network's
-  FER2013 recipe)."""
-  frames = batch.get('frames')
-  if frames is None or frames.dtype != jnp.uint8:
-    return batch
-  if normalization not in NORMALIZATIONS:
-    raise ValueError(f'normalization must be one of {NORMALIZATIONS}; found {normalization!r}')
-  if normalization == 'unit':
-    return {**batch, 'frames': frames.astype(jnp.float32) / 255.0}
-  mean = jnp.asarray(augment.IMAGENET_MEAN, jnp.float32)
-  std = jnp.asarray(augment.IMAGENET_STD, jnp.float32)
-  return {**batch, 'frames': (frames.astype(jnp.float32) / 255.0 - mean) / std}
+NORMALIZATIONS = normalization_lib.NORMALIZATIONS
+normalize_inputs = normalization_lib.normalize_inputs
 
 
 def _as_loss(loss: 'losses.Loss | float') -> losses.Loss:
@@ -163,11 +177,13 @@ def _as_loss(loss: 'losses.Loss | float') -> losses.Loss:
 
 def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss,
                state: TrainState, batch: dict[str, jax.Array],
-               normalization: str = 'imagenet') -> tuple[TrainState, dict]:
+               normalization: str = 'imagenet',
+               extra_metrics: Mapping[str, Callable] | None = None) -> tuple[TrainState, dict]:
   """One optimizer update on a global batch; returns the new state and summed metrics.
 
-  Metrics: `loss` (the weighted total), `loss/<term>` for every term of `loss`, `correct`, `count`,
-  `grad_norm`, `nonfinite`.
+  Metrics: `loss` (the weighted total), `loss/<term>` for every term of `loss`, `metric/<name>` for
+  every family metric (`extra_metrics`: `(outputs, batch) -> scalar`, on the training forward pass),
+  `correct`, `count`, `grad_norm`, `nonfinite`.
   """
   loss = _as_loss(loss)
   dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -177,10 +193,12 @@ def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss,
     model = nnx.merge(graphdef, params, state.model_state, copy=True)
     outputs = model(inputs, train=True, rngs=nnx.Rngs(dropout=dropout_key))
     total, terms = loss(outputs, inputs, params)
+    extra = {name: jax.lax.stop_gradient(fn(outputs, inputs)).astype(jnp.float32)
+             for name, fn in (extra_metrics or {}).items()}
     _, _, model_state = nnx.split(model, nnx.Param, ...)
-    return total, (outputs['logits'], terms, model_state)
+    return total, (outputs['logits'], terms, extra, model_state)
 
-  (total, (logits, terms, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (total, (logits, terms, extra, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -188,6 +206,7 @@ def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss,
   metrics = {'loss': total, 'correct': correct, 'count': jnp.asarray(logits.shape[0]),
              'grad_norm': optax.tree.norm(grads),
              **{f'loss/{name}': value for name, value in terms.items()},
+             **{f'metric/{name}': value for name, value in extra.items()},
              # Checked on the host before every save, so no checkpoint ever holds NaN/inf.
              'nonfinite': (~(jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(params))))
                           .astype(jnp.int32)}
@@ -216,13 +235,16 @@ def eval_step(graphdef: nnx.GraphDef, state: TrainState, batch: dict[str, jax.Ar
 
 
 def jit_train_step(graphdef, tx, loss: 'losses.Loss | float', state_sharding, batch_sharding,
-                   replicated, normalization: str = 'imagenet') -> Callable:
+                   replicated, normalization: str = 'imagenet',
+                   extra_metrics: Mapping[str, Callable] | None = None) -> Callable:
   """The jitted train step with explicit shardings; the incoming state is donated.
 
-  `loss` is a `losses.Loss` (a number means cross-entropy with that label smoothing).
+  `loss` is a `losses.Loss` (a number means cross-entropy with that label smoothing); `extra_metrics`
+  the family's training metrics (`Family.metrics(config)`).
   """
   return jax.jit(
-      functools.partial(train_step, graphdef, tx, _as_loss(loss), normalization=normalization),
+      functools.partial(train_step, graphdef, tx, _as_loss(loss), normalization=normalization,
+                        extra_metrics=dict(extra_metrics or {})),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=(0,))

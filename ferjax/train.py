@@ -23,6 +23,7 @@ Exit codes of the CLI: 0 done; 1 a user error (one line on stderr); EXIT_PREEMPT
 once the state is saved: schedulers' requeue rules treat it as "terminated by a signal, run again".
 """
 
+from collections.abc import Sequence
 import dataclasses
 import json
 import math
@@ -113,10 +114,12 @@ class _Run:
 
 
 def _loaders(config, dataset, splits, shard):
-  train = spec.train_loader(config, dataset.source(splits.train), shard[:3], config.input.worker_count)
+  inputs = models.get_family(config.model.name).inputs
+  train = spec.train_loader(config, dataset.source(splits.train), shard[:3], config.input.worker_count,
+                            inputs)
 
   def evaluation(split, validation=False):
-    return spec.eval_batches(config, dataset.source(split), (shard[0], shard[1], shard[3]),
+    return spec.eval_batches(config, dataset.source(split), (shard[0], shard[1], shard[3]), inputs,
                              validation=validation)
   return train, evaluation
 
@@ -206,10 +209,11 @@ def _set_up(config, workdir: epath.Path) -> _Run:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
 
   batch_sharding = sharding.batch_sharding(mesh)
-  loss = models.get_family(config.model.name).losses(config)
+  family = models.get_family(config.model.name)
   normalization = config.dataset.normalization
-  train_fn = steps.jit_train_step(graphdef, tx, loss, state_sharding, batch_sharding,
-                                  sharding.replicated(mesh), normalization=normalization)
+  train_fn = steps.jit_train_step(graphdef, tx, family.losses(config), state_sharding, batch_sharding,
+                                  sharding.replicated(mesh), normalization=normalization,
+                                  extra_metrics=family.metrics(config))
   eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding, normalization=normalization)
   checkpointer = checkpointing.Checkpointer(
       os.fspath(workdir / 'checkpoints'), max_to_keep=config.train.max_to_keep,
@@ -259,14 +263,16 @@ def _scoring(frames: int, rows: np.ndarray, views: str) -> str:
           + (f', each row the mean of {frames} frames' if frames > 1 else ''))
 
 
-def evaluate(eval_fn, state, batches, mesh, class_names, stop: Callable[[], bool] = lambda: False):
+def evaluate(eval_fn, state, batches, mesh, class_names, stop: Callable[[], bool] = lambda: False,
+             groups: Sequence[str] | None = None):
   """Runs the model over every example of `batches` (padded rows masked out) -> classification report.
 
   A record may have several rows (test-time augmentation copies, windows of a long video; rows carry
   the record's `index`): its class probabilities are the mean over its rows, then the argmax; a per-frame
   model's row probabilities are already the mean of its frames'. `report['scoring']` says which, and
-  `report['num_examples']` counts records. Returns None when `stop()` turns True between batches
-  (preemption during evaluation).
+  `report['num_examples']` counts records. `groups` (one name per record, e.g. FERV39k's scenes) adds
+  `report['by_group']`: WAR, UAR and per-class recall of each group. Returns None when `stop()` turns True
+  between batches (preemption during evaluation).
   """
   labels, probs, indices, frames_scored = [], [], [], []
   for position, batch in enumerate(batches):
@@ -291,7 +297,20 @@ def evaluate(eval_fn, state, batches, mesh, class_names, stop: Callable[[], bool
   report = metrics.classification_report(label, prob.argmax(-1), class_names, probs=prob)
   scored = int(np.concatenate(frames_scored).max(initial=1))
   report['scoring'] = _scoring(scored, rows, getattr(batches, 'views', ''))
+  if groups is not None:
+    records = np.unique(np.concatenate(indices))  # The records scored, in the order of `prob`.
+    report['by_group'] = metrics.group_reports(label, prob.argmax(-1),
+                                               [groups[int(i)] for i in records], class_names)
   return report
+
+
+def _record_groups(dataset, split: str, feature: str = 'scene') -> list[str] | None:
+  """The `feature` (e.g. FERV39k's scene) of every record of `split`, or None without such a feature."""
+  source = dataset.source(split)
+  if not len(source) or feature not in source[0]:
+    return None
+  values = (source[i][feature] for i in range(len(source)))
+  return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
 def _validate(run: _Run, step: int, writer: metrics.MetricWriter) -> None:
@@ -315,16 +334,18 @@ def _validate(run: _Run, step: int, writer: metrics.MetricWriter) -> None:
 
 
 def _train_scalars(summed: dict, num_steps: int, rate: float) -> dict:
-  """Per-step means of the summed step metrics; every loss term keeps its name ('loss/<term>')."""
+  """Per-step means of the summed step metrics; every loss term and family metric keeps its name
+  ('loss/<term>', 'metric/<name>')."""
   return {'loss': summed['loss'] / num_steps, 'accuracy': summed['correct'] / summed['count'],
           'grad_norm': summed['grad_norm'] / num_steps, 'steps_per_sec': rate,
-          **{k: v / num_steps for k, v in summed.items() if k.startswith('loss/')}}
+          **{k: v / num_steps for k, v in summed.items() if k.startswith(('loss/', 'metric/'))}}
 
 
 def _describe_loss(scalars: dict) -> str:
-  """'loss 1.2345', with the terms in brackets when there is more than one."""
+  """'loss 1.2345', with the terms in brackets when there is more than one, then the family's metrics."""
   terms = [f'{k[len("loss/"):]} {v:.4f}' for k, v in scalars.items() if k.startswith('loss/')]
-  return f'loss {scalars["loss"]:.4f}' + (f' ({", ".join(terms)})' if len(terms) > 1 else '')
+  extra = ''.join(f'  {k[len("metric/"):]} {v:.4g}' for k, v in scalars.items() if k.startswith('metric/'))
+  return f'loss {scalars["loss"]:.4f}' + (f' ({", ".join(terms)})' if len(terms) > 1 else '') + extra
 
 
 class _EndLoop(Exception):
@@ -457,7 +478,8 @@ def _plain_eval_batches(run: _Run, split: str):
   config.eval.tta_copies = 0
   local_batch = _batch_sizes(config, run.mesh)[1]
   return spec.eval_batches(config, run.dataset.source(split),
-                           (jax.process_index(), jax.process_count(), local_batch))
+                           (jax.process_index(), jax.process_count(), local_batch),
+                           models.get_family(config.model.name).inputs)
 
 
 def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
@@ -472,10 +494,14 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
                  'validation_split': run.splits.validation,
                  'validation': {k: validation[k] for k in ('war', 'uar', 'macro_f1')},
                  'validation_scoring': validation.get('scoring', '')}
+  scenes = _record_groups(run.dataset, run.splits.test)
   report = evaluate(run.eval_fn, state, run.eval_batches(run.splits.test), run.mesh,
-                    run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']))
+                    run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']),
+                    groups=scenes)
   if report is None:
     raise Preempted(int(run.state.step))
+  if scenes is not None:  # FERV39k: results per scene (report.json 'by_scene', scenes.md).
+    report['by_scene'] = report.pop('by_group')
   if run.config.eval.tta_copies > 1:  # The papers report both (e.g. RMN: 74.14 % with TTA).
     plain = evaluate(run.eval_fn, state, _plain_eval_batches(run, run.splits.test), run.mesh,
                      run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']))
@@ -491,6 +517,8 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
   writer.write(selection['step'], 'test', {k: report[k] for k in ('war', 'uar', 'macro_f1')})
   if jax.process_index() == 0:
     (run.workdir / 'report.json').write_text(json.dumps(report, indent=2))
+    if 'by_scene' in report:
+      (run.workdir / 'scenes.md').write_text(metrics.group_table(report['by_scene']))
     metrics.save_confusion_matrix_png(
         np.array(report['confusion_matrix']), report['class_names'],
         os.fspath(run.workdir / 'confusion_matrix.png'),
@@ -541,7 +569,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, start
       lock.release()
 
 
-def _maybe_initialize_distributed() -> None:
+def maybe_initialize_distributed() -> None:
   """Calls `jax.distributed.initialize()` on TPU VMs, under SLURM, or when asked (see --multiprocess).
 
   Outside a cluster JAX auto-detects, JAX (0.10) reads only JAX_COORDINATOR_ADDRESS from the environment,
@@ -572,6 +600,10 @@ def _maybe_initialize_distributed() -> None:
         'JAX_PROCESS_ID (0 .. JAX_NUM_PROCESSES-1) on every process.') from None
 
 
+# Older name, for callers not yet on maybe_initialize_distributed.
+_maybe_initialize_distributed = maybe_initialize_distributed
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
@@ -581,7 +613,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Library INFO logs (Orbax, TFDS) with --verbosity=0.
   try:
     config = config_lib.load_config(_CONFIG)
-    _maybe_initialize_distributed()
+    maybe_initialize_distributed()
     train_and_evaluate(config, paths.resolve(_WORKDIR.value), start_over=_START_OVER.value)
   except Preempted as e:
     _log(f'Preempted: saved step {e.step}; rerun the same command to resume '

@@ -1,8 +1,9 @@
 r"""A/B timing of the ferjax train step under model-code formulations, alternating in one process.
 
-Each variant sets module-level switches of `ferjax.models.resnet` before its model is built (e.g.
-`FUSED_BATCHNORM`), compiles the project's jitted train step (`ferjax.benchmark._setup`) on the same
-random batch, and the timed steps then alternate A, B, A, B, ... so both see the same machine load.
+Each variant sets the formulation fields of `config.model` (`fused_batchnorm`, `dot_1x1`: every switch,
+so a variant means the same program whatever the configs' defaults), compiles the project's jitted train
+step (`ferjax.benchmark._setup`) on the same random batch, and the timed steps then alternate A, B, A,
+B, ... so both see the same machine load.
 Times are process CPU seconds per step (`time.process_time`, all threads of this process), which a
 machine shared with other jobs inflates far less than wall time; with `--threads 1` (the default) XLA
 runs single-threaded (`--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1` added to
@@ -22,11 +23,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Variant name -> resnet module switches it sets.
+# Variant name -> the config.model formulation fields it sets (ferjax/models/resnet.py:formulation).
 VARIANTS = {
-    'flax_bn': {'FUSED_BATCHNORM': False},
-    'fused_bn': {'FUSED_BATCHNORM': True},
-    'dot1x1': {'FUSED_BATCHNORM': True, 'DOT_1X1': True},
+    'flax_bn': {'fused_batchnorm': False, 'dot_1x1': False},
+    'fused_bn': {'fused_batchnorm': True, 'dot_1x1': False},
+    'dot1x1': {'fused_batchnorm': True, 'dot_1x1': True},
 }
 
 SINGLE_THREAD_FLAGS = '--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1'
@@ -59,28 +60,22 @@ def main(argv=None):
   import numpy as np  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, REPO)
   from ferjax import benchmark, config as config_lib  # pylint: disable=import-outside-toplevel
-  from ferjax.models import resnet  # pylint: disable=import-outside-toplevel
 
-  config = load_config(args.config)
-  config.input.batch_size, config.dataset.num_frames = args.batch, args.frames
-  config.dataset.image_size, config.model.dropout = args.px, 0.0
-  config_lib.validate(config)
+  base = load_config(args.config)
+  base.input.batch_size, base.dataset.num_frames = args.batch, args.frames
+  base.dataset.image_size, base.model.dropout = args.px, 0.0
   runs = {}
   for name in args.variants:
-    saved = {k: getattr(resnet, k) for k in VARIANTS[name]}
-    try:
-      for k, v in VARIANTS[name].items():
-        setattr(resnet, k, v)
-      _, train_fn, _, state, data = benchmark._setup(config, 7)  # pylint: disable=protected-access
-    finally:
-      for k, v in saved.items():
-        setattr(resnet, k, v)
+    config = base.copy_and_resolve_references()
+    config.model.update(VARIANTS[name])
+    config_lib.validate(config)
+    _, train_fn, _, state, data = benchmark._setup(config, 7)  # pylint: disable=protected-access
     start = time.process_time()
     compiled = train_fn.lower(state, data).compile()
     compile_cpu_s = time.process_time() - start
     state, metrics = compiled(state, data)  # Warm-up; the first loss.
-    runs[name] = {'compiled': compiled, 'state': state, 'data': data, 'times': [],
-                  'loss_0': float(metrics['loss']), 'compile_cpu_s': round(compile_cpu_s, 1)}
+    runs[name] = {'formulation': VARIANTS[name], 'compiled': compiled, 'state': state, 'data': data,
+                  'times': [], 'loss_0': float(metrics['loss']), 'compile_cpu_s': round(compile_cpu_s, 1)}
   for _ in range(args.repeats):
     for run in runs.values():
       start = time.process_time()
@@ -95,7 +90,7 @@ def main(argv=None):
     median = float(np.median(run['times']))
     result['variants'][name] = {
         'step_cpu_s_median': round(median, 3), 'step_cpu_s': [round(t, 3) for t in run['times']],
-        'vs_first': round(median / first, 3), 'loss_0': run['loss_0'],
+        'vs_first': round(median / first, 3), 'loss_0': run['loss_0'], 'formulation': run['formulation'],
         'compile_cpu_s': run['compile_cpu_s']}
   print(json.dumps(result, indent=1))
   if args.json:

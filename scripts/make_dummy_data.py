@@ -1,9 +1,10 @@
-"""Writes the `dummy_data/` of the image builders (CK+, Oulu-CASIA, FER2013) in each dataset's real layout.
+"""Writes the `dummy_data/` of the image builders (CK+, Oulu-CASIA, FER2013, RAF-DB, DFEW, FERV39k) in each dataset's real layout.
 
 Usage::
 
   python scripts/make_dummy_data.py                  # every builder's dummy_data/
   python scripts/make_dummy_data.py ck_plus_benchmark --out /tmp/ck_bench   # throughput layout
+  python scripts/make_dummy_data.py dfew_benchmark --out /tmp/dfew_bench     # (also ferv39k_, mafw_, raf_db_)
   python scripts/make_dummy_data.py ck_plus          # one
   python scripts/make_dummy_data.py ck_plus --out /tmp/ck   # somewhere else
 
@@ -330,6 +331,236 @@ def make_fer2013(out: Path) -> None:
         else:
           write_image(path, cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), grey=True)
   write_ds_store(out / 'folders' / 'FER2013' / 'train' / 'happy')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RAF-DB (basic emotion set): label file, aligned and original images.
+
+# (file name in the label file, label text, what is on disk). Labels 1-7 = surprise, fear, disgust,
+# happiness, sadness, anger, neutral.
+RAF_LINES = [(f'train_{i + 1:05d}.jpg', str(i % 7 + 1), 'ok') for i in range(14)] + [
+    ('train_00015.jpg', '8', 'ok'),          # Label out of range: skipped (line 15).
+    ('train_00016.jpg', '3', 'absent'),      # Listed, no image: skipped (line 16).
+] + [(f'test_{i + 1:04d}.jpg', str(i + 1), 'ok') for i in range(7)] + [
+    ('test_0008.jpg', '4', 'broken'),        # Not an image: skipped when read (line 24).
+]
+
+
+@register('raf_db')
+def make_raf_db(out: Path) -> None:
+  """``basic/EmoLabel/list_patition_label.txt`` (24 lines, 3 unusable), ``basic/Image/aligned/`` (100x100)
+  and ``basic/Image/original/`` (96x72, a face the Haar cascade finds), an unlisted image and a .DS_Store.
+
+  Expected result: train 14 lines (validation_every=2: one per class to validation), test 7; skipped: line
+  15 (label 8), line 16 (image absent), line 24 (unreadable image).
+  """
+  root = out / 'basic'
+  lines = []
+  for k, (name, label, state) in enumerate(RAF_LINES):
+    lines.append(f'{name} {label}')
+    stem = name[:-4]
+    aligned, original = root / 'Image' / 'aligned' / f'{stem}_aligned.jpg', root / 'Image' / 'original' / name
+    if state == 'absent':
+      continue
+    if state == 'broken':
+      for path in (aligned, original):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b'\xff\xd8 not really a JPEG')
+      continue
+    shift = (0.05 * ((k % 3) - 1), 0.03 * ((k % 2) * 2 - 1))
+    write_image(aligned, draw_face(100, 100, t=(k % 5) / 4, background=(60 + 9 * (k % 7), 80, 90)))
+    write_image(original, draw_face(96, 72, t=(k % 5) / 4, shift=shift, background=(70, 80 + 5 * (k % 5), 90)))
+  write_image(root / 'Image' / 'aligned' / 'train_00099_aligned.jpg', draw_face(100, 100))  # Unlisted.
+  write_image(root / 'Image' / 'original' / 'train_00099.jpg', draw_face(96, 72))
+  write_ds_store(root / 'Image' / 'aligned')
+  (root / 'EmoLabel').mkdir(parents=True)
+  (root / 'EmoLabel' / 'list_patition_label.txt').write_text('\n'.join(lines) + '\n\n')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DFEW: Clip/clip_224x224{,_16f}/<id>/<id>_<frame>.jpg and EmoLabel_DataSplit/{train,test}(single-labeled).
+
+# clip id -> (test fold, label code 1-7, frames in clip_224x224, what is special). Frames are 32x32 (the
+# test config's size, so they are stored as they are) unless noted.
+DFEW_CLIPS = {
+    '00001': (1, 1, 4, ''), '00002': (1, 2, 3, ''), '00003': (2, 3, 5, ''), '00004': (2, 4, 3, ''),
+    '00005': (3, 5, 4, ''), '00006': (3, 6, 3, ''),
+    '00099': (3, 7, 0, 'absent'),       # Listed in test set_3, no frame folder.
+    '00007': (4, 7, 4, ''),
+    '00008': (4, 1, 3, 'truncated'),    # A frame cut off: the clip is skipped.
+    '00009': (5, 2, 3, ''),
+    '00010': (5, 4, 3, 'resize'),       # 40x40 frames: centre-cropped, resized, re-encoded.
+    '00011': (5, 5, 4, 'gap'),          # Frame 3 missing: kept, gap recorded.
+    '00012': (0, 3, 3, 'unlisted'),     # A multi-labelled clip: in no split file.
+}
+
+
+def _dfew_frames(folder: Path, clip: str, n: int, special: str, k: int, size: int = 32,
+                 noise: bool = False) -> None:
+  numbers = [1, 2, 4, 5] if special == 'gap' else list(range(1, n + 1))
+  side = 40 if special == 'resize' else size
+  for j, number in enumerate(numbers):
+    frame = draw_face(side, side, t=j / max(len(numbers) - 1, 1), background=(50 + 13 * (k % 9), 80, 90))
+    if noise:  # Camera-like noise, so JPEG sizes and decoding costs are realistic.
+      grain = np.random.default_rng([k, j]).integers(-10, 11, frame.shape)
+      frame = np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+    write_image(folder / f'{clip}_{number:05d}.jpg', frame, quality=90)
+  if special == 'truncated':
+    path = folder / f'{clip}_{numbers[-1]:05d}.jpg'
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _dfew_csvs(out: Path, clips: dict, bad_line: bool = True,
+               train_drop: tuple[int, str] | None = None) -> None:
+  """test set_k = the clips of fold k; train set_k = the other folds (minus ``train_drop``)."""
+  for kind in ('train', 'test'):
+    folder = out / 'EmoLabel_DataSplit' / f'{kind}(single-labeled)'
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 6):
+      rows = ['video_name,label']
+      for clip, (fold, code, *_rest) in clips.items():
+        dropped = kind == 'train' and train_drop == (k, clip)
+        if fold and (fold == k) == (kind == 'test') and not dropped:
+          rows.append(f'{int(clip)},{code}')
+      if kind == 'test' and k == 2 and bad_line:
+        rows.append('abc,3')  # An unreadable line: skipped and reported with its line number.
+      (folder / f'set_{k}.csv').write_text('\n'.join(rows) + '\n')
+
+
+@register('dfew')
+def make_dfew(out: Path) -> None:
+  """DFEW's released layout with both frame sets, 13 clips (see ``DFEW_CLIPS``), 32x32 frames; the train
+  CSV of set 5 lacks clip 1 (so the fold check reports one difference), test set_2.csv has an unreadable
+  line (line 4).
+
+  Expected result (both configs): fold_1 2, fold_2 2, fold_3 2, fold_4 1, fold_5 3 clips; skipped 00099
+  (absent) and 00008 (truncated frame); 00012 present but unlisted; 00011 has a gap (frame 3).
+  """
+  for k, (clip, (_fold, _code, n, special)) in enumerate(DFEW_CLIPS.items()):
+    if special == 'absent':
+      continue
+    _dfew_frames(out / 'Clip' / 'clip_224x224' / clip, clip, n, special, k)
+    _dfew_frames(out / 'Clip' / 'clip_224x224_16f' / clip, clip, 16, '' if special == 'gap' else special, k)
+  write_ds_store(out / 'Clip' / 'clip_224x224' / '00001')
+  _dfew_csvs(out, DFEW_CLIPS, train_drop=(5, '00001'))
+
+
+@register('dfew_benchmark')
+def make_dfew_benchmark(out: Path, num_clips: int = 40, num_frames: int = 71) -> None:
+  """A DFEW replica at real frame size for build throughput (not committed): ``num_clips`` clips of
+  ``num_frames`` 224x224 JPEG frames (the median clip length of the all-frames release), 8 per fold."""
+  clips = {f'{i + 1:05d}': (i % 5 + 1, i % 7 + 1, num_frames, '') for i in range(num_clips)}
+  for k, clip in enumerate(clips):
+    _dfew_frames(out / 'Clip' / 'clip_224x224' / clip, clip, num_frames, '', k, size=224, noise=True)
+  _dfew_csvs(out, clips, bad_line=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FERV39k: 2_ClipsforFaceCrop/<Scene>/<Emotion>/<id>/*.jpg and 4_setups/All_scenes/{train,test}_All.csv.
+
+FERV_EMOTIONS = ('Angry', 'Disgust', 'Fear', 'Happy', 'Neutral', 'Sad', 'Surprise')
+# (split file, scene, emotion, id, what is special): two scenes, each emotion twice in train per scene,
+# once in test for the first scene.
+FERV_CLIPS = (
+    [('train', scene, e, f'{100 * s + 2 * i + j + 1:04d}', '') for s, scene in enumerate(('Action', 'Crime'))
+     for i, e in enumerate(FERV_EMOTIONS) for j in range(2)]
+    + [('test', 'Action', e, f'{500 + i:04d}', '') for i, e in enumerate(FERV_EMOTIONS)]
+    + [('test', 'Crime', 'Happy', '0600', 'absent'),      # Listed, no folder: skipped.
+       ('test', 'Crime', 'Sad', '0601', 'truncated'),     # A frame cut off: skipped.
+       ('train', 'Crime', 'Fear', '0602', 'resize'),      # 40x40 crops: resized.
+       ('none', 'Crime', 'Angry', '0603', 'unlisted')])   # In no split file.
+
+
+@register('ferv39k')
+def make_ferv39k(out: Path) -> None:
+  """FERV39k's released layout: 2 scenes, 36 clip folders of 3 32x32 frames (see ``FERV_CLIPS``) and the
+  two split files, with a line whose label disagrees with its path (train_All.csv line 30) and one with an
+  unknown emotion (test_All.csv line 10).
+
+  Expected result (validation_every=2): train 15, validation 14, test 7 clips; skipped 0600 (absent), 0601
+  (truncated frame); 0603 present but unlisted.
+  """
+  lines = {'train': [], 'test': []}
+  for k, (split, scene, emotion, clip, special) in enumerate(FERV_CLIPS):
+    if split in lines:
+      lines[split].append(f'{scene}/{emotion}/{clip} {emotion}')
+    if special == 'absent':
+      continue
+    folder = out / '2_ClipsforFaceCrop' / scene / emotion / clip
+    side = 40 if special == 'resize' else 32
+    for j in range(3):
+      write_image(folder / f'{j + 1:03d}.jpg', draw_face(side, side, t=j / 2, background=(40 + 11 * (k % 13), 80, 90)))
+    if special == 'truncated':
+      (folder / '003.jpg').write_bytes((folder / '003.jpg').read_bytes()[:150])
+  lines['train'].insert(29, 'Crime/Happy/0013 Sad')    # Label and emotion folder disagree.
+  lines['test'].insert(10, 'Crime/Happy/0014 Joyful')  # Not an emotion.
+  setups = out / '4_setups' / 'All_scenes'
+  setups.mkdir(parents=True)
+  for split, rows in lines.items():
+    (setups / f'{split}_All.csv').write_text('\n'.join(rows) + '\n')
+  write_ds_store(out / '2_ClipsforFaceCrop' / 'Action')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Replicas at real frame sizes, for build throughput (docs/benchmarks.md; not committed).
+
+
+def _noisy_face(width: int, height: int, seed: list[int], **kwargs) -> np.ndarray:
+  """A drawn face with camera-like noise, so JPEG sizes and decoding costs are realistic."""
+  frame = draw_face(width, height, **kwargs)
+  grain = np.random.default_rng(seed).integers(-10, 11, frame.shape)
+  return np.clip(frame.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+
+
+@register('ferv39k_benchmark')
+def make_ferv39k_benchmark(out: Path, num_clips: int = 140, num_frames: int = 28) -> None:
+  """FERV39k replica: ``num_clips`` clips of ``num_frames`` (the release's median) 224x224 face crops."""
+  lines = []
+  for k in range(num_clips):
+    emotion = FERV_EMOTIONS[k % 7]
+    clip = f'Action/{emotion}/{k:04d}'
+    for j in range(num_frames):
+      write_image(out / '2_ClipsforFaceCrop' / clip / f'{j + 1:03d}.jpg',
+                  _noisy_face(224, 224, [k, j], t=j / (num_frames - 1)), quality=90)
+    lines.append(f'{clip} {emotion}')
+  setups = out / '4_setups' / 'All_scenes'
+  setups.mkdir(parents=True)
+  (setups / 'train_All.csv').write_text('\n'.join(lines[:num_clips * 4 // 5]) + '\n')
+  (setups / 'test_All.csv').write_text('\n'.join(lines[num_clips * 4 // 5:]) + '\n')
+
+
+@register('mafw_benchmark')
+def make_mafw_benchmark(out: Path, num_clips: int = 20, num_frames: int = 64, width: int = 1280,
+                        height: int = 720) -> None:
+  """MAFW replica: ``num_clips`` frame folders of ``num_frames`` 1280x720 JPEG frames (faces detected)."""
+  folder = out / 'Train & Test Set' / 'single' / 'no_caption'
+  emotions = ('anger', 'disgust', 'fear', 'happiness', 'neutral', 'sadness', 'surprise', 'contempt',
+              'anxiety', 'helplessness', 'disappointment')
+  rows = {k: [] for k in range(1, 6)}
+  for c in range(num_clips):
+    clip = f'{c + 1:05d}'
+    for j in range(num_frames):
+      write_image(out / 'data' / 'frames' / clip / f'{j + 1}.jpg',
+                  _noisy_face(width, height, [c, j], t=j / (num_frames - 1), scale=0.8), quality=90)
+    rows[c % 5 + 1].append(f'{clip}.mp4 {emotions[c % 11]}')
+  for k in range(1, 6):
+    (folder / f'set_{k}').mkdir(parents=True)
+    (folder / f'set_{k}' / 'test.txt').write_text('\n'.join(rows[k]) + '\n')
+    others = [r for f in range(1, 6) if f != k for r in rows[f]]
+    (folder / f'set_{k}' / 'train.txt').write_text('\n'.join(others) + '\n')
+
+
+@register('raf_db_benchmark')
+def make_raf_db_benchmark(out: Path, num_images: int = 1000) -> None:
+  """RAF-DB replica: ``num_images`` aligned 100x100 faces and 640x480 originals."""
+  lines = []
+  for k in range(num_images):
+    name = f'train_{k + 1:05d}.jpg' if k % 5 else f'test_{k + 1:04d}.jpg'
+    lines.append(f'{name} {k % 7 + 1}')
+    write_image(out / 'Image' / 'aligned' / f'{name[:-4]}_aligned.jpg', _noisy_face(100, 100, [k]), quality=90)
+    write_image(out / 'Image' / 'original' / name, _noisy_face(640, 480, [k, 1], scale=0.7), quality=90)
+  (out / 'EmoLabel').mkdir(parents=True)
+  (out / 'EmoLabel' / 'list_patition_label.txt').write_text('\n'.join(lines) + '\n')
 
 
 def dummy_data_dir(name: str) -> Path:

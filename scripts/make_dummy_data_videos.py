@@ -1,4 +1,4 @@
-"""Writes the `dummy_data/` of the video builders (eNTERFACE'05, RML, AFEW): tiny AVIs in each real layout.
+"""Writes the `dummy_data/` of the video builders (eNTERFACE'05, RML, AFEW, MAFW): tiny AVIs in each real layout.
 
 Usage::
 
@@ -168,10 +168,67 @@ def make_afew(out: pathlib.Path) -> None:
   cv2.imwrite(str(faces_dir / '0001.jpg'), draw_face(0, 1)[..., ::-1])
 
 
+# MAFW: clip id -> (test fold, label, frames, what is special).
+MAFW_CLIPS = {
+    '00001': (1, 'anger', 5, ''), '00002': (1, 'anxiety', 11, ''), '00003': (2, 'contempt', 5, ''),
+    '00004': (2, 'disappointment', 5, ''), '00005': (3, 'disgust', 5, ''), '00006': (3, 'fear', 5, ''),
+    '00007': (4, 'happiness', 5, ''), '00008': (4, 'helplessness', 5, ''), '00009': (5, 'neutral', 5, ''),
+    '00010': (5, 'sadness', 5, ''),
+    '00900': (2, 'surprise', 0, 'absent'),     # Listed, neither frames nor video: skipped.
+    '00901': (3, 'surprise', 5, 'blank'),      # No face: skipped.
+    '00902': (5, 'anger', 5, 'garbage'),       # Undecodable video / frame: skipped.
+    '00903': (0, 'fear', 5, 'unlisted'),       # In no split file.
+}
+
+
+def make_mafw(out: pathlib.Path) -> None:
+  """MAFW: ``data/clips/<id>.mp4`` and ``data/frames/<id>/<n>.jpg`` of the same clips (see ``MAFW_CLIPS``),
+  and ``Train & Test Set/single/{no_caption,with_caption}/set_1..set_5/{train,test}.txt``; set_4/test.txt
+  has a line with an unknown class (line 3).
+
+  Expected result (both configs): 2 clips in each of the 5 folds; skipped 00900 (absent), 00901 (no face),
+  00902 (undecodable); 00903 present but unlisted.
+  """
+  data = out / 'MAFW' / 'data'
+  for i, (clip, (_fold, _label, n, special)) in enumerate(MAFW_CLIPS.items()):
+    if special == 'absent':
+      continue
+    video, frames_dir = data / 'clips' / f'{clip}.mp4', data / 'frames' / clip
+    if special == 'garbage':
+      write_garbage(video)
+      frames_dir.mkdir(parents=True)
+      (frames_dir / '1.jpg').write_bytes(b'not a JPEG')
+      continue
+    if special == 'blank':  # Uniform grey with a rectangle: not a face.
+      blank = np.full((HEIGHT, WIDTH, 3), 100, np.uint8)
+      cv2.rectangle(blank, (5, 5), (20, 40), (130, 130, 130), -1)
+      frames = [blank] * n
+    else:
+      tint = (70 + 15 * (i % 4), 90, 110 - 10 * (i % 3))
+      frames = [draw_face(j, n, tint=tint, mouth=0.2 + 0.05 * (i % 4)) for j in range(n)]
+    video.parent.mkdir(parents=True, exist_ok=True)
+    media.write_video(video, frames, fourcc='mp4v')
+    frames_dir.mkdir(parents=True)
+    for j, frame in enumerate(frames):
+      cv2.imwrite(str(frames_dir / f'{j + 1}.jpg'), frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+  for caption in ('no_caption', 'with_caption'):
+    for k in range(1, 6):
+      folder = out / 'MAFW' / 'Train & Test Set' / 'single' / caption / f'set_{k}'
+      folder.mkdir(parents=True)
+      for kind in ('train', 'test'):
+        rows = [f'{clip}.mp4 {label}' + ('\ta caption' if caption == 'with_caption' else '')
+                for clip, (fold, label, _n, _s) in MAFW_CLIPS.items()
+                if fold and (fold == k) == (kind == 'test')]
+        if caption == 'no_caption' and kind == 'test' and k == 4:
+          rows.append('00904.mp4 joy')  # An unknown class: a bad line.
+        (folder / f'{kind}.txt').write_text('\n'.join(rows) + '\n')
+
+
 DATASETS: dict[str, Callable[[pathlib.Path], None]] = {
     'enterface05': make_enterface05,
     'rml': make_rml,
     'afew': make_afew,
+    'mafw': make_mafw,
 }
 
 

@@ -40,6 +40,7 @@ _MODULE_SECONDS = {
     'test_reliability.py': 230, 'test_multiprocess.py': 140, 'test_train.py': 135,
     'test_crossval.py': 130, 'test_recipe.py': 110, 'test_sharding.py': 100, 'test_rfscnn.py': 100,
     'test_predict.py': 60, 'test_export.py': 55, 'test_benchmark.py': 50,
+    'test_video_benchmarks.py': 100,
 }
 
 

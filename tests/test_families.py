@@ -53,10 +53,11 @@ models.register(models.Family(
 
 
 def get_config(arg=None):
-  spec = importlib.util.spec_from_file_location('res_rbg_config', 'REPO/configs/res_rbg.py')
-  base = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(base)
-  c = base.get_config('synthetic')  # Dataset, input, train and mesh sections.
+  spec = importlib.util.spec_from_file_location('common_config', 'REPO/configs/common.py')
+  common = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(common)
+  c = common.base()  # Dataset, input, augment, train, mesh and eval sections.
+  c.dataset.name = 'synthetic_expressions'
   c.model = dict(name='toy', hidden=16, activity_weight=0.1)
   return c
 '''
@@ -98,3 +99,18 @@ def test_toy_family_config_is_validated_by_its_schema(tmp_path):
   assert run.returncode == 1
   assert run.stderr.strip().splitlines()[-1].endswith('config.model.hidden: expected an integer >= 1, '
                                                       'found 0')
+
+
+def test_a_key_another_family_owns_is_named_with_its_owner(tmp_path):
+  """A config built from Res-RBG's keeps Res-RBG's random-masking keys, which the toy family does not
+  read: the error names the key and the family that owns it."""
+  config_file = tmp_path / 'toy.py'
+  config_file.write_text(TOY_CONFIG.replace('REPO', REPO).replace(
+      "  c.model = dict(name='toy'", "  c.augment.mask_prob = 0.5\n  c.model = dict(name='toy'"))
+  args = [sys.executable, '-m', 'ferjax.train', '--config', str(config_file),
+          '--workdir', str(tmp_path / 'run')]
+  run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 1
+  assert run.stderr.strip().splitlines()[-1] == (
+      "error: config key 'augment.mask_prob' is read by family 'res_rbg', not by 'toy'; remove it "
+      '(configs/common.py holds the keys every family reads)')

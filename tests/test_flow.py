@@ -10,7 +10,10 @@ import tensorflow_datasets as tfds
 
 from conftest import build_sequence_dataset
 from ferjax import models
-from ferjax.data import augment, flow, pipeline, spec, tfds_common
+from ferjax.data import augment, flow, inputs, pipeline, spec, tfds_common
+
+# The pipeline's flow, without the family that reads it: registered here as RFSCNN's module registers it.
+inputs.register('flow', flow.INPUT)
 
 S = 48
 SHIFT = (2.0, -1.0)  # The content moves 2 px right and 1 px up per frame.
@@ -259,7 +262,7 @@ def test_random_batch_has_flow():
                                          inputs=('frames', 'flow')))
   config = ml_collections.ConfigDict({'model': {'name': family.name},
                                       'dataset': {'num_frames': T, 'image_size': 32}})
-  batch = spec.random_batch(config, 2, 3, np.random.default_rng(0))
+  batch = spec.random_batch(config, 2, 3, np.random.default_rng(0), family.inputs)
   assert batch['flow'].shape == (2, T - 1, 32, 32, 3) and batch['flow'].dtype == np.float32
   np.testing.assert_allclose(batch['flow'][..., 2], np.hypot(batch['flow'][..., 0], batch['flow'][..., 1]),
                              rtol=1e-5)

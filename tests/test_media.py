@@ -79,3 +79,15 @@ def test_video_round_trip_keeps_evenly_spaced_frames(tmp_path):
   assert indices == [0, 3, 5, 8, 11, 14, 16, 19]
   levels = [int(round(f.mean())) for f in kept]
   assert all(abs(level - 10 * i) <= 2 for level, i in zip(levels, indices)), levels
+
+
+def test_jpeg_size_from_the_header_without_decoding():
+  for height, width in ((224, 224), (31, 57)):
+    for flags in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]):
+      ok, data = cv2.imencode('.jpg', np.zeros((height, width, 3), np.uint8), flags)
+      assert ok and media.jpeg_size(data.tobytes()) == (height, width)
+  ok, data = cv2.imencode('.jpg', np.zeros((8, 8, 3), np.uint8))
+  with pytest.raises(media.MediaError, match='cut off'):
+    media.jpeg_size(data.tobytes()[:-10], 'x.jpg')
+  with pytest.raises(media.MediaError, match='not a JPEG'):
+    media.jpeg_size(b'\x89PNG\r\n', 'x.png')

@@ -97,3 +97,18 @@ def test_roc_auc_equals_the_pair_count_and_skips_a_class_without_examples():
   assert r['macro_roc_auc'] == pytest.approx(0.75)
   with pytest.raises(ValueError, match=r'probs must be \[4, 3\]'):
     metrics.classification_report(labels, probs.argmax(-1), NAMES, probs=probs[:, :2])
+
+
+def test_group_reports_by_hand():
+  # Group a: labels 0 0 1, predictions 0 1 1 -> WAR 2/3, recalls 1/2 and 1 -> UAR 3/4.
+  # Group b: labels 1 2, predictions 1 0 -> WAR 1/2, recalls 1 and 0 -> UAR 1/2.
+  reports = metrics.group_reports([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], ['a', 'a', 'a', 'b', 'b'],
+                                  ['x', 'y', 'z'])
+  assert list(reports) == ['a', 'b']
+  assert reports['a']['num_examples'] == 3 and reports['a']['war'] == pytest.approx(2 / 3)
+  assert reports['a']['uar'] == pytest.approx(0.75)
+  assert reports['a']['per_class_recall'] == {'x': 0.5, 'y': 1.0, 'z': None}
+  assert (reports['b']['war'], reports['b']['uar']) == (0.5, 0.5)
+  assert metrics.group_table(reports).splitlines()[2] == '| a | 3 | 66.67 | 75.00 |'
+  with pytest.raises(ValueError, match='one entry per example'):
+    metrics.group_reports([0], [0], ['a', 'b'], ['x'])

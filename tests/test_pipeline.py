@@ -386,12 +386,14 @@ def test_evaluation_batches_are_made_by_the_input_workers(synthetic_tiny, family
                                      f'{family}.py'), 'synthetic')
   config.dataset.config, config.dataset.data_dir = 'tiny', synthetic_tiny
   config.dataset.num_frames, config.dataset.image_size = 4, 32
+  from ferjax import models  # pylint: disable=import-outside-toplevel
   source = datasets.prepare(config.dataset).source('fold_0')
+  inputs = models.get_family(config.model.name).inputs
   config.input.worker_count = 0
-  in_process = list(spec.eval_batches(config, source, (0, 1, 4), validation=True))
+  in_process = list(spec.eval_batches(config, source, (0, 1, 4), inputs, validation=True))
   config.input.worker_count = 1
   before = pipeline.DECODE_COUNT.value
-  by_workers = list(spec.eval_batches(config, source, (0, 1, 4), validation=True))
+  by_workers = list(spec.eval_batches(config, source, (0, 1, 4), inputs, validation=True))
   assert pipeline.DECODE_COUNT.value == before
   assert len(by_workers) == len(in_process) > 0
   for a, b in zip(in_process, by_workers):

@@ -44,6 +44,22 @@ def test_kfold_assignment():
   assert protocols.splits_for(['fold_1', 'fold_0', 'fold_2'], 0).train == 'fold_1+fold_2'
 
 
+def test_released_folds_numbered_from_one():
+  """DFEW / MAFW keep their release's set_1 .. set_5 as fold_1 .. fold_5: fold index f tests on the
+  (f+1)-th and trains on the other four."""
+  available = [f'fold_{i}' for i in range(1, 6)]
+  assert protocols.num_folds(available) == 5
+  assert protocols.splits_for(available, 0) == protocols.Splits(
+      train='fold_2+fold_3+fold_4+fold_5', validation=None, test='fold_1')
+  assert protocols.splits_for(available, 4, holdout_validation=True) == protocols.Splits(
+      train='fold_2+fold_3+fold_4', validation='fold_1', test='fold_5')
+  with pytest.raises(ValueError, match=r"exactly \['fold_1', 'fold_2', 'fold_3'\]"):
+    protocols.splits_for(['fold_1', 'fold_2', 'fold_4'], 0)
+  assert protocols.released_folds(available)
+  assert not protocols.released_folds([f'fold_{i}' for i in range(5)])
+  assert not protocols.released_folds(['train', 'validation', 'test'])
+
+
 def test_subjects_sort_naturally():
   available = ['subject_10', 'subject_2', 'subject_1']
   assert [protocols.splits_for(available, f).test for f in range(3)] == [

@@ -119,3 +119,21 @@ def test_bad_input(fn):
     fn(0, 4)
   with pytest.raises(ValueError, match='got 0'):
     fn(4, 0)
+
+
+def test_uniform_and_consecutive_modes_by_hand():
+  rng = np.random.default_rng(0)
+  # 'uniform': the segment centres in training too (no jitter): N = 20, T = 4 -> 2, 7, 12, 17.
+  assert list(sampling.indices('uniform', 20, 4, rng)) == [2, 7, 12, 17]
+  assert list(sampling.indices('uniform', 20, 4)) == [2, 7, 12, 17]
+  # 'consecutive_s2': 4 frames 2 apart span 7 frames; evaluation centres them: start (20 - 7) // 2 = 6.
+  assert list(sampling.indices('consecutive_s2', 20, 4)) == [6, 8, 10, 12]
+  starts = set()
+  for _ in range(200):
+    picks = sampling.indices('consecutive_s2', 20, 4, rng)
+    assert list(np.diff(picks)) == [2, 2, 2] and 0 <= picks[0] <= 13
+    starts.add(int(picks[0]))
+  assert starts == set(range(14))  # Every start in [0, N - span] is drawn.
+  # Too short: centred, ends repeated. N = 5, span 7: start -1 -> -1, 1, 3, 5 clipped to 0, 1, 3, 4.
+  assert list(sampling.indices('consecutive_s2', 5, 4, rng)) == [0, 1, 3, 4]
+  assert list(sampling.indices('consecutive', 10, 4)) == list(sampling.clip_indices(10, 4))

@@ -1,4 +1,5 @@
-"""Shared machinery of the ferjax sequence builders (CK+, Oulu-CASIA, eNTERFACE'05, RML, AFEW).
+"""Shared machinery of the ferjax sequence builders (CK+, Oulu-CASIA, eNTERFACE'05, RML, AFEW, DFEW, FERV39k,
+MAFW, RAF-DB).
 
 A dataset builder subclasses :class:`SequenceDatasetBuilder` and implements one method,
 ``_find_sources(manual_dir)``, which walks the user's copy and returns one :class:`SequenceSource` per
@@ -7,7 +8,9 @@ sequence (which files, label, subject, split). Everything else is shared:
 * finding the dataset's known folders at any nesting depth below the manual dir (:func:`find_dirs`), and a
   clear error naming the expected layout and what was found (:func:`manual_dir_error`);
 * reading frames (image files or a video), keeping at most ``max_frames`` evenly spaced ones, face-cropping
-  them with one stable square box per sequence (``ferjax.data.faces``) and JPEG-encoding them;
+  them with one stable square box per sequence (``ferjax.data.faces``) and JPEG-encoding them, or, for
+  released face crops that already have the target size (``keep_jpeg``), storing their JPEG bytes as
+  they are;
 * doing that for all sequences in parallel on all CPU cores (``FERJAX_NUM_WORKERS`` overrides the count),
   in a deterministic order, with progress lines on stdout;
 * skipping unusable sequences (undecodable files, no face, an unreadable label file) with a logged reason;
@@ -150,6 +153,9 @@ class SequenceSource:
     image_indices: original 0-based frame positions of ``images`` (default: 0, 1, 2, ...); set it when a
       builder passes only some frames of a sequence (e.g. CK+'s first + last three).
     landmarks: optional landmark files, one per image (None where missing); their boxes replace detection.
+    extras: extra feature values of the example, as (name, value) pairs (e.g. FERV39k's scene); the
+      builder declares the features in ``_extra_features``.
+    line: the line of the split or label file that lists the sequence (recorded when it is skipped).
   """
   sequence_id: str
   split: str
@@ -159,6 +165,8 @@ class SequenceSource:
   video: str | None = None
   image_indices: tuple[int, ...] | None = None
   landmarks: tuple[str | None, ...] | None = None
+  extras: tuple[tuple[str, Any], ...] = ()
+  line: int | None = None
 
   @property
   def path(self) -> str:
@@ -178,6 +186,7 @@ class CropOptions:
   max_frames: int | None = None
   detect_frames: int = 8
   jpeg_quality: int = 95
+  keep_jpeg: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,8 +228,45 @@ def _read_frames(source: SequenceSource, max_frames: int | None):
   return frames, [indices_all[i] for i in picks], landmarks
 
 
+def _stored_jpegs(source: SequenceSource, options: CropOptions):
+  """(JPEG bytes, original indices) of the kept frames when they can be stored as they are, else None.
+
+  That is when the frames are already the face crops (``face_detector='none'``, ``keep_jpeg``) and every
+  kept file is a JPEG of exactly ``size`` x ``size``: no decoding, no re-encoding, no detection (the
+  header gives the size; a file without a frame header or cut off before its end marker is unreadable).
+  """
+  if not (options.keep_jpeg and options.face_detector == 'none' and source.images):
+    return None
+  indices_all = source.image_indices or tuple(range(len(source.images)))
+  picks = media.evenly_spaced(len(source.images), options.max_frames)
+  data = []
+  for i in picks:
+    path = source.images[i]
+    if Path(path).suffix.lower() not in ('.jpg', '.jpeg'):
+      return None
+    try:
+      blob = Path(path).read_bytes()
+    except OSError as e:
+      raise media.MediaError(f'cannot read {path}: {e}') from e
+    if media.jpeg_size(blob, path) != (options.size, options.size):
+      return None
+    data.append(blob)
+  return data, [indices_all[i] for i in picks]
+
+
 def process_sequence(source: SequenceSource, options: CropOptions) -> SequenceResult:
   """Reads, face-crops and JPEG-encodes one sequence; never raises for bad data (returns a skip)."""
+  try:
+    stored = _stored_jpegs(source, options)
+  except (media.MediaError, OSError) as e:
+    return SequenceResult(source, None, f'{type(e).__name__}: {e}')
+  if stored is not None:
+    data, indices = stored
+    return SequenceResult(source, {
+        'frames': data, 'label': source.label, 'subject': source.subject,
+        'sequence_id': source.sequence_id, 'num_frames': np.int32(len(data)),
+        'frame_indices': np.asarray(indices, np.int32),
+        'face_box': np.asarray([0, 0, options.size, options.size], np.float32), **dict(source.extras)})
   try:
     frames, indices, landmarks = _read_frames(source, options.max_frames)
     detector = None if landmarks is not None and any(l is not None for l in landmarks) else (
@@ -239,6 +285,7 @@ def process_sequence(source: SequenceSource, options: CropOptions) -> SequenceRe
       'num_frames': np.int32(len(crop.frames)),
       'frame_indices': np.asarray(indices, np.int32),
       'face_box': np.asarray(crop.box, np.float32),
+      **dict(source.extras),
   }
   return SequenceResult(source, example)
 
@@ -323,6 +370,8 @@ class SequenceConfig(tfds.core.BuilderConfig):
     margin: border added around the face box, as a fraction of its side.
     max_frames: keep at most this many evenly spaced frames per sequence (None: all).
     detect_frames: the detector looks at this many evenly spaced frames per sequence.
+    keep_jpeg: with ``face_detector='none'``, JPEG frames that already are ``size`` x ``size`` are stored
+      as their source bytes (no decode, no re-encode); other frames are cropped and encoded as usual.
   """
   size: int = 256
   face_detector: str = 'haar'
@@ -330,6 +379,7 @@ class SequenceConfig(tfds.core.BuilderConfig):
   margin: float = 0.25
   max_frames: int | None = None
   detect_frames: int = 8
+  keep_jpeg: bool = False
 
   def crop_options(self) -> CropOptions:
     if self.face_detector not in faces.DETECTORS:
@@ -338,7 +388,8 @@ class SequenceConfig(tfds.core.BuilderConfig):
     # 'none' means the frame already is the face region: a margin would only add black borders.
     margin = 0.0 if self.face_detector == 'none' else self.margin
     return CropOptions(size=self.size, face_detector=self.face_detector, yunet_model_path=model,
-                       margin=margin, max_frames=self.max_frames, detect_frames=self.detect_frames)
+                       margin=margin, max_frames=self.max_frames, detect_frames=self.detect_frames,
+                       keep_jpeg=self.keep_jpeg)
 
 
 class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder,
@@ -378,13 +429,15 @@ class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorB
     raise NotImplementedError
 
   def _skip_source(self, sequence_id: str, path: str | os.PathLike, reason: str,
-                   split: str | None = None) -> None:
+                   split: str | None = None, line: int | None = None) -> None:
     """Records a sequence that ``_find_sources`` leaves out because it cannot be used (e.g. its label
     file is unreadable): logged, listed in ``info.metadata['skipped']`` and counted in the build summary,
     exactly like a sequence whose frames cannot be decoded."""
     logging.warning('%s: skipping %s (%s): %s', self.name, sequence_id, path, reason)
-    self._found_skipped.append({'sequence_id': sequence_id, 'path': str(path), 'split': split,
-                                'reason': reason})
+    entry = {'sequence_id': sequence_id, 'path': str(path), 'split': split, 'reason': reason}
+    if line is not None:
+      entry['line'] = line
+    self._found_skipped.append(entry)
 
   def _expected_layout(self) -> str:
     return self.EXPECTED_LAYOUT or self.MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -411,6 +464,10 @@ class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorB
     del sources
     return {}
 
+  def _extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
+    """Features beyond the common ones, filled from ``SequenceSource.extras`` (e.g. FERV39k's scene)."""
+    return {}
+
   def _citation(self) -> str:
     """The contents of the package's CITATIONS.bib, when present."""
     bib = Path(inspect.getfile(type(self))).parent / 'CITATIONS.bib'
@@ -421,6 +478,7 @@ class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorB
     features = dict(tfds_common.sequence_features(self.CLASS_NAMES, config.size).items())
     features['frame_indices'] = tfds.features.Tensor(shape=(None,), dtype=np.int32)
     features['face_box'] = tfds.features.Tensor(shape=(4,), dtype=np.float32)
+    features.update(self._extra_features())
     return tfds.core.DatasetInfo(
         builder=self,
         description=(self.__doc__ or '').strip(),
@@ -481,8 +539,11 @@ class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorB
       if result.example is None:
         logging.warning('%s: skipping %s (%s): %s', self.name, result.source.sequence_id,
                         result.source.path, result.skip_reason)
-        skipped.append({'sequence_id': result.source.sequence_id, 'path': result.source.path,
-                        'split': split, 'reason': result.skip_reason})
+        entry = {'sequence_id': result.source.sequence_id, 'path': result.source.path,
+                 'split': split, 'reason': result.skip_reason}
+        if result.source.line is not None:
+          entry['line'] = result.source.line
+        skipped.append(entry)
         continue
       self._frames_built = getattr(self, '_frames_built', 0) + int(result.example['num_frames'])
       yield result.source.sequence_id, result.example

@@ -24,10 +24,19 @@ from typing import Any
 import cv2
 import numpy as np
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # RGB, of [0, 1] pixel values.
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+from ferjax import checks
+from ferjax.normalization import IMAGENET_MEAN, IMAGENET_STD
+
 # uint8 colour of masked rectangles: the ImageNet mean, which normalises to within 0.006 of 0.
 MASK_FILL = np.round(IMAGENET_MEAN * 255).astype(np.uint8)
+
+
+# The config keys of random masking, for the families that use it (their `config_rules`).
+MASK_RULES = {
+    'augment.mask_prob': checks.number(0, 1),
+    'augment.mask_size': checks.range_pair(0.0, 1.0),
+    'augment.mask_count': checks.number(0, 16, integer=True),
+}
 
 
 def _pair(name: str, value: Any, low: float, high: float) -> tuple[float, float]:
@@ -84,10 +93,13 @@ class AugmentOptions:
 
   @classmethod
   def from_config(cls, config: Any) -> 'AugmentOptions':
-    """Reads the fields above from ``config.augment`` (a ConfigDict or mapping); absent ones default."""
+    """Reads the fields above from ``config.augment`` (a ConfigDict or mapping); absent ones default,
+    but random masking is off unless ``mask_prob`` is set: its knobs belong to the families that mask
+    (Res-RBG's ``MASK_RULES``), and the configs of the others leave them out."""
     fields = {f.name for f in dataclasses.fields(cls)}
-    items = config.items() if hasattr(config, 'items') else vars(config).items()
-    return cls(**{k: v for k, v in items if k in fields})
+    items = dict(config.items() if hasattr(config, 'items') else vars(config).items())
+    items.setdefault('mask_prob', 0.0)
+    return cls(**{k: v for k, v in items.items() if k in fields})
 
   @classmethod
   def none(cls, eval_crop: float = 1.0) -> 'AugmentOptions':

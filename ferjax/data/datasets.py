@@ -74,13 +74,16 @@ class EncodedFrames:
 
 
 
-def _register_builder(name: str) -> None:
+def register_builder(name: str) -> None:
   """Imports tfds_builders.<name> so TFDS knows the builder class (a no-op for unknown names)."""
   try:
     importlib.import_module(f'tfds_builders.{name}')
   except ModuleNotFoundError as e:
     if e.name not in (f'tfds_builders.{name}', 'tfds_builders'):
       raise
+
+
+_register_builder = register_builder  # Older name, for callers not yet on register_builder.
 
 
 def prepare(dataset: ml_collections.ConfigDict) -> PreparedDataset:
@@ -90,7 +93,7 @@ def prepare(dataset: ml_collections.ConfigDict) -> PreparedDataset:
   """
   name = f'{dataset.name}/{dataset.config}' if dataset.config else dataset.name
   data_dir = dataset.data_dir or None
-  _register_builder(dataset.name)
+  register_builder(dataset.name)
   if dataset.name == BUILTIN:
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
     if not builder.is_prepared():

@@ -33,7 +33,9 @@ import threading
 import cv2
 import numpy as np
 
+from ferjax import checks
 from ferjax.data import augment
+from ferjax.data import inputs as inputs_lib
 
 METHODS = ('dis', 'farneback', 'dis_output', 'farneback_output')
 OUTPUT_SUFFIX = '_output'  # The flow of the S x S output frames (see the module docstring).
@@ -126,3 +128,27 @@ def sequence_flow(frames, matrix: np.ndarray, size: int, method: str = 'dis',
   fields = _vectors(frames, method, working_scale(height, width, size))
   h, w, _ = fields[0].shape  # Rounded sides: the exact scale of each axis.
   return augment.warp_flow(fields, _to_working(matrix, w / width, h / height), size, magnitude=True)
+
+
+def _input(view: inputs_lib.View) -> np.ndarray:
+  if view.num_frames < 2:
+    raise ValueError(f'optical flow needs a sequence of at least 2 frames; found {view.num_frames}')
+  # float32 on the host, unlike the uint8 frames: flow has no natural 8-bit range; the model scales it.
+  method = view.options.get('dataset.flow', view.flow_method)
+  return sequence_flow(view.frames, view.matrix, view.size, method, view.warped)
+
+
+def _random(t: int, s: int, rng: np.random.Generator) -> np.ndarray:
+  vectors = rng.normal(0.0, 2.0, (t - 1, s, s, 2)).astype(np.float32)
+  return np.concatenate([vectors, np.linalg.norm(vectors, axis=-1, keepdims=True)], axis=-1)
+
+
+def _shape(t: int, s: int) -> tuple[int, ...]:
+  return (t - 1, s, s, 3)
+
+
+# The `flow` model input: optical flow between consecutive sampled frames, float32 [T - 1, S, S, 3] (dx,
+# dy, magnitude in output pixels), warped like the frames, never jittered or masked; `dataset.flow` picks
+# the method. A family that reads flow registers it (`ferjax.data.inputs.register('flow', flow.INPUT)`).
+INPUT = inputs_lib.Input(_input, _shape, np.float32, _random,
+                         rules={'dataset.flow': checks.one_of(*METHODS)})

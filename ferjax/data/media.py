@@ -38,7 +38,7 @@ def evenly_spaced(num_total: int, max_frames: int | None) -> list[int]:
   return [int(round(i * (num_total - 1) / (max_frames - 1))) for i in range(max_frames)]
 
 
-def _to_rgb(image: np.ndarray) -> np.ndarray:
+def to_rgb(image: np.ndarray) -> np.ndarray:
   """OpenCV's BGR / BGRA / grey (any bit depth) -> RGB uint8."""
   if image.dtype == np.uint16:
     image = (image >> 8).astype(np.uint8)  # 16-bit PNGs: keep the high byte.
@@ -53,6 +53,9 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
   return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+_to_rgb = to_rgb  # Older name, for callers not yet on to_rgb.
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """One image file -> RGB uint8 [H, W, 3]; grey images are repeated to three channels."""
   path = Path(path)
@@ -63,7 +66,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
   image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
   if image is None:
     raise MediaError(f'OpenCV cannot decode {path} ({data.size} bytes)')
-  return _to_rgb(image)
+  return to_rgb(image)
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # Frame headers (not DHT, JPG, DAC).
+
+
+def jpeg_size(data: bytes, name: str | os.PathLike = 'JPEG data') -> tuple[int, int]:
+  """(height, width) of a JPEG from its frame header, without decoding it.
+
+  Raises MediaError when ``data`` is not a JPEG, has no frame header, or is cut off before its end marker
+  (a truncated download), so that a file stored without decoding is at least complete.
+  """
+  if data[:2] != b'\xff\xd8':
+    raise MediaError(f'{name} is not a JPEG file (no start-of-image marker)')
+  if not data.rstrip(b'\x00').endswith(b'\xff\xd9'):
+    raise MediaError(f'{name} is cut off: no JPEG end-of-image marker')
+  i = 2
+  while i + 4 <= len(data):
+    if data[i] != 0xFF:
+      break
+    marker = data[i + 1]
+    if marker == 0xFF:  # Fill byte.
+      i += 1
+      continue
+    if marker in _SOF_MARKERS and i + 9 <= len(data):
+      return int.from_bytes(data[i + 5:i + 7], 'big'), int.from_bytes(data[i + 7:i + 9], 'big')
+    i += 2 + int.from_bytes(data[i + 2:i + 4], 'big')
+  raise MediaError(f'{name} has no readable JPEG frame header')
 
 
 def read_images(paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
@@ -137,7 +167,7 @@ def read_video(path: str | os.PathLike,
         ok, frame = capture.retrieve()
         if not ok or frame is None:
           raise MediaError(f'OpenCV cannot decode frame {index} of {path}')
-        frames.append(_to_rgb(frame))
+        frames.append(to_rgb(frame))
         indices.append(index)
       index += 1
   finally:

@@ -5,9 +5,9 @@ of decoded uint8 [H, W, 3] arrays, or JPEG bytes) and ``label`` -- typically
 ``tfds.data_source(name, split=..., data_dir=...)``.
 
 Batches follow the batch contract of DESIGN.md: ``frames`` uint8 [B, T, S, S, 3] (normalised on the device,
-``ferjax.steps.normalize_inputs``), ``label`` int32 [B], plus the other inputs named in ``inputs`` (see
-``INPUTS``, e.g. ``flow`` float32 [B, T - 1, S, S, 3]); evaluation batches add ``mask`` bool [B] (False on
-padding rows) and ``index`` int32 [B] (the row's record in the split, -1 on padding rows), so that
+``ferjax.steps.normalize_inputs``), ``label`` int32 [B], plus the other inputs named in ``inputs``
+(registered in ``ferjax.data.inputs``, e.g. ``flow`` float32 [B, T - 1, S, S, 3]); evaluation batches add
+``mask`` bool [B] (False on padding rows) and ``index`` int32 [B] (the row's record in the split, -1 on padding rows), so that
 evaluation can average the rows of one record (test-time augmentation, windows).
 
 Which T frames an example holds is the sampling mode (``sampling.MODES``: 'segments', 'clip', 'apex').
@@ -48,6 +48,7 @@ import numpy as np
 
 from ferjax.data import augment
 from ferjax.data import flow as flow_lib
+from ferjax.data import inputs as inputs_lib
 from ferjax.data import sampling
 
 # Records each in-process reader thread keeps ready; batches are large (B*T*S*S*3 float32), so keep few.
@@ -73,88 +74,11 @@ def _record_name(record: dict, index: int) -> str:
   return f'record {sequence_id!r} (index {index})' if sequence_id is not None else f'record {index}'
 
 
-@dataclasses.dataclass(frozen=True)
-class View:
-  """What an input is computed from: one example's sampled frames and the geometry of its frames.
-
-  Attributes:
-    frames: the sampled source frames, T uint8 arrays [H, W, 3] (a list), before augmentation.
-    indices: their indices in the sequence, int32 [T].
-    num_frames: N, frames in the sequence.
-    matrix: the frames' 2x3 output -> source pixel warp (augmentation or evaluation centre crop).
-    size: S, the output side.
-    flow_method: ``config.dataset.flow`` (one of ``flow.METHODS``).
-    warped: ``augment.warp(frames, matrix, size)`` when the example has it (training, TTA copies), for
-      the ``*_output`` flow methods; None = computed where needed.
-  """
-  frames: Sequence[np.ndarray]
-  indices: np.ndarray
-  num_frames: int
-  matrix: np.ndarray
-  size: int
-  flow_method: str = 'dis'
-  warped: np.ndarray | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Input:
-  """An input besides ``frames``: how to compute it from a View, and its shape and dtype for (T, S)
-  (padding rows get zeros of that shape; ``random`` fills benchmark batches)."""
-  compute: Callable[[View], np.ndarray]
-  shape: Callable[[int, int], tuple[int, ...]]
-  dtype: type
-  random: Callable[[int, int, np.random.Generator], np.ndarray]
-
-
-def _frame_positions(view: View) -> np.ndarray:
-  return (view.indices / max(view.num_frames - 1, 1)).astype(np.float32)
-
-
-def _flow(view: View) -> np.ndarray:
-  if view.num_frames < 2:
-    raise ValueError(f'optical flow needs a sequence of at least 2 frames; found {view.num_frames}')
-  # float32 on the host, unlike the uint8 frames: flow has no natural 8-bit range; the model scales it.
-  return flow_lib.sequence_flow(view.frames, view.matrix, view.size, view.flow_method, view.warped)
-
-
-def _random_flow(t: int, s: int, rng: np.random.Generator) -> np.ndarray:
-  vectors = rng.normal(0.0, 2.0, (t - 1, s, s, 2)).astype(np.float32)
-  return np.concatenate([vectors, np.linalg.norm(vectors, axis=-1, keepdims=True)], axis=-1)
-
-
-# Inputs besides `frames` a family may ask for (Family.inputs).
-# `frame_positions`: where each sampled frame lies in the sequence, float32 [T] in [0, 1] (0 = first).
-# `flow`: optical flow between consecutive sampled frames, float32 [T - 1, S, S, 3] (dx, dy, magnitude in
-# output pixels; see ferjax/data/flow.py), warped like the frames, never jittered or masked.
-INPUTS = {
-    'frame_positions': Input(
-        _frame_positions, lambda t, s: (t,), np.float32,
-        lambda t, s, rng: (sampling.eval_indices(2 * t, t) / (2 * t - 1)).astype(np.float32)),
-    'flow': Input(_flow, lambda t, s: (t - 1, s, s, 3), np.float32, _random_flow),
-}
-
-
-def _check_inputs(inputs: Sequence[str]) -> tuple[str, ...]:
-  unknown = [name for name in inputs if name != 'frames' and name not in INPUTS]
-  if 'frames' not in inputs or unknown:
-    raise ValueError(f'inputs must include frames and may add {sorted(INPUTS)}; got {list(inputs)}')
-  return tuple(inputs)
-
-
-def _extra_inputs(inputs, view: View) -> dict[str, np.ndarray]:
-  return {name: INPUTS[name].compute(view) for name in inputs if name != 'frames'}
-
-
-def _padding_inputs(inputs, num_frames: int, size: int) -> dict[str, np.ndarray]:
-  return {name: np.zeros(INPUTS[name].shape(num_frames, size), INPUTS[name].dtype)
-          for name in inputs if name != 'frames'}
-
-
-def random_inputs(inputs: Sequence[str], batch_size: int, num_frames: int, size: int,
-                  rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """Random values of the non-frame ``inputs`` with a batch's shapes (for the step benchmark)."""
-  return {name: np.stack([INPUTS[name].random(num_frames, size, rng) for _ in range(batch_size)])
-          for name in _check_inputs(inputs) if name != 'frames'}
+# The model inputs besides frames live in an open registry (`ferjax.data.inputs`); these names stay here
+# for the modules that build examples.
+View, Input, INPUTS = inputs_lib.View, inputs_lib.Input, inputs_lib.INPUTS
+random_inputs = inputs_lib.random_values
+_extra_inputs = inputs_lib.compute  # Older name, for callers not yet on inputs_lib.compute.
 
 
 def _decode_rgb(data: bytes) -> np.ndarray | None:
@@ -226,9 +150,10 @@ class ExampleSpec:
     num_frames: T, frames per example.
     image_size: S, output side in pixels.
     options: augmentation settings.
-    inputs: 'frames' and any of ``INPUTS``.
+    inputs: 'frames' and any registered input (``ferjax.data.inputs``).
     sampling: temporal sampling mode, one of ``sampling.MODES``.
     flow: optical-flow method, one of ``flow.METHODS`` (read when inputs include 'flow').
+    input_options: (config key, value) pairs the inputs read (``View.options``).
   """
   num_frames: int
   image_size: int
@@ -236,9 +161,15 @@ class ExampleSpec:
   inputs: tuple[str, ...] = ('frames',)
   sampling: str = 'segments'
   flow: str = 'dis'
+  input_options: tuple[tuple[str, Any], ...] = ()
+  # The registered Input of every non-frame input, resolved here: grain's worker processes get them
+  # with the example maker (pickled), not from a registry that only the main process filled.
+  specs: tuple[tuple[str, Input], ...] = ()
 
   def __post_init__(self):
-    object.__setattr__(self, 'inputs', _check_inputs(self.inputs))
+    object.__setattr__(self, 'inputs', inputs_lib.check(self.inputs))
+    object.__setattr__(self, 'specs', tuple((name, inputs_lib.get(name)) for name in self.inputs
+                                            if name != 'frames'))
     if self.sampling not in sampling.MODES:
       raise ValueError(f'sampling must be one of {sorted(sampling.MODES)}; got {self.sampling!r}')
     if self.flow not in flow_lib.METHODS:
@@ -247,8 +178,9 @@ class ExampleSpec:
   def extras(self, record: dict, indices: np.ndarray, frames: Sequence[np.ndarray], matrix: np.ndarray,
              warped: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The example's inputs besides frames; ``warped`` = ``augment.warp(frames, matrix, S)`` if at hand."""
-    view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow, warped)
-    return _extra_inputs(self.inputs, view)
+    view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow, warped,
+                dict(self.input_options))
+    return {name: spec.compute(view) for name, spec in self.specs}
 
   def example(self, record: dict, out_frames: np.ndarray,
               extras: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -315,7 +247,8 @@ class _EvalExample:
     if position >= len(self.rows):
       shape = (spec.num_frames, spec.image_size, spec.image_size, 3)
       return {'frames': np.zeros(shape, np.uint8), 'label': np.int32(0), 'mask': np.bool_(False),
-              'index': np.int32(-1), **_padding_inputs(spec.inputs, spec.num_frames, spec.image_size)}
+              'index': np.int32(-1), **{name: np.zeros(s.shape(spec.num_frames, spec.image_size), s.dtype)
+                 for name, s in spec.specs}}
     record_index, window, copy = (int(v) for v in self.rows[position])
     example = self._make(self.source[record_index], record_index, window, copy)
     return {**example, 'mask': np.bool_(True), 'index': np.int32(record_index)}
@@ -446,7 +379,7 @@ def train_loader(source: Sequence[dict], *, num_frames: int, image_size: int,
                  options: augment.AugmentOptions, batch_size_per_host: int, seed: int,
                  shard_index: int = 0, shard_count: int = 1, worker_count: int = 0,
                  inputs: Sequence[str] = ('frames',), sampling_mode: str = 'segments',
-                 flow: str = 'dis') -> TrainLoader:
+                 flow: str = 'dis', input_options: dict[str, Any] | None = None) -> TrainLoader:
   """Endless training batches of this host's shard; ``iter()`` gives a checkpointable iterator.
 
   Args:
@@ -460,10 +393,11 @@ def train_loader(source: Sequence[dict], *, num_frames: int, image_size: int,
       ``jax.process_count()``); each host reads a disjoint part of the records.
     worker_count: grain worker processes (0 = in the calling process). Batches do not depend on it,
       and a state saved under one worker count restores under another.
-    inputs: the batch's inputs: 'frames' and any of ``INPUTS``.
+    inputs: the batch's inputs: 'frames' and any registered input (``ferjax.data.inputs``).
     sampling_mode: one of ``sampling.MODES``: 'segments' (TSN: a random frame of each of T segments),
       'clip' (the central T frames) or 'apex' (the last T frames).
     flow: optical-flow method when inputs include 'flow': 'dis' or 'farneback'.
+    input_options: config values the inputs read (``View.options``), e.g. ``{'dataset.flow': 'dis'}``.
 
   Returns:
     A TrainLoader; its iterators yield dict(frames=uint8 [B, T, S, S, 3], label=int32 [B], ...) and have
@@ -476,7 +410,8 @@ def train_loader(source: Sequence[dict], *, num_frames: int, image_size: int,
   if len(source) < shard_count:
     raise ValueError(f'{len(source)} records cannot be split over {shard_count} hosts')
   ds = grain.MapDataset.source(source).map_with_index(_attach_index)[shard_index::shard_count]
-  spec = ExampleSpec(num_frames, image_size, options, tuple(inputs), sampling_mode, flow)
+  spec = ExampleSpec(num_frames, image_size, options, tuple(inputs), sampling_mode, flow,
+                     tuple(sorted((input_options or {}).items())))
   example = _TrainExample(spec, seed, records_per_epoch=len(ds))
   ds = ds.shuffle(seed=seed).repeat(None).map_with_index(example)
   return TrainLoader(ds.batch(batch_size_per_host, drop_remainder=True), worker_count)
@@ -549,7 +484,8 @@ def eval_batches(source: Sequence[dict], *, num_frames: int, image_size: int,
                  options: augment.AugmentOptions, batch_size_per_host: int, shard_index: int = 0,
                  shard_count: int = 1, worker_count: int = 0,
                  inputs: Sequence[str] = ('frames',), sampling_mode: str = 'segments',
-                 flow: str = 'dis', windows: str = 'one', tta_copies: int = 0) -> EvalBatches:
+                 flow: str = 'dis', windows: str = 'one', tta_copies: int = 0,
+                 input_options: dict[str, Any] | None = None) -> EvalBatches:
   """One deterministic pass over ``source``: the sampling mode's evaluation frames, centre crop, padded
   batches.
 
@@ -561,7 +497,8 @@ def eval_batches(source: Sequence[dict], *, num_frames: int, image_size: int,
   Reads ``options.eval_crop``, and the geometric options (crop, flip, rotation) for TTA copies.
   """
   _check_sharding(len(source), batch_size_per_host, shard_index, shard_count)
-  spec = ExampleSpec(num_frames, image_size, options, tuple(inputs), sampling_mode, flow)
+  spec = ExampleSpec(num_frames, image_size, options, tuple(inputs), sampling_mode, flow,
+                     tuple(sorted((input_options or {}).items())))
   rows = eval_rows(source, num_frames, windows, tta_copies)
   batches = num_eval_batches(len(rows), batch_size_per_host, shard_count)
   ds = grain.MapDataset.range(batches * batch_size_per_host * shard_count)[shard_index::shard_count]

@@ -4,7 +4,10 @@ This is the one place that knows the split layouts of DESIGN.md:
 
 * k-fold datasets (CK+, Oulu-CASIA, the synthetic set) expose ``fold_0 .. fold_{k-1}``; fold ``f`` tests on
   ``fold_f``, validates on ``fold_{(f+1) % k}`` when a hold-out validation set is asked for, and trains on
-  the rest.
+  the rest. Datasets released with numbered folds (DFEW, MAFW: ``set_1 .. set_5``) expose
+  ``fold_1 .. fold_k``; fold index ``f`` then tests on ``fold_{f+1}``, the f-th in order, and the rest is
+  the same. Their folds are the release's, not drawn by subject: DFEW's and MAFW's are not
+  subject-independent.
 * leave-one-subject-out datasets (eNTERFACE'05, RML) expose ``subject_<id>``; subjects are sorted
   naturally (``subject_2 < subject_10``), fold ``f`` tests on the f-th subject, validates on the next one
   (cyclically) when asked, and trains on the rest.
@@ -13,8 +16,9 @@ This is the one place that knows the split layouts of DESIGN.md:
   ``train`` is held out (TFDS split slicing, ``train[:10%]``: the same records on every run, in the
   builder's stored order, which TFDS shuffles by key when it writes the dataset) and the rest trains
   (``train[10%:]``). AFEW records carry no subject ids, so this hold-out is by record, not by subject.
-* FER2013 (and the built-in ``synthetic_expressions/images``) expose ``train``, ``validation`` and ``test``
-  (FER2013's Training, PublicTest and PrivateTest); there is one fold and it always tests on ``test``. With a
+* FER2013, RAF-DB, FERV39k (and the built-in ``synthetic_expressions/images``) expose ``train``,
+  ``validation`` and ``test`` (FER2013's Training, PublicTest and PrivateTest; RAF-DB's and FERV39k's
+  ``validation`` is carved out of their released train list by the builder); there is one fold and it always tests on ``test``. With a
   hold-out validation set it trains on ``train`` and validates on ``validation`` (the published FER2013
   recipes); without one it trains on ``train+validation``, like every other layout, which trains on all the
   labelled data that is not the test set.
@@ -67,14 +71,18 @@ def _natural_key(name: str) -> list:
   return [int(tok) if tok.isdigit() else tok for tok in re.split(r'(\d+)', name)]
 
 
-def _layout(available: Sequence[str]) -> tuple[str, list[str]]:
+def layout(available: Sequence[str]) -> tuple[str, list[str]]:
   """(kind, ordered split names), kind in {'kfold', 'loso', 'train_validation', 'train_validation_test'}."""
   names = list(available)
   if names and all(_FOLD.fullmatch(n) for n in names):
     folds = sorted(names, key=_natural_key)
-    expected = [f'fold_{i}' for i in range(len(folds))]
+    # Released folds keep their release's numbering (DFEW's and MAFW's set_1 ... set_5 -> fold_1 ...
+    # fold_5); the protocol's fold index is the position in this list either way.
+    start = 1 if folds[0] == 'fold_1' else 0
+    expected = [f'fold_{i}' for i in range(start, start + len(folds))]
     if folds != expected:
-      raise ValueError(f'k-fold splits must be exactly {expected}; found {sorted(names)}')
+      raise ValueError(f'k-fold splits must be exactly {expected} (numbered from 0 or from 1); found '
+                       f'{sorted(names)}')
     return 'kfold', folds
   if names and all(_SUBJECT.fullmatch(n) for n in names):
     return 'loso', sorted(names, key=_natural_key)
@@ -87,9 +95,12 @@ def _layout(available: Sequence[str]) -> tuple[str, list[str]]:
       f'train+validation+test; found {sorted(names)}')
 
 
+_layout = layout  # Older name, for callers not yet on layout.
+
+
 def _groups(available: Sequence[str], subject_folds: int) -> tuple[str, list[str]]:
   """(kind, the protocol's fold units): split names, or '+'-joined groups of subject splits."""
-  kind, names = _layout(available)
+  kind, names = layout(available)
   if subject_folds and kind == 'loso':
     if not 2 <= subject_folds <= len(names):
       raise ValueError(f'subject_folds must be in [2, {len(names)}] for {len(names)} subjects; '
@@ -106,6 +117,12 @@ def num_folds(available: Sequence[str], subject_folds: int = 0) -> int:
   """
   kind, names = _groups(available, subject_folds)
   return 1 if kind in _SINGLE_FOLD else len(names)
+
+
+def released_folds(available: Sequence[str]) -> bool:
+  """True for folds numbered as their release numbers them (``fold_1 .. fold_k``: DFEW, MAFW); such folds
+  are the release's, not drawn by subject, so nothing makes them subject-independent."""
+  return _layout(available)[0] == 'kfold' and 'fold_0' not in available
 
 
 def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = False,

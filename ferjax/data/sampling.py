@@ -78,6 +78,29 @@ def apex_indices(num_frames: int, num_samples: int) -> np.ndarray:
   return np.clip(np.arange(num_frames - num_samples, num_frames), 0, None).astype(np.int32)
 
 
+def consecutive_indices(num_frames: int, num_samples: int, stride: int,
+                        rng: np.random.Generator | None = None) -> np.ndarray:
+  """T frames ``stride`` apart, (T - 1) * stride + 1 frames in all: a random start in training (``rng``),
+  the centred one in evaluation. Shorter sequences are centred and their ends repeated (clipped to
+  [0, N - 1]), as :func:`clip_indices` does for stride 1.
+
+  Returns:
+    int32 array of shape [T] with values in [0, num_frames).
+  """
+  _check(num_frames, num_samples)
+  if stride < 1:
+    raise ValueError(f'stride must be >= 1; got {stride}')
+  span = (num_samples - 1) * stride + 1
+  slack = num_frames - span
+  start = int(rng.integers(0, slack + 1)) if rng is not None and slack > 0 else slack // 2
+  return np.clip(start + stride * np.arange(num_samples), 0, num_frames - 1).astype(np.int32)
+
+
+def _consecutive(stride: int):
+  return (lambda n, t, rng: consecutive_indices(n, t, stride, rng),
+          lambda n, t: consecutive_indices(n, t, stride))
+
+
 # config.dataset.sampling -> (training indices (n, T, rng), evaluation indices (n, T)).
 # 'clip' and 'apex' are deterministic in training too: the RFSCNN paper takes the central clip and the
 # apex is the last frame by construction; shifting them at random would change what they select (the
@@ -86,6 +109,13 @@ MODES = {
     'segments': (train_indices, eval_indices),
     'clip': (lambda n, t, rng: clip_indices(n, t), clip_indices),
     'apex': (lambda n, t, rng: apex_indices(n, t), apex_indices),
+    # The DFEW / FERV39k / MAFW repositories disagree on the frames: 'segments' is TSN (above);
+    # 'uniform' takes T evenly spaced frames (segment centres) in training too, no temporal jitter;
+    # 'consecutive[_s<k>]' takes T consecutive frames k apart, at a random start in training.
+    'uniform': (lambda n, t, rng: eval_indices(n, t), eval_indices),
+    'consecutive': _consecutive(1),
+    'consecutive_s2': _consecutive(2),
+    'consecutive_s4': _consecutive(4),
 }
 
 

@@ -7,7 +7,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 # Canonical label vocabulary; a dataset uses the subset it has, in this (alphabetical) order.
-EXPRESSIONS = ('anger', 'contempt', 'disgust', 'fear', 'happiness', 'neutral', 'sadness', 'surprise')
+# MAFW adds anxiety, disappointment and helplessness to the basic eight.
+EXPRESSIONS = ('anger', 'anxiety', 'contempt', 'disappointment', 'disgust', 'fear', 'happiness',
+               'helplessness', 'neutral', 'sadness', 'surprise')
 
 
 def sequence_features(class_names: Sequence[str], size: int) -> tfds.features.FeaturesDict:
@@ -39,6 +41,17 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
   return buf.tobytes()
 
 
+def tfds_internals():
+  """The TFDS internals `ArrayRecordTfData` uses, not public API, in one place: (ExampleParser,
+  ArrayRecordDataSource). `ExampleParser(example_specs).parse_example(serialized)` parses one serialized
+  tf.train.Example into the tensors `features.decode_example` takes; `ArrayRecordDataSource(info, split=,
+  deserialize_method=RAW_BYTES)` reads a split's records as bytes. tests/test_layering.py pins their
+  signatures and the parser's source, so a TFDS upgrade that changes them fails there, by name."""
+  from tensorflow_datasets.core import example_parser  # pylint: disable=import-outside-toplevel
+  from tensorflow_datasets.core.data_sources import array_record  # pylint: disable=import-outside-toplevel
+  return example_parser.ExampleParser, array_record.ArrayRecordDataSource
+
+
 class ArrayRecordTfData:
   """Builder mixin: `tfds.load` (tf.data) over the ArrayRecord shards the builder writes.
 
@@ -55,17 +68,17 @@ class ArrayRecordTfData:
       return super()._as_dataset(split, decoders=decoders, read_config=read_config,
                                  shuffle_files=shuffle_files)
     import tensorflow as tf  # Only tfds.load users have TensorFlow.
-    from tensorflow_datasets.core.data_sources import array_record
+    parser_class, source_class = tfds_internals()
     features = self.info.features
     if isinstance(decoders, tfds.decode.PartialDecoding):
       features, decoders = decoders.extract_features(features), decoders.decoders
-    source = array_record.ArrayRecordDataSource(
+    source = source_class(
         self.info, split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     ds = tf.data.Dataset.range(len(source))
     if shuffle_files:  # Records are random access: shuffle the order itself.
       ds = ds.shuffle(len(source), seed=read_config.shuffle_seed if read_config else None)
     ds = ds.map(lambda i: tf.numpy_function(lambda j: source[int(j)], [i], tf.string, stateful=False),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    parser = tfds.core.example_parser.ExampleParser(features.get_serialized_info())
+    parser = parser_class(features.get_serialized_info())
     return ds.map(lambda s: features.decode_example(parser.parse_example(s), decoders=decoders),
                   num_parallel_calls=tf.data.AUTOTUNE)

@@ -66,7 +66,7 @@ def _global_max_pool_bwd(residuals, g):
 global_max_pool.defvjp(_global_max_pool_fwd, _global_max_pool_bwd)
 
 
-class _ChannelConv1D(nnx.Module):
+class ChannelConv1D(nnx.Module):
   """A single-filter, bias-free 1-D convolution sliding over the channel axis (zero padded)."""
 
   def __init__(self, kernel_size: int, *, dtype=None, rngs: nnx.Rngs):
@@ -108,7 +108,7 @@ class ECA(nnx.Module):
   def __init__(self, channels: int, *, kernel_size: int | None = None, dtype=None,
                rngs: nnx.Rngs):
     k = kernel_size or eca_kernel_size(channels)
-    self.conv = _ChannelConv1D(k, dtype=dtype, rngs=rngs)
+    self.conv = ChannelConv1D(k, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     a = jax.nn.sigmoid(self.conv(jnp.mean(x, axis=(1, 2))))
@@ -126,7 +126,7 @@ class GECA(nnx.Module):
       raise ValueError(f"G-ECA variant 'ghost' needs an even channel count, got {channels}.")
     self.variant = variant
     k = kernel_size or eca_kernel_size(channels)
-    self.conv = _ChannelConv1D(k, dtype=dtype, rngs=rngs)
+    self.conv = ChannelConv1D(k, dtype=dtype, rngs=rngs)
     if variant == 'ghost':
       # Cheap per-channel ("depthwise") linear map generating the ghost half; starts as identity.
       self.ghost_scale = nnx.Param(jnp.ones((channels // 2,), jnp.float32))

@@ -212,33 +212,64 @@ def _own_variables(module: nnx.Module) -> dict[str, nnx.Variable]:
   return {k: v for k, v in vars(module).items() if isinstance(v, nnx.Variable)}
 
 
+def _conv_entries(own, p):
+  out = {p + 'weight': Entry(own['kernel'], None, _conv_to_torch, _conv_from_torch)}
+  if 'bias' in own:
+    out[p + 'bias'] = Entry(own['bias'])
+  return out
+
+
+def _linear_entries(own, p):
+  out = {p + 'weight': Entry(own['kernel'], None, np.transpose, np.transpose)}
+  if 'bias' in own:
+    out[p + 'bias'] = Entry(own['bias'])
+  return out
+
+
+def _batchnorm_entries(own, p):
+  names = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
+  return {p + names[k]: Entry(v) for k, v in own.items()}
+
+
+def _gru_entries(own, p):
+  return {f'{p}{k}_l0': Entry(v) for k, v in own.items()}
+
+
+def _bigru_entries(own, p):
+  out = {}
+  for k, v in own.items():
+    out[f'{p}{k}_l0'] = Entry(v, 0)
+    out[f'{p}{k}_l0_reverse'] = Entry(v, 1)
+  return out
+
+
+def _channel_conv_entries(own, p):
+  return {p + 'weight': Entry(own['kernel'], None, _conv_to_torch, _conv_from_torch)}
+
+
+# PyTorch keys of the variables a layer holds directly, by layer type: `(own variables, 'prefix.') ->
+# {torch key: Entry}`. A family with a layer of its own registers its layout (`register_layout`); a layer
+# of no registered type keeps its attribute names.
+_LAYOUTS: dict[type, Callable[[dict, str], dict]] = {
+    nnx.Conv: _conv_entries, nnx.Linear: _linear_entries, nnx.BatchNorm: _batchnorm_entries,
+    recurrent.GRU: _gru_entries, recurrent.BiGRU: _bigru_entries,
+    attention_lib.ChannelConv1D: _channel_conv_entries,
+}
+
+
+def register_layout(layer_type: type, entries: Callable[[dict, str], dict]) -> None:
+  """Registers the PyTorch layout of `layer_type` (see `_LAYOUTS`); it wins over its base classes'."""
+  _LAYOUTS[layer_type] = entries
+
+
 def _module_entries(module: nnx.Module, prefix: str) -> dict[str, Entry]:
-  """PyTorch keys for the variables held directly by ``module``."""
+  """PyTorch keys for the variables held directly by ``module`` (its type's registered layout, the most
+  derived registered class first)."""
   own = _own_variables(module)
   p = prefix + '.' if prefix else ''
-  if isinstance(module, nnx.Conv):
-    out = {p + 'weight': Entry(own['kernel'], None, _conv_to_torch, _conv_from_torch)}
-    if 'bias' in own:
-      out[p + 'bias'] = Entry(own['bias'])
-    return out
-  if isinstance(module, nnx.Linear):
-    out = {p + 'weight': Entry(own['kernel'], None, np.transpose, np.transpose)}
-    if 'bias' in own:
-      out[p + 'bias'] = Entry(own['bias'])
-    return out
-  if isinstance(module, nnx.BatchNorm):
-    names = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
-    return {p + names[k]: Entry(v) for k, v in own.items()}
-  if isinstance(module, recurrent.GRU):
-    return {f'{p}{k}_l0': Entry(v) for k, v in own.items()}
-  if isinstance(module, recurrent.BiGRU):
-    out = {}
-    for k, v in own.items():
-      out[f'{p}{k}_l0'] = Entry(v, 0)
-      out[f'{p}{k}_l0_reverse'] = Entry(v, 1)
-    return out
-  if isinstance(module, attention_lib._ChannelConv1D):  # pylint: disable=protected-access
-    return {p + 'weight': Entry(own['kernel'], None, _conv_to_torch, _conv_from_torch)}
+  for cls in type(module).__mro__:
+    if cls in _LAYOUTS:
+      return _LAYOUTS[cls](own, p)
   return {p + k: Entry(v) for k, v in own.items()}
 
 
@@ -450,21 +481,39 @@ def load_recurrent(model: nnx.Module, weights, *, prefix: str = '') -> dict[str,
                          consider=lambda k: bool(_RECURRENT_KEY.search(k)), source=source)
 
 
+# Converters of weight files into submodules, `(matches(submodule) -> bool, load(submodule, path, *,
+# prefix))`, most recently registered first: ResNets take torchvision/timm files, one GRU/BiGRU one
+# PyTorch nn.GRU layer, a module holding GRUs every layer by path. A family registers converters for its
+# own submodules with `register_converter`.
+_CONVERTERS: list[tuple[Callable[[nnx.Module], bool], Callable[..., dict]]] = []
+
+
+def register_converter(matches: Callable[[nnx.Module], bool], load: Callable[..., dict]) -> None:
+  """Makes `init.<name>_weights` load with `load(submodule, path, prefix=...)` into every submodule for
+  which `matches(submodule)` is True; it is tried before the converters registered earlier."""
+  _CONVERTERS.insert(0, (matches, load))
+
+
+def _contains_recurrent(m: nnx.Module) -> bool:
+  return any(_is_recurrent(sub) for _, sub in nnx.iter_modules(m))
+
+
+register_converter(_contains_recurrent, load_recurrent)
+register_converter(_is_recurrent, load_gru)
+register_converter(lambda m: isinstance(m, resnet_lib.ResNet), load_resnet)
+
+
 def _submodules(model: nnx.Module) -> list[str]:
-  """Names of the model's attributes that a weights file can load into (ResNets and recurrent parts)."""
+  """Names of the model's attributes that a weights file can load into (a converter matches them)."""
   return sorted(name for name, sub in vars(model).items()
                 if isinstance(sub, nnx.Module) and _loader(sub) is not None)
 
 
 def _loader(sub: nnx.Module):
-  """The converter chosen by the submodule's type: torchvision ResNet layout, one PyTorch GRU layer,
-  or every GRU layer of a larger module by path; None if nothing in it has a PyTorch layout."""
-  if isinstance(sub, resnet_lib.ResNet):
-    return load_resnet
-  if _is_recurrent(sub):
-    return load_gru
-  if any(_is_recurrent(m) for _, m in nnx.iter_modules(sub)):
-    return load_recurrent
+  """The first registered converter that matches the submodule; None if none does."""
+  for matches, load in _CONVERTERS:
+    if matches(sub):
+      return load
   return None
 
 

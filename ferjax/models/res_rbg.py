@@ -26,7 +26,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ferjax import config as config_lib
+from ferjax import registry
+from ferjax.data import augment
 from ferjax.models import attention as attention_lib
+from ferjax.models import convert
 from ferjax.models import precision
 from ferjax.models import recurrent
 from ferjax.models import resnet
@@ -202,6 +205,8 @@ SCHEMA = {
     'merge': config_lib.one_of(*recurrent.MERGE_MODES),
     'pooling': config_lib.one_of(*POOLING_MODES),
     'dropout': config_lib.number(0, 1, hi_open=True),
+    'dot_1x1': config_lib.boolean,  # resnet.formulation
+    'fused_batchnorm': config_lib.boolean,
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'remat': config_lib.one_of(*REMAT_MODES),
 }
@@ -221,18 +226,11 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> ResRBG:
   if 'stage_sizes' in fields:  # () means the backbone's standard depths.
     fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
   fields['block_norm'] = fields.pop('block_norm', True)
-  return ResRBG(num_classes, **fields, rngs=rngs)
+  with resnet.formulation(**resnet.pop_formulation(fields)):
+    return ResRBG(num_classes, **fields, rngs=rngs)
 
 
-def _pretrained(model, init_config) -> dict:
-  from ferjax.models import convert  # pylint: disable=import-outside-toplevel  # convert imports models.
-  return convert.apply_pretrained(model, init_config)
-
-
-def _register():
-  from ferjax import models  # pylint: disable=import-outside-toplevel  # models imports this module.
-  models.register(models.Family('res_rbg', SCHEMA, from_config, inputs=('frames',),
-                                pretrained=_pretrained))
-
-
-_register()
+# Random masking of the input frames ("RM" of the paper's ablation) is Res-RBG's: its augment.mask_* keys.
+registry.register(registry.Family('res_rbg', SCHEMA, from_config, inputs=('frames',),
+                                    pretrained=convert.apply_pretrained,
+                                    config_rules=augment.MASK_RULES))

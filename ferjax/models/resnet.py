@@ -17,6 +17,7 @@ averages, ``train=False`` uses the running averages.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Sequence
@@ -52,7 +53,8 @@ RESNET_SPECS = {
 }
 
 
-# 1x1 convolutions as matmuls (`Conv1x1`), read when a layer is built. XLA:CPU computes a convolution's
+# 1x1 convolutions as matmuls (`Conv1x1`), read when a layer is built (`formulation`, from
+# `config.model.dot_1x1`). XLA:CPU computes a convolution's
 # weight gradient as a convolution with batch and features swapped and copies both operands into that
 # layout first (two full-size transposes per convolution); a matmul's gradients need no such copies.
 # Measured on the Res-RBG train step, 2 x 8 x 112 px, one thread, CPU time, 8 alternating repeats: 12 %
@@ -80,10 +82,39 @@ def _conv(cin, cout, k, stride=1, *, dtype, rngs):
 # The training-mode BatchNorm formulation of the ResNet layers: True = `batch_norm_train` (one-pass
 # statistics, scale and shift folded into one multiply-add, closed-form backward); False = Flax's
 # `nnx.BatchNorm` (autodiff through its statistics). Same values (tests/test_formulation.py); read when
-# a layer is built, so `scripts/ab_formulation.py` can build both in one process to time them. Alone it
-# was within noise on XLA:CPU (-1.5 % CPU time at 2 x 8 x 112 px, docs/performance.md); it is on because
+# a layer is built (`formulation`, from `config.model.fused_batchnorm`), so `scripts/ab_formulation.py`
+# can build both in one process to time them. Alone it was within noise on XLA:CPU (-1.5 % CPU time at
+# 2 x 8 x 112 px, docs/performance.md); it is on because
 # the measured faster step (`DOT_1X1`) was measured with it.
 FUSED_BATCHNORM = True
+
+
+# Config fields of every family built on these layers (`config.model.<field>`), recorded with a run (and its
+# export metadata) like any other model field; `formulation` applies them while a model is built.
+FORMULATION_FIELDS = ('dot_1x1', 'fused_batchnorm')
+
+
+@contextlib.contextmanager
+def formulation(dot_1x1: bool | None = None, fused_batchnorm: bool | None = None):
+  """Layers built inside use these formulations (`DOT_1X1`, `FUSED_BATCHNORM`; None keeps the module
+  default). The families' `from_config` build their model inside it from `config.model.dot_1x1` and
+  `config.model.fused_batchnorm`."""
+  global DOT_1X1, FUSED_BATCHNORM  # pylint: disable=global-statement  # Read when a layer is built.
+  old = DOT_1X1, FUSED_BATCHNORM
+  try:
+    if dot_1x1 is not None:
+      DOT_1X1 = bool(dot_1x1)
+    if fused_batchnorm is not None:
+      FUSED_BATCHNORM = bool(fused_batchnorm)
+    yield
+  finally:
+    DOT_1X1, FUSED_BATCHNORM = old
+
+
+def pop_formulation(fields: dict) -> dict:
+  """Removes the formulation fields from a family's `config.model` fields; returns them (for
+  `formulation(**...)`)."""
+  return {k: fields.pop(k) for k in FORMULATION_FIELDS if k in fields}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

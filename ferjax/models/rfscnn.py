@@ -49,6 +49,10 @@ from flax import nnx
 
 from ferjax import config as config_lib
 from ferjax import losses as losses_lib
+from ferjax import registry
+from ferjax.data import flow as flow_lib
+from ferjax.data import inputs as inputs_lib
+from ferjax.models import convert
 from ferjax.models import recurrent
 from ferjax.models import resnet
 from ferjax.models import spatial_recurrent
@@ -337,6 +341,8 @@ SCHEMA = {
     'l1_weight': config_lib.number(0),
     'flow_scale': config_lib.number(0, lo_open=True),
     'dropout': config_lib.number(0, 1, hi_open=True),
+    'dot_1x1': config_lib.boolean,  # resnet.formulation
+    'fused_batchnorm': config_lib.boolean,
     'dtype': config_lib.one_of(*_DTYPES),
     'unroll': config_lib.number(1, 64, integer=True),
 }
@@ -354,18 +360,10 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> RFSCNN:
     fields['dtype'] = _DTYPES[fields['dtype']]
   if 'stage_sizes' in fields:
     fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
-  return RFSCNN(num_classes, **fields, rngs=rngs)
+  with resnet.formulation(**resnet.pop_formulation(fields)):
+    return RFSCNN(num_classes, **fields, rngs=rngs)
 
 
-def _pretrained(model, init_config) -> dict:
-  from ferjax.models import convert  # pylint: disable=import-outside-toplevel  # convert imports models.
-  return convert.apply_pretrained(model, init_config)
-
-
-def _register():
-  from ferjax import models  # pylint: disable=import-outside-toplevel  # models imports this module.
-  models.register(models.Family('rfscnn', SCHEMA, from_config, inputs=('frames', 'flow'),
-                                losses=rfscnn_losses, pretrained=_pretrained))
-
-
-_register()
+inputs_lib.register('flow', flow_lib.INPUT)  # The temporal stream's input.
+registry.register(registry.Family('rfscnn', SCHEMA, from_config, inputs=('frames', 'flow'),
+                                    losses=rfscnn_losses, pretrained=convert.apply_pretrained))

@@ -53,6 +53,8 @@ from flax import nnx
 
 from ferjax import config as config_lib
 from ferjax import losses as losses_lib
+from ferjax import registry
+from ferjax.models import convert
 from ferjax.models import precision
 from ferjax.models import resnet
 
@@ -269,6 +271,8 @@ SCHEMA = {
     'reconstruction_weight': config_lib.number(0),
     'mask_loss': config_lib.one_of(*MASK_LOSSES),
     'mask_loss_weight': config_lib.number(0),
+    'dot_1x1': config_lib.boolean,  # resnet.formulation
+    'fused_batchnorm': config_lib.boolean,
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'remat': config_lib.one_of(*REMAT_MODES),
 }
@@ -288,7 +292,8 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> RMN:
     fields['mask_depths'] = tuple(fields['mask_depths'] or ()) or MASK_DEPTHS
   fields['reconstruction'] = fields.pop('reconstruction_weight', 0) > 0
   fields.pop('mask_loss_weight', None)
-  return RMN(num_classes, **fields, rngs=rngs)
+  with resnet.formulation(**resnet.pop_formulation(fields)):
+    return RMN(num_classes, **fields, rngs=rngs)
 
 
 def make_losses(config) -> losses_lib.Loss:
@@ -305,15 +310,5 @@ def make_losses(config) -> losses_lib.Loss:
   return losses_lib.Loss(tuple(terms))
 
 
-def _pretrained(model, init_config) -> dict:
-  from ferjax.models import convert  # pylint: disable=import-outside-toplevel  # convert imports models.
-  return convert.apply_pretrained(model, init_config)
-
-
-def _register():
-  from ferjax import models  # pylint: disable=import-outside-toplevel  # models imports this module.
-  models.register(models.Family('rmn', SCHEMA, from_config, inputs=('frames',), losses=make_losses,
-                                pretrained=_pretrained))
-
-
-_register()
+registry.register(registry.Family('rmn', SCHEMA, from_config, inputs=('frames',), losses=make_losses,
+                                    pretrained=convert.apply_pretrained))

@@ -1,0 +1,170 @@
+"""What every config file shares: the generic sections with their defaults, and the argument parser.
+
+A config file (`configs/<family>.py`) starts from `base()`, sets its family's `model` section and changes
+what its recipe changes, and parses its argument with `parse`:
+
+  `<preset>[,key=value|word...]`, e.g. `ck_plus`, `oulu_casia,fold=3`, `synthetic,seed=1`,
+  `fer2013,reconstruction`.
+
+Every file takes `fold=<k>` and `seed=<s>` (`KEYS`); a family adds its own keys and words. Config files
+are loaded by path, not imported as a package: they load this file by path too (their `_common()`).
+Field comments below say what each field means.
+"""
+
+from collections.abc import Callable, Mapping
+
+import ml_collections
+
+# The weight-decay rule of every config: (regex over a parameter's path, multiplier), first match wins,
+# no match = no decay. Kernels of convolutions and linear layers and GRU weight matrices decay; biases
+# and normalisation scales/offsets do not (torchvision, timm and the flax examples exempt them).
+WEIGHT_DECAY_RULES = ((r'(^|/)(kernel|weight_[^/]*)$', 1.0),)
+
+
+def base() -> ml_collections.ConfigDict:
+  """The generic sections (everything but `model` and the family's own keys) with the shared defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = ''
+  c.dataset.config = ''  # TFDS builder config ('' = the builder's default).
+  c.dataset.data_dir = ''  # '' = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+  c.dataset.fold = 0
+  # The papers train on every non-test fold (9 of 10; n-1 subjects for LOSO) and report the final model.
+  # True holds out the next fold/subject for validation, and the best validation UAR then selects the
+  # reported checkpoint (never the test fold).
+  c.dataset.holdout_validation = False
+  # Leave-one-subject-out datasets (eNTERFACE'05, RML): 0 = LOSO; k >= 2 = subject-independent k-fold
+  # (subjects sorted, fold i = subjects [i::k]). k-fold datasets ignore it.
+  c.dataset.subject_folds = 0
+  c.dataset.num_frames = 16  # T
+  c.dataset.image_size = 224
+  # On-device input scaling: 'imagenet' = /255 then ImageNet mean/std, 'unit' = /255 only.
+  c.dataset.normalization = 'imagenet'
+  # Which T frames: 'segments' (TSN: a random frame of each of T segments in training, their centres in
+  # evaluation), 'clip' (the central T frames, RFSCNN's rule) or 'apex' (the last T frames).
+  c.dataset.sampling = 'segments'
+
+  c.input = ml_collections.ConfigDict()
+  c.input.batch_size = 32  # Global, over all hosts and devices.
+  c.input.eval_batch_size = 32
+  c.input.worker_count = 2  # grain worker processes per host (0 = in-process).
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_scale = (0.6, 1.0)
+  c.augment.crop_ratio = (0.9, 1.1)
+  c.augment.flip = True
+  c.augment.rotation = 10.0  # Degrees.
+  c.augment.brightness = 0.2
+  c.augment.contrast = 0.2
+  c.augment.eval_crop = 0.875  # 224 of 256.
+
+  c.model = ml_collections.ConfigDict()
+
+  c.init = ml_collections.ConfigDict()
+  # Any init.<submodule>_weights / _prefix loads a file into that submodule (ResNet or GRU layout).
+  c.init.checkpoint = ''  # A previous run's workdir: its final params initialise the model.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_epochs = 60.0
+  c.train.num_steps = -1  # > 0 overrides num_epochs.
+  c.train.optimizer = 'adamw'  # 'adamw' | 'radam' | 'sgd'.
+  # 'cosine' (warm-up + cosine decay) | 'plateau' (warm-up + constant, multiplied by plateau_factor after
+  # more than plateau_patience validations without a better UAR, down to min_learning_rate).
+  c.train.schedule = 'cosine'
+  c.train.plateau_patience = 2
+  c.train.plateau_factor = 0.1
+  c.train.min_learning_rate = 0.0
+  # > 0: stop after this many validations in a row without a better UAR (needs a validation split).
+  c.train.early_stop_patience = 0
+  c.train.learning_rate = 3e-4  # Peak, for the global batch.
+  c.train.warmup_epochs = 3.0
+  c.train.weight_decay = 0.05  # Times each parameter's multiplier from weight_decay_rules.
+  c.train.weight_decay_rules = WEIGHT_DECAY_RULES
+  c.train.momentum = 0.9  # sgd only.
+  c.train.grad_clip = 1.0  # Global-norm clipping; 0 disables.
+  c.train.label_smoothing = 0.1
+  c.train.log_every_steps = 10
+  c.train.eval_every_steps = 200
+  c.train.checkpoint_every_steps = 200
+  c.train.max_to_keep = 2
+  # Regex over parameter paths ('backbone/layer1/0/conv1/kernel'); '' trains all. The others stay frozen
+  # (no update, no weight decay).
+  c.train.trainable = ''
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1 = all devices not used by the other axes.
+  c.mesh.fsdp = 1  # >1 shards parameters and optimizer state over this many devices.
+
+  c.eval = ml_collections.ConfigDict()
+  # Test-time augmentation: K copies per window (copy 0 plain, the others the training flip/crop/rotation
+  # from a fixed per-(sequence, copy) seed), probabilities averaged; 0 or 1 = none.
+  c.eval.tta_copies = 0
+  # 'one': one window per sequence (the sampling mode's); 'all': consecutive T-frame windows covering
+  # every frame, probabilities averaged (long videos).
+  c.eval.windows = 'one'
+  # Test-time augmentation of validation (model selection, plateau schedule, early stopping); 0 or 1 =
+  # none: validation follows the plain model's scores, as the public RMN code's does.
+  c.eval.validation_tta_copies = 0
+  return c
+
+
+def integer(key: str, value: str) -> int:
+  """`value` of argument `key=value` as an int, or a ValueError naming the argument."""
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f'config argument {key}={value!r}: expected an integer') from None
+
+
+def _fold(c: ml_collections.ConfigDict, value: str) -> None:
+  c.dataset.fold = integer('fold', value)
+
+
+def _seed(c: ml_collections.ConfigDict, value: str) -> None:
+  c.seed = integer('seed', value)
+
+
+# The argument keys of every config file: `key -> set(config, value)`.
+KEYS: dict[str, Callable[[ml_collections.ConfigDict, str], None]] = {'fold': _fold, 'seed': _seed}
+
+Preset = Callable[[], ml_collections.ConfigDict]
+
+
+def parse(arg: str | None, *, presets: Mapping[str, Preset], default: str,
+          keys: Mapping[str, Callable[[ml_collections.ConfigDict, str], None]] = KEYS,
+          words: Mapping[str, Callable[[ml_collections.ConfigDict], None]] | None = None,
+          other_preset: Callable[[str], ml_collections.ConfigDict] | None = None
+          ) -> ml_collections.ConfigDict:
+  """The config of `arg` = `<preset>[,key=value|word...]` ('' or None = `default`).
+
+  Args:
+    arg: the part of `--config file.py:<arg>` after the colon.
+    presets: preset name -> function making its config.
+    default: the preset when `arg` is empty.
+    keys: `key -> set(config, value)` for `key=value` parts, applied in order (pass `{..., **KEYS}`).
+    words: `word -> set(config)` for bare words (e.g. `reconstruction`).
+    other_preset: makes the config of a name not in `presets` (e.g. any prepared dataset); None = such a
+      name is an error.
+  """
+  preset, *parts = (arg or default).split(',')
+  if preset in presets:
+    c = presets[preset]()
+  elif other_preset is not None:
+    c = other_preset(preset)
+  else:
+    raise ValueError(f'config preset {preset!r} is unknown; expected one of {tuple(presets)}')
+  words = words or {}
+  for part in parts:
+    key, sep, value = part.partition('=')
+    if not sep and key in words:
+      words[key](c)
+    elif sep and key in keys:
+      keys[key](c, value)
+    else:
+      expected = f'key=value with key one of {tuple(keys)}'
+      if words:
+        expected += f', or one of the words {tuple(words)}'
+      raise ValueError(f'config argument {part!r}: expected {expected}')
+  return c
