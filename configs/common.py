@@ -59,6 +59,8 @@ def base() -> ml_collections.ConfigDict:
   c.augment.brightness = 0.2
   c.augment.contrast = 0.2
   c.augment.eval_crop = 0.875  # 224 of 256.
+  # The border a rotation uncovers: 'reflect' (mirrored) or 'black' (zeros; zero motion for flow).
+  c.augment.fill = 'reflect'
 
   c.model = ml_collections.ConfigDict()
 

@@ -73,6 +73,9 @@ def paper_config() -> ml_collections.ConfigDict:
   c.model.spatial_proj = 16
   c.model.spatial_out = 16
   c.model.spatial_activation = 'tanh'
+  # N^r_ij: 'orthogonal' = the vertical and horizontal predecessor of the sweep (4-connected);
+  # 'diagonal' = also the diagonal one (STRNN's predecessor set). The RFSCNN paper does not list it.
+  c.model.spatial_neighbours = 'orthogonal'
   # Temporal recursive layer: RNN state per direction, steps after the sparse time projection L_d (of L),
   # size O after P (the stream's output has L_d * O = 256 features), cell ('rnn' = the paper's).
   c.model.temporal_hidden = 128
@@ -84,18 +87,23 @@ def paper_config() -> ml_collections.ConfigDict:
   # BatchNorm on each stream's output before the fusion (the paper is silent; the product of two
   # standardised vectors starts at unit scale, and an SVM wants standardised inputs).
   c.model.fusion_norm = True
-  # Initial offset of that BatchNorm before a product fusion: 1 fuses (1 + a) * (1 + b) = 1 + a + b + ab,
-  # whose linear terms let each stream learn from scratch; 0 (the centred a * b) stalls at chance
-  # (docs/models/rfscnn.md). Concat and sum ignore it.
-  c.model.fusion_offset = 1.0
+  # Initial offset c of that BatchNorm before a product fusion: the fused features start as
+  # (c + a) * (c + b). c = 1 is sum fusion plus the product term (1 + a + b + ab), which trains from
+  # scratch; c = 0 is the paper's plain product a * b, which stalls at chance from scratch
+  # (docs/models/rfscnn-readings.md). Concat and sum ignore it.
+  c.model.product_offset = 1.0
   c.model.freeze_streams = False  # Stage 2: streams in inference mode, no gradient (see `stage=2`).
   c.model.head = 'svm'  # The paper's: linear, multiclass hinge + svm_l2 * ||W||^2; or 'softmax'.
-  c.model.svm_l2 = 1e-4
+  # 'crammer_singer' (one joint multiclass hinge) or 'one_vs_rest' (a binary SVM per class).
+  c.model.svm_multiclass = 'crammer_singer'
+  c.model.svm_l2 = 1e-4  # The SVM's only regulariser: its kernel gets no train.weight_decay.
   c.model.l1_weight = 1e-5  # L1 on every sparse projection (G^r, and the temporal L -> L_d matrices).
   # The flow (pixels of the S x S frame) is multiplied by this before its ResNet (whose first BatchNorm
   # normalises the scale anyway; it matters for ImageNet weights in the flow stream).
   c.model.flow_scale = 0.2
   c.model.dropout = 0.5
+  # Compute dtype of the CNNs: 'float32', 'bfloat16' or 'auto' (bfloat16 on TPU/GPU, float32 on
+  # CPU); the recurrences, the fusion and the head stay float32.
   c.model.dtype = 'float32'
   c.model.unroll = 1  # lax.scan unroll over the spatial layer's h + w - 1 diagonals.
   # Formulations of the ResNet layers (same function, different XLA programs; ferjax/models/resnet.py).
@@ -112,8 +120,8 @@ def paper_config() -> ml_collections.ConfigDict:
 
   c.train.num_epochs = 30.0
   c.train.warmup_epochs = 2.0
-  # Kernels and RNN weights decay (train.weight_decay_rules); not biases, norms or the L1-penalised
-  # projections.
+  # Kernels and RNN weights decay (train.weight_decay_rules); not biases, norms, the L1-penalised
+  # projections or the SVM kernel (model.svm_l2 is its only regulariser; rfscnn.no_decay).
   c.train.label_smoothing = 0.0  # softmax head only.
   # train.trainable: `stage=2` trains only the head.
   return c
@@ -151,7 +159,7 @@ def synthetic_config() -> ml_collections.ConfigDict:
   c.model.flow_scale = 1.0  # 48 px frames: flows of a few pixels.
   # The paper's product fusion + SVM head (inherited). Measured (docs/models/rfscnn.md, 15 epochs): 94.29 /
   # 97.14 / 97.14 % test WAR for seeds 0-2 (`:synthetic,fusion=product,head=svm,seed=s`; they stayed near
-  # chance, 10-24 %, with fusion_offset=0); `fusion=concat,head=softmax` reached 98.57 % (seed 0).
+  # chance, 10-24 %, with product_offset=0); `fusion=concat,head=softmax` reached 98.57 % (seed 0).
   c.model.dropout = 0.1
   c.train.num_epochs = 15.0
   c.train.learning_rate = 1e-3

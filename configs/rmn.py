@@ -11,7 +11,9 @@ The argument is `<preset>[,reconstruction][,key=value...]`; presets are `fer2013
 
 `fer2013` is the public code's recipe (`phamquiluan/ResidualMaskingNetwork`, configs/fer2013_config.json and
 its trainer): ResNet-34 + masking blocks, 48x48 grey faces resized to 224 and repeated to 3 channels, scaled by
-1/255 without mean/std (`dataset.normalization='unit'`), random horizontal flip and rotation up to 30 degrees,
+1/255 without mean/std (`dataset.normalization='unit'`), random horizontal flip and rotation up to 30
+degrees with the uncovered corners black (utils/augmenters/augment.py: imgaug's `Affine`, constant fill 0;
+`augment.fill='black'`; `'reflect'` mirrors the image instead),
 RAdam (lr 1e-4, decoupled weight decay 1e-3), batch 48, reduce-on-plateau (patience 2, factor 0.1 =
 PyTorch's default, down to 1e-6) evaluated every epoch on the validation split (PublicTest), at most 50
 epochs, early stop after 8 epochs without improvement, the best validation checkpoint tested on PrivateTest
@@ -66,6 +68,9 @@ def model_config() -> ml_collections.ConfigDict:
   # Shen & Li's reconstruction variant: weight of L_rec = mean |p - p'| (p = the model's input); 0 = off
   # (no decoder).
   m.reconstruction_weight = 0.0
+  # Transposed-convolution levels of the reconstruction decoder (each doubles the side; 5 = 32x, the
+  # ResNet's stride, so a 224 px input comes back at 224 px without a resize).
+  m.reconstruction_levels = 5
   # Mask term: 'binary' = this project's reading of the "margin/binary" term (rmn.py docstring); 'none'.
   m.mask_loss = 'none'
   m.mask_loss_weight = 0.0
@@ -95,6 +100,7 @@ def fer2013_config() -> ml_collections.ConfigDict:
   c.augment.crop_ratio = (1.0, 1.0)
   c.augment.flip = True
   c.augment.rotation = 30.0
+  c.augment.fill = 'black'  # imgaug's Affine default (constant 0), the public code's augmenter.
   c.augment.brightness = 0.0
   c.augment.contrast = 0.0  # No random masking either (no augment.mask_* keys).
   c.augment.eval_crop = 1.0
@@ -152,12 +158,19 @@ def synthetic_images_config() -> ml_collections.ConfigDict:
 def ck_plus_config() -> ml_collections.ConfigDict:
   """Per frame on CK+ (10-fold by subject): the model scores each of T frames, a sequence's class is the
   argmax of its frames' mean probabilities; every frame is trained on with its sequence's label. The
-  FER2013 recipe otherwise, with the next fold held out for the plateau schedule and early stopping."""
+  FER2013 recipe otherwise, with the next fold held out for the plateau schedule and early stopping.
+
+  A per-frame image model on a sequence dataset samples the apex (`dataset.sampling='apex'`: the
+  last T frames; CK+ sequences run from a neutral onset to the apex), T = 3: the usual image protocol
+  on CK+ (the last three frames carry the label). Sampling TSN segments over the whole sequence would
+  train the neutral onset frames with the apex label. 16 sequences x 3 frames = 48 images per step,
+  the recipe's batch."""
   c = fer2013_config()
   c.dataset.name = 'ck_plus'
-  c.dataset.num_frames = 16
-  c.input.batch_size = 8  # 8 sequences x 16 frames = 128 images per step.
-  c.input.eval_batch_size = 8
+  c.dataset.num_frames = 3
+  c.dataset.sampling = 'apex'
+  c.input.batch_size = 16  # 16 sequences x 3 frames = 48 images per step.
+  c.input.eval_batch_size = 16
   c.train.eval_every_steps = 100
   c.train.checkpoint_every_steps = 100
   c.eval.tta_copies = 0

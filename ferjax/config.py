@@ -57,6 +57,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'augment.brightness': _number(0, 1),
     'augment.contrast': _number(0, 1),
     'augment.eval_crop': _number(0.1, 1.0),
+    'augment.fill': _one_of('reflect', 'black'),  # The border a rotation uncovers (augment.FILLS).
     'model.name': _string,  # Then the family's schema checks the rest of config.model.
     # Also any init.<submodule>_weights / init.<submodule>_prefix (INIT_KEY; ferjax.models.convert).
     'init.checkpoint': _string,  # A previous run's workdir whose final params initialise the model.
@@ -124,6 +125,11 @@ ADDED_FIELDS = {
     'train.weight_decay_rules': DEFAULT_WEIGHT_DECAY_RULES,
     'model.dot_1x1': True,  # The formulations the module defaults built before they were fields.
     'model.fused_batchnorm': True,
+    'augment.fill': 'reflect',  # Warps reflected the border before the field.
+    'model.spatial_neighbours': 'orthogonal',  # RFSCNN
+    'model.svm_multiclass': 'crammer_singer',
+    'model.product_offset': 1.0,  # RFSCNN's model.fusion_offset before its rename.
+    'model.reconstruction_levels': 5,  # RMN
 }
 # Fields that left the configs of the families that never read them: a saved value that had no effect
 # (`value -> bool`) equals a current config without the field.
@@ -134,6 +140,7 @@ REMOVED_FIELDS = {
     'augment.mask_count': lambda v: True,
     'init.gru_weights': lambda v: v == '',
     'init.gru_prefix': lambda v: True,
+    'model.fusion_offset': lambda v: v == 1.0,  # Renamed model.product_offset (ADDED_FIELDS: 1.0).
 }
 
 

@@ -48,6 +48,19 @@ def multiclass_hinge(margin: float = 1.0, logits: str = 'logits') -> Term:
   return term
 
 
+def one_vs_rest_hinge(margin: float = 1.0, logits: str = 'logits') -> Term:
+  """One-vs-rest SVM hinge: one binary SVM per class (target +1 for the true class, -1 for every other),
+  summed over classes, mean over the batch: mean_i sum_c max(0, margin - t_ic s_ic). With an L2 term on
+  the weights this is the sum of the C binary SVM objectives (liblinear's and LinearSVC's multiclass
+  form, with the plain hinge)."""
+  def term(outputs, batch, params):
+    del params
+    scores = outputs[logits]
+    onehot = jax.nn.one_hot(_labels(scores, batch['label']), scores.shape[-1], dtype=scores.dtype)
+    return jnp.maximum(0.0, margin - (2 * onehot - 1) * scores).sum(-1).mean()
+  return term
+
+
 def param_path(path) -> str:
   """'backbone_rgb/layer1/0/conv1/kernel': a parameter's pytree path without NNX's `.value` keys (the
   names that loss patterns, weight decay and `train.trainable` match)."""

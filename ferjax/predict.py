@@ -9,18 +9,26 @@ and BatchNorm statistics are restored (Orbax partial restore), never the optimiz
 Each INPUT is a video file, a folder of frames (e.g. a CK+ sequence folder), one image, or a folder of videos
 (every video in it, batch mode). For every input:
 
-1. Faces are detected on every frame (`--detector`, default `blazeface`: MediaPipe's BlazeFace with Haar
-   where it finds nothing, as in the builders); a frame's face is its largest box. Frames without a face
-   are marked as such (`face: false`), never given a guessed box.
-2. Sliding windows of `--window` consecutive frames (default T, the model's frame count) start every
-   `--stride` frames (a last window is added so that the end of the input is covered). A window is
-   scored when at least `--min-face-fraction` of its frames have a face: like the builders, it gets one
-   stable square box (medians of its frames' boxes, plus `--margin`), all its frames are cropped with that
-   box, T evenly spaced ones are taken (`ferjax.data.sampling.eval_indices`), centre-cropped and resized
-   as in evaluation (`augment.eval_crop`, `dataset.image_size`). Shorter inputs are one window whose
-   frames repeat (as evaluation samples short sequences); one image is T copies of itself.
-3. Windows are batched (`--batch-size`) through the model; each gets class probabilities, and the clip's
-   prediction is the mean of its scored windows' probabilities.
+1. Faces are detected on every frame (`--detector`, default: the detector the training data was cropped
+   with, as the dataset's metadata records it; another one warns, since its boxes frame faces
+   differently; for a model trained on whole frames, `ferjax.data.faces.DEFAULT_DETECTOR` finds the
+   faces). Detections are linked into face **tracks** (`ferjax.data.face_tracks`): a face is seen at
+   overlapping places in at least `--min-track-length` frames (gaps of up to `--max-gap` frames
+   bridged); isolated hits are dropped. An input without a track is "no face" (an error for that
+   input). Each track is a face with its own results; frames where a face has no detection are marked
+   (`face: false` for the main face), never given a guessed box.
+2. Per face, sliding windows of `--window` consecutive frames (default T, the model's frame count) start
+   every `--stride` frames over the frames the face is seen in (a last window is added so that its end
+   is covered). A window is scored when at least `--min-face-fraction` of its frames have the face: like
+   the builders, it gets one stable square box (medians of the face's boxes over the builders'
+   `detect_frames` evenly spaced frames of the window, plus `--margin`), all its frames are cropped with
+   that box, T evenly spaced ones are taken (`ferjax.data.sampling.eval_indices`), centre-cropped and
+   resized as in evaluation (`augment.eval_crop`, `dataset.image_size`). Shorter inputs are one window
+   whose frames repeat (as evaluation samples short sequences); one image is T copies of itself.
+3. Windows are batched (`--batch-size`) through the model; each gets class probabilities, and a face's
+   prediction is the mean of its scored windows' probabilities. The input's label is that of its main
+   face (the track seen in the most frames); with several faces the table, `--json` (`tracks`) and
+   `--csv` (`track` column) report each.
 
 Output: a table per input on stdout (with the frames/s of the whole path: decoding, detection, cropping,
 model), and on request `--json FILE`, `--csv FILE`, `--annotate FILE.mp4|.avi` (the input with the face
@@ -46,18 +54,18 @@ import os
 from pathlib import Path
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ferjax import serving
-from ferjax.data import augment, faces, media, sampling
+from ferjax.data import augment, face_tracks, faces, media, sampling
 
 EXIT_USAGE = 1
 EXIT_SOME_FAILED = 2
 
 # What the builders crop when a dataset's metadata does not say (tfds_builders.sequence_builder).
-BUILDER_DEFAULT_CROP = {'detector': 'haar', 'margin': 0.25, 'size': 256}
+BUILDER_DEFAULT_CROP = {'detector': 'haar', 'margin': 0.25, 'size': 256, 'detect_frames': 8}
 # Datasets whose frames are whole renders, not detector crops.
 UNCROPPED_DATASETS = ('synthetic_expressions',)
 
@@ -155,9 +163,16 @@ def training_crop(config: dict, info) -> dict:
     return {'detector': 'none', 'margin': 0.0, 'size': int(size),
             'source': 'whole rendered frames (the dataset is drawn face-centred)'}
   options = dict(info.metadata.get('crop_options') or {}) if info is not None and info.metadata else {}
+  return crop_from_options(options)
+
+
+def crop_from_options(options: dict) -> dict:
+  """predict's face crop from a builder's `crop_options` (the dict its dataset metadata records); the
+  builder defaults when there are none."""
   if options:
     return {'detector': options.get('face_detector', 'haar'), 'margin': float(options.get('margin', 0.25)),
-            'size': int(options.get('size', 256)), 'source': 'dataset metadata crop_options'}
+            'size': int(options.get('size', 256)), 'detect_frames': int(options.get('detect_frames', 8)),
+            'source': 'dataset metadata crop_options'}
   return {**BUILDER_DEFAULT_CROP, 'source': 'builder defaults (the dataset metadata was not found)'}
 
 
@@ -437,27 +452,51 @@ class Window:
 
 
 @dataclasses.dataclass
-class Result:
-  """The prediction of one input."""
-  source: Source
-  class_names: tuple[str, ...]
-  num_frames: int = 0
-  fps: float | None = None
-  frame_size: tuple[int, int] | None = None  # (width, height)
-  boxes: list[list[float] | None] = dataclasses.field(default_factory=list)  # Per frame; None: no face.
+class TrackResult:
+  """The prediction for one face (a track, `ferjax.data.face_tracks`): its windows and their mean."""
+  id: int
+  first: int  # First and last frame with a detection of this face.
+  last: int
+  face_frames: int  # Frames with a detection of this face.
   windows: list[Window] = dataclasses.field(default_factory=list)
-  seconds: float = 0.0
-  model_seconds: float = 0.0  # Of `seconds`, in model calls (the first call of a process compiles).
 
   @property
   def clip_probs(self) -> np.ndarray | None:
     scored = [w.probs for w in self.windows if w.probs is not None]
     return np.mean(scored, axis=0) if scored else None
 
+
+@dataclasses.dataclass
+class Result:
+  """The prediction of one input: one TrackResult per face; `windows`, `clip_probs` and `label` are
+  those of the main face (the first track: the face seen in the most frames)."""
+  source: Source
+  class_names: tuple[str, ...]
+  num_frames: int = 0
+  fps: float | None = None
+  frame_size: tuple[int, int] | None = None  # (width, height)
+  # The main face's box per frame (None: not seen there).
+  boxes: list[list[float] | None] = dataclasses.field(default_factory=list)
+  tracks: list[TrackResult] = dataclasses.field(default_factory=list)
+  track_boxes: list[dict[int, list[float]]] = dataclasses.field(default_factory=list)  # Per track.
+  seconds: float = 0.0
+  model_seconds: float = 0.0  # Of `seconds`, in model calls (the first call of a process compiles).
+
+  @property
+  def windows(self) -> list[Window]:
+    return self.tracks[0].windows if self.tracks else []
+
+  @property
+  def clip_probs(self) -> np.ndarray | None:
+    return self.tracks[0].clip_probs if self.tracks else None
+
+  def track_label(self, track: TrackResult) -> str | None:
+    probs = track.clip_probs
+    return None if probs is None else self.class_names[int(np.argmax(probs))]
+
   @property
   def label(self) -> str | None:
-    probs = self.clip_probs
-    return None if probs is None else self.class_names[int(np.argmax(probs))]
+    return self.track_label(self.tracks[0]) if self.tracks else None
 
   @property
   def frames_per_second(self) -> float:
@@ -478,6 +517,9 @@ class Options:
   sampling: str = 'segments'  # Which T frames of a window: the run's dataset.sampling, evaluation indices.
   flow: str = 'dis'  # The run's dataset.flow, for models whose inputs include flow.
   inputs: tuple[str, ...] = ('frames',)  # The model's inputs (metadata['inputs']).
+  min_track_length: int = face_tracks.MIN_TRACK_LENGTH  # A face is seen in at least this many frames.
+  max_gap: int = face_tracks.MAX_GAP  # Frames without a detection a face's track bridges.
+  detect_frames: int = 8  # A window's box: medians over this many evenly spaced frames (as the builders).
 
 
 def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
@@ -491,6 +533,15 @@ def window_starts(num_frames: int, window: int, stride: int) -> list[int]:
   return starts
 
 
+def window_box(boxes: Sequence[np.ndarray | None], margin: float, detect_frames: int) -> np.ndarray:
+  """A window's square crop box from its frames' face boxes, as the builders make a sequence's: the
+  medians (`faces.stable_box`) over `detect_frames` evenly spaced frames (the builders' `detect_frames`:
+  detector boxes jump between scales from frame to frame, and medians over other frames differ by
+  several percent); over all its face frames when those picks hold none."""
+  picked = [boxes[i] for i in media.evenly_spaced(len(boxes), detect_frames)]
+  return faces.stable_box(picked if any(b is not None for b in picked) else boxes, margin)
+
+
 def window_crops(frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None], num_samples: int,
                  image_size: int, options: Options) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """({'frames': uint8 [T, S, S, 3], other model inputs}, the stable box) of one window's frames and
@@ -502,7 +553,7 @@ def window_crops(frames: Sequence[np.ndarray], boxes: Sequence[np.ndarray | None
   centre-crop matrix (optical flow: `flow.sequence_flow`, the run's method). The window plays the part
   of the sequence (`frame_positions` are positions within the window).
   """
-  box = (faces.stable_box(boxes, options.margin) if options.crop == 'face' else
+  box = (window_box(boxes, options.margin, options.detect_frames) if options.crop == 'face' else
          faces.centre_box(frames[0].shape))
   picks = sampling.indices(options.sampling, len(frames), num_samples)
   crops = [faces.crop_square(frames[i], box, options.crop_size) for i in picks]
@@ -578,10 +629,28 @@ class _Progress:
       sys.stderr.flush()
 
 
+def detect_tracks(frames: Iterable[np.ndarray], detector: faces.FaceDetector, options: Options,
+                  on_frame: Callable[[int, np.ndarray], Any] | None = None,
+                  ) -> tuple[list[face_tracks.Track], list[np.ndarray]]:
+  """(the face tracks, per-frame detections [N, 5]) of a sequence: every frame is looked at."""
+  detections = []
+  for index, frame in enumerate(frames):
+    detections.append(faces.detect_faces(detector, frame))
+    if on_frame is not None:
+      on_frame(index, frame)
+  tracks = face_tracks.track_faces(detections, min_length=options.min_track_length,
+                                   max_gap=options.max_gap)
+  return tracks, detections
+
+
 def predict_source(source: Source, model, detector: faces.FaceDetector, options: Options,
                    progress: bool = True) -> Result:
   """Detects, tracks, crops and classifies one input (see the module docstring). Raises MediaError
-  for unreadable input and NoFaceError when no frame has a face."""
+  for unreadable input and NoFaceError when no face is seen in `options.min_track_length` frames.
+
+  Two passes over the frames (videos are never held in memory whole): the first detects faces on
+  every frame and links them into tracks, the second crops and scores each track's windows.
+  """
   t0 = time.perf_counter()
   result = Result(source, tuple(model.class_names))
   total = 0
@@ -589,44 +658,50 @@ def predict_source(source: Source, model, detector: faces.FaceDetector, options:
     result.fps, total = _video_info(source.path)
   elif source.kind == 'frames':
     total = len(source.files)
-  span = options.window
-  buffer: list[np.ndarray] = []  # The last `span` frames (and their boxes): one window's worth.
-  buffer_start = 0
-  batcher = _Batcher(model, options.batch_size)
-  bar = _Progress(source.path.name, total, progress and total > 4 * span)
-
-  def emit(start: int, end: int) -> None:
-    frames = buffer[start - buffer_start:end - buffer_start]
-    boxes = [None if b is None else np.asarray(b, np.float32) for b in result.boxes[start:end]]
-    window = Window(start, end, sum(b is not None for b in boxes))
-    result.windows.append(window)
-    if window.face_frames and window.face_frames >= options.min_face_fraction * len(frames):
-      inputs, box = window_crops(frames, boxes, model.num_frames, model.image_size, options)
-      window.box = [float(v) for v in box]
-      window.face_box = [float(v) for v in faces.stable_box(boxes, 0.0)]
-      batcher.add(window, inputs)
-
+  bar = _Progress(source.path.name, total, progress and total > 4 * options.window)
+  sizes = []
   try:
-    for index, frame in enumerate(iter_frames(source)):
-      if result.frame_size is None:
-        result.frame_size = (frame.shape[1], frame.shape[0])
-      found = faces.largest_box(detector(frame))
-      result.boxes.append(None if found is None else [float(v) for v in found])
-      buffer.append(frame)
-      if len(buffer) > span:
-        buffer.pop(0)
-        buffer_start += 1
-      if index + 1 >= span and (index + 1 - span) % options.stride == 0:
-        emit(index + 1 - span, index + 1)
-      bar.update(index + 1)
+    tracks, detections = detect_tracks(iter_frames(source), detector, options,
+                                       lambda i, frame: (sizes.append(frame.shape), bar.update(i + 1)))
   finally:
     bar.close()
-  result.num_frames = len(result.boxes)
-  last = window_starts(result.num_frames, span, options.stride)[-1]
-  if not result.windows or result.windows[-1].start != last:
-    emit(last, min(last + span, result.num_frames))
-  if not any(b is not None for b in result.boxes):
-    raise faces.NoFaceError(f'{source.path}: no face found in any of its {result.num_frames} frames')
+  result.frame_size = (sizes[0][1], sizes[0][0]) if sizes else None
+  result.num_frames = len(detections)
+  if not tracks:
+    hits = sum(len(d) > 0 for d in detections)
+    raise faces.NoFaceError(
+        f'{source.path}: no face found in any of its {result.num_frames} frames' if not hits else
+        f'{source.path}: no face: detections in {hits} of its {result.num_frames} frames, but none seen '
+        f'in {min(options.min_track_length, result.num_frames)} frames at one place '
+        '(--min-track-length)')
+  result.track_boxes = [{k: [float(v) for v in b[:4]] for k, b in sorted(t.boxes.items())} for t in tracks]
+  result.boxes = [result.track_boxes[0].get(k) for k in range(result.num_frames)]
+  span = options.window
+  pending = []  # (window, its track) in the order their last frame arrives.
+  for track in tracks:
+    length = track.last + 1 - track.first
+    starts = [track.first + s for s in window_starts(length, span, options.stride)]
+    windows = [Window(s, min(s + span, result.num_frames), 0) for s in starts]
+    result.tracks.append(TrackResult(track.id, track.first, track.last, track.length, windows))
+    pending += [(w, track) for w in windows]
+  pending.sort(key=lambda x: x[0].end)
+
+  batcher = _Batcher(model, options.batch_size)
+  buffer: list[np.ndarray] = []  # The last `span` frames: one window's worth.
+  next_window = 0
+  for index, frame in enumerate(iter_frames(source)):
+    buffer = (buffer + [frame])[-span:]
+    while next_window < len(pending) and pending[next_window][0].end == index + 1:
+      window, track = pending[next_window]
+      next_window += 1
+      frames = buffer[len(buffer) - (window.end - window.start):]
+      boxes = track.frame_boxes(window.start, window.end)
+      window.face_frames = sum(b is not None for b in boxes)
+      if window.face_frames and window.face_frames >= options.min_face_fraction * len(frames):
+        inputs, box = window_crops(frames, boxes, model.num_frames, model.image_size, options)
+        window.box = [float(v) for v in box]
+        window.face_box = [float(v) for v in window_box(boxes, 0.0, options.detect_frames)]
+        batcher.add(window, inputs)
   batcher.flush()
   result.seconds = time.perf_counter() - t0
   result.model_seconds = batcher.model_seconds
@@ -642,32 +717,45 @@ def _time(frame: int, fps: float | None) -> str:
 
 
 def format_table(result: Result, max_rows: int = 40) -> str:
-  """The readable summary of one input: a header line, one row per window (the first `max_rows`)."""
+  """The readable summary of one input: a header line, then per face (track) a line and one row per
+  window (the first `max_rows`)."""
   names = result.class_names
   face_count = sum(b is not None for b in result.boxes)
-  scored = sum(w.probs is not None for w in result.windows)
   clip = result.clip_probs
+  several = len(result.tracks) > 1
   head = (f'{result.source.path} ({result.source.kind}, {result.num_frames} frames'
-          + (f', {result.fps:.1f} fps' if result.fps else '') + f'): '
+          + (f', {result.fps:.1f} fps' if result.fps else '') + '): '
+          + (f'{len(result.tracks)} faces (tracks); main face: ' if several else '')
           + (f'{result.label} ({clip.max():.2f})' if clip is not None else 'no window with a face')
-          + f', mean of {scored}/{len(result.windows)} windows; face in {face_count}/{result.num_frames} '
-          f'frames; {result.frames_per_second:.1f} frames/s')
+          + f', mean of {sum(w.probs is not None for w in result.windows)}/{len(result.windows)} windows; '
+          f'face in {face_count}/{result.num_frames} frames; {result.frames_per_second:.1f} frames/s')
   width = max(6, *(len(n) for n in names))
-  lines = [head, f'  {"window":>6}  {"frames":>11}  {"time":>15}  {"faces":>5}  {"label":<{width}}  '
-           + '  '.join(f'{n[:width]:>{max(len(n[:width]), 4)}}' for n in names)]
-  for i, w in enumerate(result.windows[:max_rows]):
-    span = f'{_time(w.start, result.fps)}-{_time(w.end - 1, result.fps)}' if result.fps else '-'
-    label = names[int(np.argmax(w.probs))] if w.probs is not None else 'no face'
-    cells = ('  '.join(f'{p:>{max(len(n[:width]), 4)}.2f}' for n, p in zip(names, w.probs))
-             if w.probs is not None else '')
-    lines.append(f'  {i:>6}  {f"{w.start}-{w.end - 1}":>11}  {span:>15}  '
-                 f'{f"{w.face_frames}/{w.end - w.start}":>5}  {label:<{width}}  {cells}'.rstrip())
-  if len(result.windows) > max_rows:
-    lines.append(f'  ... {len(result.windows) - max_rows} more windows (see --json / --csv)')
-  if clip is not None:
-    lines.append(f'  {"clip":>6}  {f"0-{result.num_frames - 1}":>11}  {"":>15}  {"":>5}  '
-                 f'{result.label:<{width}}  '
-                 + '  '.join(f'{p:>{max(len(n[:width]), 4)}.2f}' for n, p in zip(names, clip)))
+  columns = ('  '.join(f'{n[:width]:>{max(len(n[:width]), 4)}}' for n in names))
+
+  def cells(probs):
+    return '  '.join(f'{p:>{max(len(n[:width]), 4)}.2f}' for n, p in zip(names, probs))
+
+  lines = [head]
+  for track in result.tracks:
+    if several:
+      probs = track.clip_probs
+      lines.append(f'  face {track.id}: frames {track.first}-{track.last}, seen in {track.face_frames}: '
+                   + (f'{result.track_label(track)} ({probs.max():.2f})' if probs is not None else
+                      'no window with a face'))
+    lines.append(f'  {"window":>6}  {"frames":>11}  {"time":>15}  {"faces":>5}  '
+                 f'{"label":<{width}}  {columns}')
+    for i, w in enumerate(track.windows[:max_rows]):
+      span = f'{_time(w.start, result.fps)}-{_time(w.end - 1, result.fps)}' if result.fps else '-'
+      label = names[int(np.argmax(w.probs))] if w.probs is not None else 'no face'
+      lines.append(f'  {i:>6}  {f"{w.start}-{w.end - 1}":>11}  {span:>15}  '
+                   f'{f"{w.face_frames}/{w.end - w.start}":>5}  {label:<{width}}  '
+                   f'{cells(w.probs) if w.probs is not None else ""}'.rstrip())
+    if len(track.windows) > max_rows:
+      lines.append(f'  ... {len(track.windows) - max_rows} more windows (see --json / --csv)')
+    if track.clip_probs is not None:
+      frames = f'{track.first}-{track.last}' if several else f'0-{result.num_frames - 1}'
+      lines.append(f'  {"clip" if not several else f"face {track.id}":>6}  {frames:>11}  {"":>15}  '
+                   f'{"":>5}  {result.track_label(track):<{width}}  {cells(track.clip_probs)}')
   return '\n'.join(lines)
 
 
@@ -675,7 +763,17 @@ def _probs_dict(names, probs) -> dict | None:
   return None if probs is None else {n: round(float(p), 6) for n, p in zip(names, probs)}
 
 
+def _windows_json(names, windows) -> list[dict]:
+  return [{'start': w.start, 'end': w.end, 'face_frames': w.face_frames,
+           'box': None if w.box is None else [round(v, 1) for v in w.box],
+           'face_box': None if w.face_box is None else [round(v, 1) for v in w.face_box],
+           'label': None if w.probs is None else names[int(np.argmax(w.probs))],
+           'probs': _probs_dict(names, w.probs)} for w in windows]
+
+
 def result_json(result: Result) -> dict:
+  """One input's results; `label`, `probs`, `face`, `face_boxes` and `windows` are the main face's
+  (the first track), `tracks` has every face."""
   names = result.class_names
   return {
       'input': os.fspath(result.source.path), 'kind': result.source.kind, 'error': None,
@@ -685,31 +783,34 @@ def result_json(result: Result) -> dict:
       'frames_per_second': round(result.frames_per_second, 2),
       'face': [b is not None for b in result.boxes],
       'face_boxes': [None if b is None else [round(v, 1) for v in b] for b in result.boxes],
-      'windows': [{'start': w.start, 'end': w.end, 'face_frames': w.face_frames,
-                   'box': None if w.box is None else [round(v, 1) for v in w.box],
-                   'face_box': None if w.face_box is None else [round(v, 1) for v in w.face_box],
-                   'label': None if w.probs is None else names[int(np.argmax(w.probs))],
-                   'probs': _probs_dict(names, w.probs)} for w in result.windows],
+      'windows': _windows_json(names, result.windows),
+      'tracks': [{'track': t.id, 'first_frame': t.first, 'last_frame': t.last, 'face_frames': t.face_frames,
+                  'label': result.track_label(t), 'probs': _probs_dict(names, t.clip_probs),
+                  'face_boxes': {str(k): [round(v, 1) for v in b] for k, b in boxes.items()},
+                  'windows': _windows_json(names, t.windows)}
+                 for t, boxes in zip(result.tracks, result.track_boxes)],
   }
 
 
 def csv_text(results: Sequence[Result], class_names: Sequence[str]) -> str:
-  """One row per window and one `clip` row per input; probabilities in class order."""
+  """One row per window of every face (track) and one `clip` row per face; probabilities in class
+  order."""
   out = io.StringIO()
   writer = csv.writer(out)
-  writer.writerow(['input', 'window', 'start_frame', 'end_frame', 'start_s', 'end_s', 'face_frames',
-                   'label', *[f'p_{n}' for n in class_names]])
+  writer.writerow(['input', 'track', 'window', 'start_frame', 'end_frame', 'start_s', 'end_s',
+                   'face_frames', 'label', *[f'p_{n}' for n in class_names]])
   for r in results:
-    for i, w in enumerate(r.windows):
-      times = [f'{w.start / r.fps:.3f}', f'{(w.end - 1) / r.fps:.3f}'] if r.fps else ['', '']
-      label = r.class_names[int(np.argmax(w.probs))] if w.probs is not None else 'no face'
-      probs = [f'{p:.6f}' for p in w.probs] if w.probs is not None else [''] * len(class_names)
-      writer.writerow([os.fspath(r.source.path), i, w.start, w.end - 1, *times, w.face_frames, label,
-                       *probs])
-    clip = r.clip_probs
-    writer.writerow([os.fspath(r.source.path), 'clip', 0, r.num_frames - 1, '', '', 
-                     sum(b is not None for b in r.boxes), r.label or 'no face',
-                     *([f'{p:.6f}' for p in clip] if clip is not None else [''] * len(class_names))])
+    for track in r.tracks:
+      for i, w in enumerate(track.windows):
+        times = [f'{w.start / r.fps:.3f}', f'{(w.end - 1) / r.fps:.3f}'] if r.fps else ['', '']
+        label = r.class_names[int(np.argmax(w.probs))] if w.probs is not None else 'no face'
+        probs = [f'{p:.6f}' for p in w.probs] if w.probs is not None else [''] * len(class_names)
+        writer.writerow([os.fspath(r.source.path), track.id, i, w.start, w.end - 1, *times, w.face_frames,
+                         label, *probs])
+      clip = track.clip_probs
+      writer.writerow([os.fspath(r.source.path), track.id, 'clip', track.first, track.last, '', '',
+                       track.face_frames, r.track_label(track) or 'no face',
+                       *([f'{p:.6f}' for p in clip] if clip is not None else [''] * len(class_names))])
   return out.getvalue()
 
 
@@ -833,8 +934,10 @@ def _parser() -> argparse.ArgumentParser:
   src.add_argument('--workdir', help='a training run (best_checkpoint/ if any, else checkpoints/)')
   src.add_argument('--checkpoint', help='a checkpoint step folder, or a folder of them (newest)')
   src.add_argument('--model', help='an exported .ferjax or .onnx artifact (python -m ferjax.export)')
-  p.add_argument('--detector', default='blazeface', choices=faces.DETECTORS,
-                 help="face detector (default blazeface, Haar where it finds none); 'none' = centre square")
+  p.add_argument('--detector', default=None, choices=faces.DETECTORS,
+                 help="face detector (default: the one the training data was cropped with, from the "
+                      f"dataset's metadata; {faces.DEFAULT_DETECTOR!r} to find the faces of a model trained "
+                      "on whole frames); another one warns: its boxes differ. 'none' = centre square")
   p.add_argument('--yunet-model', help="the YuNet .onnx file for --detector yunet")
   p.add_argument('--crop', choices=('face', 'frame'), default=None,
                  help="what the model sees: 'face' (the window's face box plus --margin) or 'frame' (the "
@@ -848,6 +951,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--stride', type=int, default=None, help='frames between window starts (default: window/2)')
   p.add_argument('--min-face-fraction', type=float, default=0.5,
                  help='a window is scored when at least this fraction of its frames has a face')
+  p.add_argument('--min-track-length', type=int, default=face_tracks.MIN_TRACK_LENGTH,
+                 help='a face is a track of detections at overlapping places in at least this many frames '
+                      '(all frames of a shorter input); isolated detections are dropped')
+  p.add_argument('--max-gap', type=int, default=face_tracks.MAX_GAP,
+                 help='frames without a detection that a face\'s track bridges')
   p.add_argument('--batch-size', type=int, default=16, help='windows per model call')
   p.add_argument('--json', help='write every result to this JSON file')
   p.add_argument('--csv', help='write one row per window (and per clip) to this CSV file')
@@ -905,10 +1013,12 @@ def per_input_path(path: Path, label: str, several: bool) -> Path:
 
 
 def _check_args(args) -> None:
-  for name in ('window', 'stride', 'batch_size'):
+  for name in ('window', 'stride', 'batch_size', 'min_track_length'):
     value = getattr(args, name)
     if value is not None and value < 1:
       raise PredictError(f'--{name.replace("_", "-")} must be >= 1; found {value}')
+  if args.max_gap < 0:
+    raise PredictError(f'--max-gap must be >= 0; found {args.max_gap}')
   if not 0 < args.min_face_fraction <= 1:
     raise PredictError(f'--min-face-fraction must be in (0, 1]; found {args.min_face_fraction}')
   if args.margin is not None and not 0 <= args.margin <= 2:
@@ -943,11 +1053,28 @@ def _outputs(args, sources: Sequence[Source]) -> tuple[list[Path], dict[Source, 
   return paths, per_input
 
 
-def _options(args, model) -> Options:
+def resolve_detector(requested: str | None, crop: dict) -> tuple[str, str | None]:
+  """(detector name, a warning or None): the training data's detector unless another is requested.
+
+  A model trained on whole frames (`crop['detector'] == 'none'`) still needs faces found, to tell
+  frames with a face from frames without: faces.DEFAULT_DETECTOR does that.
+  """
+  trained = crop.get('detector', BUILDER_DEFAULT_CROP['detector'])
+  default = trained if trained != 'none' else faces.DEFAULT_DETECTOR
+  if requested is None or requested == default:
+    return default, None
+  if trained == 'none':
+    return requested, None
+  return requested, (f'--detector {requested}: the training data was cropped with {trained!r} '
+                     f'({crop.get("source", "dataset metadata")}); {requested!r} frames faces '
+                     'differently, so the model sees other crops than it trained on')
+
+
+def _options(args, model, detector: str) -> Options:
   crop = model.metadata.get('preprocessing', {}).get('face_crop', {})
   margin = args.margin
   if margin is None:
-    margin = 0.0 if args.detector == 'none' else (
+    margin = 0.0 if detector == 'none' else (
         crop['margin'] if crop.get('detector', 'none') != 'none' else BUILDER_DEFAULT_CROP['margin'])
   window = args.window or model.num_frames
   crop_mode = args.crop or ('frame' if crop.get('detector') == 'none' else 'face')
@@ -957,7 +1084,9 @@ def _options(args, model) -> Options:
                  eval_crop=float(preprocessing.get('eval_crop', 1.0)),
                  min_face_fraction=args.min_face_fraction, batch_size=args.batch_size,
                  sampling=preprocessing.get('sampling', 'segments'), flow=preprocessing.get('flow', 'dis'),
-                 inputs=tuple(serving.input_names(model.metadata)))
+                 inputs=tuple(serving.input_names(model.metadata)),
+                 min_track_length=args.min_track_length, max_gap=args.max_gap,
+                 detect_frames=int(crop.get('detect_frames', BUILDER_DEFAULT_CROP['detect_frames'])))
 
 
 def run(argv: Sequence[str]) -> int:
@@ -979,11 +1108,15 @@ def run(argv: Sequence[str]) -> int:
         print(f'error: {error}', file=sys.stderr)
       raise PredictError('no readable input')
     model = load_model(args.workdir, args.checkpoint, args.model)
+    crop = model.metadata.get('preprocessing', {}).get('face_crop', {})
+    detector_name, warning = resolve_detector(args.detector, crop)
+    if warning:
+      print(f'warning: {warning}', file=sys.stderr)
     try:
-      detector = faces.make_detector(args.detector, args.yunet_model)
+      detector = faces.make_detector(detector_name, args.yunet_model)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-      raise PredictError(f'--detector {args.detector}: {e}') from None
-    options = _options(args, model)
+      raise PredictError(f'--detector {detector_name}: {e}') from None
+    options = _options(args, model, detector_name)
   except PredictError as e:
     print(f'error: {e}', file=sys.stderr)
     return EXIT_USAGE
@@ -1004,6 +1137,10 @@ def run(argv: Sequence[str]) -> int:
       failed.append((os.fspath(source.path), str(e)))
       records.append({'input': os.fspath(source.path), 'error': str(e)})
       continue
+    if len(result.tracks) > 1 and options.crop == 'frame':
+      print(f'warning: {source.path}: {len(result.tracks)} faces, but the model sees whole frames '
+            '(--crop frame): every face gets the same frames; --crop face cuts each face out',
+            file=sys.stderr)
     results.append(result)
     records.append(result_json(result))
     print(format_table(result, args.max_rows), flush=True)
@@ -1016,12 +1153,12 @@ def run(argv: Sequence[str]) -> int:
     seconds = sum(r.seconds for r in results)
     in_model = sum(r.model_seconds for r in results)
     print(f'{len(results)} input(s), {frames} frames in {seconds:.2f} s: {frames / seconds:.1f} frames/s '
-          f'(decode + detect ({args.detector}) + crop + model; model {model.kind}: {in_model:.2f} s, '
+          f'(decode + detect ({detector_name}) + crop + model; model {model.kind}: {in_model:.2f} s, '
           'its first call compiles)')
   if args.json:
     payload = {'model': {k: model.metadata.get(k) for k in ('class_names', 'num_frames', 'image_size',
                                                              'inputs', 'preprocessing', 'source')},
-               'options': dataclasses.asdict(options) | {'detector': args.detector},
+               'options': dataclasses.asdict(options) | {'detector': detector_name},
                'results': records}
     Path(args.json).write_text(json.dumps(payload, indent=1))
   if args.csv:

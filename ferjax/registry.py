@@ -31,6 +31,12 @@ def no_metrics(config) -> dict[str, Metric]:
   return {}
 
 
+def no_decay_none(config) -> str:
+  """`Family.no_decay` default: `train.weight_decay_rules` alone decide."""
+  del config
+  return ''
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   """A model family.
@@ -50,6 +56,9 @@ class Family:
       (`ferjax.models.convert.apply_pretrained`, whose converters are registered by layer type), or None.
     config_rules: checks of keys outside `config.model` that only this family reads (e.g.
       `augment.mask_prob`); validation adds them, and those of its inputs, to the generic rules.
+    no_decay: `config -> regex` of parameter paths that get no weight decay whatever
+      `train.weight_decay_rules` say, because a loss term of the family regularises them (RFSCNN's SVM
+      kernel with `model.svm_l2`); '' = none.
   """
   name: str
   schema: Mapping[str, Check]
@@ -59,6 +68,7 @@ class Family:
   metrics: Callable[[Any], Mapping[str, Metric]] = no_metrics
   pretrained: Callable[..., dict] | None = None
   config_rules: Mapping[str, Check] = dataclasses.field(default_factory=dict)
+  no_decay: Callable[[Any], str] = no_decay_none
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -78,13 +78,15 @@ def add_decayed_weights(weight_decay: float, rules=DEFAULT_WEIGHT_DECAY_RULES
 
 
 def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
-                   warmup_steps: int) -> optax.GradientTransformation:
+                   warmup_steps: int, *, no_decay: str = '') -> optax.GradientTransformation:
   """Warm-up + cosine decay (or warm-up + constant scaled on plateaus, see `ferjax.plateau`); AdamW,
   RAdam or SGD with momentum; optional global-norm clipping.
 
   RAdam (Liu et al., 2020; the Residual Masking Network's optimizer) decays weights decoupled, as the
   reference implementation the RMN code uses (`p -= lr * weight_decay * p`). Weight decay scales each
-  parameter by the multiplier `train.weight_decay_rules` gives it (`decay_multiplier`).
+  parameter by the multiplier `train.weight_decay_rules` gives it (`decay_multiplier`), after the
+  parameters whose path matches regex `no_decay` (the family's `Family.no_decay`: parameters its loss
+  regularises, e.g. RFSCNN's SVM kernel) got multiplier 0.
   """
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
   if train.get('schedule', 'cosine') == 'plateau':
@@ -95,8 +97,10 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, train.learning_rate, warmup_steps=warmup_steps, decay_steps=max(total_steps, 1),
         end_value=0.0)
-  decay = add_decayed_weights(train.weight_decay,
-                              train.get('weight_decay_rules', DEFAULT_WEIGHT_DECAY_RULES))
+  rules = tuple(train.get('weight_decay_rules', DEFAULT_WEIGHT_DECAY_RULES))
+  if no_decay:  # The family's own regularised parameters (`Family.no_decay`) come first, at 0.
+    rules = ((no_decay, 0.0),) + rules
+  decay = add_decayed_weights(train.weight_decay, rules)
   if train.optimizer == 'adamw':  # optax.adamw's chain, with the configured decay.
     tx = optax.chain(optax.scale_by_adam(), decay, optax.scale_by_learning_rate(schedule))
   elif train.optimizer == 'radam':

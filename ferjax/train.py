@@ -191,7 +191,8 @@ def _set_up(config, workdir: epath.Path) -> _Run:
        f'{total_steps} steps ({total_steps / steps_per_epoch:.1f} epochs)')
 
   tx = steps.make_optimizer(config.train, total_steps,
-                            round(config.train.warmup_epochs * steps_per_epoch))
+                            round(config.train.warmup_epochs * steps_per_epoch),
+                            no_decay=models.get_family(config.model.name).no_decay(config))
   if any(config.init.values()):  # Weight files are read on the host into the built model, then placed.
     model = _init_model(config, len(dataset.class_names))
     _describe_params(model)

@@ -252,3 +252,37 @@ def test_draw_then_apply_equals_train_augment():
                                                    d.contrast), d.boxes)
   np.testing.assert_array_equal(applied, augment.train_augment(frames, S, options, np.random.default_rng(3)))
   assert d.boxes and d.matrix.shape == (2, 3)
+
+
+def test_fill_black_zeroes_the_corners_a_rotation_uncovers():
+  """fill='black' (the Residual Masking Network's imgaug Affine: constant 0) vs 'reflect' (mirrored):
+  on a white frame rotated by 30 degrees without a crop, the output's corners come from outside the
+  frame, its centre from inside; flow gets zero motion there."""
+  frames = np.full((2, H, H, 3), 255, np.uint8)
+  options = augment.AugmentOptions(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False,
+                                    rotation=30.0, brightness=0.0, contrast=0.0, mask_prob=0.0)
+  rng = np.random.default_rng(0)
+  d = augment.draw(H, H, S, options, rng)
+  while abs(np.degrees(np.arctan2(d.matrix[1, 0], d.matrix[0, 0]))) < 15:  # A clear rotation.
+    d = augment.draw(H, H, S, options, rng)
+  black = augment.warp(frames, d.matrix, S, 'black')
+  reflect = augment.warp(frames, d.matrix, S, 'reflect')
+  assert reflect.min() == 255  # Mirrored white is white.
+  for y, x in ((0, 0), (0, S - 1), (S - 1, 0), (S - 1, S - 1)):
+    np.testing.assert_array_equal(black[:, y, x], 0)
+  np.testing.assert_array_equal(black[:, S // 2, S // 2], 255)
+  assert augment.warp(frames, d.matrix, S).min() == 255  # 'reflect' stays the generic default.
+  # train_augment reads the option (no jitter or masking here: the warp alone).
+  black_options = dataclasses.replace(options, fill='black')
+  matrix = augment.draw(H, H, S, black_options, np.random.default_rng(1)).matrix
+  np.testing.assert_array_equal(augment.train_augment(frames, S, black_options, np.random.default_rng(1)),
+                                augment.warp(frames, matrix, S, 'black'))
+  field = np.ones((1, H, H, 2), np.float32)
+  moved = augment.warp_flow(field, d.matrix, S, magnitude=True, fill='black')
+  mirrored = augment.warp_flow(field, d.matrix, S, magnitude=True)
+  np.testing.assert_array_equal(moved[0, 0, 0], 0.0)
+  # Inside, the same vectors: (1, 1) source pixels, sqrt(2) long, zoomed by S / H into output pixels.
+  np.testing.assert_allclose(moved[0, S // 2, S // 2], mirrored[0, S // 2, S // 2])
+  np.testing.assert_allclose(mirrored[0, ..., 2], np.sqrt(2) * S / H, rtol=1e-5)
+  with pytest.raises(ValueError, match=r"fill must be one of \('reflect', 'black'\); got 'mirror'"):
+    augment.AugmentOptions(fill='mirror')

@@ -269,3 +269,33 @@ def test_head_zero_init_and_zero_init_residual():
   assert not np.asarray(model.backbone.layer1[0].bn3.scale[...]).any()
   default = models.create_model(tiny_config(), 3, rngs=nnx.Rngs(0))
   assert np.asarray(default.head.kernel[...]).any() and np.asarray(default.backbone.layer1[0].bn3.scale[...]).all()
+
+
+def test_res_rbg_head_computes_in_float32_with_pytorch_init():
+  """Under bfloat16 compute the classifier still runs in float32: the logits equal the float32 product
+  of the pooled features and the float32 kernel (a bfloat16 product cast afterwards is off by ~1e-2
+  relative). Its initial kernel and bias are PyTorch's nn.Linear default, U(+-1/sqrt(fan_in))."""
+  model = models.create_model(tiny_config(dtype='bfloat16', hidden=64, dropout=0.0), 7,
+                              rngs=nnx.Rngs(params=0))
+  x = frames()
+  b, t = x.shape[:2]
+
+  @nnx.jit
+  def pooled(model, x):
+    h = model.backbone(x.reshape(b * t, *x.shape[2:]), False).reshape(b, t, -1)
+    for block in model.temporal:
+      h = block(h, False)
+    return jnp.mean(h, axis=1)
+
+  features = np.asarray(pooled(model, x), np.float64)
+  kernel = np.asarray(model.head.kernel[...], np.float64)
+  bias = np.asarray(model.head.bias[...], np.float64)
+  logits = call(model, x)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(logits), features @ kernel + bias, rtol=1e-5, atol=1e-6)
+  # The PyTorch initialisation: uniform within the bound, reaching near it, bias included.
+  bound = 1 / np.sqrt(64 * 2)  # fan_in: the concatenated BiGRU directions of tiny_config.
+  assert model.head.kernel.shape == (128, 7)
+  for values in (kernel, bias):
+    assert np.abs(values).max() <= bound and np.abs(values).max() > 0.8 * bound
+  np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.1)

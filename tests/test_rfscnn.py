@@ -151,6 +151,58 @@ def test_losses_by_hand():
   assert set(softmax_terms) == {'cross_entropy', 'l1', 'sparsity'}
 
 
+def test_one_vs_rest_hinge_by_hand():
+  """svm_multiclass='one_vs_rest': one binary hinge per class (+1 for the true class, -1 for the others),
+  summed over classes, mean over the batch; Crammer-Singer stays the default."""
+  model = tiny(head='svm')
+  params = nnx.state(model, nnx.Param)
+  b = batch()
+  outputs = model(b)
+  scores, labels = np.asarray(outputs['logits']), np.asarray(b['label'])
+  want = np.mean([sum(max(0.0, 1 - (1 if c == y else -1) * s[c]) for c in range(CLASSES))
+                  for s, y in zip(scores, labels)])
+  c = _config(head='svm', svm_multiclass='one_vs_rest', svm_l2=0.0, l1_weight=0.0)
+  total, terms = rfscnn.rfscnn_losses(config_lib.validate(c))(outputs, b, params)
+  np.testing.assert_allclose(terms['hinge'], want, rtol=1e-5)
+  np.testing.assert_allclose(total, want, rtol=1e-5)
+  crammer = rfscnn.rfscnn_losses(_config(head='svm'))(outputs, b, params)[1]['hinge']
+  assert get_config('synthetic').model.svm_multiclass == 'crammer_singer'
+  assert not np.isclose(float(crammer), want)
+
+
+@pytest.mark.parametrize('head', rfscnn.HEADS)
+def test_svm_head_is_regularised_once(head):
+  """The SVM's kernel is regularised by svm_l2 alone: the family exempts it from the optimizer's weight
+  decay (a zero-gradient AdamW step leaves it unchanged while every other kernel shrinks by lr * wd);
+  a softmax head decays like every other kernel."""
+  c = config_lib.validate(_config(head=head))
+  c.train.weight_decay, c.train.learning_rate, c.train.grad_clip = 0.5, 0.1, 0.0
+  c.train.warmup_epochs = 0.0
+  family = models.get_family('rfscnn')
+  tx = steps.make_optimizer(c.train, 10, 0, no_decay=family.no_decay(c))
+  params = nnx.state(tiny(head=head), nnx.Param)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  lr = float(optax.warmup_cosine_decay_schedule(0.0, 0.1, 0, 10)(0))
+  for path, u in nnx.to_flat_state(updates):
+    name = '/'.join(map(str, path))
+    value = np.asarray(dict(nnx.to_flat_state(params))[path][...])
+    if name == 'head/kernel':
+      expected = 0.0 if head == 'svm' else -lr * 0.5 * value
+    elif path[-1] == 'kernel' or str(path[-1]).startswith('weight_'):
+      expected = -lr * 0.5 * value
+    else:
+      expected = 0.0
+    np.testing.assert_allclose(np.asarray(u[...]), expected, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_dtype_auto_is_accepted_and_resolves_by_backend():
+  c = config_lib.validate(_config(dtype='auto'))
+  model = models.create_model(c.model, CLASSES, rngs=nnx.Rngs(params=0))
+  assert model.dtype == (jnp.float32 if jax.default_backend() == 'cpu' else jnp.bfloat16)
+  assert model(batch())['logits'].dtype == jnp.float32
+
+
 def _train(model, config, steps_count, lr=3e-3, seed=0):
   c = config
   c.train.learning_rate = lr
@@ -173,7 +225,7 @@ def _accuracy(graphdef, state):
 @pytest.mark.parametrize('head', rfscnn.HEADS)
 @pytest.mark.parametrize('fusion', rfscnn.FUSIONS)
 def test_each_fusion_and_head_learns_well_above_chance(fusion, head):
-  # Product + SVM is the paper's configuration; with the centred product (fusion_offset=0, issue 10)
+  # Product + SVM is the paper's configuration; with the centred product (product_offset=0)
   # it reached 0.50 here.
   c = _config(fusion=fusion, head=head)
   model = tiny(fusion=fusion, head=head)
@@ -187,7 +239,7 @@ def test_product_fusion_starts_at_one_plus_each_standardised_stream():
   synthetic set. The offset 1 makes the fused features (1 + a) * (1 + b) = 1 + a + b + a * b."""
   b = batch()
   for fusion, offset, mean in [('product', 1.0, 1.0), ('product', 0.0, 0.0), ('concat', 1.0, 0.0)]:
-    model = tiny(fusion=fusion, fusion_offset=offset)
+    model = tiny(fusion=fusion, product_offset=offset)
     rgb, flow = model.stream('rgb', b['frames'], True), model.stream('flow', b['flow'], True)
     # Train-mode BatchNorm: batch mean = the offset, standard deviation 1 (epsilon aside).
     np.testing.assert_allclose(rgb.mean(0), mean, atol=1e-4)

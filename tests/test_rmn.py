@@ -259,3 +259,48 @@ def test_remat_gives_the_same_loss_gradients_and_batch_stats_and_keeps_less():
     np.testing.assert_allclose(np.asarray(s1.get_value()), np.asarray(s0.get_value()), rtol=1e-5,
                                atol=1e-6, err_msg=str(path))
   assert kept['blocks'] < 0.5 * kept['none'], kept
+
+
+def test_reconstruction_decoder_depth_is_a_field():
+  """model.reconstruction_levels: the decoder's transposed-convolution levels (default 5 = the trunk's
+  32x stride); fewer levels end at a smaller map, resized bilinearly to the input."""
+  base = dict(name='rmn', **TINY, mask_depths=(1, 1, 1, 1), reconstruction_weight=1.0, dropout=0.0)
+  five = models.create_model(ml_collections.ConfigDict(base), 3, rngs=nnx.Rngs(0))
+  three = models.create_model(ml_collections.ConfigDict(dict(base, reconstruction_levels=3)), 3,
+                              rngs=nnx.Rngs(0))
+  assert len(five.reconstruction.up) == 5 and len(three.reconstruction.up) == 3
+  frames = jax.random.uniform(jax.random.key(5), (2, 1, 32, 32, 3))
+  features = jax.random.normal(jax.random.key(6), (2, 1, 1, five.backbone.num_features))
+  # 1x1 features: 3 levels give 8x8 before the resize to 32x32; 5 levels give 32x32 directly.
+  x = features
+  for up in three.reconstruction.up:
+    x = up(x, False)
+  assert x.shape[1:3] == (8, 8)
+  assert apply(three, frames)['reconstruction'].shape == (2, 32, 32, 3)
+  from ferjax import config as config_lib
+  with pytest.raises(config_lib.ConfigError, match='model.reconstruction_levels: expected'):
+    models.create_model(ml_collections.ConfigDict(dict(base, reconstruction_levels=0)), 3,
+                        rngs=nnx.Rngs(0))
+
+
+def _rmn_config(arg):
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'rmn.py')
+  spec = importlib.util.spec_from_file_location('rmn_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_presets_rotate_with_black_fill_and_sample_the_apex_on_sequences():
+  """The public code's augmenter (imgaug Affine) fills black; per frame on CK+, the last frames (apex)
+  carry the label, 16 x 3 = 48 images per step (the recipe's batch)."""
+  from ferjax import config as config_lib
+  for arg in ('fer2013', 'synthetic_images', 'ck_plus', 'fer2013,reconstruction'):
+    c = config_lib.validate(_rmn_config(arg))
+    assert c.augment.fill == 'black', arg
+    assert c.model.reconstruction_levels == 5
+  ck = _rmn_config('ck_plus')
+  assert ck.dataset.sampling == 'apex' and ck.dataset.num_frames == 3
+  assert ck.input.batch_size * ck.dataset.num_frames == _rmn_config('fer2013').input.batch_size

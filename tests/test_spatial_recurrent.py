@@ -14,9 +14,10 @@ from ferjax.models import spatial_recurrent as sr
 _STEPS = {'top_left': (1, 1), 'top_right': (1, -1), 'bottom_left': (-1, 1), 'bottom_right': (-1, -1)}
 
 
-@functools.partial(jax.jit, static_argnames='activation')
-def reference_states(x, w_in, w_rec, b, activation='tanh'):
-  """h^r_ij = sigma(U x_ij + sum over visited neighbours W h_kl + b), one node at a time, per direction."""
+@functools.partial(jax.jit, static_argnames=('activation', 'neighbours'))
+def reference_states(x, w_in, w_rec, b, activation='tanh', neighbours='orthogonal'):
+  """h^r_ij = sigma(U x_ij + sum over visited neighbours W h_kl + b), one node at a time, per direction.
+  N^r_ij: the vertical and the horizontal predecessor, and with 'diagonal' the diagonal one."""
   act = sr.ACTIVATIONS[activation]
   n, h, w, _ = x.shape
   out = []
@@ -28,7 +29,10 @@ def reference_states(x, w_in, w_rec, b, activation='tanh'):
     for i in rows:
       for j in cols:
         total = x[:, i, j] @ w_in[r] + b[r]
-        for k, l in ((i - di, j), (i, j - dj)):  # the vertical and the horizontal predecessor
+        predecessors = [(i - di, j), (i, j - dj)]
+        if neighbours == 'diagonal':
+          predecessors.append((i - di, j - dj))
+        for k, l in predecessors:
           if 0 <= k < h and 0 <= l < w:
             assert (k, l) in state, 'a neighbour was used before it was visited'
             total = total + state[(k, l)] @ w_rec[r]
@@ -37,8 +41,8 @@ def reference_states(x, w_in, w_rec, b, activation='tanh'):
   return jnp.stack(out)  # [4, N, h, w, H]
 
 
-def reference_output(x, w_in, w_rec, b, g, p, activation='tanh'):
-  states = reference_states(x, w_in, w_rec, b, activation)
+def reference_output(x, w_in, w_rec, b, g, p, activation='tanh', neighbours='orthogonal'):
+  states = reference_states(x, w_in, w_rec, b, activation, neighbours)
   r, n, h, w, hidden = states.shape
   m = 0.0
   for d in range(r):
@@ -47,9 +51,9 @@ def reference_output(x, w_in, w_rec, b, g, p, activation='tanh'):
   return m.reshape(n, -1)
 
 
-def _layer(grid, activation='tanh', unroll=1, seed=0):
+def _layer(grid, activation='tanh', unroll=1, seed=0, neighbours='orthogonal'):
   layer = sr.SpatialRecurrent(3, 4, grid, proj_nodes=5, out_features=2, activation=activation,
-                              unroll=unroll, rngs=nnx.Rngs(seed))
+                              neighbours=neighbours, unroll=unroll, rngs=nnx.Rngs(seed))
   # Non-zero biases, so a wrong bias path shows.
   layer.bias[...] = jax.random.normal(jax.random.key(seed + 100), layer.bias.shape)
   return layer
@@ -60,16 +64,34 @@ def _params(layer):
           layer.weight_out[...])
 
 
+@pytest.mark.parametrize('neighbours', sr.NEIGHBOURS)
 @pytest.mark.parametrize('grid,activation,unroll', [((3, 4), 'tanh', 1), ((4, 2), 'relu', True),
                                                     ((1, 3), 'sigmoid', 2)])
-def test_wavefront_matches_a_node_by_node_double_loop(grid, activation, unroll):
-  layer = _layer(grid, activation, unroll)
+def test_wavefront_matches_a_node_by_node_double_loop(grid, activation, unroll, neighbours):
+  layer = _layer(grid, activation, unroll, neighbours=neighbours)
   x = jax.random.normal(jax.random.key(1), (2, *grid, 3))
   w_in, w_rec, b, g, p = _params(layer)
-  np.testing.assert_allclose(layer.node_states(x), reference_states(x, w_in, w_rec, b, activation),
+  np.testing.assert_allclose(layer.node_states(x),
+                             reference_states(x, w_in, w_rec, b, activation, neighbours),
                              rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(layer(x), reference_output(x, w_in, w_rec, b, g, p, activation),
+  np.testing.assert_allclose(layer(x), reference_output(x, w_in, w_rec, b, g, p, activation, neighbours),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_diagonal_neighbour_adds_the_diagonal_predecessor_state():
+  """Same parameters, the two readings: they differ exactly where a node has a diagonal predecessor,
+  and by that predecessor's term (node (1, 1) of the top-left sweep: W h_00 more inside sigma)."""
+  orth, diag = _layer((2, 2)), _layer((2, 2), neighbours='diagonal')
+  nnx.update(diag, nnx.state(orth))
+  x = jax.random.normal(jax.random.key(8), (1, 2, 2, 3))
+  a, d = np.asarray(orth.node_states(x)), np.asarray(diag.node_states(x))
+  # Nodes without a diagonal predecessor (the first row and column of each sweep) agree.
+  np.testing.assert_allclose(a[0, :, 0], d[0, :, 0], rtol=1e-6)
+  np.testing.assert_allclose(a[0, :, :, 0], d[0, :, :, 0], rtol=1e-6)
+  w_rec = np.asarray(orth.weight_rec[...][0])
+  pre = np.arctanh(a[0, 0, 1, 1]) + a[0, 0, 0, 0] @ w_rec
+  np.testing.assert_allclose(d[0, 0, 1, 1], np.tanh(pre), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(a[0, 0, 1, 1], d[0, 0, 1, 1])
 
 
 def test_directions_differ_and_sweeps_see_their_own_predecessors():
@@ -88,8 +110,9 @@ def test_directions_differ_and_sweeps_see_their_own_predecessors():
   assert not np.allclose(states[0], states[3])
 
 
-def test_wavefront_gradients_match_the_double_loop():
-  layer = _layer((3, 4))
+@pytest.mark.parametrize('neighbours', sr.NEIGHBOURS)
+def test_wavefront_gradients_match_the_double_loop(neighbours):
+  layer = _layer((3, 4), neighbours=neighbours)
   x = jax.random.normal(jax.random.key(3), (2, 3, 4, 3))
   target = jax.random.normal(jax.random.key(4), (2, 10))
   state_weights = jax.random.normal(jax.random.key(5), (4, 2, 3, 4, 4))
@@ -102,8 +125,8 @@ def test_wavefront_gradients_match_the_double_loop():
 
   def loop_fn(x, state):
     params = _params(nnx.merge(graphdef, state))
-    return (jnp.sum(reference_output(x, *params) * target)
-            + jnp.sum(reference_states(x, *params[:3]) * state_weights))
+    return (jnp.sum(reference_output(x, *params, neighbours=neighbours) * target)
+            + jnp.sum(reference_states(x, *params[:3], neighbours=neighbours) * state_weights))
 
   got = jax.grad(wavefront_fn, argnums=(0, 1))(x, state)
   want = jax.grad(loop_fn, argnums=(0, 1))(x, state)
@@ -113,10 +136,12 @@ def test_wavefront_gradients_match_the_double_loop():
   assert all(np.abs(np.asarray(a)).sum() > 0 for a in jax.tree.leaves(got))
 
 
-def test_per_node_scan_equals_wavefront():
+@pytest.mark.parametrize('neighbours', sr.NEIGHBOURS)
+def test_per_node_scan_equals_wavefront(neighbours):
   u = jax.random.normal(jax.random.key(6), (4, 2, 3, 5, 4))
   w_rec = jax.random.normal(jax.random.key(7), (4, 4, 4)) * 0.3
-  np.testing.assert_allclose(sr.per_node_scan(u, w_rec), sr.wavefront(u, w_rec), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(sr.per_node_scan(u, w_rec, neighbours=neighbours),
+                             sr.wavefront(u, w_rec, neighbours=neighbours), rtol=1e-5, atol=1e-6)
 
 
 def test_skew_indices_cover_every_node_once():
@@ -129,6 +154,9 @@ def test_skew_indices_cover_every_node_once():
 
 
 def test_bad_feature_map_shape_is_a_clear_error():
+  with pytest.raises(ValueError,
+                     match=r"Unknown neighbours 'eight'; expected one of \('orthogonal', 'diagonal'\)"):
+    _layer((3, 4), neighbours='eight')
   layer = _layer((3, 4))
   with pytest.raises(ValueError, match=r'expects a feature map \[N, 3, 4, 3\], got shape \(2, 4, 3, 3\)'):
     layer(jnp.zeros((2, 4, 3, 3)))

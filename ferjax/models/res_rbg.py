@@ -30,6 +30,7 @@ from ferjax import registry
 from ferjax.data import augment
 from ferjax.models import attention as attention_lib
 from ferjax.models import convert
+from ferjax.models import heads
 from ferjax.models import precision
 from ferjax.models import recurrent
 from ferjax.models import resnet
@@ -110,12 +111,14 @@ class ResRBG(nnx.Module):
     rbg_blocks: number of RBG blocks (0 = pool the frame features directly).
     relu_before_gru, bigru_layers, block_norm, residual: the RBG block's structure (``RBGBlock``).
     head_zero_init: start the classifier's kernel at 0 (big_vision's default), so no gradient reaches the
-      frame and sequence layers before the classifier has aligned with the labels.
+      frame and sequence layers before the classifier has aligned with the labels; otherwise PyTorch's
+      ``nn.Linear`` initialisation (``heads.Float32Linear``).
     hidden: GRU hidden size (per direction).
     merge: BiGRU merge ('concat' | 'sum' | 'mean').
     pooling: temporal pooling ('mean' | 'last').
     dropout: dropout rate before the classifier.
-    dtype: compute dtype (float32 or bfloat16); parameters are float32, logits float32.
+    dtype: compute dtype (float32 or bfloat16) of the ResNet and the RBG blocks; parameters are float32,
+      the classifier computes in float32 (its input is cast up, not its output).
     unroll: ``lax.scan`` unroll factor of the recurrent layers.
     remat: 'none' | 'blocks': rematerialise every ResNet block and every RBG block (``nnx.remat``),
       so the backward pass keeps only the blocks' inputs and recomputes the rest; same values, about
@@ -154,9 +157,7 @@ class ResRBG(nnx.Module):
       d = blocks[-1].out_features
     self.temporal = nnx.List(blocks)
     self.dropout = nnx.Dropout(dropout)
-    self.head = nnx.Linear(d, num_classes, dtype=dtype, rngs=rngs,
-                           kernel_init=(nnx.initializers.zeros if head_zero_init
-                                        else nnx.initializers.lecun_normal()))
+    self.head = heads.Float32Linear(d, num_classes, zero_init=head_zero_init, rngs=rngs)
 
   def __call__(self, batch: dict[str, jax.Array], *, train: bool = False,
                rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
@@ -182,7 +183,7 @@ class ResRBG(nnx.Module):
       x = resnet.call_block(block, x, train, self.remat)
     x = jnp.mean(x, axis=1) if self.pooling == 'mean' else x[:, -1]
     x = self.dropout(x, deterministic=not train, rngs=rngs)
-    return self.head(x).astype(jnp.float32)
+    return self.head(x)  # float32 (heads.Float32Linear).
 
 
 # config.model of 'res_rbg': the checks; the defaults are in configs/res_rbg.py (this project's reading of

@@ -20,20 +20,25 @@ Where the paper is silent, this project chose (all arguments / config fields, se
   description is not usable;
 * the spatial layer's grid = the CNN's last feature map (``grid`` x ``grid``, 7 at 224 px), its hidden
   size, K_d, and P^r acting on the hidden axis (m_t = K_d x D features, flattened); sigma = tanh;
-* the neighbours N^r_ij: the vertical and the horizontal predecessor of the sweep (4-connected);
+* the neighbours N^r_ij (``spatial_neighbours``): the vertical and the horizontal predecessor of the
+  sweep (4-connected, 'orthogonal'), or those and the diagonal one (STRNN's predecessor set,
+  'diagonal');
 * the temporal cell: the paper's plain RNN (tanh) by default, or ferjax's PyTorch-layout GRU;
 * P^f/P^b act on the hidden axis after the sparse time projection (o: L_d x O features, flattened);
 * BatchNorm on each stream's output before the fusion (``fusion_norm``): the product of two small
   outputs otherwise starts near zero and shrinks further (measured: fused features at 0.01, logits at
   0.02, chance accuracy after 100 steps on the synthetic set);
-* before a product fusion, that BatchNorm's offset starts at ``fusion_offset`` = 1, so the fused
-  features start as (1 + a) * (1 + b) = 1 + a + b + a * b. With the usual offset 0 the two centred
-  streams multiply to a * b alone: the gradient reaching stream a is the head's signal times b, a
-  zero-mean feature of the *other* stream that does not yet depend on the class, so it averages out over
-  a batch and neither stream starts to learn (product + SVM and product + softmax stall at chance;
-  concat and sum, whose gradients carry no such factor, learn). With the offset each stream first learns
-  through its linear term, as in the paper's first stage (each stream trained alone), and the product
-  term grows as both streams become informative;
+* before a product fusion, that BatchNorm's offset (a trainable parameter) starts at ``product_offset``
+  = c, so the fused features start as (c + a) * (c + b) = c^2 + c (a + b) + a * b. With c = 1 that is
+  a **sum fusion plus the product term**, not the paper's plain product: it contains the sum, so a
+  result of this operator cannot show that the multiplicative interaction helps; c = 0 is the plain,
+  centred product a * b. The offset is what makes the product trainable from scratch: with c = 0 the
+  gradient reaching stream a is the head's signal times b, a zero-mean feature of the *other* stream
+  that does not yet depend on the class, so it averages out over a batch and neither stream starts to
+  learn (concat and sum, whose gradients carry no such factor, learn). With c = 1 each stream first
+  learns through its linear term, as in the paper's first stage (each stream trained alone), and the
+  product term grows as both streams become informative. docs/models/rfscnn-readings.md measures
+  c = 0, c = 1 and sum fusion side by side;
 * the two stages: stage 1 trains everything jointly; stage 2 (``freeze_streams`` + ``train.trainable``
   + ``init.checkpoint``) trains the classifier on the frozen streams.
 """
@@ -53,12 +58,17 @@ from ferjax import registry
 from ferjax.data import flow as flow_lib
 from ferjax.data import inputs as inputs_lib
 from ferjax.models import convert
+from ferjax.models import precision
 from ferjax.models import recurrent
 from ferjax.models import resnet
 from ferjax.models import spatial_recurrent
 
 FUSIONS = ('concat', 'sum', 'product')
 HEADS = ('softmax', 'svm')
+# The SVM head's multiclass form: Crammer-Singer (one joint hinge over the rival classes) or one binary
+# SVM per class (one-vs-rest, the usual form of an SVM trained on fixed features, e.g. liblinear).
+SVM_MULTICLASS = ('crammer_singer', 'one_vs_rest')
+HEAD_KERNEL = r'(^|/)head/kernel($|/)'
 CELLS = ('rnn', 'gru')
 STREAMS = ('rgb', 'flow')
 # Parameters under an L1 penalty and counted by `sparsity`: every sparse projection.
@@ -156,31 +166,36 @@ class RFSCNN(nnx.Module):
     backbone, width, stage_sizes: the ResNet of each stream.
     grid: side of the ResNet's last feature map (7 at 224 px, 8 at 227 px, 2 at 48 px).
     spatial_hidden, spatial_proj, spatial_out, spatial_activation: H, K_d, D, sigma of the spatial layer.
+    spatial_neighbours: N^r_ij, 'orthogonal' (4-connected) or 'diagonal' (with the diagonal predecessor).
     temporal_hidden, temporal_proj, temporal_out, temporal_cell: H, L_d, O, cell of the temporal layer.
     fusion: 'concat' | 'sum' | 'product'.
     streams: 'both', or one stream alone ('rgb' | 'flow'; no fusion).
     fusion_norm: standardise each stream's output (BatchNorm) before the fusion, so that the product
       of the two starts at unit scale (without it, product fusion of two small outputs trains slowly
       from scratch; the paper does not say).
-    fusion_offset: initial BatchNorm offset of each stream's output before a product fusion (needs
-      ``fusion_norm``): 1 starts the fused features at (1 + a) * (1 + b), whose linear terms let each
-      stream learn from the start; 0 gives the centred product a * b, which stalls from scratch (see
-      the module docstring). Concat and sum fusions keep offset 0 (the head's bias absorbs a constant).
+    product_offset: initial BatchNorm offset c of each stream's output before a product fusion (needs
+      ``fusion_norm``): the fused features start as (c + a) * (c + b). c = 1 (the default) is sum fusion
+      plus the product term a * b, which trains from scratch; c = 0 is the plain centred product, which
+      stalls (see the module docstring). Concat and sum fusions keep offset 0 (the head's bias absorbs
+      a constant).
     freeze_streams: run the streams in inference mode (BatchNorm running averages) under
       ``stop_gradient``: the paper's second stage, a classifier on fixed features (with
       ``train.trainable='head'``, which also keeps the optimizer off the streams).
     flow_scale: factor applied to the flow (pixels) before its CNN.
     dropout: rate before the classifier.
-    dtype: compute dtype of the CNNs and input projections.
+    dtype: compute dtype of the CNNs and input projections (``model.dtype``: 'float32', 'bfloat16' or
+      'auto' = bfloat16 on TPU/GPU, float32 on CPU); the recurrences, the fusion and the head run in
+      float32.
     unroll: ``lax.scan`` unroll over the spatial layer's diagonals.
   """
 
   def __init__(self, num_classes: int, *, num_frames: int = 16, backbone: str = 'resnet18',
                width: int = 64, stage_sizes=None, grid: int = 7, spatial_hidden: int = 128,
                spatial_proj: int = 16, spatial_out: int = 16, spatial_activation: str = 'tanh',
+               spatial_neighbours: str = 'orthogonal',
                temporal_hidden: int = 128, temporal_proj: int = 8, temporal_out: int = 32,
                temporal_cell: str = 'rnn', fusion: str = 'product', streams: str = 'both',
-               freeze_streams: bool = False, fusion_norm: bool = True, fusion_offset: float = 1.0,
+               freeze_streams: bool = False, fusion_norm: bool = True, product_offset: float = 1.0,
                flow_scale: float = 0.2,
                dropout: float = 0.5,
                dtype=jnp.float32, unroll: int | bool = 1, rngs: nnx.Rngs):
@@ -192,12 +207,13 @@ class RFSCNN(nnx.Module):
       raise ValueError(f'RFSCNN needs num_frames >= 2 (flow is between neighbours), got {num_frames}.')
     self.num_frames, self.grid, self.fusion, self.streams = num_frames, grid, fusion, streams
     self.freeze_streams, self.flow_scale, self.dtype = freeze_streams, flow_scale, dtype
-    offset = jax.nn.initializers.constant(fusion_offset if fusion == 'product' else 0.0)
+    offset = jax.nn.initializers.constant(product_offset if fusion == 'product' else 0.0)
     for name in self.stream_names:
       cnn = resnet.ResNet(backbone, width=width, stage_sizes=stage_sizes, dtype=dtype, rngs=rngs)
       spatial = spatial_recurrent.SpatialRecurrent(
           cnn.num_features, spatial_hidden, (grid, grid), spatial_proj, spatial_out,
-          activation=spatial_activation, unroll=unroll, dtype=dtype, rngs=rngs)
+          activation=spatial_activation, neighbours=spatial_neighbours, unroll=unroll, dtype=dtype,
+          rngs=rngs)
       length = num_frames if name == 'rgb' else num_frames - 1
       temporal = TemporalRecurrent(spatial.features, temporal_hidden, length, temporal_proj,
                                    temporal_out, cell=temporal_cell, rngs=rngs)
@@ -300,21 +316,22 @@ def _sparsity_term(outputs, batch, params):
 
 
 def rfscnn_losses(config) -> losses_lib.Loss:
-  """softmax: cross-entropy; svm: multiclass hinge (Crammer-Singer) + ``svm_l2`` * ||head kernel||^2;
-  both + ``l1_weight`` * sum |sparse_proj|. A weight-0 term 'sparsity' logs the share of near-zero
-  (|w| < 1e-3) sparse-projection entries (``loss/sparsity`` in the console and metrics.jsonl)."""
+  """softmax: cross-entropy; svm: multiclass hinge (``svm_multiclass``: Crammer-Singer or one-vs-rest)
+  + ``svm_l2`` * ||head kernel||^2, the SVM's only regulariser (``no_decay`` exempts the kernel from
+  the optimizer's weight decay); both + ``l1_weight`` * sum |sparse_proj|. A weight-0 term 'sparsity'
+  logs the share of near-zero (|w| < 1e-3) sparse-projection entries (``loss/sparsity`` in the console
+  and metrics.jsonl)."""
   m = config.model
   if m.head == 'svm':
-    terms = [('hinge', 1.0, losses_lib.multiclass_hinge(1.0)),
-             ('svm_l2', m.svm_l2, l2_penalty(r'(^|/)head/kernel($|/)'))]
+    one_vs_rest = m.get('svm_multiclass', 'crammer_singer') == 'one_vs_rest'
+    hinge = losses_lib.one_vs_rest_hinge(1.0) if one_vs_rest else losses_lib.multiclass_hinge(1.0)
+    terms = [('hinge', 1.0, hinge), ('svm_l2', m.svm_l2, l2_penalty(HEAD_KERNEL))]
   else:
     terms = [('cross_entropy', 1.0, losses_lib.cross_entropy(config.train.label_smoothing))]
   terms.append(('l1', m.l1_weight, losses_lib.l1_penalty(SPARSE_PATTERN)))
   terms.append(('sparsity', 0.0, _sparsity_term))
   return losses_lib.Loss(tuple(terms))
 
-
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 # config.model of 'rfscnn': the checks; the defaults are in configs/rfscnn.py.
 SCHEMA = {
@@ -327,6 +344,7 @@ SCHEMA = {
     'spatial_proj': config_lib.number(1, integer=True),
     'spatial_out': config_lib.number(1, integer=True),
     'spatial_activation': config_lib.one_of(*spatial_recurrent.ACTIVATIONS),
+    'spatial_neighbours': config_lib.one_of(*spatial_recurrent.NEIGHBOURS),
     'temporal_hidden': config_lib.number(1, integer=True),
     'temporal_proj': config_lib.number(1, integer=True),
     'temporal_out': config_lib.number(1, integer=True),
@@ -335,18 +353,19 @@ SCHEMA = {
     'streams': config_lib.one_of('both', *STREAMS),
     'freeze_streams': config_lib.boolean,
     'fusion_norm': config_lib.boolean,
-    'fusion_offset': config_lib.number(),
+    'product_offset': config_lib.number(),
     'head': config_lib.one_of(*HEADS),
+    'svm_multiclass': config_lib.one_of(*SVM_MULTICLASS),
     'svm_l2': config_lib.number(0),
     'l1_weight': config_lib.number(0),
     'flow_scale': config_lib.number(0, lo_open=True),
     'dropout': config_lib.number(0, 1, hi_open=True),
     'dot_1x1': config_lib.boolean,  # resnet.formulation
     'fused_batchnorm': config_lib.boolean,
-    'dtype': config_lib.one_of(*_DTYPES),
+    'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'unroll': config_lib.number(1, 64, integer=True),
 }
-_LOSS_FIELDS = ('head', 'svm_l2', 'l1_weight')
+_LOSS_FIELDS = ('head', 'svm_multiclass', 'svm_l2', 'l1_weight')
 
 
 def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> RFSCNN:
@@ -357,13 +376,20 @@ def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> RFSCNN:
   for key in _LOSS_FIELDS:
     fields.pop(key, None)
   if 'dtype' in fields:
-    fields['dtype'] = _DTYPES[fields['dtype']]
+    fields['dtype'] = precision.resolve_dtype(fields['dtype'])
   if 'stage_sizes' in fields:
     fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
   with resnet.formulation(**resnet.pop_formulation(fields)):
     return RFSCNN(num_classes, **fields, rngs=rngs)
 
 
+def no_decay(config) -> str:
+  """The SVM head's kernel gets no weight decay: ``svm_l2`` is its regulariser (an SVM is regularised
+  once); a softmax head decays like every other kernel."""
+  return HEAD_KERNEL if config.model.head == 'svm' else ''
+
+
 inputs_lib.register('flow', flow_lib.INPUT)  # The temporal stream's input.
 registry.register(registry.Family('rfscnn', SCHEMA, from_config, inputs=('frames', 'flow'),
-                                    losses=rfscnn_losses, pretrained=convert.apply_pretrained))
+                                  losses=rfscnn_losses, pretrained=convert.apply_pretrained,
+                                  no_decay=no_decay))

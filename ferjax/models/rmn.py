@@ -25,9 +25,10 @@ the bottom/right to the encoder feature's size before the concatenation (the usu
 input from 32 px works.
 
 Reconstruction variant (Shen & Li), on when ``reconstruction=True``: a decoder (``ReconstructionDecoder``)
-upsamples the masked last-stage features back to the input: five transposed convolutions (2x2, stride 2)
-+ BatchNorm + ReLU halving the channels, a 3x3 convolution to 3 channels, and a bilinear resize to the
-input size when 32x the feature map is not it. The model returns ``reconstruction`` and
+upsamples the masked last-stage features back to the input: ``reconstruction_levels`` (default 5: 32x, the
+trunk's stride) transposed convolutions (2x2, stride 2) + BatchNorm + ReLU halving the channels, a 3x3
+convolution to 3 channels, and a bilinear resize to the input size when 2^levels x the feature map is not
+it (the paper does not give the decoder's depth). The model returns ``reconstruction`` and
 ``reconstruction_target``: the model's own input frames, i.e. the normalised image the network sees. With
 the RMN recipe (``dataset.normalization='unit'``) that is the [0, 1] image p of the paper; with ImageNet
 normalisation it is the standardised image. ``losses.l1_reconstruction`` is their mean absolute error
@@ -178,6 +179,7 @@ class RMN(nnx.Module):
     mask_activation: 'softmax' over channels (the paper) | 'sigmoid'.
     dropout: dropout rate before the classifier (0.4 in the public code).
     reconstruction: add the reconstruction decoder (Shen & Li) and return its outputs.
+    reconstruction_levels: the decoder's transposed-convolution levels (each doubles the side).
     mask_loss: 'none' | 'binary': return ``mask_binary`` [N] for the mask term.
     dtype: compute dtype (``model.dtype``: 'auto' = bfloat16 on TPU/GPU, float32 on CPU); parameters are
       float32, logits, masks and reconstructions float32.
@@ -188,8 +190,8 @@ class RMN(nnx.Module):
 
   def __init__(self, num_classes: int, *, backbone: str = 'resnet34', width: int = 64,
                stage_sizes=None, mask_depths=MASK_DEPTHS, mask_activation: str = 'softmax',
-               dropout: float = 0.4, reconstruction: bool = False, mask_loss: str = 'none',
-               dtype=jnp.float32, remat: str = 'none', rngs: nnx.Rngs):
+               dropout: float = 0.4, reconstruction: bool = False, reconstruction_levels: int = 5,
+               mask_loss: str = 'none', dtype=jnp.float32, remat: str = 'none', rngs: nnx.Rngs):
     if not 0.0 <= dropout < 1.0:
       raise ValueError(f'dropout must be in [0, 1), got {dropout}.')
     if len(mask_depths) != 4 or any(int(d) < 1 for d in mask_depths):
@@ -211,7 +213,8 @@ class RMN(nnx.Module):
                                                  remat=self.remat, rngs=rngs))
     self.dropout = nnx.Dropout(dropout)
     self.head = nnx.Linear(self.backbone.num_features, num_classes, dtype=dtype, rngs=rngs)
-    self.reconstruction = (ReconstructionDecoder(self.backbone.num_features, dtype=dtype, rngs=rngs)
+    self.reconstruction = (ReconstructionDecoder(self.backbone.num_features,
+                                                 levels=int(reconstruction_levels), dtype=dtype, rngs=rngs)
                            if reconstruction else None)
 
   @property
@@ -269,6 +272,7 @@ SCHEMA = {
     'mask_activation': config_lib.one_of(*MASK_ACTIVATIONS),
     'dropout': config_lib.number(0, 1, hi_open=True),
     'reconstruction_weight': config_lib.number(0),
+    'reconstruction_levels': config_lib.number(1, 8, integer=True),
     'mask_loss': config_lib.one_of(*MASK_LOSSES),
     'mask_loss_weight': config_lib.number(0),
     'dot_1x1': config_lib.boolean,  # resnet.formulation

@@ -6,20 +6,29 @@ direction::
 
     h^r_ij = sigma(U^r x_ij + sum_{(k,l) in N^r_ij} W^r h^r_kl + b^r)
 
-N^r_ij are the vertical and the horizontal neighbour on the side the sweep comes from: for the sweep
-that starts in the top-left corner, (i-1, j) and (i, j-1); the other three sweeps start in the other
-corners. The K = h*w node states are then projected sparsely over the nodes, s^r = G^r^T h^r (K -> K_d;
-G^r is the ``sparse_proj`` parameter, the one an L1 penalty makes sparse), and the four directions are
+N^r_ij, the ``neighbours`` argument, are the grid neighbours on the side the sweep comes from; for the
+sweep that starts in the top-left corner:
+
+* ``'orthogonal'`` (4-connected): the vertical and the horizontal predecessor, (i-1, j) and (i, j-1);
+* ``'diagonal'``: those and the diagonal predecessor (i-1, j-1), the predecessor set of an 8-connected
+  grid split into four directed acyclic sweeps (STRNN's spatial layer, after DAG-RNN, Shuai et al.
+  2016).
+
+The other three sweeps start in the other corners. The RFSCNN paper writes N^r_ij without listing it.
+The K = h*w node states are then projected sparsely over the nodes, s^r = G^r^T h^r (K -> K_d; G^r is
+the ``sparse_proj`` parameter, the one an L1 penalty makes sparse), and the four directions are
 combined, m = sum_r P^r s^r (P^r maps the hidden axis, H -> D), flattened to K_d * D features.
 
-Wavefront. A node depends only on nodes of the previous anti-diagonal (i + j = d - 1), so all nodes of
-one anti-diagonal are computed at once: h + w - 1 sequential steps instead of h * w. The grid is
-"skewed" once (a static gather puts diagonal d, row i at [d, i]; off-grid slots are masked to zero),
-a ``lax.scan`` runs over the diagonals with the previous diagonal as its carry (the up neighbour of row
-i is the carry's row i - 1, the left neighbour its row i), and a second static gather puts the states
-back on the grid. The four directions are the top-left sweep of the flipped grid and run in the same
-scan, stacked on a leading axis (one sequential loop for all four, as ferjax's BiGRU does for its two
-directions). ``python -m ferjax.benchmark --spatial`` measures it against ``per_node_scan``, a
+Wavefront. A node depends only on nodes of the two previous anti-diagonals (i + j = d - 1 for the
+vertical and horizontal predecessors, d - 2 for the diagonal one), so all nodes of one anti-diagonal
+are computed at once: h + w - 1 sequential steps instead of h * w. The grid is "skewed" once (a static
+gather puts diagonal d, row i at [d, i]; off-grid slots are masked to zero), a ``lax.scan`` runs over
+the diagonals with the two previous diagonals as its carry (the up neighbour of row i is the previous
+diagonal's row i - 1, the left neighbour its row i, the diagonal neighbour the one before's row i - 1),
+and a second static gather puts the states back on the grid. The four directions are the top-left
+sweep of the flipped grid and run in the same scan, stacked on a leading axis (one sequential loop for
+all four, as ferjax's BiGRU does for its two directions). ``python -m ferjax.benchmark --spatial``
+measures it against ``per_node_scan``, a
 ``lax.scan`` that visits the h * w nodes one by one.
 """
 
@@ -36,6 +45,8 @@ from flax import nnx
 # Start corner of each sweep, in the order of the leading axis of the layer's parameters and states.
 DIRECTIONS = ('top_left', 'top_right', 'bottom_left', 'bottom_right')
 ACTIVATIONS = {'tanh': jnp.tanh, 'relu': jax.nn.relu, 'sigmoid': jax.nn.sigmoid}
+# N^r_ij of the top-left sweep as (row, column) steps back: 4-connected, or with the diagonal.
+NEIGHBOURS = {'orthogonal': ((1, 0), (0, 1)), 'diagonal': ((1, 0), (0, 1), (1, 1))}
 
 
 def orient(x: jax.Array, direction: int, *, row_axis: int = -3, col_axis: int = -2) -> jax.Array:
@@ -66,8 +77,18 @@ def skew_indices(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return gather.astype(np.int32), valid, scatter.astype(np.int32)
 
 
+def _check_neighbours(neighbours: str) -> None:
+  if neighbours not in NEIGHBOURS:
+    raise ValueError(f'Unknown neighbours {neighbours!r}; expected one of {tuple(NEIGHBOURS)}.')
+
+
+def _shift_down(x: jax.Array) -> jax.Array:
+  """Row i of the result is row i - 1 of ``x`` [..., h, H] (row 0: zeros)."""
+  return jnp.pad(x[..., :-1, :], [(0, 0)] * (x.ndim - 2) + [(1, 0), (0, 0)])
+
+
 def wavefront(inputs: jax.Array, w_rec: jax.Array, activation: str = 'tanh',
-              unroll: int | bool = 1) -> jax.Array:
+              unroll: int | bool = 1, neighbours: str = 'orthogonal') -> jax.Array:
   """Top-left sweeps of ``R`` stacked grids, one anti-diagonal per step.
 
   Args:
@@ -75,10 +96,13 @@ def wavefront(inputs: jax.Array, w_rec: jax.Array, activation: str = 'tanh',
     w_rec: [R, H, H], the recurrent matrix W of each stacked sweep.
     activation: sigma, a key of ``ACTIVATIONS``.
     unroll: ``lax.scan`` unroll factor over the h + w - 1 diagonals (True: a fully unrolled loop).
+    neighbours: N^r_ij, a key of ``NEIGHBOURS``.
 
   Returns:
     The node states [R, N, h, w, H].
   """
+  _check_neighbours(neighbours)
+  diagonal = neighbours == 'diagonal'
   r, n, h, w, hidden = inputs.shape
   act = ACTIVATIONS[activation]
   gather, valid, scatter = skew_indices(h, w)
@@ -86,32 +110,41 @@ def wavefront(inputs: jax.Array, w_rec: jax.Array, activation: str = 'tanh',
   skewed = jnp.moveaxis(flat[:, :, gather], 2, 0)  # [D, R, N, h, H]
   mask = jnp.asarray(valid, inputs.dtype)[:, None, None, :, None]  # [D, 1, 1, h, 1]
 
-  def step(prev, slot):
+  def step(carry, slot):
+    prev, before = carry  # Diagonals d - 1 and d - 2.
     x_d, mask_d = slot
-    # Up neighbour of row i = previous diagonal's row i - 1; left neighbour = its row i. Off-grid slots
-    # of the previous diagonal are zero, so they add nothing.
-    up = jnp.pad(prev[..., :-1, :], [(0, 0)] * (prev.ndim - 2) + [(1, 0), (0, 0)])
-    h_d = act(x_d + jnp.einsum('rnih,rhk->rnik', prev + up, w_rec)) * mask_d
-    return h_d, h_d
+    # Up neighbour of row i = previous diagonal's row i - 1; left neighbour = its row i; diagonal
+    # neighbour = row i - 1 of the diagonal before. Off-grid slots are zero, so they add nothing.
+    total = prev + _shift_down(prev)
+    if diagonal:
+      total = total + _shift_down(before)
+    h_d = act(x_d + jnp.einsum('rnih,rhk->rnik', total, w_rec)) * mask_d
+    return (h_d, prev), h_d
 
   # Zeros derived from the input keep its sharding (see recurrent._initial_state).
-  _, states = jax.lax.scan(step, jnp.zeros_like(skewed[0]), (skewed, mask), unroll=unroll)
+  zeros = jnp.zeros_like(skewed[0])
+  _, states = jax.lax.scan(step, (zeros, zeros), (skewed, mask), unroll=unroll)
   states = jnp.moveaxis(states, 0, 2).reshape(r, n, (h + w - 1) * h, hidden)
   return states[:, :, scatter].reshape(r, n, h, w, hidden)
 
 
-def per_node_scan(inputs: jax.Array, w_rec: jax.Array, activation: str = 'tanh') -> jax.Array:
+def per_node_scan(inputs: jax.Array, w_rec: jax.Array, activation: str = 'tanh',
+                  neighbours: str = 'orthogonal') -> jax.Array:
   """``wavefront``'s result by a ``lax.scan`` over the h * w nodes in raster order (the naive
   sequential layer, h * w steps; for the benchmark)."""
+  _check_neighbours(neighbours)
   r, n, h, w, hidden = inputs.shape
   act = ACTIVATIONS[activation]
   coords = jnp.asarray(np.stack(np.divmod(np.arange(h * w), w), -1), jnp.int32)
 
   def step(grid, ij):
     i, j = ij[0], ij[1]
-    up = jnp.where(i > 0, grid[:, :, jnp.maximum(i - 1, 0), j], 0.0)
-    left = jnp.where(j > 0, grid[:, :, i, jnp.maximum(j - 1, 0)], 0.0)
-    node = act(inputs[:, :, i, j] + jnp.einsum('rnh,rhk->rnk', up + left, w_rec))
+    total = 0.0
+    for di, dj in NEIGHBOURS[neighbours]:
+      k, l = i - di, j - dj
+      total = total + jnp.where((k >= 0) & (l >= 0),
+                                grid[:, :, jnp.maximum(k, 0), jnp.maximum(l, 0)], 0.0)
+    node = act(inputs[:, :, i, j] + jnp.einsum('rnh,rhk->rnk', total, w_rec))
     return grid.at[:, :, i, j].set(node), None
 
   grid, _ = jax.lax.scan(step, jnp.zeros_like(inputs), coords)
@@ -133,6 +166,7 @@ class SpatialRecurrent(nnx.Module):
     proj_nodes: K_d, nodes after the sparse projection.
     out_features: D, size of each projected node after P.
     activation: sigma ('tanh' | 'relu' | 'sigmoid').
+    neighbours: N^r_ij, 'orthogonal' (4-connected) or 'diagonal' (with the diagonal predecessor).
     unroll: ``lax.scan`` unroll over the diagonals.
     dtype: compute dtype of the input projection (the recurrence is float32).
 
@@ -141,21 +175,23 @@ class SpatialRecurrent(nnx.Module):
   """
 
   def __init__(self, in_features: int, hidden: int, grid: tuple[int, int], proj_nodes: int,
-               out_features: int, *, activation: str = 'tanh', unroll: int | bool = 1,
-               dtype=None, rngs: nnx.Rngs):
+               out_features: int, *, activation: str = 'tanh', neighbours: str = 'orthogonal',
+               unroll: int | bool = 1, dtype=None, rngs: nnx.Rngs):
     if activation not in ACTIVATIONS:
       raise ValueError(f'Unknown activation {activation!r}; expected one of {tuple(ACTIVATIONS)}.')
+    _check_neighbours(neighbours)
     h, w = grid
     k = h * w
     r = len(DIRECTIONS)
     normal = jax.nn.initializers.normal
     self.in_features, self.hidden, self.grid = in_features, hidden, (h, w)
     self.proj_nodes, self.out_features = proj_nodes, out_features
-    self.activation, self.unroll, self.dtype = activation, unroll, dtype
+    self.activation, self.neighbours, self.unroll, self.dtype = activation, neighbours, unroll, dtype
     self.weight_in = nnx.Param(normal(1 / math.sqrt(in_features))(rngs.params(), (r, in_features,
                                                                                   hidden)))
-    # Two neighbours are summed: scale so the recurrent term starts with unit-order variance.
-    self.weight_rec = nnx.Param(normal(1 / math.sqrt(2 * hidden))(rngs.params(), (r, hidden, hidden)))
+    # The neighbours are summed: scale so the recurrent term starts with unit-order variance.
+    fan_in = len(NEIGHBOURS[neighbours]) * hidden
+    self.weight_rec = nnx.Param(normal(1 / math.sqrt(fan_in))(rngs.params(), (r, hidden, hidden)))
     self.bias = nnx.Param(jnp.zeros((r, hidden)))
     self.sparse_proj = nnx.Param(normal(1 / math.sqrt(k))(rngs.params(), (r, k, proj_nodes)))
     # The four directions are summed.
@@ -176,7 +212,7 @@ class SpatialRecurrent(nnx.Module):
     u = jnp.einsum('nijc,rch->rnijh', x.astype(dtype), self.weight_in[...].astype(dtype),
                    preferred_element_type=jnp.float32) + self.bias[...][:, None, None, None, :]
     u = jnp.stack([orient(u[d], d) for d in range(len(DIRECTIONS))])
-    states = wavefront(u, self.weight_rec[...], self.activation, self.unroll)
+    states = wavefront(u, self.weight_rec[...], self.activation, self.unroll, self.neighbours)
     return jnp.stack([orient(states[d], d) for d in range(len(DIRECTIONS))])
 
   def project(self, states: jax.Array) -> jax.Array:

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# RFSCNN's fusion readings on the synthetic preset, side by side (docs/models/rfscnn-readings.md):
+# product fusion with the pre-fusion offset 1 (the default: sum + product), offset 0 (the plain product)
+# and sum fusion; seeds 0-2 each. Prints one line per run: reading, seed, test WAR / UAR; each run's log
+# is OUT_DIR/<reading>_seed<s>.log.
+#
+#   scripts/rfscnn_fusion_readings.sh OUT_DIR [EPOCHS]     (EPOCHS defaults to the preset's 15)
+#
+# The runs share a persistent JAX compilation cache (OUT_DIR/jax_cache): the first group compiles the train
+# and evaluation steps of both fusions (the offset and the seed change only initial values); the other
+# seven runs, side by side (about 1 GB of memory each), reuse them. The initialisation compiles per run:
+# its seed and offset are constants of its program.
+set -euo pipefail
+out=${1:?usage: $0 OUT_DIR [EPOCHS]}
+epochs=${2:-15}
+mkdir -p "$out"
+export JAX_COMPILATION_CACHE_DIR="$out/jax_cache"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+declare -A readings=(
+  [offset1]=':synthetic'
+  [offset0]=':synthetic --config.model.product_offset=0'
+  [sum]=':synthetic,fusion=sum'
+)
+
+run_group() {  # Runs "<reading>:<seed>" arguments side by side, then prints their results.
+  for item in "$@"; do
+    local name=${item%:*} seed=${item#*:}
+    read -r arg extra <<<"${readings[$name]}"
+    python -m ferjax.train --config "configs/rfscnn.py${arg},seed=$seed" ${extra:-} \
+        --config.train.num_epochs="$epochs" --workdir "$out/${name}_seed$seed" \
+        > "$out/${name}_seed$seed.log" 2>&1 &
+  done
+  wait
+  for item in "$@"; do
+    [[ -f "$out/${item%:*}_seed${item#*:}/report.json" ]] && python - "${item%:*}" "${item#*:}" \
+        "$out/${item%:*}_seed${item#*:}/report.json" <<'PY'
+import json, sys
+name, seed, path = sys.argv[1:]
+r = json.load(open(path))
+print(f'{name} seed={seed} test WAR {100 * r["war"]:.2f} % UAR {100 * r["uar"]:.2f} %', flush=True)
+PY
+    [[ -f "$out/${item%:*}_seed${item#*:}/report.json" ]] || echo "$item failed: see its log"
+  done
+}
+
+run_group offset1:0 sum:0
+run_group offset0:0 offset1:1 offset0:1 sum:1 offset1:2 offset0:2 sum:2
