@@ -107,6 +107,9 @@ def base() -> ml_collections.ConfigDict:
   # 'one': one window per sequence (the sampling mode's); 'all': consecutive T-frame windows covering
   # every frame, probabilities averaged (long videos).
   c.eval.windows = 'one'
+  # Test-time augmentation of validation (model selection, plateau schedule, early stopping); 0 or 1 =
+  # none: validation follows the plain model's scores, as the public RMN code's does.
+  c.eval.validation_tta_copies = 0
   return c
 
 
