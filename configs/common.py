@@ -72,8 +72,9 @@ def base() -> ml_collections.ConfigDict:
   c.train.num_epochs = 60.0
   c.train.num_steps = -1  # > 0 overrides num_epochs.
   c.train.optimizer = 'adamw'  # 'adamw' | 'radam' | 'sgd'.
-  # 'cosine' (warm-up + cosine decay) | 'plateau' (warm-up + constant, multiplied by plateau_factor after
-  # more than plateau_patience validations without a better UAR, down to min_learning_rate).
+  # 'cosine' (warm-up + cosine decay) | 'constant' (warm-up + constant) | 'plateau' (warm-up + constant,
+  # multiplied by plateau_factor after more than plateau_patience validations without a better UAR, down
+  # to min_learning_rate).
   c.train.schedule = 'cosine'
   c.train.plateau_patience = 2
   c.train.plateau_factor = 0.1
@@ -106,6 +107,9 @@ def base() -> ml_collections.ConfigDict:
   # 'one': one window per sequence (the sampling mode's); 'all': consecutive T-frame windows covering
   # every frame, probabilities averaged (long videos).
   c.eval.windows = 'one'
+  # Test-time augmentation of validation (model selection, plateau schedule, early stopping); 0 or 1 =
+  # none: validation follows the plain model's scores, as the public RMN code's does.
+  c.eval.validation_tta_copies = 0
   return c
 
 

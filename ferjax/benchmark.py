@@ -35,6 +35,14 @@ RBG stack's share shows both ways (1 - backbone / whole, and part / whole):
 
   python -m ferjax.benchmark --config configs/res_rbg.py --breakdown --config.input.batch_size=1 --steps 3
 
+`--deformable` times the DCNv2 layer (`ferjax.models.deformable.DeformConv`: offset/mask convolution +
+deformable sampling + the 3x3 convolution) against a plain 3x3 convolution of the same shape, forward and
+backward (gradients of the input and every parameter), alternating the two programs, and prints the
+median wall and process CPU seconds of each and their ratios (no config needed):
+
+  python -m ferjax.benchmark --deformable                      # batch 32, 14 x 14 x 256
+  python -m ferjax.benchmark --deformable --deformable_method gather
+
 `--input` measures the grain input pipeline alone instead (no model): reading, decoding, temporal sampling
 and augmentation of the config's training split, in the calling process (one worker's throughput), as
 frames/s and sequences/s per worker process. It needs the config's dataset prepared.
@@ -120,6 +128,13 @@ def _define_flags() -> None:
                        'thread (CPU ms per frame of the costliest functions).')
   flags.DEFINE_integer('source_px', 0, '--input: 0 = the config\'s dataset; N = built-in moving-texture '
                        'JPEG sequences of N x N px (no dataset needed).')
+  flags.DEFINE_bool('deformable', False, 'Time the deformable 3x3 layer against a plain 3x3 conv '
+                    '(forward + backward, --deformable_batch x --deformable_px^2 x --deformable_channels).')
+  flags.DEFINE_integer('deformable_batch', 32, '--deformable: batch.')
+  flags.DEFINE_integer('deformable_px', 14, '--deformable: map side.')
+  flags.DEFINE_integer('deformable_channels', 256, '--deformable: input and output channels.')
+  flags.DEFINE_enum('deformable_method', 'auto', ['auto', 'dense', 'gather'],
+                    '--deformable: the sampling formulation (ferjax.models.deformable).')
   flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
   flags.DEFINE_bool('breakdown', False, 'Res-RBG: the RBG stack\'s share of the train step (FLOPs and '
                     'CPU time of the whole step, the backbone-only step and the RBG part alone).')
@@ -626,6 +641,62 @@ def run_input(config, num_batches: int, flow: bool = False, source_px: int = 0, 
   return result
 
 
+def run_deformable(batch: int = 32, px: int = 14, channels: int = 256, num_steps: int = 10,
+                   method: str = 'auto') -> dict:
+  """Forward + backward of the DCNv2 layer and of a plain 3x3 convolution (both without bias, stride 1,
+  padding 1) on random [batch, px, px, channels] maps: median wall and process CPU seconds per step over
+  ``num_steps`` alternating steps after one warm-up each, and the deformable/plain ratios."""
+  from ferjax.models import deformable  # pylint: disable=import-outside-toplevel
+  rngs = nnx.Rngs(0)
+  layers = {
+      'plain': nnx.Conv(channels, channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                        rngs=rngs),
+      'deformable': deformable.DeformConv(channels, channels, 3, padding=1, rngs=rngs),
+  }
+  # Small random offsets, so the sampling positions are fractional as in a trained layer.
+  layers['deformable'].offset.kernel[...] = 1e-3 * jax.random.normal(
+      jax.random.key(1), layers['deformable'].offset.kernel.shape)
+  x = jax.random.normal(jax.random.key(0), (batch, px, px, channels))
+
+  apply = {'plain': lambda layer, x: layer(x),
+           'deformable': lambda layer, x: _deformable_apply(layer, x, method)}
+
+  def make_step(name):
+    graphdef, params = nnx.split(layers[name])
+    loss = lambda params, x: jnp.mean(jnp.square(apply[name](nnx.merge(graphdef, params), x)))
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return lambda: jax.block_until_ready(step(params, x))
+
+  fns = {name: make_step(name) for name in layers}
+  for fn in fns.values():
+    fn()  # Compile and warm up.
+  wall = {name: [] for name in fns}
+  cpu = {name: [] for name in fns}
+  for _ in range(num_steps):
+    for name, fn in fns.items():
+      w0, c0 = time.perf_counter(), time.process_time()
+      fn()
+      wall[name].append(time.perf_counter() - w0)
+      cpu[name].append(time.process_time() - c0)
+  med = lambda v: float(np.median(v))
+  result = {'shape': f'{batch} x {px} x {px} x {channels}', 'method': method,
+            'device': jax.devices()[0].device_kind, 'steps': num_steps}
+  for name in fns:
+    result[f'{name}_wall_s'] = _sig(med(wall[name]))
+    result[f'{name}_cpu_s'] = _sig(med(cpu[name]))
+  result['ratio_wall'] = _sig(med(wall['deformable']) / med(wall['plain']), 3)
+  result['ratio_cpu'] = _sig(med(cpu['deformable']) / med(cpu['plain']), 3)
+  return result
+
+
+def _deformable_apply(layer, x, method: str):
+  """``layer(x)`` with the sampling formulation ``method``."""
+  from ferjax.models import deformable  # pylint: disable=import-outside-toplevel
+  offset, mask = layer.offsets_and_mask(x)
+  return deformable.deform_conv2d(x, offset, mask, layer.kernel[...], stride=layer.stride,
+                                  padding=layer.padding, dilation=layer.dilation, method=method)
+
+
 def _print(result: dict) -> None:
   width = max(map(len, result))
   for k, v in result.items():
@@ -643,6 +714,10 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}')
   f = flags.FLAGS
+  if f.deformable:
+    _print(run_deformable(f.deformable_batch, f.deformable_px, f.deformable_channels, f.steps,
+                          f.deformable_method))
+    return
   if f.config is None:
     sys.exit('usage: python -m ferjax.benchmark --config configs/<family>.py[:arg] [--steps N] '
              '[--sweep KEY=V1,V2] [--profile DIR]')

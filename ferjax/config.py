@@ -64,7 +64,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'train.num_epochs': _number(0, lo_open=True),
     'train.num_steps': _number(-1, integer=True),
     'train.optimizer': _one_of('adamw', 'sgd', 'radam'),
-    'train.schedule': _one_of('cosine', 'plateau'),
+    'train.schedule': _one_of('cosine', 'plateau', 'constant'),
     'train.plateau_patience': _number(0, integer=True),
     'train.plateau_factor': _number(0, 1, lo_open=True, hi_open=True),
     'train.min_learning_rate': _number(0),
@@ -84,6 +84,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'mesh.data': _mesh_axis,
     'mesh.fsdp': _mesh_axis,
     'eval.tta_copies': _number(0, 64, integer=True),
+    'eval.validation_tta_copies': _number(0, 64, integer=True),
     'eval.windows': _one_of('one', 'all'),
 }
 
@@ -112,6 +113,7 @@ RESUMABLE_CHANGES = _Resumable({
     'train.log_every_steps', 'train.eval_every_steps', 'train.checkpoint_every_steps',
     'train.max_to_keep', 'train.num_epochs', 'train.num_steps', 'input.worker_count',
     'input.eval_batch_size', 'eval.tta_copies', 'eval.windows',  # How it is scored, not trained.
+    'eval.validation_tta_copies',  # Only while no validation split drives training (checkpointing.py).
     'dataset.data_dir', 'init.backbone_weights', 'init.backbone_prefix',
     'init.gru_weights', 'init.gru_prefix',
 })

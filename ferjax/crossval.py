@@ -5,6 +5,10 @@ by construction (ferjax/data/protocols.py), with the same model selection as a s
 the best validation UAR with `dataset.holdout_validation=True`; never the test fold). Rerunning the command
 skips finished folds and resumes an interrupted one exactly; `--folds 0,3` runs a subset.
 
+A table never mixes settings: a rerun must use the config the finished (and started) folds were run with,
+except for cadences, paths and worker counts (`RERUN_CHANGES`); otherwise it stops with an error naming the
+fields and folds, unless those folds are retrained (`--retrain 0,3`, the old runs are kept aside).
+
 `DIR/crossval.json` records the config, the protocol and every finished fold's scores, so a table survives a
 fold directory deleted by hand (it is reported, and retrained only with `--retrain k`). At the end:
 `results.json` and `results.md` (per-fold WAR, UAR, macro-F1, their mean ± sample standard deviation, pooled
@@ -25,7 +29,7 @@ from etils import epath
 import jax
 import numpy as np
 
-from ferjax import config as config_lib, metrics, paths, provenance, train
+from ferjax import checkpointing, config as config_lib, metrics, paths, provenance, train
 from ferjax.data import datasets, protocols
 
 # --config, --workdir, --multiprocess and --debug are ferjax.train's flags (absl flags are global).
@@ -34,6 +38,13 @@ _RETRAIN = flags.DEFINE_string('retrain', '', 'Comma-separated folds to train ag
 
 STATE = 'crossval.json'
 SUMMARY_KEYS = ('war', 'uar', 'macro_f1')
+
+# Fields a rerun may change without retraining finished folds: how often things happen, where the data
+# is, how many processes read it. `train.eval_every_steps` only without a validation split (with one, it
+# decides which checkpoint is selected).
+RERUN_CHANGES = frozenset({'train.log_every_steps', 'train.checkpoint_every_steps', 'train.max_to_keep',
+                           'train.eval_every_steps', 'input.worker_count', 'input.eval_batch_size',
+                           'dataset.data_dir'})
 
 
 class CrossvalError(ValueError):
@@ -73,19 +84,56 @@ def _identity(config) -> dict[str, Any]:
   return d
 
 
+def _rerun_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+  """The fields that differ between a fold's recorded config and this one and are not RERUN_CHANGES."""
+  validated = current['dataset'].get('holdout_validation') or saved['dataset'].get('holdout_validation')
+  return [(k, a, b) for k, a, b in config_lib.changed_fields(checkpointing.with_validation_tta(saved),
+                                                             current)
+          if k not in RERUN_CHANGES or (validated and k == 'train.eval_every_steps')]
+
+
 def _load_state(workdir: epath.Path, config) -> dict[str, Any]:
+  """crossval.json: the latest config, every finished fold's scores and the config it ran with."""
   path = workdir / STATE
-  identity = _identity(config)
   if not path.exists():
-    return {'config': identity, 'folds': {}}
+    return {'config': _identity(config), 'folds': {}, 'fold_configs': {}}
   state = json.loads(path.read_text())
-  changes = [c for c in config_lib.changed_fields(state['config'], identity)
-             if c[0] not in config_lib.RESUMABLE_CHANGES]
-  if changes:
-    listed = '; '.join(f'{k}: {a!r} there, {b!r} now' for k, a, b in changes[:6])
-    raise CrossvalError(f'{workdir} holds a cross-validation of another config ({listed}); use a new '
-                        '--workdir, or the config it was run with')
+  state.setdefault('fold_configs', {})
+  for fold in state['folds']:  # Written before per-fold configs were recorded: the one config.
+    state['fold_configs'].setdefault(fold, state['config'])
   return state
+
+
+def _fold_run_config(fold_dir: epath.Path) -> dict[str, Any] | None:
+  """The identity of the config a started fold last ran with (its config.json), if it started."""
+  path = fold_dir / 'config.json'
+  if not path.exists():
+    return None
+  saved = json.loads(path.read_text())
+  saved['dataset'] = {k: v for k, v in saved.get('dataset', {}).items() if k != 'fold'}
+  return saved
+
+
+def check_rerun(workdir: epath.Path, state: dict[str, Any], config, folds: list[int],
+                again: set[int]) -> None:
+  """Raises CrossvalError when a finished or started fold of `folds` ran with another config (beyond
+  RERUN_CHANGES) and is not in `again` (--retrain)."""
+  identity = _identity(config)
+  differing = {}
+  for fold in folds:
+    saved = state['fold_configs'].get(str(fold)) or _fold_run_config(workdir / f'fold_{fold}')
+    if saved is not None and fold not in again:
+      changes = _rerun_changes(saved, identity)
+      if changes:
+        differing[fold] = changes
+  if differing:
+    folds_text = ','.join(map(str, differing))
+    fields = {k: (a, b) for changes in differing.values() for k, a, b in changes}
+    listed = '; '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in list(fields.items())[:6])
+    raise CrossvalError(
+        f'{workdir} holds fold(s) {folds_text} of a cross-validation of another config ({listed}'
+        f'{"; ..." if len(fields) > 6 else ""}); a table would mix both. Rerun with the config they were '
+        f'run with, train them again with --retrain {folds_text}, or use a new --workdir.')
 
 
 def _save_state(workdir: epath.Path, state: dict[str, Any]) -> None:
@@ -95,14 +143,11 @@ def _save_state(workdir: epath.Path, state: dict[str, Any]) -> None:
     tmp.replace(workdir / STATE)
 
 
-def _subjects_by_split(dataset: datasets.PreparedDataset) -> dict[str, list[str]]:
-  """Subjects of every split of the dataset (reads the records' `subject` feature once)."""
-  out = {}
-  for split in dataset.split_names:
-    source = dataset.source(split)
-    out[split] = sorted({str(source[i]['subject'].decode() if isinstance(source[i]['subject'], bytes)
-                             else source[i]['subject']) for i in range(len(source))})
-  return out
+def _subjects_by_split(dataset: datasets.PreparedDataset, splits=()) -> dict[str, list[str]]:
+  """Subjects of every split of the dataset and of `splits` (sliced names such as 'train[:10%]'), from
+  each record's `subject` feature alone (frames are not parsed)."""
+  return {split: sorted({str(s) for s in dataset.source(split).feature('subject')})
+          for split in dict.fromkeys([*dataset.split_names, *splits])}
 
 
 def manifest(split_names, subjects: dict[str, list[str]], holdout_validation: bool,
@@ -119,8 +164,8 @@ def manifest(split_names, subjects: dict[str, list[str]], holdout_validation: bo
     entry = {}
     for part, expression in parts.items():
       names = expression.split('+') if expression else []
-      entry[part] = {'splits': names,
-                     'subjects': sorted({s for name in names for s in subjects[name]})}
+      entry[part] = {'splits': names, 'subjects': sorted(
+          {s for name in names for s in subjects.get(name, subjects[protocols.base_split(name)])})}
     for a, b in (('train', 'test'), ('validation', 'test'), ('train', 'validation')):
       leaked = (set(entry[a]['subjects']) & set(entry[b]['subjects'])) - {''}
       if leaked:
@@ -232,8 +277,20 @@ def _eta(seconds: float) -> str:
       f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-def run(config, workdir: str, folds: str = '', retrain: str = '') -> dict[str, Any]:
-  """Runs (or resumes) the cross-validation; returns results.json's content."""
+def _sliced_splits(split_names, config, folds) -> list[str]:
+  """Split names with a slice ('train[:10%]') that the protocol's folds read."""
+  names = set()
+  for fold in folds:
+    s = protocols.splits_for(split_names, fold, config.dataset.holdout_validation,
+                             config.dataset.subject_folds)
+    names.update(n for part in (s.train, s.validation or '', s.test) for n in part.split('+') if '[' in n)
+  return sorted(names)
+
+
+def run(config, workdir: str, folds: str = '', retrain: str = '', *,
+        start_over: bool = False) -> dict[str, Any]:
+  """Runs (or resumes) the cross-validation; returns results.json's content. `start_over` is passed to
+  every fold (ferjax.train.train_and_evaluate)."""
   config_lib.validate(paths.resolve_config_paths(config))
   workdir = epath.Path(paths.resolve(workdir))
   workdir.mkdir(parents=True, exist_ok=True)
@@ -243,8 +300,11 @@ def run(config, workdir: str, folds: str = '', retrain: str = '') -> dict[str, A
   wanted = parse_folds(folds, num_folds) or list(range(num_folds))
   again = set(parse_folds(retrain, num_folds, '--retrain'))
   state = _load_state(workdir, config)
-  fold_manifest = manifest(dataset.split_names, _subjects_by_split(dataset),
-                           config.dataset.holdout_validation, wanted, subject_folds)
+  check_rerun(workdir, state, config, wanted, again)
+  state['config'] = _identity(config)
+  subjects = _subjects_by_split(dataset, _sliced_splits(dataset.split_names, config, wanted))
+  fold_manifest = manifest(dataset.split_names, subjects, config.dataset.holdout_validation, wanted,
+                           subject_folds)
   _save_state(workdir, state)
 
   todo = [k for k in wanted if str(k) not in state['folds'] or k in again]
@@ -264,8 +324,10 @@ def run(config, workdir: str, folds: str = '', retrain: str = '') -> dict[str, A
       _log(f'--retrain {fold}: moved the previous run to fold_{fold}.replaced-{stamp}')
     eta = ((time.perf_counter() - started) / done_now * (len(todo) - done_now)) if done_now else None
     _log(f'=== Fold {fold} ({i} of {len(wanted)}; ETA of the table {_eta(eta) if eta else "-"}) ===')
-    report = train.train_and_evaluate(_fold_config(config, fold), os.fspath(fold_dir))
+    report = train.train_and_evaluate(_fold_config(config, fold), os.fspath(fold_dir),
+                                      start_over=start_over)
     state['folds'][str(fold)] = _summary(report)
+    state['fold_configs'][str(fold)] = _identity(config)
     _save_state(workdir, state)
     done_now += 1
 
@@ -316,7 +378,8 @@ def main(argv):
   try:
     config = config_lib.load_config(flags.FLAGS['config'])
     train.maybe_initialize_distributed()
-    run(config, paths.resolve(flags.FLAGS.workdir), _FOLDS.value, _RETRAIN.value)
+    run(config, paths.resolve(flags.FLAGS.workdir), _FOLDS.value, _RETRAIN.value,
+        start_over=flags.FLAGS.start_over)
   except train.Preempted as e:
     _log(f'Preempted in a fold: saved step {e.step}; rerun the same command to resume '
          f'(exit code {train.EXIT_PREEMPTED}).')

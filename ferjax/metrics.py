@@ -1,4 +1,5 @@
-"""Metrics: classification report (WAR, UAR, macro-F1, confusion matrix) and the workdir's metric logs.
+"""Metrics: classification report (WAR, UAR, macro-F1, confusion matrix), the micro-expression UF1/UAR
+and the workdir's metric logs.
 
 Only process 0 writes files. `metrics.jsonl` is always written (one JSON object per line, with `step` and
 `split`); TensorBoard events go next to it through tensorboardX, which needs neither TensorFlow nor the
@@ -90,6 +91,45 @@ def classification_report(labels: np.ndarray, preds: np.ndarray,
       'class_names': list(class_names),
       'confusion_matrix': cm.tolist(),
   }
+
+
+def uf1_uar(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> dict[str, float]:
+  """UF1 and UAR of the micro-expression literature (MEGC2019), over the predictions given, which for a
+  leave-one-subject-out table are those of all folds pooled (concatenated), not a mean over folds.
+
+  Per class c: F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c) and recall_c = TP_c / N_c (N_c = true samples of c);
+  UF1 and UAR are their unweighted means over the classes. Absent classes:
+    * a class neither true nor predicted has 2 TP + FP + FN = 0 (F1 undefined) and is left out of UF1;
+      a class predicted but never true counts with F1 = 0 (it only has false positives);
+    * a class with N_c = 0 has no recall and is left out of UAR.
+  With all classes present (the composite and each of its parts) both are the plain means over classes.
+  Returns ``{'uf1', 'uar', 'num_examples'}``; NaN scores for no examples.
+  """
+  cm = confusion_matrix(labels, preds, num_classes)
+  tp = np.diag(cm).astype(np.float64)
+  support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+  scored, present = (support + predicted) > 0, support > 0
+  f1 = 2 * tp[scored] / (support + predicted)[scored]  # 2TP + FP + FN = N_c + predicted_c.
+  recall = tp[present] / support[present]
+  return {'uf1': float(f1.mean()) if f1.size else float('nan'),
+          'uar': float(recall.mean()) if recall.size else float('nan'),
+          'num_examples': int(cm.sum())}
+
+
+def uf1_uar_by_group(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str],
+                     num_classes: int) -> dict[str, dict[str, float]]:
+  """``uf1_uar`` of all the pooled predictions (``'full'``) and of each group's share, e.g. the source
+  dataset of each sample of the MEGC2019 composite (groups 'casme2', 'samm', 'smic'), as the
+  literature's Full / SMIC / CASME II / SAMM columns."""
+  labels, preds, groups = np.asarray(labels), np.asarray(preds), np.asarray(groups)
+  if not len(labels) == len(preds) == len(groups):
+    raise ValueError(f'labels, preds and groups must have one entry per sample; found lengths '
+                     f'{len(labels)}, {len(preds)}, {len(groups)}')
+  out = {'full': uf1_uar(labels, preds, num_classes)}
+  for group in sorted(set(groups.tolist())):
+    keep = groups == group
+    out[str(group)] = uf1_uar(labels[keep], preds[keep], num_classes)
+  return out
 
 
 def group_reports(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str],

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-SCHEDULES = ('cosine', 'plateau')
+SCHEDULES = ('cosine', 'plateau', 'constant')
 
 
 class PlateauState(NamedTuple):

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'tensorflow-datasets',
-            'numpy', 'opencv-python-headless', 'ml_collections')
+            'numpy', 'opencv-contrib-python-headless', 'ml_collections')
 
 
 def _git(*args: str) -> str | None:

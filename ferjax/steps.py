@@ -79,8 +79,8 @@ def add_decayed_weights(weight_decay: float, rules=DEFAULT_WEIGHT_DECAY_RULES
 
 def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
                    warmup_steps: int, *, no_decay: str = '') -> optax.GradientTransformation:
-  """Warm-up + cosine decay (or warm-up + constant scaled on plateaus, see `ferjax.plateau`); AdamW,
-  RAdam or SGD with momentum; optional global-norm clipping.
+  """Warm-up + cosine decay (or warm-up + constant: as it is, or scaled on plateaus, see `ferjax.plateau`);
+  AdamW, RAdam or SGD with momentum; optional global-norm clipping.
 
   RAdam (Liu et al., 2020; the Residual Masking Network's optimizer) decays weights decoupled, as the
   reference implementation the RMN code uses (`p -= lr * weight_decay * p`). Weight decay scales each
@@ -89,7 +89,7 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
   regularises, e.g. RFSCNN's SVM kernel) got multiplier 0.
   """
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-  if train.get('schedule', 'cosine') == 'plateau':
+  if train.get('schedule', 'cosine') in ('plateau', 'constant'):  # 'constant': no plateau link.
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, train.learning_rate, max(warmup_steps, 1)),
          optax.constant_schedule(train.learning_rate)], [warmup_steps])

@@ -14,6 +14,11 @@ validation split), `metrics.jsonl`, `tensorboard/`, `run.lock` while running, an
 (WAR, UAR, macro-F1, per-class scores, confusion matrix, which checkpoint was selected) and
 `confusion_matrix.png`.
 
+Validation is scored with its own test-time augmentation setting (`eval.validation_tta_copies`, default
+none); `eval.tta_copies` scores the test split. A checkpoint that cannot be read because it is corrupt is
+moved aside and the previous one is used; any other read failure stops the run with nothing moved; a run
+whose checkpoints are all unreadable starts over only with `--start_over` (docs/training-reliability.md).
+
 Exit codes of the CLI: 0 done; 1 a user error (one line on stderr); EXIT_PREEMPTED (143) after SIGTERM,
 once the state is saved: schedulers' requeue rules treat it as "terminated by a signal, run again".
 """
@@ -51,6 +56,9 @@ _MULTIPROCESS = flags.DEFINE_bool(
     'multiprocess', None, 'Call jax.distributed.initialize() (default: on TPU VMs / SLURM / when '
     'JAX_COORDINATOR_ADDRESS is set).')
 _DEBUG = flags.DEFINE_bool('debug', False, 'Show the full traceback of errors.')
+_START_OVER = flags.DEFINE_bool(
+    'start_over', False, 'Train from step 0 although the workdir holds checkpoints that cannot be read '
+    '(they stay in checkpoints_unreadable/).')
 
 # 128 + SIGTERM: what a scheduler sees from a job its preemption signal ended, so requeue rules match it.
 EXIT_PREEMPTED = 128 + signal.SIGTERM
@@ -70,6 +78,7 @@ class Preempted(RuntimeError):
 
 # Errors a user can fix; the CLI prints them in one line.
 USER_ERRORS = (config_lib.ConfigError, checkpointing.CheckpointMismatchError, workdir_lib.WorkdirError,
+               checkpointing.CheckpointReadError, checkpointing.NoReadableCheckpointError,
                protocols.DatasetNotPreparedError, convert.WeightsMismatchError, TrainingDiverged,
                pipeline.RecordError)
 
@@ -110,8 +119,9 @@ def _loaders(config, dataset, splits, shard):
   train = spec.train_loader(config, dataset.source(splits.train), shard[:3], config.input.worker_count,
                             inputs)
 
-  def evaluation(split):
-    return spec.eval_batches(config, dataset.source(split), (shard[0], shard[1], shard[3]), inputs)
+  def evaluation(split, validation=False):
+    return spec.eval_batches(config, dataset.source(split), (shard[0], shard[1], shard[3]), inputs,
+                             validation=validation)
   return train, evaluation
 
 
@@ -212,21 +222,24 @@ def _set_up(config, workdir: epath.Path) -> _Run:
   checkpointer = checkpointing.Checkpointer(
       os.fspath(workdir / 'checkpoints'), max_to_keep=config.train.max_to_keep,
       save_every_steps=config.train.checkpoint_every_steps)
-  best = (checkpointing.BestCheckpoint(os.fspath(workdir / 'best_checkpoint'))
-          if splits.validation else None)
   return _Run(config, workdir, dataset, splits, mesh, total_steps, iter(train_loader), eval_batches,
-              graphdef, state, abstract_state, train_fn, eval_fn, checkpointer, best)
+              graphdef, state, abstract_state, train_fn, eval_fn, checkpointer, None)
 
 
-def _restore_or_init(run: _Run) -> None:
-  """Resumes from the newest readable checkpoint (same config required) and records the config."""
+def _restore_or_init(run: _Run, start_over: bool = False) -> None:
+  """Resumes from the newest readable checkpoint (same config required), opens the best checkpoint
+  (moving aside one that is not this run's) and records the config."""
   config_dict = config_lib.to_dict(run.config)
-  restored = run.checkpointer.restore_latest(run.abstract_state, run.train_iter, config_dict, log=_log)
+  restored = run.checkpointer.restore_latest(run.abstract_state, run.train_iter, config_dict, log=_log,
+                                             start_over=start_over)
   resumed_from, changes = None, []
   if restored is not None:
     resumed_from, run.state, changes = restored
     _log(f'Resumed from {run.checkpointer.directory} at step {resumed_from}'
          + (f' (changed: {"; ".join(changes)})' if changes else ''))
+  if run.splits.validation:
+    run.best = checkpointing.BestCheckpoint(os.fspath(run.workdir / 'best_checkpoint'), config_dict,
+                                            fresh_start=restored is None, log=_log)
   if jax.process_index() == 0:
     workdir_lib.record_config(run.workdir, config_dict, resumed_from=resumed_from, changes=changes)
     # How predict/export import the family, the class names, the typical sequence length (run.json).
@@ -303,17 +316,16 @@ def _record_groups(dataset, split: str, feature: str = 'scene') -> list[str] | N
   source = dataset.source(split)
   if not len(source) or feature not in source[0]:
     return None
-  values = (source[i][feature] for i in range(len(source)))
-  return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+  return [str(v) for v in source.feature(feature)]  # That feature alone, not every record's frames.
 
 
 def _validate(run: _Run, step: int, writer: metrics.MetricWriter) -> None:
   """Validation report of `step`; keeps the state as the best checkpoint when its UAR is the best."""
-  report = evaluate(run.eval_fn, run.state, run.eval_batches(run.splits.validation), run.mesh,
-                    run.dataset.class_names)
+  report = evaluate(run.eval_fn, run.state, run.eval_batches(run.splits.validation, validation=True),
+                    run.mesh, run.dataset.class_names)
   scores = {k: report[k] for k in ('war', 'uar', 'macro_f1')}
   writer.write(step, 'validation', scores)
-  kept = run.best.update(step, run.state, scores)
+  kept = run.best.update(step, run.state, scores, scoring=report['scoring'])
   _log(f'  validation ({run.splits.validation}): WAR {100 * report["war"]:.2f}%  '
        f'UAR {100 * report["uar"]:.2f}%' + ('  (best so far)' if kept else ''))
   # Plateau schedule / early stopping: their state is in the optimizer state, saved with the step.
@@ -342,50 +354,123 @@ def _describe_loss(scalars: dict) -> str:
   return f'loss {scalars["loss"]:.4f}' + (f' ({", ".join(terms)})' if len(terms) > 1 else '') + extra
 
 
-def _train_loop(run: _Run, writer: metrics.MetricWriter) -> None:
-  """Steps until `total_steps`; raises Preempted after saving when SIGTERM arrives."""
+class _EndLoop(Exception):
+  """Raised by a periodic action to end training normally (early stopping)."""
+
+
+@dataclasses.dataclass
+class _Progress:
+  """What the periodic actions share: the step reached, and the step metrics not yet summed."""
+  step: int
+  last_saved: int | None
+  pending: list = dataclasses.field(default_factory=list)  # Device metrics of steps not yet checked.
+  summed: dict | None = None  # Host sums of the checked steps since the last log.
+  summed_steps: int = 0
+  clock: tuple[float, int] | None = None  # (time, step) once the first (compiling) step is done.
+
+
+@dataclasses.dataclass
+class PeriodicAction:
+  """One concern of the training loop: after a step, `act(step)` runs when `due(step)`.
+
+  The loop runs its actions in order after every step; an action may raise Preempted (stop after saving)
+  or _EndLoop (stop normally).
+  """
+  name: str
+  due: Callable[[int], bool]
+  act: Callable[[int], None]
+
+
+def _periodic_actions(run: _Run, writer: metrics.MetricWriter, progress: _Progress) -> list[PeriodicAction]:
+  """The loop's actions, in the order they run after a step: check for NaN before anything logs, selects
+  or saves; log; validate; save; stop on preemption; stop early; start the clock."""
   config, checkpointer = run.config, run.checkpointer
-  step = int(run.state.step)
-  last_saved = checkpointer.latest_step
-  pending, t0, t0_step = [], None, step
-  while step < run.total_steps:
-    if plateau.should_stop(run.state.opt_state, config.train):  # Also when resuming a stopped run.
-      _log(f'Early stop at step {step}: {config.train.early_stop_patience} validations without '
-           'improvement of the UAR.')
-      break
-    if checkpointer.preempted(step):  # Also reached when the signal came during compilation.
-      _save(run, step)
-      raise Preempted(step)
-    batch = sharding.global_batch(next(run.train_iter), run.mesh)
-    run.state, step_metrics = run.train_fn(run.state, batch)
-    step += 1
-    pending.append(step_metrics)
-    if step % config.train.log_every_steps == 0 or step == run.total_steps or \
-        checkpointer.should_save(step):
-      summed = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(pending))
-      if summed['nonfinite']:
-        raise TrainingDiverged(
-            f'the training loss became NaN/inf by step {step}; training stopped. The last good '
-            f'checkpoint (step {last_saved if last_saved is not None else "none"}) is kept in '
-            f'{checkpointer.directory}. Lower train.learning_rate or set train.grad_clip.')
-      rate = (step - t0_step) / (time.perf_counter() - t0) if t0 and step > t0_step else 0.0
-      scalars = _train_scalars(summed, len(pending), rate)
-      writer.write(step, 'train', scalars)
-      _log(f'step {step:>6}/{run.total_steps}  {_describe_loss(scalars)}  '
-           f'acc {100 * scalars["accuracy"]:5.1f}%  {rate:.2f} steps/s  '
-           f'ETA {_eta((run.total_steps - step) / rate) if rate else "-"}')
-      pending = []
-    if run.best and (step % config.train.eval_every_steps == 0 or step == run.total_steps):
-      _validate(run, step, writer)
-    if checkpointer.should_save(step) or step == run.total_steps or \
-        plateau.should_stop(run.state.opt_state, config.train):
-      _save(run, step)
-      last_saved = step
-    if t0 is None:  # Start the clock after the first (compiling) step.
-      jax.block_until_ready(run.state)
-      t0, t0_step = time.perf_counter(), step
-  if checkpointer.preempted(step):
+
+  def last(step):
+    return step == run.total_steps
+
+  def stopping():
+    return plateau.should_stop(run.state.opt_state, config.train)
+
+  def check_finite(step):
+    host = jax.device_get(progress.pending)
+    summed = jax.tree.map(lambda *xs: float(np.sum(xs)), *host)
+    progress.summed = summed if progress.summed is None else jax.tree.map(
+        lambda a, b: a + b, progress.summed, summed)
+    progress.summed_steps += len(host)
+    progress.pending = []
+    if summed['nonfinite']:
+      raise TrainingDiverged(
+          f'the training loss became NaN/inf by step {step}; training stopped. The last good '
+          f'checkpoint (step {progress.last_saved if progress.last_saved is not None else "none"}) is kept '
+          f'in {checkpointer.directory}. Lower train.learning_rate or set train.grad_clip.')
+
+  def log_train(step):
+    rate = 0.0
+    if progress.clock and step > progress.clock[1]:
+      rate = (step - progress.clock[1]) / (time.perf_counter() - progress.clock[0])
+    scalars = _train_scalars(progress.summed, progress.summed_steps, rate)
+    writer.write(step, 'train', scalars)
+    _log(f'step {step:>6}/{run.total_steps}  {_describe_loss(scalars)}  '
+         f'acc {100 * scalars["accuracy"]:5.1f}%  {rate:.2f} steps/s  '
+         f'ETA {_eta((run.total_steps - step) / rate) if rate else "-"}')
+    progress.summed, progress.summed_steps = None, 0
+
+  def save(step):
+    _save(run, step)
+    progress.last_saved = step
+
+  def preempt(step):
+    _save(run, step)
     raise Preempted(step)
+
+  def stop_early(step):
+    _log(f'Early stop at step {step}: {config.train.early_stop_patience} validations without '
+         'improvement of the UAR.')
+    raise _EndLoop
+
+  def start_clock(step):
+    jax.block_until_ready(run.state)
+    progress.clock = (time.perf_counter(), step)
+
+  logs = PeriodicAction('log', lambda s: s % config.train.log_every_steps == 0 or last(s)
+                        or checkpointer.should_save(s), log_train)
+  validates = PeriodicAction('validate', lambda s: run.best is not None and (
+      s % config.train.eval_every_steps == 0 or last(s)), lambda s: _validate(run, s, writer))
+  saves = PeriodicAction('save', lambda s: checkpointer.should_save(s) or last(s) or stopping(), save)
+  checks = PeriodicAction('check finite', lambda s: any(a.due(s) for a in (logs, validates, saves)),
+                          check_finite)
+  return [checks, logs, validates, saves,
+          PeriodicAction('preempt', checkpointer.preempted, preempt),
+          PeriodicAction('early stop', lambda s: stopping(), stop_early),
+          PeriodicAction('clock', lambda s: progress.clock is None, start_clock)]
+
+
+def _train_loop(run: _Run, writer: metrics.MetricWriter, step_hooks=()) -> None:
+  """Steps until `total_steps`, running the periodic actions after each step; raises Preempted after
+  saving when SIGTERM arrives. `step_hooks` are called with (step, state) after every step, before
+  the actions (fault injection in tests, custom monitoring)."""
+  progress = _Progress(step=int(run.state.step), last_saved=run.checkpointer.latest_step)
+  actions = _periodic_actions(run, writer, progress)
+  guards = [a for a in actions if a.name in ('preempt', 'early stop')]
+  try:
+    for action in guards:  # A resumed run that had stopped early, or a signal before the first step.
+      if progress.step < run.total_steps and action.due(progress.step):
+        action.act(progress.step)
+    while progress.step < run.total_steps:
+      batch = sharding.global_batch(next(run.train_iter), run.mesh)
+      run.state, step_metrics = run.train_fn(run.state, batch)
+      progress.step += 1
+      progress.pending.append(step_metrics)
+      for hook in step_hooks:
+        hook(progress.step, run.state)
+      for action in actions:
+        if action.due(progress.step):
+          action.act(progress.step)
+  except _EndLoop:
+    return
+  if run.checkpointer.preempted(progress.step):
+    raise Preempted(progress.step)
 
 
 def _save(run: _Run, step: int) -> None:
@@ -413,7 +498,8 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
     state = run.best.restore(run.abstract_state)
     selection = {'mode': 'best_validation_uar', 'step': int(validation['step']),
                  'validation_split': run.splits.validation,
-                 'validation': {k: validation[k] for k in ('war', 'uar', 'macro_f1')}}
+                 'validation': {k: validation[k] for k in ('war', 'uar', 'macro_f1')},
+                 'validation_scoring': validation.get('scoring', '')}
   scenes = _record_groups(run.dataset, run.splits.test)
   report = evaluate(run.eval_fn, state, run.eval_batches(run.splits.test), run.mesh,
                     run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']),
@@ -454,10 +540,13 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
   return report
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, start_over: bool = False,
+                       step_hooks=()) -> dict:
   """Trains `config`'s model on its fold's training split, evaluates on the test split; returns the report.
 
-  Raises Preempted (after saving) when SIGTERM arrives; the same call then resumes.
+  Raises Preempted (after saving) when SIGTERM arrives; the same call then resumes. `start_over` trains
+  from step 0 when the workdir's checkpoints exist but none can be read (otherwise an error).
+  `step_hooks`: callables `(step, state)` run after every training step.
   """
   config_lib.validate(paths.resolve_config_paths(config))
   workdir = epath.Path(paths.resolve(workdir))
@@ -470,10 +559,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run = None
   try:
     run = _set_up(config, workdir)
-    _restore_or_init(run)
+    _restore_or_init(run, start_over)
     writer = metrics.MetricWriter(os.fspath(workdir))
     try:
-      _train_loop(run, writer)
+      _train_loop(run, writer, step_hooks)
       return _final_report(run, writer)
     finally:
       writer.close()
@@ -531,7 +620,7 @@ def main(argv):
   try:
     config = config_lib.load_config(_CONFIG)
     maybe_initialize_distributed()
-    train_and_evaluate(config, paths.resolve(_WORKDIR.value))
+    train_and_evaluate(config, paths.resolve(_WORKDIR.value), start_over=_START_OVER.value)
   except Preempted as e:
     _log(f'Preempted: saved step {e.step}; rerun the same command to resume '
          f'(exit code {EXIT_PREEMPTED}).')

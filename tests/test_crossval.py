@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 
 from ferjax import crossval, report
-from ferjax.data import protocols
+from ferjax.data import datasets, protocols
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_train import REPO, TINY  # noqa: E402
@@ -83,24 +83,59 @@ def test_three_folds_killed_in_the_second_resume_to_the_same_results(data_dir, t
   assert table.count('| res_rbg | synthetic_expressions/tiny | 3/10 |') == 2
 
 
+def _config(data_dir, **overrides):
+  from test_train import _config as train_config  # pylint: disable=import-outside-toplevel
+  return train_config(data_dir, **overrides)
+
+
 def test_bad_input(data_dir, tmp_path):
   result = _run(_args(data_dir, tmp_path, '--folds', '12'))
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert 'fold(s) [12] out of range: this protocol has 10 folds (0-9)' in result.stderr
 
-  assert _run(_args(data_dir, tmp_path, '--folds', '0')).returncode == 0
-  other = _run(_args(data_dir, tmp_path, '--folds', '0', **{'train.learning_rate': 0.5}))
-  assert other.returncode == 1 and 'holds a cross-validation of another config' in other.stderr
-  assert 'train.learning_rate: 0.001 there, 0.5 now' in other.stderr
+  first = crossval.run(_config(data_dir), str(tmp_path), '0')
+  with pytest.raises(crossval.CrossvalError, match='train.learning_rate: 0.001 there, 0.5 now'):
+    crossval.run(_config(data_dir, **{'train.learning_rate': 0.5}), str(tmp_path), '0')
 
   # A finished fold's directory deleted by hand: reported, its recorded scores kept, nothing retrained.
-  before = json.loads((tmp_path / 'results.json').read_text())['folds']['0']
   os.rename(tmp_path / 'fold_0', tmp_path / 'elsewhere')
-  again = _run(_args(data_dir, tmp_path, '--folds', '0'))
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert 'fold 0 finished earlier but' in again.stdout and '--retrain 0' in again.stdout
+  again = crossval.run(_config(data_dir), str(tmp_path), '0')
   assert not (tmp_path / 'fold_0').exists()
-  assert json.loads((tmp_path / 'results.json').read_text())['folds']['0'] == before
+  assert again['folds']['0'] == first['folds']['0']
+
+
+def test_a_rerun_of_another_config_stops_or_retrains_never_mixes(data_dir, tmp_path):
+  crossval.run(_config(data_dir, **{'train.num_steps': 2}), str(tmp_path), '0')
+  # Another length: the finished fold would be reported next to folds of 4 steps.
+  with pytest.raises(crossval.CrossvalError) as info:
+    crossval.run(_config(data_dir, **{'train.num_steps': 4}), str(tmp_path), '0,1')
+  message = str(info.value)
+  assert 'fold(s) 0 ' in message and 'train.num_steps: 2 there, 4 now' in message
+  assert '--retrain 0' in message
+  assert not (tmp_path / 'fold_1').exists()  # Stopped before training anything.
+  # Cadences, paths and worker counts may change: the finished fold is kept as it is.
+  cadences = {'train.num_steps': 2, 'train.log_every_steps': 1, 'train.checkpoint_every_steps': 1,
+              'input.worker_count': 1}
+  kept = crossval.run(_config(data_dir, **cadences), str(tmp_path), '0')
+  assert kept['folds']['0']['selection']['step'] == 2
+  # --retrain: the old fold is kept aside and trained again with this config.
+  retrained = crossval.run(_config(data_dir, **{'train.num_steps': 4}), str(tmp_path), '0', '0')
+  assert retrained['folds']['0']['selection']['step'] == 4
+  assert [d for d in os.listdir(tmp_path) if d.startswith('fold_0.replaced-')]
+  assert retrained['config']['train']['num_steps'] == 4
+
+
+def test_start_up_reads_only_the_subject_of_each_record(make_sequence_dataset, tmp_path, monkeypatch):
+  name, data_dir = make_sequence_dataset(tmp_path, splits={'fold_0': 3, 'fold_1': 2, 'fold_2': 2})
+  dataset = datasets.PreparedDataset(name, data_dir, ('anger', 'contempt', 'disgust'),
+                                     ('fold_0', 'fold_1', 'fold_2'))
+  full_reads = []
+  original = datasets.EncodedFrames.__getitem__
+  monkeypatch.setattr(datasets.EncodedFrames, '__getitem__',
+                      lambda self, i: full_reads.append(i) or original(self, i))
+  subjects = crossval._subjects_by_split(dataset)  # pylint: disable=protected-access
+  assert subjects == {'fold_0': ['fold_0'], 'fold_1': ['fold_1'], 'fold_2': ['fold_2']}
+  assert full_reads == []  # No record was parsed with its frames.
 
 
 @pytest.mark.parametrize('layout', ['kfold', 'loso', 'afew'])
@@ -111,6 +146,8 @@ def test_every_fold_manifest_is_subject_independent(layout, holdout):
             'afew': ['train', 'validation']}[layout]
   # Two subjects per split, as the builders write them (subjects never span splits).
   subjects = {name: [f'{name}/a', f'{name}/b'] for name in splits}
+  if layout == 'afew' and holdout:  # A record-level hold-out of train: the subjects each part reads.
+    subjects.update({'train[10%:]': ['train/a'], 'train[:10%]': ['train/b']})
   folds = list(range(protocols.num_folds(splits)))
   m = crossval.manifest(splits, subjects, holdout, folds)
   assert sorted(m, key=int) == [str(k) for k in folds]

@@ -99,6 +99,51 @@ def test_roc_auc_equals_the_pair_count_and_skips_a_class_without_examples():
     metrics.classification_report(labels, probs.argmax(-1), NAMES, probs=probs[:, :2])
 
 
+def test_uf1_uar_pool_the_folds_by_hand():
+  # Two LOSO folds (negative=0, positive=1, surprise=2). Fold A: labels 0 0 1, preds 0 1 1;
+  # fold B: labels 2 2 0, preds 2 0 0. Pooled confusion: TP = (2, 1, 1), FP = (1, 1, 0), FN = (1, 0, 1).
+  labels = np.array([0, 0, 1] + [2, 2, 0])
+  preds = np.array([0, 1, 1] + [2, 0, 0])
+  scores = metrics.uf1_uar(labels, preds, 3)
+  f1 = [2 * 2 / (4 + 1 + 1), 2 * 1 / (2 + 1 + 0), 2 * 1 / (2 + 0 + 1)]  # 2/3, 2/3, 2/3
+  assert scores['uf1'] == pytest.approx(np.mean(f1)) == pytest.approx(2 / 3)
+  assert scores['uar'] == pytest.approx((2 / 3 + 1 / 1 + 1 / 2) / 3)
+  assert scores['num_examples'] == 6
+  # Pooled is not the mean of the folds' scores: each fold alone has UAR 3/4 (fold A: recalls 1/2, 1;
+  # fold B: 1/2, 1; the class absent from a fold is left out), their mean 3/4 > the pooled 13/18.
+  fold_a = metrics.uf1_uar(labels[:3], preds[:3], 3)
+  fold_b = metrics.uf1_uar(labels[3:], preds[3:], 3)
+  assert fold_a['uar'] == pytest.approx(0.75) and fold_b['uar'] == pytest.approx(0.75)
+  assert scores['uar'] == pytest.approx(13 / 18)
+
+
+def test_uf1_uar_absent_classes():
+  # Class 2 neither true nor predicted: left out of both means.
+  s = metrics.uf1_uar(np.array([0, 1, 1]), np.array([0, 1, 0]), 3)
+  assert s['uf1'] == pytest.approx((2 / 3 + 2 / 3) / 2)  # F1_0 = 2/(2+1), F1_1 = 2/(2+1)
+  assert s['uar'] == pytest.approx((1 + 1 / 2) / 2)
+  # Class 2 predicted but never true: F1 = 0 counts in UF1; no recall, so not in UAR.
+  s = metrics.uf1_uar(np.array([0, 1]), np.array([0, 2]), 3)
+  assert s['uf1'] == pytest.approx((1 + 0 + 0) / 3)
+  assert s['uar'] == pytest.approx((1 + 0) / 2)
+  s = metrics.uf1_uar(np.array([], np.int64), np.array([], np.int64), 3)
+  assert np.isnan(s['uf1']) and np.isnan(s['uar']) and s['num_examples'] == 0
+
+
+def test_uf1_uar_by_group_splits_the_pool_by_source_dataset():
+  labels = np.array([0, 1, 2, 0, 1, 2])
+  preds = np.array([0, 1, 2, 1, 1, 0])
+  groups = ['casme2', 'casme2', 'casme2', 'smic', 'smic', 'smic']
+  out = metrics.uf1_uar_by_group(labels, preds, groups, 3)
+  assert set(out) == {'full', 'casme2', 'smic'}
+  assert out['casme2']['uf1'] == pytest.approx(1.0) and out['casme2']['uar'] == pytest.approx(1.0)
+  # smic: TP = (0, 1, 0), FP = (1, 1, 0), FN = (1, 0, 1): F1 = (0, 2/3, 0); recall = (0, 1, 0).
+  assert out['smic']['uf1'] == pytest.approx(2 / 9) and out['smic']['uar'] == pytest.approx(1 / 3)
+  assert out['full'] == metrics.uf1_uar(labels, preds, 3)
+  with pytest.raises(ValueError, match='one entry per sample'):
+    metrics.uf1_uar_by_group(labels, preds, groups[:2], 3)
+
+
 def test_group_reports_by_hand():
   # Group a: labels 0 0 1, predictions 0 1 1 -> WAR 2/3, recalls 1/2 and 1 -> UAR 3/4.
   # Group b: labels 1 2, predictions 1 0 -> WAR 1/2, recalls 1 and 0 -> UAR 1/2.

@@ -366,3 +366,40 @@ def test_train_example_equals_a_reference_by_hand():
       want[:, y:y + h, x:x + w] = augment.MASK_FILL
     assert d.boxes and got['label'] == 2
     np.testing.assert_array_equal(got['frames'], want)
+
+
+def _load_config(path: str, arg: str):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec_ = importlib.util.spec_from_file_location(f'config_{arg}', path)
+  module = importlib.util.module_from_spec(spec_)
+  spec_.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize('family', ['res_rbg', 'rfscnn'])
+def test_evaluation_batches_are_made_by_the_input_workers(synthetic_tiny, family):
+  """Validation and test batches (RFSCNN's optical flow included) come from `input.worker_count` grain
+  workers: nothing is decoded in this process, and the batches equal the in-process ones."""
+  import os  # pylint: disable=import-outside-toplevel
+  from ferjax.data import datasets, spec  # pylint: disable=import-outside-toplevel
+  config = _load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs',
+                                     f'{family}.py'), 'synthetic')
+  config.dataset.config, config.dataset.data_dir = 'tiny', synthetic_tiny
+  config.dataset.num_frames, config.dataset.image_size = 4, 32
+  from ferjax import models  # pylint: disable=import-outside-toplevel
+  source = datasets.prepare(config.dataset).source('fold_0')
+  inputs = models.get_family(config.model.name).inputs
+  config.input.worker_count = 0
+  in_process = list(spec.eval_batches(config, source, (0, 1, 4), inputs, validation=True))
+  config.input.worker_count = 1
+  before = pipeline.DECODE_COUNT.value
+  by_workers = list(spec.eval_batches(config, source, (0, 1, 4), inputs, validation=True))
+  assert pipeline.DECODE_COUNT.value == before
+  assert len(by_workers) == len(in_process) > 0
+  for a, b in zip(in_process, by_workers):
+    assert set(a) == set(b) and ('flow' in a) == (family == 'rfscnn')
+    for key in a:  # Flow's magnitude may differ by an ulp between processes (sqrt, vectorised or not).
+      if np.issubdtype(a[key].dtype, np.floating):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)
+      else:
+        np.testing.assert_array_equal(a[key], b[key])

@@ -28,8 +28,10 @@ def test_every_fold_is_disjoint_and_covering(layout, holdout):
     validation = s.validation.split('+') if s.validation else []
     assert not set(train) & set(test)
     assert not set(train) & set(validation) and not set(validation) & set(test)
-    assert sorted(s.split_names()) == sorted(available)  # union is everything, no duplicates
-    assert bool(validation) == (holdout and layout != 'afew')
+    names = s.split_names()
+    assert len(set(names)) == len(names)  # no duplicates
+    assert sorted({protocols.base_split(n) for n in names}) == sorted(available)  # union is everything
+    assert bool(validation) == holdout
     tests.append(s.test)
   if layout not in SINGLE_FOLD:
     assert sorted(tests) == sorted(available)  # every split is the test set exactly once
@@ -66,8 +68,23 @@ def test_subjects_sort_naturally():
 
 
 def test_afew():
-  assert protocols.splits_for(['train', 'validation'], 0, True) == protocols.Splits(
+  assert protocols.splits_for(['train', 'validation'], 0) == protocols.Splits(
       train='train', validation=None, test='validation')
+  # A hold-out validation set: a fixed 10 % of train (by record), never the test split.
+  assert protocols.splits_for(['train', 'validation'], 0, True) == protocols.Splits(
+      train='train[10%:]', validation='train[:10%]', test='validation')
+
+
+def test_afew_holdout_reads_disjoint_records_covering_train(make_sequence_dataset, tmp_path):
+  name, data_dir = make_sequence_dataset(tmp_path, splits={'train': 20, 'validation': 4})
+  s = protocols.splits_for(protocols.dataset_splits(name, data_dir), 0, holdout_validation=True)
+  ids = {part: [str(r['sequence_id']) for r in tfds.data_source(name, split=split, data_dir=data_dir)]
+         for part, split in (('train', s.train), ('validation', s.validation), ('all', 'train'))}
+  assert len(ids['validation']) == 2 and len(ids['train']) == 18
+  assert not set(ids['train']) & set(ids['validation'])
+  assert sorted(ids['train'] + ids['validation']) == sorted(ids['all'])
+  again = [str(r['sequence_id']) for r in tfds.data_source(name, split=s.validation, data_dir=data_dir)]
+  assert again == ids['validation']  # The same records every time.
 
 
 @pytest.mark.parametrize('holdout, expected', [

@@ -194,6 +194,8 @@ def test_presets_validate():
   assert (recipe.train.plateau_patience, recipe.train.plateau_factor, recipe.train.min_learning_rate,
           recipe.train.early_stop_patience, recipe.train.num_epochs) == (2, 0.1, 1e-6, 8, 50.0)
   assert recipe.dataset.normalization == 'unit' and recipe.input.batch_size == 48
+  # The public code validates without test-time augmentation and reports the test set with 10 copies.
+  assert (recipe.eval.tta_copies, recipe.eval.validation_tta_copies) == (10, 0)
   assert rmn.get_config('fer2013,reconstruction').model.reconstruction_weight > 0
   assert rmn.get_config('ck_plus').dataset.num_frames > 1
   with pytest.raises(ValueError, match='preset'):

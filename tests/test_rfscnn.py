@@ -222,6 +222,7 @@ def _accuracy(graphdef, state):
   return float((steps.eval_step(graphdef, state, b)['pred'] == b['label']).mean())
 
 
+@pytest.mark.slow  # Trains every fusion x head combination: CI's slow stage.
 @pytest.mark.parametrize('head', rfscnn.HEADS)
 @pytest.mark.parametrize('fusion', rfscnn.FUSIONS)
 def test_each_fusion_and_head_learns_well_above_chance(fusion, head):

@@ -13,6 +13,7 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import tensorflow_datasets as tfds
+from tensorflow_datasets.proto import tf_example_pb2
 
 from ferjax.data import protocols
 
@@ -54,6 +55,19 @@ class EncodedFrames:
     record = self._source.dataset_info.features._example_parser_np.parse_example(raw)  # pylint: disable=protected-access
     record['frames'] = list(record['frames'])
     return record
+
+  def feature(self, name: str) -> list:
+    """Every record's value of the scalar feature `name` (e.g. 'subject'), in order; the other features,
+    frames included, are not converted."""
+    values = []
+    for index in range(len(self)):
+      feature = tf_example_pb2.Example.FromString(self._source.data_source[index]).features.feature[name]
+      kind = feature.WhichOneof('kind')
+      if kind is None:
+        raise KeyError(f'records have no feature {name!r}')
+      value = getattr(feature, kind).value[0]
+      values.append(value.decode() if isinstance(value, bytes) else value)
+    return values
 
   def __repr__(self) -> str:
     return f'EncodedFrames({self._source!r})'

@@ -36,6 +36,8 @@ class View:
       the `*_output` flow methods; None = computed where needed.
     options: the config values of the keys the inputs declare (`Input.rules`), e.g.
       `{'dataset.flow': 'dis'}`.
+    record: the dataset record, for inputs that read its other features (the onset and apex indices of
+      micro-expression clips, `ferjax.data.micro_flow`); None where there is no record (predict).
   """
   frames: Sequence[np.ndarray]
   indices: np.ndarray
@@ -45,6 +47,7 @@ class View:
   flow_method: str = 'dis'
   warped: np.ndarray | None = None
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  record: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -179,7 +179,7 @@ class ExampleSpec:
              warped: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The example's inputs besides frames; ``warped`` = ``augment.warp(frames, matrix, S)`` if at hand."""
     view = View(frames, indices, _num_frames(record), matrix, self.image_size, self.flow, warped,
-                dict(self.input_options))
+                dict(self.input_options), record)
     return {name: spec.compute(view) for name, spec in self.specs}
 
   def example(self, record: dict, out_frames: np.ndarray,

@@ -12,7 +12,10 @@ This is the one place that knows the split layouts of DESIGN.md:
   naturally (``subject_2 < subject_10``), fold ``f`` tests on the f-th subject, validates on the next one
   (cyclically) when asked, and trains on the rest.
 * AFEW exposes ``train`` and ``validation`` (its test labels are not public); there is one fold: train on
-  ``train``, test on ``validation``, no separate validation set.
+  ``train``, test on ``validation``. With a hold-out validation set, a fixed ``HOLDOUT_PERCENT`` % of
+  ``train`` is held out (TFDS split slicing, ``train[:10%]``: the same records on every run, in the
+  builder's stored order, which TFDS shuffles by key when it writes the dataset) and the rest trains
+  (``train[10%:]``). AFEW records carry no subject ids, so this hold-out is by record, not by subject.
 * FER2013, RAF-DB, FERV39k (and the built-in ``synthetic_expressions/images``) expose ``train``,
   ``validation`` and ``test`` (FER2013's Training, PublicTest and PrivateTest; RAF-DB's and FERV39k's
   ``validation`` is carved out of their released train list by the builder); there is one fold and it always tests on ``test``. With a
@@ -37,6 +40,10 @@ _TRAIN_VALIDATION_TEST = ('train', 'validation', 'test')
 _SINGLE_FOLD = ('train_validation', 'train_validation_test')
 
 
+# Percentage of AFEW's `train` split held out for validation with `dataset.holdout_validation=True`.
+HOLDOUT_PERCENT = 10
+
+
 class DatasetNotPreparedError(FileNotFoundError):
   """The TFDS dataset has not been built in the given data_dir."""
 
@@ -52,6 +59,11 @@ class Splits:
     """The plain split names the three expressions cover, in order train, validation, test."""
     parts = [self.train] + ([self.validation] if self.validation else []) + [self.test]
     return [name for part in parts for name in part.split('+')]
+
+
+def base_split(name: str) -> str:
+  """'train[:10%]' -> 'train': the stored split a (possibly sliced) split name reads."""
+  return name.split('[', 1)[0]
 
 
 def _natural_key(name: str) -> list:
@@ -120,9 +132,9 @@ def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = F
   Args:
     available: the dataset's split names (e.g. from :func:`dataset_splits`).
     fold: which fold, in ``[0, num_folds(available))``.
-    holdout_validation: also hold out the next fold / subject as a validation set (not used for AFEW,
-      whose only labelled sets are train and validation); for train/validation/test datasets, validate on
-      ``validation`` instead of training on it.
+    holdout_validation: also hold out the next fold / subject as a validation set; for AFEW (train and
+      validation only), ``HOLDOUT_PERCENT`` % of ``train``; for train/validation/test datasets, validate
+      on ``validation`` instead of training on it.
     subject_folds: 0 keeps leave-one-subject-out; k >= 2 groups the subjects of a LOSO dataset into k
       subject-independent folds (subjects sorted naturally, fold i = subjects [i::k]).
 
@@ -134,6 +146,9 @@ def splits_for(available: Sequence[str], fold: int, holdout_validation: bool = F
   if not 0 <= fold < n:
     raise ValueError(f'fold must be in [0, {n - 1}] for splits {names}; got {fold}')
   if kind == 'train_validation':
+    if holdout_validation:
+      return Splits(train=f'train[{HOLDOUT_PERCENT}%:]', validation=f'train[:{HOLDOUT_PERCENT}%]',
+                    test='validation')
     return Splits(train='train', validation=None, test='validation')
   if kind == 'train_validation_test':
     if holdout_validation:

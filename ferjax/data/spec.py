@@ -31,12 +31,17 @@ def train_loader(config, source, shard: tuple[int, int, int], worker_count: int,
       shard_index=shard[0], shard_count=shard[1], **input_args(config, inputs))
 
 
-def eval_batches(config, source, shard: tuple[int, int, int], inputs: Sequence[str] = ('frames',)):
+def eval_batches(config, source, shard: tuple[int, int, int], inputs: Sequence[str] = ('frames',), *,
+                 validation: bool = False):
   """One evaluation pass over `source` for host `shard = (index, count, local batch size)`: the rows
-  of `config.eval` (windows x test-time augmentation copies) of every record."""
+  of `config.eval` (windows x test-time augmentation copies) of every record, made by
+  `config.input.worker_count` grain workers. `validation=True` uses `eval.validation_tta_copies` (model
+  selection, plateau, early stopping) instead of `eval.tta_copies` (the reported test scores)."""
+  tta_copies = config.eval.validation_tta_copies if validation else config.eval.tta_copies
   return pipeline.eval_batches(source, batch_size_per_host=shard[2], shard_index=shard[0],
-                               shard_count=shard[1], windows=config.eval.windows,
-                               tta_copies=config.eval.tta_copies, **input_args(config, inputs))
+                               shard_count=shard[1], worker_count=config.input.worker_count,
+                               windows=config.eval.windows, tta_copies=tta_copies,
+                               **input_args(config, inputs))
 
 
 def random_batch(config, batch_size: int, num_classes: int, rng: np.random.Generator,

@@ -11,6 +11,12 @@ sequence id; the frame is exactly the last frame of the sequence the matching se
 (`images_tiny` = the apex frames of `tiny`). Splits `train` / `validation` / `test` like FER2013's, still by
 subject: folds 0-7 -> train, fold 8 -> validation, fold 9 -> test.
 
+The `micro` configs (`micro.py`) are micro-expression clips of the same identities: neutral -> a short,
+low-amplitude negative / positive / surprise movement -> neutral, with `onset`, `apex` and `offset` frame
+indices, head jitter and noise; `clips_per_class` clips of each class per subject, one split per subject
+(`subject_s000`, ...), so the protocol is leave-one-subject-out (or subject-independent k-fold with
+`dataset.subject_folds`), as the MEGC2019 composite's.
+
 Determinism: subject i's identity comes from `np.random.default_rng([BASE_SEED, 0, i])` and its
 sequence of expression k from `np.random.default_rng([BASE_SEED, 1, i, k])`; nothing uses global
 random state. Rebuilding the same version and config gives records whose every field (JPEG bytes
@@ -38,6 +44,7 @@ import tensorflow_datasets as tfds
 
 from ferjax.data import tfds_common
 from tfds_builders.synthetic_expressions import faces
+from tfds_builders.synthetic_expressions import micro
 
 # Changing it (or the drawing code) changes the data: bump the builder version when you do.
 BASE_SEED = 20250101
@@ -56,6 +63,10 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
     jpeg_quality: OpenCV JPEG quality of the stored frames.
     apex_images: keep only each sequence's apex (last) frame, and split train (subjects of folds 0-7) /
       validation (fold 8) / test (fold 9) instead of fold_0..fold_9.
+    micro: micro-expression clips (`micro.py`): classes negative / positive / surprise, features
+      `onset` / `apex` / `offset` too, splits `subject_<id>`.
+    clips_per_class: micro: clips of each class per subject.
+    micro_amplitude: micro: range of the apex intensity, as a fraction of the macro set's apex.
   """
   num_subjects: int = 100
   image_size: int = 64
@@ -64,6 +75,9 @@ class SyntheticExpressionsConfig(tfds.core.BuilderConfig):
   supersample: int = 4
   jpeg_quality: int = 95
   apex_images: bool = False
+  micro: bool = False
+  clips_per_class: int = 3
+  micro_amplitude: tuple[float, float] = (0.2, 0.35)
 
 
 def subject_id(index: int) -> str:
@@ -82,12 +96,55 @@ IMAGE_SPLITS = {**{k: 'train' for k in range(NUM_FOLDS - 2)}, NUM_FOLDS - 2: 'va
 
 def split_of(index: int, config: 'SyntheticExpressionsConfig') -> str:
   """Subject index -> split name: `fold_<i % 10>`, or train / validation / test for apex_images."""
+  if config.micro:
+    return f'subject_{subject_id(index)}'
   fold = fold_of(index)
   return IMAGE_SPLITS[fold] if config.apex_images else f'fold_{fold}'
 
 
+def micro_examples(index: int, config: SyntheticExpressionsConfig) -> list[tuple[str, dict]]:
+  """The micro-expression (key, example) pairs of subject `index`; clip j of class k draws from
+  `np.random.default_rng([BASE_SEED, 2, index, k, j])`."""
+  identity = faces.sample_identity(np.random.default_rng([BASE_SEED, 0, index]))
+  subject = subject_id(index)
+  background = faces.draw_background(identity, config.image_size, config.supersample)
+  out = []
+  for k, label in enumerate(micro.CLASSES):
+    for j in range(config.clips_per_class):
+      rng = np.random.default_rng([BASE_SEED, 2, index, k, j])
+      num_frames = int(rng.integers(config.min_frames, config.max_frames + 1))
+      frames, (onset, apex, offset) = micro.render_micro_clip(
+          identity, label, num_frames, config.image_size, rng, amplitude=config.micro_amplitude,
+          supersample=config.supersample, background=background)
+      sequence_id = f'{subject}_{label}_{j}'
+      out.append((sequence_id, {
+          'frames': [tfds_common.encode_jpeg(f, quality=config.jpeg_quality) for f in frames],
+          'label': label, 'subject': subject, 'sequence_id': sequence_id, 'num_frames': len(frames),
+          'onset': onset, 'apex': apex, 'offset': offset,
+      }))
+  return out
+
+
+def micro_features(size: int) -> tfds.features.FeaturesDict:
+  """The sequence features of DESIGN.md with the micro classes, plus onset / apex / offset indices."""
+  return tfds.features.FeaturesDict({
+      'frames': tfds.features.Sequence(
+          tfds.features.Image(shape=(size, size, 3), encoding_format='jpeg')),
+      'label': tfds.features.ClassLabel(names=list(micro.CLASSES)),
+      'subject': tfds.features.Text(),
+      'sequence_id': tfds.features.Text(),
+      'num_frames': tfds.features.Scalar(np.int32),
+      'onset': tfds.features.Scalar(np.int32),
+      'apex': tfds.features.Scalar(np.int32),
+      'offset': tfds.features.Scalar(np.int32),
+  })
+
+
 def subject_examples(index: int, config: SyntheticExpressionsConfig) -> list[tuple[str, dict]]:
-  """The 7 (key, example) pairs of subject `index`: a pure function of (index, config)."""
+  """The 7 (key, example) pairs of subject `index` (micro configs: `micro_examples`): a pure
+  function of (index, config)."""
+  if config.micro:
+    return micro_examples(index, config)
   identity = faces.sample_identity(np.random.default_rng([BASE_SEED, 0, index]))
   subject = subject_id(index)
   background = faces.draw_background(identity, config.image_size, config.supersample)
@@ -114,7 +171,7 @@ class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for synthetic_expressions (see the module docstring)."""
 
   VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}  # The micro configs came later; the others are unchanged.
   BUILDER_CONFIGS = [
       SyntheticExpressionsConfig(
           name='default', description='100 subjects x 7 expressions, 64x64 px, 8-32 frames.'),
@@ -131,6 +188,15 @@ class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
               'Static images for tests: the apex frames of `tiny` (20 subjects x 7, 32x32 px), '
               'train / validation / test (112 / 14 / 14).'),
           num_subjects=20, image_size=32, min_frames=4, max_frames=8, apex_images=True),
+      SyntheticExpressionsConfig(
+          name='micro', description=(
+              'Micro-expressions: 24 subjects x 3 classes (negative / positive / surprise) x 3 clips, '
+              '64x64 px, 10-16 frames, onset / apex / offset; one split per subject (LOSO).'),
+          num_subjects=24, image_size=64, min_frames=10, max_frames=16, micro=True),
+      SyntheticExpressionsConfig(
+          name='micro_tiny', description='Micro-expressions for tests: 6 subjects x 3 classes x 1 clip, '
+          '32x32 px, 6-8 frames.',
+          num_subjects=6, image_size=32, min_frames=6, max_frames=8, micro=True, clips_per_class=1),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
@@ -152,7 +218,11 @@ class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
-    if cfg.num_subjects < NUM_FOLDS:
+    if cfg.micro:
+      if cfg.num_subjects < 2 or cfg.clips_per_class < 1 or cfg.min_frames < 6:
+        raise ValueError('micro configs need num_subjects >= 2, clips_per_class >= 1 and min_frames >= 6; '
+                         f'got {cfg.num_subjects}, {cfg.clips_per_class}, {cfg.min_frames}')
+    elif cfg.num_subjects < NUM_FOLDS:
       raise ValueError(
           f'num_subjects must be >= {NUM_FOLDS} (one per fold), got {cfg.num_subjects}')
     if not 2 <= cfg.min_frames <= cfg.max_frames:
@@ -161,7 +231,8 @@ class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split('\n\n')[0],
-        features=tfds_common.sequence_features(faces.EXPRESSIONS, cfg.image_size),
+        features=(micro_features(cfg.image_size) if cfg.micro else
+                  tfds_common.sequence_features(faces.EXPRESSIONS, cfg.image_size)),
         supervised_keys=('frames', 'label'),
         homepage='https://github.com/ferjax/ferjax',
         citation='',
@@ -170,7 +241,8 @@ class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
     config = self.builder_config
-    names = list(dict.fromkeys(split_of(i, config) for i in range(NUM_FOLDS)))  # in fold order
+    units = config.num_subjects if config.micro else NUM_FOLDS
+    names = list(dict.fromkeys(split_of(i, config) for i in range(units)))  # in fold / subject order
     folds = [[i for i in range(config.num_subjects) if split_of(i, config) == name] for name in names]
     workers = self._workers or min(4, len(os.sched_getaffinity(0)))
     if workers <= 1:
