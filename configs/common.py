@@ -66,7 +66,8 @@ def base() -> ml_collections.ConfigDict:
 
   c.init = ml_collections.ConfigDict()
   # Any init.<submodule>_weights / _prefix loads a file into that submodule (ResNet or GRU layout).
-  c.init.checkpoint = ''  # A previous run's workdir: its final params initialise the model.
+  # A previous run's workdir: the checkpoint it selects (best_checkpoint/, else the newest) initialises it.
+  c.init.checkpoint = ''
 
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 60.0

@@ -60,7 +60,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'augment.fill': _one_of('reflect', 'black'),  # The border a rotation uncovers (augment.FILLS).
     'model.name': _string,  # Then the family's schema checks the rest of config.model.
     # Also any init.<submodule>_weights / init.<submodule>_prefix (INIT_KEY; ferjax.models.convert).
-    'init.checkpoint': _string,  # A previous run's workdir whose final params initialise the model.
+    'init.checkpoint': _string,  # A previous run's workdir; the checkpoint it selects initialises the model.
     'train.num_epochs': _number(0, lo_open=True),
     'train.num_steps': _number(-1, integer=True),
     'train.optimizer': _one_of('adamw', 'sgd', 'radam'),
