@@ -51,7 +51,7 @@ for python in "${PYTHONS[@]}"; do
     start=$SECONDS
     if ! "$uv" pip compile pyproject.toml --quiet --no-config --no-header --no-annotate \
         --extra "$extra" -c constraints.txt --python-version "$python" --python-platform "$PLATFORM" \
-        --default-index https://pypi.org/simple --only-binary :all: "${no_binary[@]}" \
+        --only-binary :all: "${no_binary[@]}" \
         -o "$out" 2>"$work/err"; then
       echo "FAIL  Python $python [$extra] ($PLATFORM): does not resolve with the lock:"
       sed 's/^/      /' "$work/err"
