@@ -44,7 +44,7 @@ def _one_line_error(result, *fragments):
 
 @pytest.mark.parametrize('case,fragments', [
     ('fold', ['dataset.fold', '[0, 9]', '12']),
-    ('config_arg', ["'foo'", 'fold', 'ablation']),
+    ('config_arg', ["'foo=1'", 'fold', 'ablation']),
     ('config_file', ['no such config file', 'nope.py']),
     ('unknown_override', ['--config.train.foo', "unknown key 'foo'", 'learning_rate']),
     ('workdir_is_file', ['is a file']),
