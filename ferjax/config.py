@@ -222,7 +222,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for key in flat:
     owners = _owners(key) if key not in rules else ()
     if owners:
-      raise ConfigError(f'config key {key!r} is read by {" and ".join(owners)}, not by '
+      raise ConfigError(f'config key {key!r} is read by {", ".join(owners)}, not by '
                         f'{family.name!r}; remove it (configs/common.py holds the keys every family reads)')
   check_fields(flat, rules)
   if config.mesh.data == -1 and config.mesh.fsdp == -1:

@@ -112,5 +112,6 @@ def test_a_key_another_family_owns_is_named_with_its_owner(tmp_path):
   run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert run.returncode == 1
   assert run.stderr.strip().splitlines()[-1] == (
-      "error: config key 'augment.mask_prob' is read by family 'res_rbg', not by 'toy'; remove it "
+      "error: config key 'augment.mask_prob' is read by family 'dcn_cbam', family 'mhca', family 'res_rbg', "
+      "not by 'toy'; remove it "
       '(configs/common.py holds the keys every family reads)')
