@@ -130,6 +130,7 @@ ADDED_FIELDS = {
     'model.svm_multiclass': 'crammer_singer',
     'model.product_offset': 1.0,  # RFSCNN's model.fusion_offset before its rename.
     'model.reconstruction_levels': 5,  # RMN
+    'model.head_init': 'lecun_normal',  # Res-RBG's classifier before the field.
 }
 # Fields that left the configs of the families that never read them: a saved value that had no effect
 # (`value -> bool`) equals a current config without the field.

@@ -274,9 +274,13 @@ def test_head_zero_init_and_zero_init_residual():
 def test_res_rbg_head_computes_in_float32_with_pytorch_init():
   """Under bfloat16 compute the classifier still runs in float32: the logits equal the float32 product
   of the pooled features and the float32 kernel (a bfloat16 product cast afterwards is off by ~1e-2
-  relative). Its initial kernel and bias are PyTorch's nn.Linear default, U(+-1/sqrt(fan_in))."""
-  model = models.create_model(tiny_config(dtype='bfloat16', hidden=64, dropout=0.0), 7,
-                              rngs=nnx.Rngs(params=0))
+  relative). With head_init='pytorch' its initial kernel and bias are PyTorch's nn.Linear default,
+  U(+-1/sqrt(fan_in)); the default, 'lecun_normal', has a zero bias."""
+  default = models.create_model(tiny_config(hidden=64), 7, rngs=nnx.Rngs(params=0))
+  assert not np.asarray(default.head.bias[...]).any() and np.asarray(default.head.kernel[...]).any()
+  model = models.create_model(
+      tiny_config(dtype='bfloat16', hidden=64, dropout=0.0, head_init='pytorch'), 7,
+      rngs=nnx.Rngs(params=0))
   x = frames()
   b, t = x.shape[:2]
 

@@ -111,8 +111,9 @@ class ResRBG(nnx.Module):
     rbg_blocks: number of RBG blocks (0 = pool the frame features directly).
     relu_before_gru, bigru_layers, block_norm, residual: the RBG block's structure (``RBGBlock``).
     head_zero_init: start the classifier's kernel at 0 (big_vision's default), so no gradient reaches the
-      frame and sequence layers before the classifier has aligned with the labels; otherwise PyTorch's
-      ``nn.Linear`` initialisation (``heads.Float32Linear``).
+      frame and sequence layers before the classifier has aligned with the labels.
+    head_init: the classifier's initialisation (``heads.INITS``): 'lecun_normal' (flax's) or 'pytorch'
+      (``nn.Linear``'s U(+-1/sqrt(fan_in)) kernel and bias).
     hidden: GRU hidden size (per direction).
     merge: BiGRU merge ('concat' | 'sum' | 'mean').
     pooling: temporal pooling ('mean' | 'last').
@@ -129,7 +130,8 @@ class ResRBG(nnx.Module):
                stage_sizes=None, attention: str = 'geca', attention_kwargs: dict | None = None,
                zero_init_residual: bool = False, rbg_blocks: int = 2,
                relu_before_gru: bool = True, bigru_layers: int = 4, block_norm: bool = True,
-               residual: bool = True, head_zero_init: bool = False, hidden: int = 560,
+               residual: bool = True, head_zero_init: bool = False, head_init: str = 'lecun_normal',
+               hidden: int = 560,
                merge: str = 'sum',
                pooling: str = 'mean', dropout: float = 0.5, dtype=jnp.float32,
                unroll: int | bool = 1, remat: str = 'none', rngs: nnx.Rngs):
@@ -157,7 +159,8 @@ class ResRBG(nnx.Module):
       d = blocks[-1].out_features
     self.temporal = nnx.List(blocks)
     self.dropout = nnx.Dropout(dropout)
-    self.head = heads.Float32Linear(d, num_classes, zero_init=head_zero_init, rngs=rngs)
+    self.head = heads.Float32Linear(d, num_classes, zero_init=head_zero_init, init=head_init,
+                                     rngs=rngs)
 
   def __call__(self, batch: dict[str, jax.Array], *, train: bool = False,
                rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
@@ -202,6 +205,7 @@ SCHEMA = {
     'block_norm': config_lib.boolean,
     'residual': config_lib.boolean,
     'head_zero_init': config_lib.boolean,
+    'head_init': config_lib.one_of(*heads.INITS),
     'hidden': config_lib.number(1, integer=True),
     'merge': config_lib.one_of(*recurrent.MERGE_MODES),
     'pooling': config_lib.one_of(*POOLING_MODES),
