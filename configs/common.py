@@ -114,6 +114,19 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+def image_trunk_base() -> ml_collections.ConfigDict:
+  """``base()`` plus the keys of the ResNet image families (mhca, dcn_cbam): the trunk's torchvision
+  weights (``init.backbone_weights``) and the augment chain's random masking (their ``augment.mask_*``
+  keys; off unless a recipe sets it)."""
+  c = base()
+  c.init.backbone_weights = ''  # torchvision-layout .safetensors/.npz; '' = random init.
+  c.init.backbone_prefix = ''  # Key prefix inside that file, e.g. 'module.'.
+  c.augment.mask_prob = 0.0
+  c.augment.mask_size = (0.1, 0.3)
+  c.augment.mask_count = 1
+  return c
+
+
 def integer(key: str, value: str) -> int:
   """`value` of argument `key=value` as an int, or a ValueError naming the argument."""
   try:

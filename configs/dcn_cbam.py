@@ -43,15 +43,8 @@ common = _common()
 
 
 def _base() -> ml_collections.ConfigDict:
-  """The shared sections, the trunk's torchvision weights (`init.backbone_weights`) and the augment
-  chain's random masking (this family's `augment.mask_*` keys; off unless a recipe sets it)."""
-  c = common.base()
-  c.init.backbone_weights = ''  # torchvision-layout .safetensors/.npz; '' = random init.
-  c.init.backbone_prefix = ''  # Key prefix inside that file, e.g. 'module.'.
-  c.augment.mask_prob = 0.0
-  c.augment.mask_size = (0.1, 0.3)
-  c.augment.mask_count = 1
-  return c
+  """The shared sections with the image families' trunk weights and random-masking keys."""
+  return common.image_trunk_base()
 
 
 def model_config() -> ml_collections.ConfigDict:
