@@ -294,8 +294,8 @@ def _run(config, workdir, run_dir, folds, start_over):
 
   def make_model():
     return models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
-  single_mesh = sharding.make_mesh(1, 1, jax.devices()[:1])  # The sequential run's init, bit for bit.
-  graphdef, single, _ = steps.init_sharded_state(make_model, tx, config.seed, single_mesh)
+  # The sequential run's jitted init on the same mesh (replicated: no FSDP), bit for bit.
+  graphdef, single, _ = steps.init_sharded_state(make_model, tx, config.seed, mesh)
   loss, extra = family.losses(config), dict(family.metrics(config))
   read = read_inputs(graphdef, tx, single, table, loss, config.dataset.normalization, extra)
   check_record_determined(config, dataset, table, read, family.inputs)
@@ -339,7 +339,9 @@ def _run(config, workdir, run_dir, folds, start_over):
     state = _train(config, train_fn, state, table_device, _Orders(rows, config.input.batch_size,
                                                                  config.seed),
                    rows_sharding, step, total_steps, folds, writers, checkpointer, position, config_dict)
-    return _evaluate_folds(config, dataset, graphdef, state, folds, splits, mesh, workdir, family, writers)
+    layout = {'folds': folds, 'fold_axis_devices': mesh.shape['data'] if fold_spec != P() else 1}
+    return _evaluate_folds(config, dataset, graphdef, state, splits, mesh, workdir, family, writers,
+                           layout)
   finally:
     for writer in writers.values():
       writer.close()
@@ -395,7 +397,7 @@ def _train(config, train_fn, state, table, orders, rows_sharding, step, total_st
   return state
 
 
-def _evaluate_folds(config, dataset, graphdef, state, folds, splits, mesh, workdir, family, writers):
+def _evaluate_folds(config, dataset, graphdef, state, splits, mesh, workdir, family, writers, layout):
   """Every fold's final model on its test split (`ferjax.train.evaluate`), written as its report.json."""
   replicated = sharding.replicated(mesh)
   single_sharding = jax.tree.map(lambda _: replicated, jax.tree.map(lambda x: x[0], state))
@@ -404,14 +406,14 @@ def _evaluate_folds(config, dataset, graphdef, state, folds, splits, mesh, workd
   local_eval = sharding.check_batch_size(config.input.eval_batch_size, mesh, 'input.eval_batch_size')
   reports = {}
   step = int(np.asarray(jax.device_get(state.step))[0])
-  for i, f in enumerate(folds):
+  for i, f in enumerate(layout['folds']):
     fold_state = jax.device_put(jax.tree.map(lambda x: x[i], state), single_sharding)
     test = splits[f].test
     batches = spec.eval_batches(config, dataset.source(test), (0, 1, local_eval), family.inputs)
     report = train.evaluate(eval_fn, fold_state, batches, mesh, dataset.class_names)
     report['provenance'] = {**provenance.collect(),
                             'dataset': provenance.dataset_version(dataset.name, dataset.data_dir)}
-    selection = {'mode': 'final', 'step': step, 'trained': 'parallel folds'}
+    selection = {'mode': 'final', 'step': step, 'trained': 'parallel folds', **layout}
     report.update(dataset=dataset.name, split=test, fold=f, step=step, selection=selection)
     fold_dir = workdir / f'fold_{f}'
     writers[f].write(step, 'test', {k: report[k] for k in ('war', 'uar', 'macro_f1')})
