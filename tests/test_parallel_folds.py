@@ -170,6 +170,7 @@ def test_train_record_order_is_the_loaders_order(micro_dir):
     np.testing.assert_array_equal(batch[ststnet.INPUT], expected)
 
 
+@pytest.mark.slow  # A second JAX process with its own compilation.
 def test_folds_split_over_two_devices(both, micro_dir, tmp_path):
   """Two simulated CPU devices, one fold each: the numbers of the one-device run."""
   _, par, root = both
