@@ -213,7 +213,7 @@ def whole_clip(dataset: str, subject: str, sample: str, emotion: str, folder: Pa
   if len(files) < 2:
     return Skip(sample, str(folder), f'frames missing: {len(files)} numbered image file(s) in the folder')
   kept = sorted(files)
-  apex = int(round(apex_position * (len(kept) - 1)))
+  apex = int(apex_position * (len(kept) - 1) + 0.5)  # Round half up: the later of two middle frames.
   return Clip(dataset, subject, sample, emotion, '', tuple(files[n] for n in kept), tuple(kept), 0, apex,
               len(kept) - 1, cropped)
 
