@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import micro_dummy as dummy  # noqa: E402  pylint: disable=wrong-import-position
 
-from ferjax import metrics  # noqa: E402
+from ferjax import crossval, metrics  # noqa: E402
 from ferjax.data import inputs, micro_flow, protocols  # noqa: E402
 from ferjax.models import ststnet  # noqa: E402,F401  # Registers the onset_apex_flow input.
 from tfds_builders import micro_builder as mb  # noqa: E402
@@ -199,6 +199,29 @@ def test_wrong_manual_dir_is_one_message_naming_the_layout(name, tmp_path, capsy
   assert 'Traceback' not in err and 'unrelated/' in err
 
 
+def test_pooled_uf1_uar_per_dataset_by_hand():
+  fold = {'war': 0.5, 'uar': 0.5, 'macro_f1': 0.5, 'num_examples': 4}
+  results = {
+      '0': {**fold, 'confusion_matrix': [[2, 0, 0], [0, 1, 1], [0, 0, 0]],
+            'by_dataset': {'casme2': {'confusion_matrix': [[2, 0, 0], [0, 0, 0], [0, 0, 0]]},
+                           'smic': {'confusion_matrix': [[0, 0, 0], [0, 1, 1], [0, 0, 0]]}}},
+      '1': {**fold, 'confusion_matrix': [[0, 1, 0], [0, 0, 0], [0, 0, 1]],
+            'by_dataset': {'samm': {'confusion_matrix': [[0, 1, 0], [0, 0, 0], [0, 0, 1]]}}},
+  }
+  scores = crossval.aggregate(results, ['negative', 'positive', 'surprise'])['uf1_uar']
+  # Pooled [[2,1,0],[0,1,1],[0,0,1]]: F1 = 4/5, 2/4, 2/3; recall = 2/3, 1/2, 1/1.
+  assert scores['full']['uf1'] == pytest.approx((4 / 5 + 1 / 2 + 2 / 3) / 3)
+  assert scores['full']['uar'] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+  # CASME II: only class 0, all right; classes neither true nor predicted are left out.
+  assert (scores['casme2']['uf1'], scores['casme2']['uar']) == (1.0, 1.0)
+  # SMIC: class 1 F1 2/3, class 2 predicted but never true F1 0; recall of class 1 alone.
+  assert scores['smic']['uf1'] == pytest.approx(1 / 3) and scores['smic']['uar'] == 0.5
+  # SAMM: class 0 missed (F1 0, recall 0), class 1 only predicted (F1 0), class 2 right.
+  assert scores['samm']['uf1'] == pytest.approx(1 / 3) and scores['samm']['uar'] == 0.5
+  assert [scores[k]['num_examples'] for k in ('full', 'casme2', 'samm', 'smic')] == [6, 2, 2, 2]
+
+
+@pytest.mark.slow  # Two trainings in a subprocess, 30-70 s on 2 cores; the pooling is checked by hand above.
 def test_crossval_on_the_composite_shows_uf1_uar_per_dataset(tmp_path):
   root = dummy.write_all(tmp_path / 'copy')
   config = megc2019.Megc2019Config(name='dummy', list_file=str(dummy.write_list(tmp_path / 'list.csv')),
