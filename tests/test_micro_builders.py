@@ -2,6 +2,7 @@
 built for real (TFDS + ArrayRecord) from .xlsx and .csv coding sheets, and the composite through
 `python -m ferjax.crossval` with its UF1 / UAR rows per dataset."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -178,6 +179,22 @@ def test_composite_reports_a_whole_dataset_absent_and_one_part_alone(tmp_path, c
   builder, records = _build(megc2019.Builder, megc2019.Megc2019Config(
       name='test_smic', datasets=('smic',), list_file=listed, **TINY), tmp_path, tmp_path / 'copy')
   assert len(records) == 3 and builder.info.metadata['num_missing'] == 0
+
+
+@pytest.mark.parametrize('preset, name, config, classes', [
+    ('megc2019', 'megc2019', 'full', 3), ('casme2', 'megc2019', 'casme2', 3), ('samm', 'megc2019', 'samm', 3),
+    ('smic', 'megc2019', 'smic', 3), ('casme2_5class', 'casme2', '5class', 5)])
+def test_ststnet_presets_name_the_built_datasets(preset, name, config, classes):
+  spec = importlib.util.spec_from_file_location('ststnet_config', os.path.join(REPO, 'configs', 'ststnet.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(preset)
+  assert (c.dataset.name, c.dataset.config, c.dataset.subject_folds) == (name, config, 0)
+  assert (c.model.name, c.dataset.image_size, c.train.learning_rate) == ('ststnet', 28, 5e-5)
+  builder = sb.builder_class(name, config)
+  chosen = next(b for b in builder.BUILDER_CONFIGS if b.name == config)
+  kept = chosen.classes if name == 'casme2' else megc2019.CLASSES
+  assert len(kept) == classes
 
 
 def test_official_list_counts():
