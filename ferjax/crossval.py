@@ -12,7 +12,8 @@ fields and folds, unless those folds are retrained (`--retrain 0,3`, the old run
 `DIR/crossval.json` records the config, the protocol and every finished fold's scores, so a table survives a
 fold directory deleted by hand (it is reported, and retrained only with `--retrain k`). At the end:
 `results.json` and `results.md` (per-fold WAR, UAR, macro-F1, their mean ± sample standard deviation, pooled
-scores, per-class recall, the fold -> subjects manifest, provenance), `confusion_matrix.png` (pooled over the
+scores, per-class recall, each fold's per-scene table where the dataset has scenes (FERV39k), the fold ->
+subjects manifest, provenance), `confusion_matrix.png` (pooled over the
 folds, counts and row-normalised) and `curves.png` (training loss and validation UAR of every fold).
 """
 
@@ -257,6 +258,9 @@ def markdown(results: dict[str, Any]) -> str:
     r = scores[name]
     lines.append(f'| {DATASET_NAMES.get(name, name)} | {r["num_examples"]} | {_pct(r["uf1"])} | '
                  f'{_pct(r["uar"])} |')
+  for fold in agg['folds']:  # FERV39k: each fold's results per scene (the dataset's `scene` feature).
+    if folds[fold].get('by_scene'):
+      lines += ['', f'Fold {fold} per scene:', '', metrics.group_table(folds[fold]['by_scene']).rstrip()]
   p = results['provenance']
   lines += ['', f'Code {p["git_commit"] or "?"}{" (uncommitted changes)" if p["git_dirty"] else ""}; '
             f'jax {p["versions"]["jax"]}, flax {p["versions"]["flax"]}; '

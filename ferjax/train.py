@@ -540,6 +540,8 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
        f'macro-F1 {100 * report["macro_f1"]:.2f}%  macro precision {100 * report["macro_precision"]:.2f}%  '
        f'macro ROC AUC {report["macro_roc_auc"]:.4f}'
        + (f'  (without TTA: WAR {100 * report["without_tta"]["war"]:.2f}%)' if 'without_tta' in report else '')
+       + (f'\nPer scene ({run.workdir / "scenes.md"}):\n' + metrics.group_table(report['by_scene'])
+          if 'by_scene' in report else '')
        + f'\nReport: {run.workdir / "report.json"}')
   return report
 
