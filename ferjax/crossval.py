@@ -207,7 +207,8 @@ def aggregate(fold_results: dict[str, dict[str, Any]], class_names) -> dict[str,
 def _from_confusion(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(labels, predictions) with the counts of a confusion matrix (rows true, columns predicted)."""
   n = len(cm)
-  return np.repeat(np.arange(n), cm.sum(axis=1)), np.concatenate([np.repeat(np.arange(n), row) for row in cm])
+  labels = np.repeat(np.arange(n), cm.sum(axis=1))
+  return labels, np.concatenate([np.repeat(np.arange(n), row) for row in cm])
 
 
 def pooled_uf1_uar(fold_results, folds, num_classes: int) -> dict[str, dict[str, float]]:
@@ -251,8 +252,8 @@ def markdown(results: dict[str, Any]) -> str:
             '| class | pooled recall % |', '| --- | ---: |']
   for name, recall in pooled['per_class_recall'].items():
     lines.append(f'| {name} | {"-" if recall is None else _pct(recall)} |')
-  lines += ['', 'UF1 and UAR over the predictions of all folds pooled (the micro-expression literature\'s scores):',
-            '', '| data | samples | UF1 % | UAR % |', '| --- | ---: | ---: | ---: |']
+  lines += ['', 'UF1 and UAR over the predictions of all folds pooled (the micro-expression '
+            'literature\'s scores):', '', '| data | samples | UF1 % | UAR % |', '| --- | ---: | ---: | ---: |']
   scores = agg.get('uf1_uar', {})
   for name in sorted(scores, key=lambda n: (list(DATASET_NAMES).index(n) if n in DATASET_NAMES else 9, n)):
     r = scores[name]

@@ -1,7 +1,7 @@
 """What the micro-expression builders share: CASME II, SAMM, SMIC-HS and the MEGC2019 composite.
 
-* Coding sheets (:func:`read_sheet`): ``.xlsx`` (openpyxl), the same table exported as ``.csv``, or CASME II's
-  older ``.xls`` (needs ``xlrd``, not a dependency: save it as ``.xlsx`` or ``.csv`` otherwise). The header
+* Coding sheets (:func:`read_sheet`): ``.xlsx`` (openpyxl), the same table exported as ``.csv``, or
+  CASME II's older ``.xls`` (needs ``xlrd``, not a dependency: save it as ``.xlsx`` or ``.csv``). The header
   row is found by its column names wherever it is (SAMM's sheet has title rows above it); column names are
   compared without case, spaces or punctuation (``OnsetFrame`` = ``Onset Frame``). Rows keep the number the
   spreadsheet shows (the header of a sheet that starts with it is row 1), so a skipped row can be found.
@@ -268,7 +268,8 @@ class MicroBuilder(sb.SequenceDatasetBuilder, skip_registration=True):
     size = self.builder_config.size
     text, index = tfds.features.Text(), tfds.features.Scalar(np.int32)
     features = tfds.features.FeaturesDict({
-        'frames': tfds.features.Sequence(tfds.features.Image(shape=(size, size, 3), encoding_format='jpeg')),
+        'frames': tfds.features.Sequence(
+            tfds.features.Image(shape=(size, size, 3), encoding_format='jpeg')),
         'label': tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
         'subject': text, 'sequence_id': text, 'num_frames': index,
         'frame_indices': tfds.features.Tensor(shape=(None,), dtype=np.int32),

@@ -24,7 +24,7 @@ class Builder(mb.MicroBuilder):
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   CLASS_NAMES = layout.EMOTIONS
   EXPECTED_LAYOUT = layout.EXPECTED_LAYOUT
-  HOMEPAGE = 'https://www.oulu.fi/en/university/faculties-and-units/faculty-information-technology-and-electrical-engineering/center-machine-vision-and-signal-analysis'
+  HOMEPAGE = 'https://www.oulu.fi/cmvs'
   BUILDER_CONFIGS = [mb.MicroConfig(name='default', description=(
       'SMIC-HS, 128x128 frames; apex = the middle frame of each clip.'))]
   DEFAULT_BUILDER_CONFIG_NAME = 'default'
