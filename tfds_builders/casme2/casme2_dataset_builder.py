@@ -55,6 +55,9 @@ Then: python -m tfds_builders casme2 --manual_dir <that dir> [--config 5class]
     return tuple(sorted(self.builder_config.classes))
 
   def _find_clips(self, manual_dir: Path):
+    unknown = sorted(set(self.builder_config.classes) - set(layout.EMOTIONS))
+    if unknown:
+      raise ValueError(f'casme2: classes must be among {layout.EMOTIONS}; found {unknown}')
     return layout.find_clips(manual_dir, self.builder_config.use_released_crops)
 
   def _label(self, clip: mb.Clip) -> str | None:
