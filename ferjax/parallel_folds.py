@@ -27,8 +27,8 @@ FSDP; one process; folds with the same number of steps and warm-up steps (`train
 equal); and training examples that are a function of the record alone in every input the model reads
 (no random augmentation or frame sampling that the model sees; STSTNet reads only the flow image, so its
 carried frame does not count). BatchNorm statistics are part of the stacked state, so each fold keeps its
-own. Evaluation runs per fold on its test split through the same `ferjax.train.evaluate` as sequential
-folds (test-time augmentation included).
+own. Evaluation runs per fold on its test split through the same `ferjax.train.evaluate_test_split` as
+sequential folds (test-time augmentation, per-scene and per-source-dataset results included).
 """
 
 from collections.abc import Sequence
@@ -410,7 +410,14 @@ def _evaluate_folds(config, dataset, graphdef, state, splits, mesh, workdir, fam
     fold_state = jax.device_put(jax.tree.map(lambda x: x[i], state), single_sharding)
     test = splits[f].test
     batches = spec.eval_batches(config, dataset.source(test), (0, 1, local_eval), family.inputs)
-    report = train.evaluate(eval_fn, fold_state, batches, mesh, dataset.class_names)
+    report = train.evaluate_test_split(eval_fn, fold_state, batches, mesh, dataset, test)
+    if config.eval.tta_copies > 1:  # As a sequential fold: the scores without test-time augmentation too.
+      plain_config = config.copy_and_resolve_references()
+      plain_config.eval.tta_copies = 0
+      plain = train.evaluate(eval_fn, fold_state, spec.eval_batches(
+          plain_config, dataset.source(test), (0, 1, local_eval), family.inputs), mesh, dataset.class_names)
+      report['without_tta'] = {k: plain[k] for k in ('war', 'uar', 'macro_f1', 'macro_precision',
+                                                     'macro_roc_auc', 'scoring')}
     report['provenance'] = {**provenance.collect(),
                             'dataset': provenance.dataset_version(dataset.name, dataset.data_dir)}
     selection = {'mode': 'final', 'step': step, 'trained': 'parallel folds', **layout}
