@@ -121,12 +121,15 @@ def micro_examples(index: int, config: SyntheticExpressionsConfig) -> list[tuple
           'frames': [tfds_common.encode_jpeg(f, quality=config.jpeg_quality) for f in frames],
           'label': label, 'subject': subject, 'sequence_id': sequence_id, 'num_frames': len(frames),
           'onset': onset, 'apex': apex, 'offset': offset,
+          # The drawn landmarks at the resting pose (the clip's head jitter moves them by ~1 px).
+          'keypoints': faces.keypoints(identity),
       }))
   return out
 
 
 def micro_features(size: int) -> tfds.features.FeaturesDict:
-  """The sequence features of DESIGN.md with the micro classes, plus onset / apex / offset indices."""
+  """The sequence features of DESIGN.md with the micro classes, plus onset / apex / offset indices and
+  the face's keypoints."""
   return tfds.features.FeaturesDict({
       'frames': tfds.features.Sequence(
           tfds.features.Image(shape=(size, size, 3), encoding_format='jpeg')),
@@ -137,6 +140,8 @@ def micro_features(size: int) -> tfds.features.FeaturesDict:
       'onset': tfds.features.Scalar(np.int32),
       'apex': tfds.features.Scalar(np.int32),
       'offset': tfds.features.Scalar(np.int32),
+      # (x, y) of the eyes, nose tip and mouth corners, fractions of the side (faces.KEYPOINTS).
+      'keypoints': tfds.features.Tensor(shape=(len(faces.KEYPOINTS), 2), dtype=np.float32),
   })
 
 
@@ -170,8 +175,9 @@ def subject_examples(index: int, config: SyntheticExpressionsConfig) -> list[tup
 class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for synthetic_expressions (see the module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}  # The micro configs came later; the others are unchanged.
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'micro configs: the keypoints feature; the other configs are unchanged.'}
   BUILDER_CONFIGS = [
       SyntheticExpressionsConfig(
           name='default', description='100 subjects x 7 expressions, 64x64 px, 8-32 frames.'),
