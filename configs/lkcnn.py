@@ -116,6 +116,8 @@ def synthetic_config() -> ml_collections.ConfigDict:
   c = paper_config()
   c.dataset.name = 'synthetic_expressions'
   c.dataset.config = 'micro'
+  c.model.dims = (16,)  # A quarter of the default's parameters: a fold trains in about a minute.
+  c.model.depths = (1,)
   c.input.batch_size = 32
   c.input.eval_batch_size = 64
   c.train.learning_rate = 1e-3

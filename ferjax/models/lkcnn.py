@@ -98,7 +98,7 @@ class MetaNeXtBlock(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     y = self.norm(self.mixer(x), use_running_average=not train)
     y = self.fc2(jax.nn.gelu(self.fc1(y), approximate=False))  # nn.GELU's default is the exact erf.
-    return x + y * self.gamma.value
+    return x + y * self.gamma[...]
 
 
 class Backbone(nnx.Module):
@@ -154,7 +154,7 @@ class RelativePositionAttention(nnx.Module):
     n = self.index.shape[0]
     if self.table is None:
       return jnp.zeros((self.heads, n, n), jnp.float32)
-    return jnp.transpose(self.table.value[self.index.reshape(-1)].reshape(n, n, self.heads), (2, 0, 1))
+    return jnp.transpose(self.table[...][self.index.reshape(-1)].reshape(n, n, self.heads), (2, 0, 1))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape

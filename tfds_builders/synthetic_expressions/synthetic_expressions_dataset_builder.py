@@ -13,7 +13,8 @@ subject: folds 0-7 -> train, fold 8 -> validation, fold 9 -> test.
 
 The `micro` configs (`micro.py`) are micro-expression clips of the same identities: neutral -> a short,
 low-amplitude negative / positive / surprise movement -> neutral, with `onset`, `apex` and `offset` frame
-indices, head jitter and noise; `clips_per_class` clips of each class per subject, one split per subject
+indices, `keypoints` (where the drawing puts the eyes, nose tip and mouth corners: `faces.keypoints`),
+head jitter and noise; `clips_per_class` clips of each class per subject, one split per subject
 (`subject_s000`, ...), so the protocol is leave-one-subject-out (or subject-independent k-fold with
 `dataset.subject_folds`), as the MEGC2019 composite's.
 
