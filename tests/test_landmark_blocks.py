@@ -93,6 +93,9 @@ def test_from_blazeface_puts_the_mouth_corners_on_the_eye_axis():
   np.testing.assert_allclose(five, [[10, 10], [20, 10], [15, 15], [11, 20], [19, 20]])
   with pytest.raises(ValueError, match=r'\[6, 2\]'):
     landmark_blocks.from_blazeface(six[:5])
+  # Into a crop box (x, y, side, side) = (5, 0, 40, 40): fractions of the crop's side.
+  np.testing.assert_allclose(landmark_blocks.to_crop(five, np.array([5, 0, 40, 40])),
+                             [[0.125, 0.25], [0.375, 0.25], [0.25, 0.375], [0.15, 0.5], [0.35, 0.5]])
 
 
 def test_synthetic_keypoints_follow_the_head_pose():

@@ -29,7 +29,8 @@ image's diagonal: the top row holds the left eye's and left mouth corner's trans
 BlazeFace (``ferjax.data.faces.BlazeFaceDetector.keypoints``) gives six keypoints, with the mouth's
 centre but not its corners: ``from_blazeface`` places the corners on the eye axis through the mouth centre,
 ``mouth_width`` (0.87, the corners' distance over the eyes' distance in HTNet's canonical points) times
-the inter-ocular distance apart.
+the inter-ocular distance apart. A builder stores
+``to_crop(from_blazeface(detector.keypoints(apex_frame)), box)`` with the clip's face crop box.
 """
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ def from_blazeface(points: np.ndarray, mouth_width: float = MOUTH_WIDTH) -> np.n
   eye_r, eye_l, nose, mouth = points[:4]  # The subject's right eye is on the image's left.
   half = 0.5 * mouth_width * (eye_l - eye_r)
   return np.stack([eye_r, eye_l, nose, mouth - half, mouth + half]).astype(np.float32)
+
+
+def to_crop(points: np.ndarray, box: np.ndarray) -> np.ndarray:
+  """Keypoints [K, 2] in a frame's pixels -> fractions of the square face crop ``box`` (x, y, side, side),
+  as ``ferjax.data.faces.crop_faces`` cuts it: the feature a builder stores."""
+  x, y, side = (float(v) for v in np.asarray(box)[:3])
+  return ((np.asarray(points, np.float64) - (x, y)) / side).astype(np.float32)
 
 
 def record_points(record: Mapping | None, options: Mapping) -> np.ndarray:
