@@ -7,10 +7,15 @@ Usage:
   python -m ferjax.train --config configs/lkcnn.py:casme2,fold=3 --workdir runs/lk_c2_f3
   python -m ferjax.models --config configs/lkcnn.py                      # parameters per component
 
+The MEGC2019 datasets are built from the user's copies first (docs/micro.md); their builders store no
+keypoints, so their blocks are cut around the canonical positions (dataset.canonical_keypoints).
+
 The argument is `<preset>[,key=value...]`; presets are `megc2019` (default; the MEGC2019 composite,
-negative / positive / surprise), `casme2`, `samm`, `smic` (each dataset alone) and `synthetic` (the
-built-in `synthetic_expressions/micro`). Keys: `fold=<k>` (the left-out subject), `subject_folds=<k>`
-(subject-independent k-fold instead of LOSO), `seed=<s>`.
+negative / positive / surprise, 68 subjects), `casme2`, `samm`, `smic` (one dataset's part of the
+composite: `megc2019/casme2` ..., leave-one-subject-out over its subjects), `casme2_5class` (CASME II's
+five classes: `casme2/5class`) and `synthetic` (the built-in `synthetic_expressions/micro`). Keys:
+`fold=<k>` (the left-out subject), `subject_folds=<k>` (subject-independent k-fold instead of LOSO),
+`seed=<s>`.
 
 The paper's training recipe is not public: the dataset presets use the recipe of the composite's
 public code (STSTNet's and HTNet's: Adam 5e-5, batch 256, 800 epochs, the final model of every fold);
@@ -36,13 +41,14 @@ def _common():
 
 common = _common()
 
-PRESETS = ('megc2019', 'casme2', 'samm', 'smic', 'synthetic')
+PRESETS = ('megc2019', 'casme2', 'samm', 'smic', 'casme2_5class', 'synthetic')
 
 
 def paper_config() -> ml_collections.ConfigDict:
   """The MEGC2019 composite, left-out subject 0; the composite's public training recipe."""
   c = common.base()
   c.dataset.name = 'megc2019'
+  c.dataset.config = 'full'  # All 442 samples of the official list; 'casme2' / 'samm' / 'smic': one part.
   c.dataset.holdout_validation = False  # The final model of each fold: no fold selects on its test subject.
   c.dataset.subject_folds = 0  # LOSO.
   c.dataset.num_frames = 1  # Frames are carried but unused; the blocks input reads onset and apex.
@@ -104,12 +110,20 @@ CANONICAL = tuple(round(v / 28, 6) for v in (9.528073, 11.062551, 21.396168, 10.
                                              17.380562, 10.255435, 22.121233, 20.583706, 22.25584))
 
 
-def _dataset(name: str):
-  def make() -> ml_collections.ConfigDict:
-    c = paper_config()
-    c.dataset.name = name
-    return c
-  return make
+def part_config(dataset: str) -> ml_collections.ConfigDict:
+  """One dataset's part of the composite (`megc2019/<dataset>`, three classes)."""
+  c = paper_config()
+  c.dataset.config = dataset
+  return c
+
+
+def casme2_5class_config() -> ml_collections.ConfigDict:
+  """CASME II's five classes (happiness, disgust, repression, surprise, others; `casme2/5class`,
+  leave-one-subject-out over its 26 subjects)."""
+  c = paper_config()
+  c.dataset.name = 'casme2'
+  c.dataset.config = '5class'
+  return c
 
 
 def synthetic_config() -> ml_collections.ConfigDict:
@@ -136,6 +150,7 @@ ARG_KEYS = tuple(KEYS)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`<preset>[,fold=k][,seed=s][,subject_folds=k]`, e.g. `synthetic,subject_folds=4`."""
-  presets = {'megc2019': paper_config, 'casme2': _dataset('casme2'), 'samm': _dataset('samm'),
-             'smic': _dataset('smic'), 'synthetic': synthetic_config}
+  presets = {'megc2019': paper_config, 'casme2': lambda: part_config('casme2'),
+             'samm': lambda: part_config('samm'), 'smic': lambda: part_config('smic'),
+             'casme2_5class': casme2_5class_config, 'synthetic': synthetic_config}
   return common.parse(arg, presets=presets, default='megc2019', keys=KEYS)

@@ -129,10 +129,11 @@ def test_parameter_count_per_component():
 
 
 def test_config_presets_and_field_errors():
-  for preset, name in (('megc2019', 'megc2019'), ('casme2', 'casme2'), ('samm', 'samm'),
-                       ('smic', 'smic'), ('synthetic', 'synthetic_expressions')):
+  for preset, name in (('megc2019', 'megc2019/full'), ('casme2', 'megc2019/casme2'), ('samm', 'megc2019/samm'),
+                       ('smic', 'megc2019/smic'), ('casme2_5class', 'casme2/5class'),
+                       ('synthetic', 'synthetic_expressions/micro')):
     c = _config(preset)
-    assert c.dataset.name == name and c.model.name == 'lkcnn'
+    assert f'{c.dataset.name}/{c.dataset.config}' == name and c.model.name == 'lkcnn'
     config_lib.validate(c)
   assert _config('synthetic,subject_folds=4,seed=2').dataset.subject_folds == 4
   c = _config('synthetic')
