@@ -10,8 +10,9 @@ Needs PyTorch (not a ferjax dependency): ``pip install torch`` then, from the re
 * ``<prefix>.out``, ``.h_n``, ``.c_n``: sequence outputs and final states from zero initial states, and for
   ``uni``/``bi`` also ``.out_s0``, ``.h_n_s0``, ``.c_n_s0`` from the given initial states;
 * gradients of the scalar ``loss = Σ out·w_out + Σ h_n·w_h + Σ c_n·w_c`` (zero initial states; the weights
-  ``<prefix>.w_out``, ``.w_h``, ``.w_c`` are stored too): ``<prefix>.grad.x`` and
-  ``<prefix>.grad.<parameter name>`` for every parameter.
+  ``<prefix>.w_out``, ``.w_h``, ``.w_c`` are stored too): ``<prefix>_grad.x`` and
+  ``<prefix>_grad.<parameter name>`` for every parameter (not under ``<prefix>.``, so that prefix holds
+  exactly a state dict).
 """
 
 import argparse
@@ -34,8 +35,8 @@ def _record(arrays, prefix, lstm, x, init=None):
   grads = torch.autograd.grad(loss, [x, *lstm.parameters()])
   arrays.update({f'{prefix}.out': out, f'{prefix}.h_n': h_n, f'{prefix}.c_n': c_n,
                  f'{prefix}.w_out': w_out, f'{prefix}.w_h': w_h, f'{prefix}.w_c': w_c,
-                 f'{prefix}.grad.x': grads[0]})
-  arrays.update({f'{prefix}.grad.{n}': g for n, g in zip(names, grads[1:])})
+                 f'{prefix}_grad.x': grads[0]})
+  arrays.update({f'{prefix}_grad.{n}': g for n, g in zip(names, grads[1:])})
   if init is not None:
     with torch.no_grad():
       out, (h_n, c_n) = lstm(x, init)

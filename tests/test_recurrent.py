@@ -133,14 +133,14 @@ def _loss(ref, prefix, out, h_n, c_n):
 
 
 def _check_grads(ref, prefix, grads, x_grad, layers):
-  np.testing.assert_allclose(x_grad, ref[f'{prefix}.grad.x'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(x_grad, ref[f'{prefix}_grad.x'], rtol=1e-5, atol=1e-5)
   for k, (layer_grads, bidirectional) in enumerate(layers):
     for name in NAMES:
       g = np.asarray(layer_grads[name][...])
-      np.testing.assert_allclose(g[0] if bidirectional else g, ref[f'{prefix}.grad.{name}_l{k}'],
+      np.testing.assert_allclose(g[0] if bidirectional else g, ref[f'{prefix}_grad.{name}_l{k}'],
                                  rtol=1e-5, atol=1e-5, err_msg=f'{name}_l{k}')
       if bidirectional:
-        np.testing.assert_allclose(g[1], ref[f'{prefix}.grad.{name}_l{k}_reverse'], rtol=1e-5,
+        np.testing.assert_allclose(g[1], ref[f'{prefix}_grad.{name}_l{k}_reverse'], rtol=1e-5,
                                    atol=1e-5, err_msg=f'{name}_l{k}_reverse')
 
 
