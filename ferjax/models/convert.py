@@ -526,6 +526,16 @@ def load_recurrent(model: nnx.Module, weights, *, prefix: str = '') -> dict[str,
                          consider=lambda k: bool(_RECURRENT_KEY.search(k)), source=source)
 
 
+def export_stack(stack: recurrent.Stacked) -> dict[str, np.ndarray]:
+  """``stack`` as a PyTorch ``nn.GRU``/``nn.LSTM(num_layers=len(stack.layers))`` state dict (layer ``k``'s
+  keys end in ``_l<k>[_reverse]``); ``load_stack`` of it restores ``stack``."""
+  out = {}
+  for k, layer in enumerate(stack.layers):
+    for key, value in export_state_dict(layer).items():
+      out[re.sub(r'_l0(_reverse)?$', lambda m: f'_l{k}' + (m.group(1) or ''), key)] = value
+  return out
+
+
 # Converters of weight files into submodules, `(matches(submodule) -> bool, load(submodule, path, *,
 # prefix))`, most recently registered first: ResNets take torchvision/timm files, one GRU/BiGRU/LSTM/BiLSTM
 # one PyTorch nn.GRU/nn.LSTM layer, a `recurrent.Stacked` a multi-layer one, a module holding recurrent
