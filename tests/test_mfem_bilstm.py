@@ -67,14 +67,32 @@ def test_parameter_count_per_component_by_hand():
   assert counts['head'] == 2 * 128 * 3 + 3
 
 
+@nnx.jit
+def _logits_and_grads(model, frames):
+  """Logits, and the gradient of their squared sum (one compiled program: eager ResNets are slow)."""
+  loss = lambda m: jnp.sum(m({'frames': frames})['logits'] ** 2)
+  return model({'frames': frames})['logits'], nnx.grad(loss)(model)
+
+
+@nnx.jit
+def _frame_vectors(model, images):
+  return model.frame_vectors(images), model.frame_vectors(images[::-1])
+
+
 def test_forward_shapes_stages_and_errors():
   model = tiny(stages=(3, 5), fusion='mean')
   assert len(model.mfem) == 2 and model.mfem[1].maps.in_features == 4 * 8
   frames = jax.random.uniform(jax.random.key(0), (2, 3, 32, 32, 3))
-  assert model({'frames': frames})['logits'].shape == (2, 3)
-  # The frame vectors do not depend on the order of frames within a batch (no cross-frame mixing).
+  logits, grads = _logits_and_grads(model, frames)
+  assert logits.shape == (2, 3)
+  # Every component takes part: each gets a gradient.
+  for name in ('backbone', 'mfem', 'fim', 'lstm', 'head'):
+    leaves = jax.tree.leaves(nnx.state(getattr(grads, name), nnx.Param))
+    assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0, name
+  # Frame vectors do not depend on the other frames of the batch (no mixing before the LSTM).
   flat = frames.reshape(6, 32, 32, 3)
-  np.testing.assert_allclose(model.frame_vectors(flat[::-1]), model.frame_vectors(flat)[::-1], atol=1e-5)
+  vectors, reversed_vectors = _frame_vectors(model, flat)
+  np.testing.assert_allclose(reversed_vectors, vectors[::-1], atol=1e-5)
   with pytest.raises(config_lib.ConfigError, match='stages'):
     tiny(stages=(1, 2))
   with pytest.raises(config_lib.ConfigError, match='fim_heads'):
@@ -110,4 +128,5 @@ def test_pytorch_resnet34_and_lstm_weights_import(tmp_path):
   for name in ('backbone', 'lstm'):
     jax.tree.map(np.testing.assert_array_equal, nnx.state(getattr(src, name), nnx.Param),
                  nnx.state(getattr(dst, name), nnx.Param))
-  np.testing.assert_allclose(src.backbone(frames[0]), dst.backbone(frames[0]), rtol=1e-6)
+  forward = nnx.jit(lambda m, x: m(x))
+  np.testing.assert_allclose(forward(src.backbone, frames[0]), forward(dst.backbone, frames[0]), rtol=1e-6)

@@ -133,6 +133,8 @@ class MFEMBiLSTM(nnx.Module):
     stages = tuple(int(s) for s in stages)
     if not stages or any(s not in STAGES for s in stages) or len(set(stages)) != len(stages):
       raise ValueError(f'stages must be distinct ResNet stages from {STAGES}; got {stages}')
+    if fusion_dim % fim_heads:  # checked before anything is built
+      raise ValueError(f'FIM: fusion_dim {fusion_dim} is not divisible by fim_heads {fim_heads}')
     self.stages = tuple(sorted(stages))
     self.backbone = resnet.ResNet(backbone, width=width, stage_sizes=stage_sizes, rngs=rngs)
     expansion = resnet.RESNET_SPECS[backbone].expansion
