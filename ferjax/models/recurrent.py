@@ -21,9 +21,10 @@ gate, so PyTorch weights could not be ported to them; these layers store PyTorch
 PyTorch's names and layouts (``weight_ih`` [G·H, F], ``weight_hh`` [G·H, H], ``bias_ih`` [G·H],
 ``bias_hh`` [G·H], G = 3 gates for the GRU, 4 for the LSTM; the bidirectional layers add a leading
 direction axis of size 2: 0 = forward, 1 = backward = PyTorch's ``*_reverse``). One layer is one
-PyTorch layer (``*_l0``); a PyTorch ``num_layers=k`` network is k layers stacked, the input of layer
-k + 1 being the (concatenated) output of layer k, and ``convert.load_gru``/``load_lstm`` read layer k
-of its state dict. ``proj_size`` (PyTorch's projected LSTM) is not supported.
+PyTorch layer (``*_l0``); a PyTorch ``num_layers=k`` network is ``Stacked`` of k layers, the input of
+layer k + 1 being the (concatenated) output of layer k (``convert.load_layer`` reads one layer of its
+state dict, ``convert.load_stack`` all of them). ``proj_size`` (PyTorch's projected LSTM) is not
+supported.
 
 Speed: the input projection ``x @ W_ih^T + b_ih`` for all time steps is one matmul hoisted out of
 the ``lax.scan``; the scan body only does the [B, H] x [H, G·H] recurrent matmul. Both directions of
