@@ -26,7 +26,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ferjax import checks
 from ferjax.models import attention as attention_lib
+from ferjax.models import precision
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -115,6 +117,22 @@ def pop_formulation(fields: dict) -> dict:
   """Removes the formulation fields from a family's `config.model` fields; returns them (for
   `formulation(**...)`)."""
   return {k: fields.pop(k) for k in FORMULATION_FIELDS if k in fields}
+
+
+def family_fields(model_config, schema: dict) -> dict:
+  """The constructor keyword arguments of a ResNet-trunk family from its ``config.model``: every field but
+  ``name``, checked against the family's ``schema`` (the keys without ``model.``), ``dtype`` resolved
+  (``precision.resolve_dtype``: 'auto' = the platform's compute dtype) and ``stage_sizes`` () = None (the
+  backbone's standard depths). The family pops its own non-constructor fields, then builds inside
+  ``formulation(**pop_formulation(fields))``."""
+  fields = {k: v for k, v in model_config.items() if k != 'name'}
+  checks.check_fields({f'model.{k}': v for k, v in fields.items()},
+                      {f'model.{k}': v for k, v in schema.items()}, partial=True)
+  if 'dtype' in fields:
+    fields['dtype'] = precision.resolve_dtype(fields['dtype'])
+  if 'stage_sizes' in fields:
+    fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
+  return fields
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
