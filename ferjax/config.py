@@ -134,6 +134,7 @@ ADDED_FIELDS = {
     'model.product_offset': 1.0,  # RFSCNN's model.fusion_offset before its rename.
     'model.reconstruction_levels': 5,  # RMN
     'model.head_init': 'lecun_normal',  # Res-RBG's classifier before the field.
+    'model.batchnorm_groups': 1,  # Res-RBG, RFSCNN, RMN: global statistics before the field.
     'eval.temporal_views': 1,  # One test view, the sampling mode's frames and centre crop, before them.
     'eval.spatial_views': 1,
 }
