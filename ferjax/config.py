@@ -144,6 +144,7 @@ ADDED_FIELDS = {
     'train.nesterov': True,  # SGD was Nesterov's before the field.
     'augment.rotate_crop_prob': 1.0,  # The rotation was drawn for every sequence before the field.
     'augment.pad_crop': 0,
+    'model.batchnorm_groups': 1,  # Res-RBG, RFSCNN, RMN: global statistics before the field.
     'eval.temporal_views': 1,  # One test view, the sampling mode's frames and centre crop, before them.
     'eval.spatial_views': 1,
 }

@@ -68,8 +68,8 @@ REMAT_MODES = ('none', 'blocks')
 
 
 def _bn(c, *, dtype, rngs):
-  return nnx.BatchNorm(c, momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON, dtype=dtype,
-                       rngs=rngs)
+  return resnet.BatchNorm(c, momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON, dtype=dtype,
+                          rngs=rngs)
 
 
 class UpPool(nnx.Module):
@@ -277,6 +277,7 @@ SCHEMA = {
     'mask_loss_weight': config_lib.number(0),
     'dot_1x1': config_lib.boolean,  # resnet.formulation
     'fused_batchnorm': config_lib.boolean,
+    'batchnorm_groups': config_lib.number(1, integer=True),
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'remat': config_lib.one_of(*REMAT_MODES),
 }
