@@ -195,7 +195,8 @@ def _set_up(config, workdir: epath.Path) -> _Run:
 
   tx = steps.make_optimizer(config.train, total_steps,
                             round(config.train.warmup_epochs * steps_per_epoch),
-                            no_decay=models.get_family(config.model.name).no_decay(config))
+                            no_decay=models.get_family(config.model.name).no_decay(config),
+                            steps_per_epoch=steps_per_epoch)
   if any(config.init.values()):  # Weight files are read on the host into the built model, then placed.
     model = _init_model(config, len(dataset.class_names))
     _describe_params(model)
