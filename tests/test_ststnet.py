@@ -103,3 +103,24 @@ def test_constant_schedule_is_plain_adam_at_the_configured_rate():
     updates, state = tx.update(grads, state, params)
     ref_updates, ref_state = reference.update(grads, ref_state, params)
     np.testing.assert_allclose(updates['w']['kernel'], ref_updates['w']['kernel'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('side', [28, 29, 30, 31, 32])
+def test_patch_matmul_and_tiled_max_pool_equal_the_library_layers(side):
+  """The fast formulation is the same function as nnx.Conv (padding 2) and nnx.max_pool (3/3, pad 1),
+  values and gradients (random inputs: no tied maxima)."""
+  x = jax.random.normal(jax.random.key(0), (2, side, side, 3))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+
+  def library(x, kernel):
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((2, 2), (2, 2)),
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return nnx.max_pool(y, (3, 3), strides=(3, 3), padding=((1, 1), (1, 1)))
+
+  def fast(x, kernel):
+    return ststnet.max_pool_3x3_stride3(ststnet.conv_patches(x) @ kernel.reshape(27, 5))
+
+  np.testing.assert_allclose(fast(x, kernel), library(x, kernel), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))  # noqa: E731
+  for got, want in zip(jax.grad(loss(fast), (0, 1))(x, kernel), jax.grad(loss(library), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
