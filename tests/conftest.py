@@ -44,27 +44,6 @@ _MODULE_SECONDS = {
 }
 
 
-# XLA's CPU backend at optimisation level 0 for the main suite: compiling is most of the suite's time (the
-# tiny models run a few steps of ~10 ms; their train step takes ~13 CPU s to compile at the default level,
-# ~7.5 s at 0, while a step runs ~2x slower). Set in this process's environment before JAX creates its
-# backend, so every training CLI a test starts inherits it; a test that sets its own XLA_FLAGS
-# (simulated devices) compiles at the default level on both sides of its comparison. The slow stage
-# (`-m slow`: long trainings, where run time dominates) keeps the default, as users do.
-FAST_COMPILE_XLA_FLAG = '--xla_backend_optimization_level=0'
-
-
-def _runs_only_slow_tests(config) -> bool:
-  markexpr = ' '.join((config.getoption('markexpr') or '').split())
-  return 'slow' in markexpr and 'not slow' not in markexpr
-
-
-def pytest_configure(config):
-  flags_now = os.environ.get('XLA_FLAGS', '')
-  if _runs_only_slow_tests(config) or 'xla_backend_optimization_level' in flags_now:
-    return
-  os.environ['XLA_FLAGS'] = f'{flags_now} {FAST_COMPILE_XLA_FLAG}'.strip()
-
-
 def pytest_collection_modifyitems(config, items):
   del config
   items.sort(key=lambda item: -_MODULE_SECONDS.get(item.path.name, 0))  # Stable: file order otherwise.
