@@ -108,6 +108,12 @@ def base() -> ml_collections.ConfigDict:
   # 'one': one window per sequence (the sampling mode's); 'all': consecutive T-frame windows covering
   # every frame, probabilities averaged (long videos).
   c.eval.windows = 'one'
+  # Fixed test views, the test split only (validation stays plain), probabilities averaged: K temporal
+  # clips spread over the sequence (ferjax.data.sampling.view_indices) x V spatial crops (1 centre,
+  # 3 along the longer side, 5 centre + corners, 10 those + mirrored; ferjax.data.augment.view_boxes).
+  # 1 x 1 = the sampling mode's frames, centre crop.
+  c.eval.temporal_views = 1
+  c.eval.spatial_views = 1
   # Test-time augmentation of validation (model selection, plateau schedule, early stopping); 0 or 1 =
   # none: validation follows the plain model's scores, as the public RMN code's does.
   c.eval.validation_tta_copies = 0

@@ -34,7 +34,8 @@ VIDEO_BENCHMARKS = {
     'dfew': {'dataset.config': 'clip_224x224'},
     'mafw': {'dataset.config': 'frames'},
     'ferv39k': {'dataset.holdout_validation': True},
-    # The DFEW paper's ResNet-18 + GRU baseline (UAR/WAR 51.68 / 64.02), this project's reading: per-frame
+    # The DFEW paper's ResNet-18 + GRU baseline (quoted as UAR/WAR 51.68 / 64.02, unverified: see
+    # docs/benchmarks.md), this project's reading: per-frame
     # ResNet-18 without channel attention -> a plain 2-layer GRU -> classifier, on the 16-frame release at
     # 112 px (the ablation table's 'baseline' row on ResNet-18).
     'dfew_baseline': {'dataset.config': 'clip_224x224_16f', 'dataset.image_size': 112,

@@ -6,15 +6,19 @@ Usage:
   python -m ferjax.train --config configs/ststnet.py:megc2019,fold=3 --workdir runs/stst_f3
 
 The argument is `<preset>[,key=value...]`; presets are `megc2019` (default; the paper's recipe on the
-MEGC2019 composite) and `synthetic` (the built-in `synthetic_expressions/micro`). Keys: `fold=<k>` (the
-left-out subject), `subject_folds=<k>` (subject-independent k-fold instead of LOSO), `seed=<s>`.
+MEGC2019 composite, 68 subjects), `casme2`, `samm`, `smic` (the same recipe on one dataset's part of the
+composite: `megc2019/casme2` ..., three classes, leave-one-subject-out over that dataset's subjects),
+`casme2_5class` (CASME II's five classes, 26 subjects: `casme2/5class`) and `synthetic` (the built-in
+`synthetic_expressions/micro`). Keys: `fold=<k>` (the left-out subject), `subject_folds=<k>`
+(subject-independent k-fold instead of LOSO), `seed=<s>`.
 
 The paper's recipe (the public code, christy1206/STSTNet ``main.py``): 28 x 28 u / v / strain images,
 Adam at 5e-5 (no weight decay, no schedule), batch 256, 800 epochs, the final model of every fold (no
 model selection: ferjax never selects on the test subject). The frames input is kept at one small frame
 (the pipeline always carries frames); STSTNet reads only ``onset_apex_flow`` (ferjax/data/micro_flow.py).
-The MEGC2019 builders (casme2, samm, smic, the megc2019 composite) are not part of ferjax yet: the
-`megc2019` preset names the dataset they will build (docs/micro.md).
+Build the datasets first from your copies (tfds_builders/casme2, samm, smic, megc2019; docs/micro.md):
+`python -m tfds_builders megc2019 --manual_dir <copies>` (and `--config casme2` ... for the per-dataset
+presets, `python -m tfds_builders casme2 --config 5class ...` for `casme2_5class`).
 """
 
 import importlib.util
@@ -34,13 +38,14 @@ def _common():
 
 common = _common()
 
-PRESETS = ('megc2019', 'synthetic')
+PRESETS = ('megc2019', 'casme2', 'samm', 'smic', 'casme2_5class', 'synthetic')
 
 
 def paper_config() -> ml_collections.ConfigDict:
   """The paper's recipe on the MEGC2019 composite, left-out subject 0."""
   c = common.base()
   c.dataset.name = 'megc2019'
+  c.dataset.config = 'full'  # All 442 samples of the official list; 'casme2' / 'samm' / 'smic': one part.
   c.dataset.holdout_validation = False  # The final model of each fold, as the paper.
   c.dataset.subject_folds = 0  # LOSO.
   c.dataset.num_frames = 1  # Frames are carried but unused; the flow input reads onset and apex.
@@ -89,6 +94,22 @@ def synthetic_config() -> ml_collections.ConfigDict:
   return c
 
 
+def part_config(dataset: str) -> ml_collections.ConfigDict:
+  """The paper's recipe on one dataset's part of the composite (`megc2019/<dataset>`, three classes)."""
+  c = paper_config()
+  c.dataset.config = dataset
+  return c
+
+
+def casme2_5class_config() -> ml_collections.ConfigDict:
+  """The paper's recipe on CASME II's five classes (happiness, disgust, repression, surprise, others;
+  `casme2/5class`, leave-one-subject-out over its 26 subjects)."""
+  c = paper_config()
+  c.dataset.name = 'casme2'
+  c.dataset.config = '5class'
+  return c
+
+
 def _subject_folds(c: ml_collections.ConfigDict, value: str) -> None:
   c.dataset.subject_folds = common.integer('subject_folds', value)
 
@@ -99,5 +120,7 @@ ARG_KEYS = tuple(KEYS)
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`<preset>[,fold=k][,seed=s][,subject_folds=k]`, e.g. `synthetic,subject_folds=4`."""
-  return common.parse(arg, presets={'megc2019': paper_config, 'synthetic': synthetic_config},
-                      default='megc2019', keys=KEYS)
+  presets = {'megc2019': paper_config, 'casme2': lambda: part_config('casme2'),
+             'samm': lambda: part_config('samm'), 'smic': lambda: part_config('smic'),
+             'casme2_5class': casme2_5class_config, 'synthetic': synthetic_config}
+  return common.parse(arg, presets=presets, default='megc2019', keys=KEYS)

@@ -86,6 +86,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'eval.tta_copies': _number(0, 64, integer=True),
     'eval.validation_tta_copies': _number(0, 64, integer=True),
     'eval.windows': _one_of('one', 'all'),
+    'eval.temporal_views': _number(1, 64, integer=True),
+    'eval.spatial_views': _one_of(1, 3, 5, 10),  # ferjax.data.augment.SPATIAL_VIEWS
 }
 
 
@@ -114,6 +116,7 @@ RESUMABLE_CHANGES = _Resumable({
     'train.max_to_keep', 'train.num_epochs', 'train.num_steps', 'input.worker_count',
     'input.eval_batch_size', 'eval.tta_copies', 'eval.windows',  # How it is scored, not trained.
     'eval.validation_tta_copies',  # Only while no validation split drives training (checkpointing.py).
+    'eval.temporal_views', 'eval.spatial_views',  # Test views: the test split only, never validation.
     'dataset.data_dir', 'init.backbone_weights', 'init.backbone_prefix',
     'init.gru_weights', 'init.gru_prefix',
 })
@@ -131,6 +134,8 @@ ADDED_FIELDS = {
     'model.product_offset': 1.0,  # RFSCNN's model.fusion_offset before its rename.
     'model.reconstruction_levels': 5,  # RMN
     'model.head_init': 'lecun_normal',  # Res-RBG's classifier before the field.
+    'eval.temporal_views': 1,  # One test view, the sampling mode's frames and centre crop, before them.
+    'eval.spatial_views': 1,
 }
 # Fields that left the configs of the families that never read them: a saved value that had no effect
 # (`value -> bool`) equals a current config without the field.
@@ -228,7 +233,22 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   check_fields(flat, rules)
   if config.mesh.data == -1 and config.mesh.fsdp == -1:
     raise ConfigError('config.mesh: at most one of mesh.data and mesh.fsdp may be -1, found both')
+  _check_test_views(config)
   return config
+
+
+def _check_test_views(config: ml_collections.ConfigDict) -> None:
+  """Test views exclude the other choice of the same thing: windows (frames), TTA copies (crops)."""
+  temporal, spatial = config.eval.get('temporal_views', 1), config.eval.get('spatial_views', 1)
+  if temporal > 1 and config.eval.windows == 'all':
+    raise ConfigError(f"config.eval: temporal_views={temporal} and windows='all' both choose a sequence's "
+                      'frames; set temporal_views=1 or windows=one')
+  if temporal > 1 and config.dataset.sampling == 'apex':
+    raise ConfigError(f"config.eval.temporal_views: sampling 'apex' has one temporal position; found "
+                      f'temporal_views={temporal} (set it to 1)')
+  if spatial > 1 and config.eval.tta_copies > 1:
+    raise ConfigError(f'config.eval: spatial_views={spatial} and tta_copies={config.eval.tta_copies} both '
+                      "choose a window's crops; set spatial_views=1 or tta_copies=0")
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

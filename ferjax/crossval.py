@@ -12,7 +12,8 @@ fields and folds, unless those folds are retrained (`--retrain 0,3`, the old run
 `DIR/crossval.json` records the config, the protocol and every finished fold's scores, so a table survives a
 fold directory deleted by hand (it is reported, and retrained only with `--retrain k`). At the end:
 `results.json` and `results.md` (per-fold WAR, UAR, macro-F1, their mean ± sample standard deviation, pooled
-scores, per-class recall, the fold -> subjects manifest, provenance), `confusion_matrix.png` (pooled over the
+scores, per-class recall, each fold's per-scene table where the dataset has scenes (FERV39k), the fold ->
+subjects manifest, provenance), `confusion_matrix.png` (pooled over the
 folds, counts and row-normalised) and `curves.png` (training loss and validation UAR of every fold).
 """
 
@@ -177,7 +178,7 @@ def manifest(split_names, subjects: dict[str, list[str]], holdout_validation: bo
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
   keep = ('war', 'uar', 'macro_f1', 'num_examples', 'per_class_recall', 'confusion_matrix', 'selection',
-          'split', 'class_names', 'by_scene')
+          'split', 'class_names', 'by_scene', 'by_dataset')
   return {k: report[k] for k in keep if k in report}
 
 
@@ -199,7 +200,31 @@ def aggregate(fold_results: dict[str, dict[str, Any]], class_names) -> dict[str,
       **{k: _mean_std(v) for k, v in per_fold.items()},
       'pooled': {k: pooled[k] for k in ('war', 'uar', 'macro_f1', 'num_examples',
                                         'per_class_recall', 'confusion_matrix')},
+      'uf1_uar': pooled_uf1_uar(fold_results, folds, len(class_names)),
   }
+
+
+def _from_confusion(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(labels, predictions) with the counts of a confusion matrix (rows true, columns predicted)."""
+  n = len(cm)
+  labels = np.repeat(np.arange(n), cm.sum(axis=1))
+  return labels, np.concatenate([np.repeat(np.arange(n), row) for row in cm])
+
+
+def pooled_uf1_uar(fold_results, folds, num_classes: int) -> dict[str, dict[str, float]]:
+  """UF1 / UAR (``metrics.uf1_uar``) over the predictions of all folds pooled: ``'full'``, and each source
+  dataset of a composite (the folds' ``by_dataset``: casme2, samm, smic), as the micro-expression tables."""
+  groups: dict[str, np.ndarray] = {
+      'full': np.sum([np.asarray(fold_results[f]['confusion_matrix']) for f in folds], axis=0)}
+  for f in folds:
+    for name, report in sorted(fold_results[f].get('by_dataset', {}).items()):
+      cm = np.asarray(report['confusion_matrix'])
+      groups[name] = groups[name] + cm if name in groups else cm
+  return {name: metrics.uf1_uar(*_from_confusion(cm), num_classes) for name, cm in groups.items()}
+
+
+# Row names and order of the UF1 / UAR table (the MEGC2019 literature's Full / SMIC / CASME II / SAMM).
+DATASET_NAMES = {'full': 'Full', 'smic': 'SMIC', 'casme2': 'CASME II', 'samm': 'SAMM'}
 
 
 def _pct(x: float) -> str:
@@ -227,6 +252,16 @@ def markdown(results: dict[str, Any]) -> str:
             '| class | pooled recall % |', '| --- | ---: |']
   for name, recall in pooled['per_class_recall'].items():
     lines.append(f'| {name} | {"-" if recall is None else _pct(recall)} |')
+  lines += ['', 'UF1 and UAR over the predictions of all folds pooled (the micro-expression '
+            'literature\'s scores):', '', '| data | samples | UF1 % | UAR % |', '| --- | ---: | ---: | ---: |']
+  scores = agg.get('uf1_uar', {})
+  for name in sorted(scores, key=lambda n: (list(DATASET_NAMES).index(n) if n in DATASET_NAMES else 9, n)):
+    r = scores[name]
+    lines.append(f'| {DATASET_NAMES.get(name, name)} | {r["num_examples"]} | {_pct(r["uf1"])} | '
+                 f'{_pct(r["uar"])} |')
+  for fold in agg['folds']:  # FERV39k: each fold's results per scene (the dataset's `scene` feature).
+    if folds[fold].get('by_scene'):
+      lines += ['', f'Fold {fold} per scene:', '', metrics.group_table(folds[fold]['by_scene']).rstrip()]
   p = results['provenance']
   lines += ['', f'Code {p["git_commit"] or "?"}{" (uncommitted changes)" if p["git_dirty"] else ""}; '
             f'jax {p["versions"]["jax"]}, flax {p["versions"]["flax"]}; '

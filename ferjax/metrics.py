@@ -134,7 +134,8 @@ def uf1_uar_by_group(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str
 
 def group_reports(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str],
                   class_names: Sequence[str]) -> dict[str, dict]:
-  """WAR, UAR, per-class recall and count of every group of examples (e.g. FERV39k's scenes), by name.
+  """WAR, UAR, per-class recall, count and confusion matrix of every group of examples (e.g. FERV39k's
+  scenes, the composite's source datasets), by name.
 
   ``groups`` names each example's group, aligned with ``labels`` and ``preds``; UAR is over the classes
   present in the group, as in :func:`classification_report`.
@@ -147,7 +148,7 @@ def group_reports(labels: np.ndarray, preds: np.ndarray, groups: Sequence[str],
   for group in sorted(set(groups.tolist())):
     keep = groups == group
     r = classification_report(labels[keep], preds[keep], class_names)
-    out[group] = {k: r[k] for k in ('num_examples', 'war', 'uar', 'per_class_recall')}
+    out[group] = {k: r[k] for k in ('num_examples', 'war', 'uar', 'per_class_recall', 'confusion_matrix')}
   return out
 
 

@@ -501,13 +501,17 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
                  'validation': {k: validation[k] for k in ('war', 'uar', 'macro_f1')},
                  'validation_scoring': validation.get('scoring', '')}
   scenes = _record_groups(run.dataset, run.splits.test)
+  # The micro-expression builders' source dataset (casme2 / samm / smic): crossval's UF1 / UAR per dataset.
+  sources = None if scenes is not None else _record_groups(run.dataset, run.splits.test, 'source_dataset')
   report = evaluate(run.eval_fn, state, run.eval_batches(run.splits.test), run.mesh,
                     run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']),
-                    groups=scenes)
+                    groups=scenes if scenes is not None else sources)
   if report is None:
     raise Preempted(int(run.state.step))
   if scenes is not None:  # FERV39k: results per scene (report.json 'by_scene', scenes.md).
     report['by_scene'] = report.pop('by_group')
+  elif sources is not None:
+    report['by_dataset'] = report.pop('by_group')
   if run.config.eval.tta_copies > 1:  # The papers report both (e.g. RMN: 74.14 % with TTA).
     plain = evaluate(run.eval_fn, state, _plain_eval_batches(run, run.splits.test), run.mesh,
                      run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']))
@@ -536,6 +540,8 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
        f'macro-F1 {100 * report["macro_f1"]:.2f}%  macro precision {100 * report["macro_precision"]:.2f}%  '
        f'macro ROC AUC {report["macro_roc_auc"]:.4f}'
        + (f'  (without TTA: WAR {100 * report["without_tta"]["war"]:.2f}%)' if 'without_tta' in report else '')
+       + (f'\nPer scene ({run.workdir / "scenes.md"}):\n' + metrics.group_table(report['by_scene'])
+          if 'by_scene' in report else '')
        + f'\nReport: {run.workdir / "report.json"}')
   return report
 

@@ -36,8 +36,8 @@ def assert_user_error(result, *fragments):
 def test_unknown_builder_names_the_known_ones(tmp_path):
   result = run_cli('ck_plsu', '--manual_dir', tmp_path, cwd=tmp_path)
   assert_user_error(result, "unknown builder 'ck_plsu'", 'did you mean ck_plus?',
-                    'known builders: afew, ck_plus, dfew, enterface05, fer2013, ferv39k, mafw, oulu_casia, '
-                    'raf_db, rml, synthetic_expressions')
+                    'known builders: afew, casme2, ck_plus, dfew, enterface05, fer2013, ferv39k, mafw, '
+                    'megc2019, oulu_casia, raf_db, rml, samm, smic, synthetic_expressions')
   assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -1,7 +1,7 @@
 """End to end on the dummy copies of RAF-DB, DFEW, FERV39k and MAFW: each builder's dummy data built for
-real, then a tiny Res-RBG run (32 px, T = 4, 2 steps) through `python -m ferjax.train` or
-`train_and_evaluate`, and a cross-validation over DFEW's released folds; the config presets of the
-benchmarks."""
+real, then a tiny Res-RBG run (32 px, T = 4, 2 steps) through the command line, `python -m ferjax.train`
+on each dataset and `python -m ferjax.crossval` over two of DFEW's released folds; the config presets of
+the benchmarks."""
 
 import json
 import os
@@ -13,7 +13,6 @@ import pytest
 
 from ferjax import config as config_lib
 from ferjax import crossval
-from ferjax import train
 from tfds_builders import testing
 from tfds_builders.dfew import dfew_dataset_builder as dfew
 from tfds_builders.ferv39k import ferv39k_dataset_builder as ferv39k
@@ -58,23 +57,19 @@ def _res_rbg(preset: str):
   return res_rbg.get_config(preset)
 
 
-def _tiny(name, data_dir):
-  config = _res_rbg('synthetic')
-  with config.unlocked():
-    for key, value in {**STEPS, 'dataset.name': name, 'dataset.data_dir': data_dir}.items():
-      section, field = key.split('.')
-      config[section][field] = value
-  return config
+def _cli(module: str, workdir, data_dir, name: str, *args: str, **overrides) -> str:
+  """Runs `python -m <module>` on dummy dataset `name` with the tiny settings; returns its log."""
+  command = [sys.executable, '-m', module, '--config', 'configs/res_rbg.py:synthetic', '--workdir',
+             str(workdir), *args]
+  command += [f'--config.{k}={v}' for k, v in {**STEPS, 'dataset.name': name, 'dataset.data_dir': data_dir,
+                                              **overrides}.items()]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout + result.stderr
 
 
 def test_ferv39k_through_the_cli_reports_each_scene(data_dir, tmp_path):
-  args = [sys.executable, '-m', 'ferjax.train', '--config', 'configs/res_rbg.py:synthetic',
-          '--workdir', str(tmp_path)]
-  args += [f'--config.{k}={v}' for k, v in {**STEPS, 'dataset.name': 'ferv39k',
-                                            'dataset.data_dir': data_dir,
-                                            'dataset.holdout_validation': True}.items()]
-  result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  log = _cli('ferjax.train', tmp_path, data_dir, 'ferv39k', **{'dataset.holdout_validation': True})
   report = json.loads((tmp_path / 'report.json').read_text())
   assert report['split'] == 'test' and report['num_examples'] == 7
   assert report['selection']['validation_split'] == 'validation'
@@ -82,20 +77,30 @@ def test_ferv39k_through_the_cli_reports_each_scene(data_dir, tmp_path):
   assert list(report['by_scene']) == ['Action']
   scene = report['by_scene']['Action']
   assert scene['num_examples'] == 7 and scene['war'] == report['war'] and scene['uar'] == report['uar']
-  assert (tmp_path / 'scenes.md').read_text().startswith('| scene | sequences | WAR (%) | UAR (%) |')
+  table = (tmp_path / 'scenes.md').read_text()
+  assert table.startswith('| scene | sequences | WAR (%) | UAR (%) |')
+  assert table in log  # The run prints the per-scene table too.
 
 
-@pytest.mark.parametrize('name', ['raf_db', 'mafw'])
-def test_tiny_run(name, data_dir, tmp_path):
-  report = train.train_and_evaluate(_tiny(name, data_dir), str(tmp_path))
-  expected = {'raf_db': ('test', 7, 7), 'mafw': ('fold_1', 2, 11)}[name]
+@pytest.mark.parametrize('name', ['dfew', 'mafw', 'raf_db'])
+def test_train_cli(name, data_dir, tmp_path):
+  # DFEW also scores 2 temporal x 3 spatial test views (eval.temporal_views, eval.spatial_views).
+  views = {'eval.temporal_views': 2, 'eval.spatial_views': 3} if name == 'dfew' else {}
+  log = _cli('ferjax.train', tmp_path, data_dir, name, **views)
+  report = json.loads((tmp_path / 'report.json').read_text())
+  expected = {'dfew': ('fold_1', 2, 7), 'mafw': ('fold_1', 2, 11), 'raf_db': ('test', 7, 7)}[name]
   assert (report['split'], report['num_examples'], len(report['class_names'])) == expected
   assert set(report['per_class_recall']) == set(report['class_names'])
-  assert 'by_scene' not in report
+  assert 'by_scene' not in report and f'Test ({report["split"]}' in log
+  if views:
+    assert report['scoring'] == ('argmax of the mean class probabilities of 6 rows per sequence (2 '
+                                 'temporal views spread over the sequence x 3 spatial crops (centre and '
+                                 'both ends of the longer side))')
 
 
-def test_crossval_over_dfew_released_folds(data_dir, tmp_path):
-  results = crossval.run(_tiny('dfew', data_dir), str(tmp_path), folds='0,4')
+def test_crossval_cli_over_dfew_released_folds(data_dir, tmp_path):
+  _cli('ferjax.crossval', tmp_path, data_dir, 'dfew', '--folds', '0,4')
+  results = json.loads((tmp_path / 'results.json').read_text())
   assert results['protocol'] == '5 released folds (not subject-independent)'
   assert sorted(results['folds'], key=int) == ['0', '4']
   manifest = results['manifest']
@@ -103,6 +108,25 @@ def test_crossval_over_dfew_released_folds(data_dir, tmp_path):
   assert manifest['4']['train']['splits'] == ['fold_1', 'fold_2', 'fold_3', 'fold_4']
   assert [results['folds'][f]['num_examples'] for f in ('0', '4')] == [2, 3]
   assert {'uar', 'war'} <= set(results['summary'])
+  assert (tmp_path / 'results.md').read_text().startswith('# Cross-validation: res_rbg on dfew')
+
+
+def test_crossval_results_have_the_per_scene_table():
+  scenes = {'Action': {'num_examples': 3, 'war': 2 / 3, 'uar': 0.5},
+            'Talkshow': {'num_examples': 1, 'war': 1.0, 'uar': 1.0}}
+  fold = {'war': 0.75, 'uar': 0.75, 'macro_f1': 0.7, 'num_examples': 4, 'split': 'test',
+          'confusion_matrix': [[1, 1], [0, 2]], 'per_class_recall': {'angry': 0.5, 'happy': 1.0},
+          'by_scene': scenes}
+  results = {'summary': crossval.aggregate({'0': fold}, ('angry', 'happy')), 'folds': {'0': fold},
+             'model': 'res_rbg', 'dataset': {'name': 'ferv39k'}, 'protocol': 'train -> test',
+             'num_folds': 1, 'selection': 'final model',
+             'provenance': {'git_commit': 'abc', 'git_dirty': False, 'versions': {'jax': '0', 'flax': '0'},
+                            'devices': {'device_count': 1, 'device_kind': 'cpu'}}}
+  text = crossval.markdown(results)
+  assert ('Fold 0 per scene:\n\n| scene | sequences | WAR (%) | UAR (%) |\n| --- | ---: | ---: | ---: |\n'
+          '| Action | 3 | 66.67 | 50.00 |\n| Talkshow | 1 | 100.00 | 100.00 |') in text
+  del fold['by_scene']
+  assert 'per scene' not in crossval.markdown(results)
 
 
 def test_benchmark_presets():

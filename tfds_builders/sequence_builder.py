@@ -326,13 +326,15 @@ def make_pool(workers: int | None = None):
   return context.Pool(workers, initializer=_init_worker)
 
 
-def process_sequences(sources: Sequence[SequenceSource], options: CropOptions, *,
+def process_sequences(sources: Sequence[SequenceSource], options: CropOptions | Sequence[CropOptions], *,
                       pool=None, desc: str = '') -> Iterator[SequenceResult]:
   """Processes sequences on ``pool`` (from :func:`make_pool`; None: in this process) in input order.
 
-  Prints a progress line about every 5 % (and at the end) with sequences/s and frames/s.
+  ``options``: one for all sequences, or one per sequence (a composite of released face crops and raw
+  frames). Prints a progress line about every 5 % (and at the end) with sequences/s and frames/s.
   """
-  tasks = [(s, options) for s in sources]
+  per_source = [options] * len(sources) if isinstance(options, CropOptions) else list(options)
+  tasks = list(zip(sources, per_source))
   start, frames_done, skipped = time.perf_counter(), 0, 0
   every = max(1, len(sources) // 20)
 
@@ -460,6 +462,11 @@ class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorB
     """How to crop; called after ``_find_sources`` (which may have chosen, e.g., a pre-cropped set)."""
     return self.builder_config.crop_options()
 
+  def _source_options(self, source: SequenceSource, options: CropOptions) -> CropOptions:
+    """How to crop ``source`` (default: ``options``, the config's, for every sequence)."""
+    del source
+    return options
+
   def _extra_metadata(self, sources: Sequence[SequenceSource]) -> dict[str, Any]:
     """Anything else to store in ``info.metadata`` (JSON-serialisable)."""
     del sources
@@ -535,7 +542,8 @@ class SequenceDatasetBuilder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorB
 
   def _generate_examples(self, sources: Sequence[SequenceSource], options: CropOptions, split: str):
     skipped = self.info.metadata['skipped']
-    for result in process_sequences(sources, options, pool=self._pool(),
+    per_source = [self._source_options(source, options) for source in sources]
+    for result in process_sequences(sources, per_source, pool=self._pool(),
                                     desc=f'{self.name}/{split}'):
       if result.example is None:
         logging.warning('%s: skipping %s (%s): %s', self.name, result.source.sequence_id,

@@ -12,7 +12,8 @@ brightness/contrast jitter (rounded back to uint8) ->
 random masking ("RM" of the Res-RBG paper: ``mask_count`` rectangles set to the ImageNet mean colour,
 ``MASK_FILL``, i.e. to ~0 after normalisation, on every frame, with probability ``mask_prob`` per sequence).
 Evaluation: centre crop of ``eval_crop`` of the shorter side, resized to the output size (the same as
-resizing to size / eval_crop and centre-cropping, e.g. 256 -> 224).
+resizing to size / eval_crop and centre-cropping, e.g. 256 -> 224). Spatial test views
+(``view_boxes``, ``config.eval.spatial_views``) take crops of the same side at fixed other places.
 Both return uint8: ImageNet normalisation runs on the device, inside the jitted step
 (``ferjax.steps.normalize_inputs``), so the host sends a quarter of the bytes. ``normalize`` is its numpy
 twin.
@@ -310,17 +311,64 @@ def train_augment(frames, size: int, options: AugmentOptions,
   return apply(frames, draw(height, width, size, options, rng), size, options.fill)
 
 
-def eval_preprocess(frames, size: int, options: AugmentOptions) -> np.ndarray:
-  """Centre crop + resize: uint8 [T, H, W, 3] -> uint8 [T, size, size, 3] (normalised on the device)."""
-  height, width, _ = np.shape(_check_frames(frames)[0])
-  side = max(1, round(options.eval_crop * min(height, width)))
-  y0, x0 = (height - side) // 2, (width - side) // 2
-  interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+# config.eval.spatial_views -> the crops of the spatial test views, centre first (view 0 = the plain
+# evaluation crop): 3 = evenly along the longer side (SlowFast / VideoMAE three-crop testing; the width of
+# a square frame), 5 = centre + four corners, 10 = those five and their mirror images (torchvision's
+# FiveCrop / TenCrop).
+SPATIAL_VIEWS = (1, 3, 5, 10)
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+  """A square crop of side ``side`` at (``y0``, ``x0``) of the source frame, mirrored if ``flip``."""
+  y0: int
+  x0: int
+  side: int
+  flip: bool = False
+
+  def matrix(self, size: int) -> np.ndarray:
+    """Output -> source affine matrix [2, 3] of this crop resized to ``size`` (pixel centres)."""
+    k = self.side / size
+    if self.flip:  # Output column x shows source column x0 + side - (x + 0.5) k - 0.5.
+      return np.array([[-k, 0.0, self.x0 + self.side - 0.5 * k - 0.5], [0.0, k, self.y0 + 0.5 * k - 0.5]])
+    return np.array([[k, 0.0, self.x0 + 0.5 * k - 0.5], [0.0, k, self.y0 + 0.5 * k - 0.5]])
+
+
+def view_boxes(height: int, width: int, eval_crop: float, views: int) -> list[Box]:
+  """The ``views`` crops of the spatial test views (``SPATIAL_VIEWS``) of an H x W frame; each has side
+  ``eval_crop`` x the shorter side, as the evaluation centre crop. With ``eval_crop = 1`` on square
+  frames the crops coincide (only the mirrored ones differ)."""
+  if views not in SPATIAL_VIEWS:
+    raise ValueError(f'spatial views must be one of {SPATIAL_VIEWS}; got {views!r}')
+  side = max(1, round(eval_crop * min(height, width)))
+  dy, dx = height - side, width - side
+  centre = Box(dy // 2, dx // 2, side)
+  if views == 1:
+    return [centre]
+  if views == 3:
+    if width >= height:
+      return [centre, Box(dy // 2, 0, side), Box(dy // 2, dx, side)]
+    return [centre, Box(0, dx // 2, side), Box(dy, dx // 2, side)]
+  five = [centre, Box(0, 0, side), Box(0, dx, side), Box(dy, 0, side), Box(dy, dx, side)]
+  return five if views == 5 else five + [dataclasses.replace(b, flip=True) for b in five]
+
+
+def crop_resize(frames, box: Box, size: int) -> np.ndarray:
+  """``box`` of every frame, resized to ``size`` (area averaging when shrinking) and mirrored if the
+  box says so: uint8 [T, H, W, 3] -> uint8 [T, size, size, 3]."""
+  frames = _check_frames(frames)
+  interpolation = cv2.INTER_AREA if box.side > size else cv2.INTER_LINEAR
   out = np.empty((len(frames), size, size, 3), np.uint8)
   for frame, slot in zip(frames, out):
-    crop = np.asarray(frame, np.uint8)[y0:y0 + side, x0:x0 + side]
-    if side == size:
+    crop = np.asarray(frame, np.uint8)[box.y0:box.y0 + box.side, box.x0:box.x0 + box.side]
+    if box.side == size:
       slot[...] = crop
     else:
       cv2.resize(crop, (size, size), dst=slot, interpolation=interpolation)
-  return out
+  return out[:, :, ::-1].copy() if box.flip else out
+
+
+def eval_preprocess(frames, size: int, options: AugmentOptions) -> np.ndarray:
+  """Centre crop + resize: uint8 [T, H, W, 3] -> uint8 [T, size, size, 3] (normalised on the device)."""
+  height, width, _ = np.shape(_check_frames(frames)[0])
+  return crop_resize(frames, view_boxes(height, width, options.eval_crop, 1)[0], size)

@@ -109,10 +109,7 @@ def _to_working(matrix: np.ndarray, scale_x: float, scale_y: float) -> np.ndarra
 def eval_matrix(height: int, width: int, size: int, eval_crop: float) -> np.ndarray:
   """The output -> source matrix of ``augment.eval_preprocess`` (centre crop of ``eval_crop`` of the
   shorter side, resized to ``size``)."""
-  side = max(1, round(eval_crop * min(height, width)))
-  y0, x0 = (height - side) // 2, (width - side) // 2
-  k = side / size
-  return np.array([[k, 0.0, x0 + 0.5 * k - 0.5], [0.0, k, y0 + 0.5 * k - 0.5]])
+  return augment.view_boxes(height, width, eval_crop, 1)[0].matrix(size)
 
 
 def sequence_flow(frames, matrix: np.ndarray, size: int, method: str = 'dis',

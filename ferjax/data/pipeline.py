@@ -27,9 +27,10 @@ Training (:func:`train_loader`):
     (see ferjax/checkpointing.py) and restores exactly, under any worker count.
 
 Evaluation (:func:`eval_batches`): one deterministic pass over the rows of every record: one row per
-window (``windows='one'``: the sampling mode's evaluation frames; ``'all'``: consecutive T-frame windows
-covering the sequence) and test-time-augmentation copy (copy 0 plain, copies 1.. the geometric part of the
-training augmentation drawn from a fixed per-(record, copy) seed). Host ``h`` takes rows ``h, h + H, ...``
+window (``windows='one'``: the sampling mode's evaluation frames, or its K fixed temporal test views
+``sampling.view_indices``; ``'all'``: consecutive T-frame windows covering the sequence) and spatial view
+(test-time-augmentation copy: copy 0 plain, copies 1.. the geometric part of the training augmentation
+drawn from a fixed per-(record, copy) seed; or one of the fixed crops ``augment.view_boxes``). Host ``h`` takes rows ``h, h + H, ...``
 and every host yields ``ceil(rows / (B * H))`` batches, the last ones padded with ``mask=False`` rows.
 """
 
@@ -234,13 +235,16 @@ TTA_STREAM = 7007
 class _EvalExample:
   """Maps a padded row position to an evaluation example; positions past ``rows`` are padding.
 
-  ``rows`` [R, 3] holds (record index, window, copy) per row; window -1 = the sampling mode's
-  evaluation frames, w >= 0 = ``sampling.window_indices(.., w)``; copy 0 = plain, c > 0 = the geometric
-  part of the training augmentation from the (record, copy) seed.
+  ``rows`` [R, 3] holds (record index, window, copy) per row; window w >= 0 = ``sampling.window_indices(..,
+  w)``, w < 0 = temporal view -1 - w of ``temporal_views`` (-1 alone = the sampling mode's evaluation
+  frames); with ``spatial_views`` > 1 the copy column is the spatial view (``augment.view_boxes``), else
+  copy 0 = plain, c > 0 = the geometric part of the training augmentation from the (record, copy) seed.
   """
   source: Any
   spec: ExampleSpec
   rows: np.ndarray
+  temporal_views: int = 1
+  spatial_views: int = 1
 
   def __call__(self, position: int) -> dict[str, np.ndarray]:
     position, spec = int(position), self.spec
@@ -256,11 +260,14 @@ class _EvalExample:
   @_naming_record
   def _make(self, record: dict, record_index: int, window: int, copy: int) -> dict[str, np.ndarray]:
     spec, n = self.spec, _num_frames(record)
-    indices = (sampling.indices(spec.sampling, n, spec.num_frames) if window < 0 else
-               sampling.window_indices(spec.sampling, n, spec.num_frames, window))
+    indices = (sampling.view_indices(spec.sampling, n, spec.num_frames, -1 - window, self.temporal_views)
+               if window < 0 else sampling.window_indices(spec.sampling, n, spec.num_frames, window))
     frames = _select_frames(record, indices)
     height, width, _ = frames[0].shape
-    if copy == 0:
+    if self.spatial_views > 1:
+      box = augment.view_boxes(height, width, spec.options.eval_crop, self.spatial_views)[copy]
+      matrix, out = box.matrix(spec.image_size), augment.crop_resize(frames, box, spec.image_size)
+    elif copy == 0:
       matrix = flow_lib.eval_matrix(height, width, spec.image_size, spec.options.eval_crop)
       out = augment.eval_preprocess(frames, spec.image_size, spec.options)
     else:
@@ -423,27 +430,46 @@ def num_eval_batches(num_records: int, batch_size_per_host: int, shard_count: in
 
 
 WINDOWS = ('one', 'all')
+_SPATIAL_NAMES = {3: 'centre and both ends of the longer side', 5: 'centre and four corners',
+                  10: 'centre, four corners and their mirror images'}
 
 
-def eval_rows(source: Sequence[dict], num_frames: int, windows: str = 'one',
-              tta_copies: int = 0) -> np.ndarray:
-  """The rows of one evaluation pass, int64 [R, 3] of (record index, window, copy), record-major.
-
-  ``windows='one'`` gives each record one window (-1: the sampling mode's evaluation frames); ``'all'``
-  gives it ``sampling.num_windows(N, T)`` (this reads every record once, for its frame count).
-  ``tta_copies`` K > 1 repeats every window K times (copy 0 plain); 0 or 1 = no test-time augmentation.
-  """
+def _check_views(windows: str, tta_copies: int, temporal_views: int, spatial_views: int) -> None:
   if windows not in WINDOWS:
     raise ValueError(f'windows must be one of {WINDOWS}; got {windows!r}')
   if tta_copies < 0:
     raise ValueError(f'tta_copies must be >= 0; got {tta_copies}')
-  copies = np.arange(max(1, tta_copies))
+  if temporal_views < 1:
+    raise ValueError(f'temporal_views must be >= 1; got {temporal_views}')
+  if spatial_views not in augment.SPATIAL_VIEWS:
+    raise ValueError(f'spatial_views must be one of {augment.SPATIAL_VIEWS}; got {spatial_views!r}')
+  if temporal_views > 1 and windows == 'all':
+    raise ValueError(f"temporal_views={temporal_views} and windows='all' both choose the frames of a "
+                     'sequence; use one of them')
+  if spatial_views > 1 and tta_copies > 1:
+    raise ValueError(f'spatial_views={spatial_views} and tta_copies={tta_copies} both choose the crops of '
+                     'a window; use one of them')
+
+
+def eval_rows(source: Sequence[dict], num_frames: int, windows: str = 'one', tta_copies: int = 0,
+              temporal_views: int = 1, spatial_views: int = 1) -> np.ndarray:
+  """The rows of one evaluation pass, int64 [R, 3] of (record index, window, copy), record-major.
+
+  ``windows='one'`` gives each record one window per temporal view (window -1 - k = view k; one view:
+  -1, the sampling mode's evaluation frames); ``'all'`` gives it ``sampling.num_windows(N, T)`` (this
+  reads every record once, for its frame count). ``tta_copies`` K > 1 repeats every window K times (copy
+  0 plain); 0 or 1 = no test-time augmentation. ``spatial_views`` V > 1 repeats it V times instead, the
+  copy column then being the spatial view.
+  """
+  _check_views(windows, tta_copies, temporal_views, spatial_views)
+  copies = np.arange(max(1, tta_copies, spatial_views))
   rows = []
   for i in range(len(source)):
-    count = 1
     if windows == 'all':
-      count = sampling.num_windows(_num_frames_of(source[i], i), num_frames)
-    for w in (range(count) if windows == 'all' else [-1]):
+      positions = range(sampling.num_windows(_num_frames_of(source[i], i), num_frames))
+    else:
+      positions = range(-1, -1 - temporal_views, -1)
+    for w in positions:
       rows.extend((i, w, c) for c in copies)
   return np.array(rows, np.int64).reshape(-1, 3)
 
@@ -470,10 +496,15 @@ class EvalBatches(Iterator[dict[str, np.ndarray]]):
     return next(self._iterator)
 
 
-def _describe_views(windows: str, tta_copies: int, num_frames: int) -> str:
+def _describe_views(windows: str, tta_copies: int, num_frames: int, temporal_views: int = 1,
+                    spatial_views: int = 1) -> str:
   parts = []
   if windows == 'all':
     parts.append(f'every consecutive {num_frames}-frame window')
+  if temporal_views > 1:
+    parts.append(f'{temporal_views} temporal views spread over the sequence')
+  if spatial_views > 1:
+    parts.append(f'{spatial_views} spatial crops ({_SPATIAL_NAMES[spatial_views]})')
   if tta_copies > 1:
     parts.append(f'{tta_copies} test-time augmentation copies (1 plain + {tta_copies - 1} with the '
                  'training flip/crop/rotation)')
@@ -485,24 +516,27 @@ def eval_batches(source: Sequence[dict], *, num_frames: int, image_size: int,
                  shard_count: int = 1, worker_count: int = 0,
                  inputs: Sequence[str] = ('frames',), sampling_mode: str = 'segments',
                  flow: str = 'dis', windows: str = 'one', tta_copies: int = 0,
-                 input_options: dict[str, Any] | None = None) -> EvalBatches:
+                 input_options: dict[str, Any] | None = None, temporal_views: int = 1,
+                 spatial_views: int = 1) -> EvalBatches:
   """One deterministic pass over ``source``: the sampling mode's evaluation frames, centre crop, padded
   batches.
 
   Every host yields ``num_eval_batches(rows, batch_size_per_host, shard_count)`` batches of
   dict(frames=uint8 [B, T, S, S, 3], label=int32 [B], mask=bool [B], index=int32 [B], ...); ``mask`` is
   False on padding rows (zero frames and inputs, label 0, index -1), so all batches have one shape and
-  all hosts step together. ``rows`` = records x windows x copies (see :func:`eval_rows`); ``index`` says
+  all hosts step together. ``rows`` = records x windows (or temporal views) x copies (or spatial views)
+  (see :func:`eval_rows`); ``index`` says
   which record a row scores, and evaluation averages the class probabilities of a record's rows.
   Reads ``options.eval_crop``, and the geometric options (crop, flip, rotation) for TTA copies.
   """
   _check_sharding(len(source), batch_size_per_host, shard_index, shard_count)
   spec = ExampleSpec(num_frames, image_size, options, tuple(inputs), sampling_mode, flow,
                      tuple(sorted((input_options or {}).items())))
-  rows = eval_rows(source, num_frames, windows, tta_copies)
+  rows = eval_rows(source, num_frames, windows, tta_copies, temporal_views, spatial_views)
   batches = num_eval_batches(len(rows), batch_size_per_host, shard_count)
   ds = grain.MapDataset.range(batches * batch_size_per_host * shard_count)[shard_index::shard_count]
-  ds = ds.map(_EvalExample(source, spec, rows))
+  ds = ds.map(_EvalExample(source, spec, rows, temporal_views, spatial_views))
   ds = ds.batch(batch_size_per_host, drop_remainder=True)  # Exactly `batches` full batches.
   iterator = iter(_parallel(ds.to_iter_dataset(_READ_OPTIONS), worker_count))
-  return EvalBatches(iterator, batches, _describe_views(windows, tta_copies, num_frames))
+  return EvalBatches(iterator, batches, _describe_views(windows, tta_copies, num_frames, temporal_views,
+                                                        spatial_views))

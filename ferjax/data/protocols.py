@@ -8,7 +8,8 @@ This is the one place that knows the split layouts of DESIGN.md:
   ``fold_1 .. fold_k``; fold index ``f`` then tests on ``fold_{f+1}``, the f-th in order, and the rest is
   the same. Their folds are the release's, not drawn by subject: DFEW's and MAFW's are not
   subject-independent.
-* leave-one-subject-out datasets (eNTERFACE'05, RML) expose ``subject_<id>``; subjects are sorted
+* leave-one-subject-out datasets (eNTERFACE'05, RML, the micro-expression sets: CASME II, SAMM, SMIC-HS,
+  the MEGC2019 composite's 68 subjects) expose ``subject_<id>``; subjects are sorted
   naturally (``subject_2 < subject_10``), fold ``f`` tests on the f-th subject, validates on the next one
   (cyclically) when asked, and trains on the rest.
 * AFEW exposes ``train`` and ``validation`` (its test labels are not public); there is one fold: train on

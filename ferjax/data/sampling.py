@@ -10,7 +10,8 @@ run from neutral to the apex, so with T = 1 it is the apex frame for image model
 
 ``config.dataset.sampling`` picks the mode (``MODES``); :func:`indices` maps a mode to the indices of a
 training or an evaluation example. :func:`windows` lists the consecutive T-frame windows that cover a
-whole sequence (evaluation of long videos, ``config.eval.windows = 'all'``).
+whole sequence (evaluation of long videos, ``config.eval.windows = 'all'``). :func:`view_indices` gives
+the K fixed temporal test views of a mode (``config.eval.temporal_views``).
 """
 
 import numpy as np
@@ -127,6 +128,45 @@ def indices(mode: str, num_frames: int, num_samples: int,
     raise ValueError(f'sampling mode must be one of {sorted(MODES)}; got {mode!r}')
   train, evaluation = MODES[mode]
   return evaluation(num_frames, num_samples) if rng is None else train(num_frames, num_samples, rng)
+
+
+# The frame spacing of the modes whose evaluation frames are consecutive (their temporal views slide).
+_STRIDES = {'clip': 1, 'consecutive': 1, 'consecutive_s2': 2, 'consecutive_s4': 4}
+
+
+def view_indices(mode: str, num_frames: int, num_samples: int, view: int, views: int) -> np.ndarray:
+  """Temporal test view ``view`` of ``views`` K: fixed clips spread evenly over the sequence.
+
+  * 'segments', 'uniform': the frame at offset (view + 0.5) / K inside each of the T equal segments
+    (TSN's multi-clip testing); K = 1 is the segment centres, :func:`eval_indices`.
+  * 'clip', 'consecutive[_s<k>]': the mode's T frames k apart starting at frame view * (N - span) // (K - 1),
+    span = (T - 1) * k + 1: the first view starts at frame 0, the last ends at the last frame (the
+    VideoMAE / MAE-DFER test clips); K = 1, or a sequence no longer than the span, is the centred clip.
+  * 'apex' has one position by construction: K > 1 is an error.
+
+  Returns:
+    int32 array of shape [T] with values in [0, num_frames).
+  """
+  _check(num_frames, num_samples)
+  if mode not in MODES:
+    raise ValueError(f'sampling mode must be one of {sorted(MODES)}; got {mode!r}')
+  if not 0 <= view < views:
+    raise ValueError(f'view must be in [0, {views - 1}]; got {view}')
+  if views == 1:
+    return indices(mode, num_frames, num_samples)
+  if mode in ('segments', 'uniform'):
+    # floor((t + (view + 0.5) / K) * N / T) in integers.
+    t = np.arange(num_samples)
+    return ((2 * views * t + 2 * view + 1) * num_frames // (2 * views * num_samples)).astype(np.int32)
+  if mode in _STRIDES:
+    stride = _STRIDES[mode]
+    slack = num_frames - ((num_samples - 1) * stride + 1)
+    if slack <= 0:
+      return consecutive_indices(num_frames, num_samples, stride)
+    start = view * slack // (views - 1)
+    return (start + stride * np.arange(num_samples)).astype(np.int32)
+  raise ValueError(f"sampling mode {mode!r} has a single temporal position; temporal views need one of "
+                   f"{sorted(('segments', 'uniform', *_STRIDES))}")
 
 
 def num_windows(num_frames: int, num_samples: int) -> int:

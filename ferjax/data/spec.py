@@ -34,13 +34,16 @@ def train_loader(config, source, shard: tuple[int, int, int], worker_count: int,
 def eval_batches(config, source, shard: tuple[int, int, int], inputs: Sequence[str] = ('frames',), *,
                  validation: bool = False):
   """One evaluation pass over `source` for host `shard = (index, count, local batch size)`: the rows
-  of `config.eval` (windows x test-time augmentation copies) of every record, made by
-  `config.input.worker_count` grain workers. `validation=True` uses `eval.validation_tta_copies` (model
-  selection, plateau, early stopping) instead of `eval.tta_copies` (the reported test scores)."""
+  of `config.eval` (windows or temporal views x test-time augmentation copies or spatial views) of every
+  record, made by `config.input.worker_count` grain workers. `validation=True` uses
+  `eval.validation_tta_copies` (model selection, plateau, early stopping) instead of `eval.tta_copies`, and
+  no test views (`eval.temporal_views`, `eval.spatial_views` score the reported test split only)."""
   tta_copies = config.eval.validation_tta_copies if validation else config.eval.tta_copies
+  views = {} if validation else dict(temporal_views=config.eval.get('temporal_views', 1),
+                                     spatial_views=config.eval.get('spatial_views', 1))
   return pipeline.eval_batches(source, batch_size_per_host=shard[2], shard_index=shard[0],
                                shard_count=shard[1], worker_count=config.input.worker_count,
-                               windows=config.eval.windows, tta_copies=tta_copies,
+                               windows=config.eval.windows, tta_copies=tta_copies, **views,
                                **input_args(config, inputs))
 
 
