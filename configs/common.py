@@ -56,6 +56,12 @@ def base() -> ml_collections.ConfigDict:
   c.augment.crop_ratio = (0.9, 1.1)
   c.augment.flip = True
   c.augment.rotation = 10.0  # Degrees.
+  # With this probability per sequence the rotation and the padded crop are applied (torchvision's
+  # RandomApply around RandomRotation + RandomCrop(padding=pad_crop)); 1 = every sequence.
+  c.augment.rotate_crop_prob = 1.0
+  # > 0: a random shift of -pad_crop..pad_crop output pixels per axis (a crop of the output-size image
+  # padded by pad_crop on every side); 0 = none.
+  c.augment.pad_crop = 0
   c.augment.brightness = 0.2
   c.augment.contrast = 0.2
   c.augment.eval_crop = 0.875  # 224 of 256.
@@ -73,13 +79,16 @@ def base() -> ml_collections.ConfigDict:
   c.train.num_epochs = 60.0
   c.train.num_steps = -1  # > 0 overrides num_epochs.
   c.train.optimizer = 'adamw'  # 'adamw' | 'radam' | 'sgd'.
-  # 'cosine' (warm-up + cosine decay) | 'constant' (warm-up + constant) | 'plateau' (warm-up + constant,
-  # multiplied by plateau_factor after more than plateau_patience validations without a better UAR, down
-  # to min_learning_rate).
+  # 'cosine' (warm-up + cosine decay) | 'constant' (warm-up + constant) | 'step' (see step_epochs) |
+  # 'plateau' (warm-up + constant, multiplied by plateau_factor after more than plateau_patience
+  # validations without a better UAR, down to min_learning_rate).
   c.train.schedule = 'cosine'
   c.train.plateau_patience = 2
   c.train.plateau_factor = 0.1
   c.train.min_learning_rate = 0.0
+  # 'step': the rate times step_factor every step_epochs epochs (PyTorch's StepLR stepped per epoch).
+  c.train.step_epochs = 10.0
+  c.train.step_factor = 0.1
   # > 0: stop after this many validations in a row without a better UAR (needs a validation split).
   c.train.early_stop_patience = 0
   c.train.learning_rate = 3e-4  # Peak, for the global batch.
@@ -87,6 +96,7 @@ def base() -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.05  # Times each parameter's multiplier from weight_decay_rules.
   c.train.weight_decay_rules = WEIGHT_DECAY_RULES
   c.train.momentum = 0.9  # sgd only.
+  c.train.nesterov = True  # sgd only: Nesterov's momentum (False: PyTorch's SGD default).
   c.train.grad_clip = 1.0  # Global-norm clipping; 0 disables.
   c.train.label_smoothing = 0.1
   c.train.log_every_steps = 10

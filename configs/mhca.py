@@ -11,13 +11,12 @@ keys `backbone=<resnet18|resnet34|resnet50>`, `fold=<k>`, `seed=<s>`.
 
 `raf_db` is DAN's recipe (the public code `yaoing/DAN`, train_rafdb.py): ResNet-18 trunk, 4 heads,
 cross-entropy + affinity + partition losses (weights 1, 1), SGD lr 0.1 momentum 0.9 weight decay 1e-4,
-40 epochs, batch 256, 224 px faces with ImageNet normalisation, horizontal flip, rotation up to 20 degrees,
-random erasing. ferjax's readings where it differs or cannot follow, each a field (docs/models/mhca.md):
-the learning rate follows ferjax's cosine decay (DAN: x0.1 every 10 epochs), SGD is ferjax's (Nesterov
-momentum), the rotation is applied to every image (DAN: with p = 0.2, together with a random 224 crop of
-the 32-px-padded image); weight decay covers every parameter, the affinity centres included, as DAN's;
-DAN starts from an MS-Celeb-1M ResNet-18 (give any torchvision-layout ResNet-18 as
-`--config.init.backbone_weights=...`; from scratch otherwise). The run reports its final model
+x0.1 every 10 epochs (`train.schedule='step'`), 40 epochs, batch 256, 224 px faces with ImageNet
+normalisation, horizontal flip, with p = 0.2 a rotation up to 20 degrees and a random 224 crop of the
+32-px-padded image (`augment.rotate_crop_prob`, `augment.pad_crop`; zero fill), random erasing; SGD
+without Nesterov's correction (`train.nesterov=False`, PyTorch's default); weight decay covers every
+parameter, the affinity centres included, as DAN's. DAN starts from an MS-Celeb-1M ResNet-18 (give any
+torchvision-layout ResNet-18 as `--config.init.backbone_weights=...`; from scratch otherwise). The run reports its final model
 (`dataset.holdout_validation=True` selects by the validation split instead); DAN reports its best
 test-set epoch.
 
@@ -84,7 +83,11 @@ def raf_db_config() -> ml_collections.ConfigDict:
   c.augment.crop_scale = (1.0, 1.0)  # Whole aligned face, resized to 224.
   c.augment.crop_ratio = (1.0, 1.0)
   c.augment.flip = True
+  # DAN's RandomApply([RandomRotation(20), RandomCrop(224, padding=32)], p=0.2), zero fill.
   c.augment.rotation = 20.0
+  c.augment.rotate_crop_prob = 0.2
+  c.augment.pad_crop = 32
+  c.augment.fill = 'black'
   c.augment.brightness = 0.0
   c.augment.contrast = 0.0
   # torchvision RandomErasing (p 0.5, area 0.02-0.25, aspect 0.3-3.3, value 0 = the mean colour after
@@ -99,13 +102,16 @@ def raf_db_config() -> ml_collections.ConfigDict:
   c.train.optimizer = 'sgd'
   c.train.learning_rate = 0.1
   c.train.momentum = 0.9
+  c.train.nesterov = False  # torch.optim.SGD's default.
   c.train.warmup_epochs = 0.0
   c.train.weight_decay = 1e-4
   # DAN's SGD decays every parameter, BatchNorm, biases and the affinity centres included.
   c.train.weight_decay_rules = ((r'.*', 1.0),)
   c.train.grad_clip = 0.0
   c.train.label_smoothing = 0.0
-  c.train.schedule = 'cosine'
+  c.train.schedule = 'step'  # StepLR(step_size=10, gamma=0.1), stepped per epoch.
+  c.train.step_epochs = 10.0
+  c.train.step_factor = 0.1
   # One validation/checkpoint per epoch: 12,271 / 256 = 48 steps.
   c.train.eval_every_steps = 48
   c.train.checkpoint_every_steps = 48
@@ -138,6 +144,9 @@ def synthetic_images_config() -> ml_collections.ConfigDict:
   c.input.eval_batch_size = 70
   c.input.worker_count = 1
   c.augment.rotation = 10.0
+  c.augment.rotate_crop_prob = 1.0
+  c.augment.pad_crop = 0
+  c.augment.fill = 'reflect'
   c.augment.mask_prob = 0.0
   c.model.width = 16
   c.model.spatial_hidden = 64

@@ -101,6 +101,9 @@ def paper_config() -> ml_collections.ConfigDict:
   # 1x1 convolutions as matmuls, and the one-pass training-mode BatchNorm.
   c.model.dot_1x1 = True
   c.model.fused_batchnorm = True
+  # BatchNorm statistics over the whole global batch (1), or per slice of batch / G: G = the number of
+  # devices gives the per-GPU statistics of the paper's framework (PyTorch without SyncBatchNorm).
+  c.model.batchnorm_groups = 1
 
   c.init.backbone_weights = ''  # torchvision-layout .safetensors/.npz; '' = random init.
   c.init.backbone_prefix = ''  # Key prefix inside that file, e.g. 'module.'.

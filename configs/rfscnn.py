@@ -109,6 +109,8 @@ def paper_config() -> ml_collections.ConfigDict:
   # Formulations of the ResNet layers (same function, different XLA programs; ferjax/models/resnet.py).
   c.model.dot_1x1 = True
   c.model.fused_batchnorm = True
+  # BatchNorm statistics over the whole global batch (1), or per slice of batch / G (G = devices: per GPU).
+  c.model.batchnorm_groups = 1
 
   # torchvision-layout ResNet weights per stream (.safetensors/.npz; '' = random init). ImageNet weights
   # fit the flow stream too: its first convolution also takes 3 channels (dx, dy, magnitude).

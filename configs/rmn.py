@@ -81,6 +81,9 @@ def model_config() -> ml_collections.ConfigDict:
   # Formulations of the ResNet layers (same function, different XLA programs; ferjax/models/resnet.py).
   m.dot_1x1 = True
   m.fused_batchnorm = True
+  # BatchNorm statistics over the whole global batch (1), or per slice of batch / G (G = devices: per GPU,
+  # as the public RMN code's DataParallel).
+  m.batchnorm_groups = 1
   return m
 
 

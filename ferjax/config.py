@@ -58,13 +58,18 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     'augment.contrast': _number(0, 1),
     'augment.eval_crop': _number(0.1, 1.0),
     'augment.fill': _one_of('reflect', 'black'),  # The border a rotation uncovers (augment.FILLS).
+    'augment.rotate_crop_prob': _number(0, 1),
+    'augment.pad_crop': _number(0, 512, integer=True),
     'model.name': _string,  # Then the family's schema checks the rest of config.model.
     # Also any init.<submodule>_weights / init.<submodule>_prefix (INIT_KEY; ferjax.models.convert).
     'init.checkpoint': _string,  # A previous run's workdir; the checkpoint it selects initialises the model.
     'train.num_epochs': _number(0, lo_open=True),
     'train.num_steps': _number(-1, integer=True),
     'train.optimizer': _one_of('adamw', 'sgd', 'radam'),
-    'train.schedule': _one_of('cosine', 'plateau', 'constant'),
+    'train.schedule': _one_of('cosine', 'plateau', 'constant', 'step'),
+    'train.step_epochs': _number(0, lo_open=True),
+    'train.step_factor': _number(0, 1, lo_open=True),
+    'train.nesterov': _boolean,
     'train.plateau_patience': _number(0, integer=True),
     'train.plateau_factor': _number(0, 1, lo_open=True, hi_open=True),
     'train.min_learning_rate': _number(0),
@@ -134,6 +139,12 @@ ADDED_FIELDS = {
     'model.product_offset': 1.0,  # RFSCNN's model.fusion_offset before its rename.
     'model.reconstruction_levels': 5,  # RMN
     'model.head_init': 'lecun_normal',  # Res-RBG's classifier before the field.
+    'train.step_epochs': 10.0,  # Only the 'step' schedule reads them.
+    'train.step_factor': 0.1,
+    'train.nesterov': True,  # SGD was Nesterov's before the field.
+    'augment.rotate_crop_prob': 1.0,  # The rotation was drawn for every sequence before the field.
+    'augment.pad_crop': 0,
+    'model.batchnorm_groups': 1,  # Res-RBG, RFSCNN, RMN: global statistics before the field.
     'eval.temporal_views': 1,  # One test view, the sampling mode's frames and centre crop, before them.
     'eval.spatial_views': 1,
 }

@@ -30,12 +30,15 @@ from etils import epath
 import jax
 import numpy as np
 
-from ferjax import checkpointing, config as config_lib, metrics, paths, provenance, train
+from ferjax import checkpointing, config as config_lib, metrics, parallel_folds, paths, provenance, train
 from ferjax.data import datasets, protocols
 
 # --config, --workdir, --multiprocess and --debug are ferjax.train's flags (absl flags are global).
 _FOLDS = flags.DEFINE_string('folds', '', 'Comma-separated folds to run (default: all).')
 _RETRAIN = flags.DEFINE_string('retrain', '', 'Comma-separated folds to train again although finished.')
+_PARALLEL_FOLDS = flags.DEFINE_bool(
+    'parallel_folds', False, 'Train the unfinished folds together in one program (jax.vmap over a fold '
+    'axis; ferjax/parallel_folds.py says which configs it supports).')
 
 STATE = 'crossval.json'
 SUMMARY_KEYS = ('war', 'uar', 'macro_f1')
@@ -322,10 +325,20 @@ def _sliced_splits(split_names, config, folds) -> list[str]:
   return sorted(names)
 
 
+def _set_aside(workdir: epath.Path, fold: int) -> None:
+  """--retrain: the fold's previous run moves to fold_<k>.replaced-<time>, never deleted."""
+  fold_dir = workdir / f'fold_{fold}'
+  if fold_dir.exists():
+    stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    fold_dir.rename(workdir / f'fold_{fold}.replaced-{stamp}')
+    _log(f'--retrain {fold}: moved the previous run to fold_{fold}.replaced-{stamp}')
+
+
 def run(config, workdir: str, folds: str = '', retrain: str = '', *,
-        start_over: bool = False) -> dict[str, Any]:
+        start_over: bool = False, parallel: bool = False) -> dict[str, Any]:
   """Runs (or resumes) the cross-validation; returns results.json's content. `start_over` is passed to
-  every fold (ferjax.train.train_and_evaluate)."""
+  every fold (ferjax.train.train_and_evaluate); `parallel` trains the unfinished folds together
+  (ferjax.parallel_folds)."""
   config_lib.validate(paths.resolve_config_paths(config))
   workdir = epath.Path(paths.resolve(workdir))
   workdir.mkdir(parents=True, exist_ok=True)
@@ -346,6 +359,16 @@ def run(config, workdir: str, folds: str = '', retrain: str = '', *,
   _log(f'Cross-validation of {dataset.name}: {num_folds} folds, running {len(wanted)} '
        f'({len(wanted) - len(todo)} finished earlier)')
   started, done_now = time.perf_counter(), 0
+  if parallel and todo:
+    for fold in todo:
+      if fold in again:
+        _set_aside(workdir, fold)
+    reports = parallel_folds.train_and_evaluate(config, os.fspath(workdir), todo, start_over=start_over)
+    for fold in todo:
+      state['folds'][str(fold)] = _summary(reports[fold])
+      state['fold_configs'][str(fold)] = _identity(config)
+    _save_state(workdir, state)
+    todo = []
   for i, fold in enumerate(wanted, 1):
     fold_dir = workdir / f'fold_{fold}'
     if fold not in todo:
@@ -353,10 +376,8 @@ def run(config, workdir: str, folds: str = '', retrain: str = '', *,
         _log(f'note: fold {fold} finished earlier but {fold_dir} is gone; its recorded scores are kept '
              f'in {workdir / STATE}. Pass --retrain {fold} to train it again.')
       continue
-    if fold in again and fold_dir.exists():  # Train again from scratch; keep the old run aside.
-      stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-      fold_dir.rename(workdir / f'fold_{fold}.replaced-{stamp}')
-      _log(f'--retrain {fold}: moved the previous run to fold_{fold}.replaced-{stamp}')
+    if fold in again:  # Train again from scratch; keep the old run aside.
+      _set_aside(workdir, fold)
     eta = ((time.perf_counter() - started) / done_now * (len(todo) - done_now)) if done_now else None
     _log(f'=== Fold {fold} ({i} of {len(wanted)}; ETA of the table {_eta(eta) if eta else "-"}) ===')
     report = train.train_and_evaluate(_fold_config(config, fold), os.fspath(fold_dir),
@@ -407,14 +428,14 @@ def main(argv):
     sys.exit(f'error: unexpected arguments {argv[1:]}')
   if not flags.FLAGS['config'].present or not flags.FLAGS.workdir:
     sys.exit('usage: python -m ferjax.crossval --config configs/<family>.py[:arg] --workdir DIR '
-             '[--folds 0,3] [--retrain 3]')
+             '[--folds 0,3] [--retrain 3] [--parallel_folds]')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   try:
     config = config_lib.load_config(flags.FLAGS['config'])
     train.maybe_initialize_distributed()
     run(config, paths.resolve(flags.FLAGS.workdir), _FOLDS.value, _RETRAIN.value,
-        start_over=flags.FLAGS.start_over)
+        start_over=flags.FLAGS.start_over, parallel=_PARALLEL_FOLDS.value)
   except train.Preempted as e:
     _log(f'Preempted in a fold: saved step {e.step}; rerun the same command to resume '
          f'(exit code {train.EXIT_PREEMPTED}).')

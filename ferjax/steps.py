@@ -77,10 +77,35 @@ def add_decayed_weights(weight_decay: float, rules=DEFAULT_WEIGHT_DECAY_RULES
   return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
+def learning_rate_schedule(train: ml_collections.ConfigDict, total_steps: int, warmup_steps: int,
+                           steps_per_epoch: int = 1) -> optax.Schedule:
+  """The rate at each step: a linear warm-up from 0 over `warmup_steps`, then `train.schedule`:
+  'cosine' decays to 0 at `total_steps`; 'constant' and 'plateau' stay at `train.learning_rate` (the
+  plateau scale multiplies the updates, `ferjax.plateau`); 'step' multiplies it by `train.step_factor`
+  every `train.step_epochs` epochs counted from step 0 (PyTorch's `StepLR` stepped once per epoch,
+  e.g. DAN's x0.1 every 10 epochs)."""
+  name, peak = train.get('schedule', 'cosine'), train.learning_rate
+  if name == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup_steps=warmup_steps, decay_steps=max(total_steps, 1), end_value=0.0)
+  warmup = optax.linear_schedule(0.0, peak, max(warmup_steps, 1))
+  if name != 'step':
+    return optax.join_schedules([warmup, optax.constant_schedule(peak)], [warmup_steps])
+  every = max(round(train.step_epochs * steps_per_epoch), 1)
+
+  def stepped(count):
+    drops = jnp.floor_divide(count, every).astype(jnp.float32)
+    rate = peak * jnp.power(jnp.float32(train.step_factor), drops)
+    return jnp.where(count < warmup_steps, warmup(count), rate)
+  return stepped
+
+
 def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
-                   warmup_steps: int, *, no_decay: str = '') -> optax.GradientTransformation:
-  """Warm-up + cosine decay (or warm-up + constant: as it is, or scaled on plateaus, see `ferjax.plateau`);
-  AdamW, RAdam or SGD with momentum; optional global-norm clipping.
+                   warmup_steps: int, *, no_decay: str = '', steps_per_epoch: int = 1
+                   ) -> optax.GradientTransformation:
+  """`learning_rate_schedule` (warm-up + cosine, constant, step decay, or constant scaled on plateaus, see
+  `ferjax.plateau`); AdamW, RAdam or SGD with momentum (Nesterov's unless `train.nesterov` is False);
+  optional global-norm clipping.
 
   RAdam (Liu et al., 2020; the Residual Masking Network's optimizer) decays weights decoupled, as the
   reference implementation the RMN code uses (`p -= lr * weight_decay * p`). Weight decay scales each
@@ -89,14 +114,7 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
   regularises, e.g. RFSCNN's SVM kernel) got multiplier 0.
   """
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-  if train.get('schedule', 'cosine') in ('plateau', 'constant'):  # 'constant': no plateau link.
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, train.learning_rate, max(warmup_steps, 1)),
-         optax.constant_schedule(train.learning_rate)], [warmup_steps])
-  else:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, train.learning_rate, warmup_steps=warmup_steps, decay_steps=max(total_steps, 1),
-        end_value=0.0)
+  schedule = learning_rate_schedule(train, total_steps, warmup_steps, steps_per_epoch)
   rules = tuple(train.get('weight_decay_rules', DEFAULT_WEIGHT_DECAY_RULES))
   if no_decay:  # The family's own regularised parameters (`Family.no_decay`) come first, at 0.
     rules = ((no_decay, 0.0),) + rules
@@ -106,7 +124,8 @@ def make_optimizer(train: ml_collections.ConfigDict, total_steps: int,
   elif train.optimizer == 'radam':
     tx = optax.chain(optax.scale_by_radam(), decay, optax.scale_by_learning_rate(schedule))
   else:
-    tx = optax.chain(decay, optax.sgd(schedule, momentum=train.momentum, nesterov=True))
+    tx = optax.chain(decay, optax.sgd(schedule, momentum=train.momentum,
+                                      nesterov=bool(train.get('nesterov', True))))
   if train.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(train.grad_clip), tx)
   if train.get('trainable', ''):

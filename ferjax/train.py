@@ -195,7 +195,8 @@ def _set_up(config, workdir: epath.Path) -> _Run:
 
   tx = steps.make_optimizer(config.train, total_steps,
                             round(config.train.warmup_epochs * steps_per_epoch),
-                            no_decay=models.get_family(config.model.name).no_decay(config))
+                            no_decay=models.get_family(config.model.name).no_decay(config),
+                            steps_per_epoch=steps_per_epoch)
   if any(config.init.values()):  # Weight files are read on the host into the built model, then placed.
     model = _init_model(config, len(dataset.class_names))
     _describe_params(model)
@@ -317,6 +318,21 @@ def _record_groups(dataset, split: str, feature: str = 'scene') -> list[str] | N
   if not len(source) or feature not in source[0]:
     return None
   return [str(v) for v in source.feature(feature)]  # That feature alone, not every record's frames.
+
+
+def evaluate_test_split(eval_fn, state, batches, mesh, dataset, split: str,
+                        stop: Callable[[], bool] = lambda: False):
+  """`evaluate` of the test split `split`, with its per-group results: FERV39k's scenes (`by_scene`) or a
+  composite's source datasets (`by_dataset`: casme2 / samm / smic, crossval's UF1 / UAR per dataset)."""
+  scenes = _record_groups(dataset, split)
+  sources = None if scenes is not None else _record_groups(dataset, split, 'source_dataset')
+  report = evaluate(eval_fn, state, batches, mesh, dataset.class_names, stop=stop,
+                    groups=scenes if scenes is not None else sources)
+  if report is not None and scenes is not None:  # FERV39k (report.json 'by_scene', scenes.md).
+    report['by_scene'] = report.pop('by_group')
+  elif report is not None and sources is not None:
+    report['by_dataset'] = report.pop('by_group')
+  return report
 
 
 def _validate(run: _Run, step: int, writer: metrics.MetricWriter) -> None:
@@ -500,18 +516,11 @@ def _final_report(run: _Run, writer: metrics.MetricWriter) -> dict:
                  'validation_split': run.splits.validation,
                  'validation': {k: validation[k] for k in ('war', 'uar', 'macro_f1')},
                  'validation_scoring': validation.get('scoring', '')}
-  scenes = _record_groups(run.dataset, run.splits.test)
-  # The micro-expression builders' source dataset (casme2 / samm / smic): crossval's UF1 / UAR per dataset.
-  sources = None if scenes is not None else _record_groups(run.dataset, run.splits.test, 'source_dataset')
-  report = evaluate(run.eval_fn, state, run.eval_batches(run.splits.test), run.mesh,
-                    run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']),
-                    groups=scenes if scenes is not None else sources)
+  report = evaluate_test_split(run.eval_fn, state, run.eval_batches(run.splits.test), run.mesh,
+                               run.dataset, run.splits.test,
+                               stop=lambda: run.checkpointer.preempted(selection['step']))
   if report is None:
     raise Preempted(int(run.state.step))
-  if scenes is not None:  # FERV39k: results per scene (report.json 'by_scene', scenes.md).
-    report['by_scene'] = report.pop('by_group')
-  elif sources is not None:
-    report['by_dataset'] = report.pop('by_group')
   if run.config.eval.tta_copies > 1:  # The papers report both (e.g. RMN: 74.14 % with TTA).
     plain = evaluate(run.eval_fn, state, _plain_eval_batches(run, run.splits.test), run.mesh,
                      run.dataset.class_names, stop=lambda: run.checkpointer.preempted(selection['step']))

@@ -4,15 +4,18 @@
 # and sum fusion; seeds 0-2 each. Prints one line per run: reading, seed, test WAR / UAR; each run's log
 # is OUT_DIR/<reading>_seed<s>.log.
 #
-#   scripts/rfscnn_fusion_readings.sh OUT_DIR [EPOCHS]     (EPOCHS defaults to the preset's 15)
+#   scripts/rfscnn_fusion_readings.sh OUT_DIR [EPOCHS] [SEEDS]
 #
-# The runs share a persistent JAX compilation cache (OUT_DIR/jax_cache): the first group compiles the train
-# and evaluation steps of both fusions (the offset and the seed change only initial values); the other
-# seven runs, side by side (about 1 GB of memory each), reuse them. The initialisation compiles per run:
-# its seed and offset are constants of its program.
+# EPOCHS defaults to the preset's 15, SEEDS to "0 1 2" (e.g. "2" adds a seed to an earlier series).
+#
+# The runs go one after the other, seed by seed (all three readings of seed 0 first), and share a
+# persistent JAX compilation cache (OUT_DIR/jax_cache): the train and evaluation steps compile once per
+# fusion (the offset and the seed change only initial values); the initialisation compiles per run (its
+# seed and offset are constants of its program).
 set -euo pipefail
-out=${1:?usage: $0 OUT_DIR [EPOCHS]}
+out=${1:?usage: $0 OUT_DIR [EPOCHS] [SEEDS]}
 epochs=${2:-15}
+seeds=${3:-0 1 2}
 mkdir -p "$out"
 export JAX_COMPILATION_CACHE_DIR="$out/jax_cache"
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
@@ -23,26 +26,20 @@ declare -A readings=(
   [sum]=':synthetic,fusion=sum'
 )
 
-run_group() {  # Runs "<reading>:<seed>" arguments side by side, then prints their results.
-  for item in "$@"; do
-    local name=${item%:*} seed=${item#*:}
+for seed in $seeds; do
+  for name in offset1 offset0 sum; do
     read -r arg extra <<<"${readings[$name]}"
-    python -m ferjax.train --config "configs/rfscnn.py${arg},seed=$seed" ${extra:-} \
-        --config.train.num_epochs="$epochs" --workdir "$out/${name}_seed$seed" \
-        > "$out/${name}_seed$seed.log" 2>&1 &
-  done
-  wait
-  for item in "$@"; do
-    [[ -f "$out/${item%:*}_seed${item#*:}/report.json" ]] && python - "${item%:*}" "${item#*:}" \
-        "$out/${item%:*}_seed${item#*:}/report.json" <<'PY'
+    run="$out/${name}_seed$seed"
+    if python -m ferjax.train --config "configs/rfscnn.py${arg},seed=$seed" ${extra:-} \
+        --config.train.num_epochs="$epochs" --workdir "$run" > "$run.log" 2>&1; then
+      python - "$name" "$seed" "$run/report.json" <<'PY'
 import json, sys
 name, seed, path = sys.argv[1:]
 r = json.load(open(path))
 print(f'{name} seed={seed} test WAR {100 * r["war"]:.2f} % UAR {100 * r["uar"]:.2f} %', flush=True)
 PY
-    [[ -f "$out/${item%:*}_seed${item#*:}/report.json" ]] || echo "$item failed: see its log"
+    else
+      echo "$name seed=$seed failed: see $run.log"
+    fi
   done
-}
-
-run_group offset1:0 sum:0
-run_group offset0:0 offset1:1 offset0:1 sum:1 offset1:2 offset0:2 sum:2
+done

@@ -286,3 +286,76 @@ def test_fill_black_zeroes_the_corners_a_rotation_uncovers():
   np.testing.assert_allclose(mirrored[0, ..., 2], np.sqrt(2) * S / H, rtol=1e-5)
   with pytest.raises(ValueError, match=r"fill must be one of \('reflect', 'black'\); got 'mirror'"):
     augment.AugmentOptions(fill='mirror')
+
+
+def _geometric(**fields):
+  return augment.AugmentOptions(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, brightness=0.0,
+                                contrast=0.0, mask_prob=0.0, **fields)
+
+
+def test_padded_crop_is_torchvision_random_crop_of_the_zero_padded_image():
+  """pad_crop=p without rotation: every draw equals np.pad(frame, p)[i:i+S, j:j+S] for some i, j in
+  0..2p (torchvision's RandomCrop(S, padding=p) on the output-size frame, zero fill), every i, j occurs,
+  and the warp's linear part stays the identity."""
+  pad = 2
+  frames = _frames(t=2, h=S, w=S)
+  options = _geometric(rotation=0.0, pad_crop=pad, fill='black')
+  padded = np.pad(frames, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  rng, seen = np.random.default_rng(0), set()
+  for _ in range(100):
+    d = augment.draw(S, S, S, options, rng)
+    np.testing.assert_allclose(d.matrix[:, :2], np.eye(2), atol=1e-12)
+    dx, dy = d.matrix[:, 2]  # Output pixel (x, y) reads source (x + dx, y + dy).
+    assert dx == int(dx) and dy == int(dy) and max(abs(dx), abs(dy)) <= pad
+    i, j = int(dy) + pad, int(dx) + pad
+    np.testing.assert_array_equal(augment.warp(frames, d.matrix, S, 'black'), padded[:, i:i + S, j:j + S])
+    seen.add((i, j))
+  assert seen == {(i, j) for i in range(2 * pad + 1) for j in range(2 * pad + 1)}
+
+
+def test_padded_crop_shifts_after_the_rotation():
+  """DAN's order, rotation then crop: output pixel p reads the rotated image at p + shift, so the
+  matrix is the rotation's with the translation moved by A @ shift."""
+  options = _geometric(rotation=20.0, pad_crop=32)
+  d = augment.draw(224, 224, 224, options, np.random.default_rng(5))
+  a = d.matrix[:, :2]
+  theta = np.arctan2(a[1, 0], a[0, 0])
+  np.testing.assert_allclose(a, [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+  centre = np.full(2, 223 / 2)
+  shift = np.linalg.solve(a, d.matrix[:, 2] - centre + a @ centre)
+  np.testing.assert_allclose(shift, np.round(shift), atol=1e-9)
+  assert np.all(np.abs(shift) <= 32) and abs(np.degrees(theta)) <= 20
+
+
+@pytest.mark.parametrize('prob', [0.0, 0.2, 1.0])
+def test_rotate_crop_prob_applies_rotation_and_crop_together(prob):
+  """p=0: never (the warp is the identity), p=1: always, p=0.2: in about 20 % of sequences; the rotation
+  and the shift come and go together."""
+  options = _geometric(rotation=20.0, pad_crop=4, rotate_crop_prob=prob)
+  rng, applied, n = np.random.default_rng(1), 0, 1000
+  for _ in range(n):
+    m = augment.draw(S, S, S, options, rng).matrix
+    identity = np.array_equal(m, [[1, 0, 0], [0, 1, 0]])
+    rotated = m[1, 0] != 0  # sin(theta): exactly 0 only when nothing was applied.
+    assert identity == (not rotated)
+    applied += not identity
+  if prob in (0.0, 1.0):
+    assert applied == prob * n
+  else:  # Binomial(1000, 0.2): sd 12.6; a shift-only identity draw (0 degrees exactly) has probability 0.
+    assert abs(applied - 200) < 50
+  frames = _frames(h=S, w=S)
+  if prob == 0.0:
+    np.testing.assert_array_equal(augment.train_augment(frames, S, options, np.random.default_rng(2)), frames)
+
+
+def test_defaults_draw_what_they_drew_before_the_rotate_crop_fields():
+  """rotate_crop_prob=1 and pad_crop=0 (every existing config) consume the random stream as before the
+  fields: the matrices and jitter of two successive draws equal the values the earlier code drew."""
+  rng = np.random.default_rng(9)
+  options = augment.AugmentOptions(rotation=15.0)
+  first, second = augment.draw(H, H, S, options, rng), augment.draw(H, H, S, options, rng)
+  np.testing.assert_allclose(first.matrix, [[1.3924636505, -0.3227854349, 7.1640465922],
+                                            [0.3077177933, 1.4606467185, -3.8731260355]], atol=1e-9)
+  np.testing.assert_allclose(second.matrix, [[1.3947827785, 0.1685041134, -0.1008812617],
+                                             [-0.161568955, 1.4546521976, 3.228303615]], atol=1e-9)
+  assert second.brightness == pytest.approx(1.1130363661312526, abs=1e-12)

@@ -2,7 +2,8 @@
 
 tests/data/resnet50_w8.* come from scripts/make_resnet_reference.py (a torchvision-layout
 ResNet-50, width 8, stage sizes (2, 1, 1, 1), random weights and BatchNorm statistics, eval mode);
-tests/data/gru_reference.npz from scripts/make_gru_reference.py (torch.nn.GRU).
+tests/data/gru_reference.npz from scripts/make_gru_reference.py (torch.nn.GRU);
+tests/data/lstm_reference.npz from scripts/make_lstm_reference.py (torch.nn.LSTM).
 """
 
 import os
@@ -27,6 +28,7 @@ from ferjax.models import resnet
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 RESNET_FILE = os.path.join(DATA, 'resnet50_w8.safetensors')
 GRU_FILE = os.path.join(DATA, 'gru_reference.npz')
+LSTM_FILE = os.path.join(DATA, 'lstm_reference.npz')
 RTOL = 1e-4
 
 
@@ -213,6 +215,38 @@ def test_gru_and_bigru_match_pytorch(gru_ref):
   assert_rel_close(jnp.concatenate([h0, h1]), gru_ref['bi2.h_n'])
   with pytest.raises(ValueError, match='unexpected.*weight_ih_l0_reverse'):
     convert.load_gru(recurrent.GRU(6, 4, rngs=nnx.Rngs(0)), gru_ref, prefix='bi.')
+
+
+def test_lstm_layers_and_stack_load_pytorch_state_dicts():
+  ref = convert.read_weights(LSTM_FILE)
+  x = jnp.asarray(ref['x'])
+  lstm = recurrent.LSTM(6, 4, rngs=nnx.Rngs(0))
+  assert convert.load_lstm(lstm, LSTM_FILE, prefix='uni.')['loaded'] == 4
+  out, (h_n, c_n) = lstm(x)
+  assert_rel_close(out, ref['uni.out'])
+  assert_rel_close(c_n, ref['uni.c_n'][0])
+  # nn.LSTM(num_layers=2, bidirectional=True) = a Stacked of two BiLSTMs, loaded all at once.
+  stack = recurrent.Stacked([recurrent.BiLSTM(6, 4, rngs=nnx.Rngs(0)),
+                             recurrent.BiLSTM(8, 4, rngs=nnx.Rngs(0))])
+  assert convert.load_stack(stack, ref, prefix='bi2.')['loaded'] == 16
+  y, states = stack(x)
+  assert_rel_close(y, ref['bi2.out'])
+  assert_rel_close(jnp.concatenate([h for h, _ in states]), ref['bi2.h_n'])
+  # The exported view is PyTorch's keys for layer 0 of each layer; a stack round-trips through them.
+  assert set(convert.export_state_dict(stack)) == {f'layers.{k}.{n}_l0{r}' for k in (0, 1) for r in ('', '_reverse')
+                                                   for n in ('weight_ih', 'weight_hh', 'bias_ih', 'bias_hh')}
+  # Wrong cell type or depth: one error, nothing written.
+  before = np.asarray(stack.layers[0].weight_ih[...])
+  with pytest.raises(convert.WeightsMismatchError, match='more layers.*_l1'):
+    convert.load_stack(recurrent.Stacked([recurrent.BiLSTM(6, 4, rngs=nnx.Rngs(0))]), ref, prefix='bi2.')
+  with pytest.raises(convert.WeightsMismatchError, match=r'shape mismatches.*\(12, 6\) vs model \(16, 6\)'):
+    convert.load_stack(recurrent.Stacked([recurrent.BiLSTM(6, 4, rngs=nnx.Rngs(0)),
+                                          recurrent.BiLSTM(8, 4, rngs=nnx.Rngs(0))]), GRU_FILE, prefix='bi2.')
+  with pytest.raises(convert.WeightsMismatchError, match='shape mismatches'):
+    convert.load_stack(stack, GRU_FILE, prefix='bi2.')
+  np.testing.assert_array_equal(stack.layers[0].weight_ih[...], before)
+  with pytest.raises(TypeError, match='load_lstm expects'):
+    convert.load_lstm(recurrent.GRU(6, 4, rngs=nnx.Rngs(0)), ref, prefix='uni.')
 
 
 def tiny_res_rbg(seed, **overrides):

@@ -73,7 +73,7 @@ def test_three_folds_killed_in_the_second_resume_to_the_same_results(data_dir, t
   assert s['war']['mean'] == pytest.approx(sum(wars) / 3)
   assert s['pooled']['num_examples'] == sum(expected['folds'][f]['num_examples'] for f in s['folds'])
   assert expected['provenance']['versions']['jax'] and 'git_commit' in expected['provenance']
-  assert expected['dataset']['version'] == '1.0.0'
+  assert expected['dataset']['version'] == '1.1.0'
   for name in ('results.md', 'confusion_matrix.png', 'curves.png'):
     assert (tmp_path / 'a' / name).stat().st_size > 100
   assert '**mean ± std**' in (tmp_path / 'a' / 'results.md').read_text()

@@ -144,3 +144,16 @@ def test_benchmark_reports_both_layers_and_their_ratio():
   for key in ('plain_wall_s', 'deformable_wall_s', 'plain_cpu_s', 'deformable_cpu_s'):
     assert result[key] > 0
   assert result['ratio_wall'] > 0 and result['ratio_cpu'] > 0
+
+
+@pytest.mark.parametrize('side,method,scatters', [(4, 'dense', False), (4, 'auto', False),
+                                                  (4, 'gather', True), (17, 'auto', True)])
+def test_dense_backward_has_no_scatter_and_auto_picks_it_for_small_maps(side, method, scatters):
+  """The dense formulation's gradient program (its custom VJP) is matmuls, no scatter-add (XLA:CPU runs
+  scatters serially); 'auto' is dense up to DENSE_MAX_PIXELS (16 x 16) and the gather above."""
+  x = jnp.ones((1, side, side, 4))
+  kernel = jnp.ones((3, 3, 4, 2))
+  loss = lambda x, o, m: deformable.deform_conv2d(x, o, m, kernel, padding=1, method=method).sum()
+  offset, mask = jnp.zeros((1, side, side, 18)), jnp.ones((1, side, side, 9))
+  program = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(x, offset, mask))
+  assert ('scatter' in program) == scatters

@@ -123,3 +123,31 @@ def test_schema_rejects_bad_values():
     _tiny(backbone='vgg16')
   with pytest.raises(config_lib.ConfigError, match='model.num_heads: expected an integer >= 1'):
     _tiny(num_heads=0)
+
+
+@pytest.mark.parametrize('family', ['mhca', 'dcn_cbam'])
+def test_raf_db_presets_follow_dans_schedule_and_augmentation(family):
+  """DAN's train_rafdb.py: lr 0.1 x0.1 every 10 epochs (48 steps each), plain momentum; with p = 0.2
+  the rotation and the 32-px padded crop (whole-pixel shifts), never otherwise."""
+  import importlib.util
+  import os
+  from ferjax.data import augment
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', f'{family}.py')
+  spec = importlib.util.spec_from_file_location(f'{family}_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('raf_db')
+  schedule = steps.learning_rate_schedule(config.train, 40 * 48, 0, steps_per_epoch=48)
+  np.testing.assert_allclose([float(schedule(s)) for s in (0, 479, 480, 959, 960, 1440, 1919)],
+                             [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-4, 1e-4], rtol=1e-5)
+  assert config.train.optimizer == 'sgd' and config.train.nesterov is False
+  options = augment.AugmentOptions.from_config(config.augment)
+  rng, applied = np.random.default_rng(0), 0
+  for _ in range(500):
+    m = augment.draw(224, 224, 224, options, rng).matrix
+    applied += m[1, 0] != 0
+    if m[1, 0] == 0:  # Not applied: flip at most, no shift.
+      np.testing.assert_allclose(np.abs(m[:, :2]), np.eye(2))
+      assert m[1, 2] == 0
+  assert 70 < applied < 130  # Binomial(500, 0.2): 100 +- 9.
+  assert options.pad_crop == 32 and options.fill == 'black'

@@ -239,7 +239,8 @@ def test_pooled_uf1_uar_per_dataset_by_hand():
 
 
 @pytest.mark.slow  # Two trainings in a subprocess, 30-70 s on 2 cores; the pooling is checked by hand above.
-def test_crossval_on_the_composite_shows_uf1_uar_per_dataset(tmp_path):
+@pytest.mark.parametrize('extra', [[], ['--parallel_folds']])  # Folds one by one, or in one program.
+def test_crossval_on_the_composite_shows_uf1_uar_per_dataset(extra, tmp_path):
   root = dummy.write_all(tmp_path / 'copy')
   config = megc2019.Megc2019Config(name='dummy', list_file=str(dummy.write_list(tmp_path / 'list.csv')),
                                    **TINY)
@@ -248,7 +249,7 @@ def test_crossval_on_the_composite_shows_uf1_uar_per_dataset(tmp_path):
                'input.eval_batch_size': 4, 'train.num_steps': 2, 'train.log_every_steps': 1,
                'train.eval_every_steps': 2, 'train.checkpoint_every_steps': 2, 'dataset.micro_flow': 'dis'}
   args = [sys.executable, '-m', 'ferjax.crossval', '--config', 'configs/ststnet.py:megc2019,subject_folds=2',
-          '--workdir', str(tmp_path / 'run'), *[f'--config.{k}={v}' for k, v in overrides.items()]]
+          '--workdir', str(tmp_path / 'run'), *[f'--config.{k}={v}' for k, v in overrides.items()], *extra]
   done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   results = json.loads((tmp_path / 'run' / 'results.json').read_text())

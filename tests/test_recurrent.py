@@ -101,3 +101,125 @@ def test_bad_input_and_merge():
     recurrent.GRU(5, 3, rngs=nnx.Rngs(0))(jnp.ones((2, 4, 6)))
   with pytest.raises(ValueError, match='merge'):
     recurrent.BiGRU(5, 3, merge='max', rngs=nnx.Rngs(0))
+
+
+# ------------------------------------------------------------------------------------------------
+# LSTM / BiLSTM: tests/data/lstm_reference.npz from scripts/make_lstm_reference.py (torch.nn.LSTM(6, 4)).
+
+LSTM_DATA = os.path.join(os.path.dirname(__file__), 'data', 'lstm_reference.npz')
+
+
+@pytest.fixture(scope='module')
+def lstm_ref():
+  with np.load(LSTM_DATA, allow_pickle=False) as f:
+    return dict(f)
+
+
+def _torch_layer(ref, prefix, layer, cls, k=0):
+  """``cls`` with the weights of layer ``k`` of the reference ``prefix`` LSTM."""
+  bidirectional = cls is recurrent.BiLSTM
+  m = cls(ref[f'{prefix}.weight_ih_l{k}'].shape[1], 4, rngs=nnx.Rngs(0))
+  for name in NAMES:
+    value = ref[f'{prefix}.{name}_l{k}']
+    if bidirectional:
+      value = np.stack([value, ref[f'{prefix}.{name}_l{k}_reverse']])
+    getattr(m, name)[...] = jnp.asarray(value)
+  return m
+
+
+def _loss(ref, prefix, out, h_n, c_n):
+  return (jnp.sum(out * ref[f'{prefix}.w_out']) + jnp.sum(h_n * ref[f'{prefix}.w_h'])
+          + jnp.sum(c_n * ref[f'{prefix}.w_c']))
+
+
+def _check_grads(ref, prefix, grads, x_grad, layers):
+  np.testing.assert_allclose(x_grad, ref[f'{prefix}_grad.x'], rtol=1e-5, atol=1e-5)
+  for k, (layer_grads, bidirectional) in enumerate(layers):
+    for name in NAMES:
+      g = np.asarray(layer_grads[name][...])
+      np.testing.assert_allclose(g[0] if bidirectional else g, ref[f'{prefix}_grad.{name}_l{k}'],
+                                 rtol=1e-5, atol=1e-5, err_msg=f'{name}_l{k}')
+      if bidirectional:
+        np.testing.assert_allclose(g[1], ref[f'{prefix}_grad.{name}_l{k}_reverse'], rtol=1e-5,
+                                   atol=1e-5, err_msg=f'{name}_l{k}_reverse')
+
+
+@pytest.mark.parametrize('prefix,cls', [('uni', recurrent.LSTM), ('bi', recurrent.BiLSTM)])
+def test_lstm_values_and_gradients_match_pytorch(lstm_ref, prefix, cls):
+  ref = lstm_ref
+  lstm = _torch_layer(ref, prefix, 0, cls)
+  x = jnp.asarray(ref['x'])
+  out, (h_n, c_n) = lstm(x)
+  squeeze = (lambda a: a[0]) if cls is recurrent.LSTM else (lambda a: a)
+  np.testing.assert_allclose(out, ref[f'{prefix}.out'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(h_n, squeeze(ref[f'{prefix}.h_n']), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(c_n, squeeze(ref[f'{prefix}.c_n']), rtol=1e-5, atol=1e-5)
+  s0 = ('h0', 'c0') if cls is recurrent.LSTM else ('h0_bi', 'c0_bi')
+  out, (h_n, c_n) = lstm(x, tuple(jnp.asarray(ref[k]) for k in s0))
+  np.testing.assert_allclose(out, ref[f'{prefix}.out_s0'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(h_n, squeeze(ref[f'{prefix}.h_n_s0']), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(c_n, squeeze(ref[f'{prefix}.c_n_s0']), rtol=1e-5, atol=1e-5)
+
+  def loss(m, x):
+    out, (h_n, c_n) = m(x)
+    return _loss(ref, prefix, out, h_n[None] if cls is recurrent.LSTM else h_n,
+                 c_n[None] if cls is recurrent.LSTM else c_n)
+  grads, x_grad = nnx.grad(loss, argnums=(0, 1))(lstm, x)
+  _check_grads(ref, prefix, grads, x_grad, [(grads, cls is recurrent.BiLSTM)])
+
+
+def test_two_layer_bilstm_stack_matches_pytorch(lstm_ref):
+  ref = lstm_ref
+  stack = recurrent.Stacked([_torch_layer(ref, 'bi2', 0, recurrent.BiLSTM),
+                             _torch_layer(ref, 'bi2', 1, recurrent.BiLSTM, k=1)])
+  x = jnp.asarray(ref['x'])
+
+  def loss(m, x):
+    out, states = m(x)
+    # PyTorch's h_n/c_n: [layers * directions, B, H], layer-major.
+    h_n = jnp.concatenate([h for h, _ in states])
+    c_n = jnp.concatenate([c for _, c in states])
+    return _loss(ref, 'bi2', out, h_n, c_n), (out, h_n, c_n)
+  (_, (out, h_n, c_n)), (grads, x_grad) = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(stack, x)
+  np.testing.assert_allclose(out, ref['bi2.out'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(h_n, ref['bi2.h_n'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(c_n, ref['bi2.c_n'], rtol=1e-5, atol=1e-5)
+  _check_grads(ref, 'bi2', grads, x_grad, [(grads.layers[0], True), (grads.layers[1], True)])
+
+
+def naive_lstm(x, w_ih, w_hh, b_ih, b_hh):
+  """Step-by-step LSTM written from the equations, no scan."""
+  hs = w_hh.shape[1]
+  h = c = jnp.zeros((x.shape[0], hs))
+  outs = []
+  for t in range(x.shape[1]):
+    z = x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+    i, f, g, o = (z[:, j * hs:(j + 1) * hs] for j in range(4))
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    outs.append(h)
+  return jnp.stack(outs, axis=1), h, c
+
+
+def test_one_scan_bilstm_equals_per_direction_loop():
+  x = jax.random.normal(jax.random.key(0), (3, 7, 5))
+  bilstm = recurrent.BiLSTM(5, 6, merge='sum', rngs=nnx.Rngs(1))
+  out, (h_n, c_n) = bilstm(x)
+  params = [np.asarray(getattr(bilstm, n)[...]) for n in NAMES]
+  fwd, h_f, c_f = naive_lstm(x, *(p[0] for p in params))
+  bwd, h_b, c_b = naive_lstm(x[:, ::-1], *(p[1] for p in params))
+  np.testing.assert_allclose(out, fwd + bwd[:, ::-1], atol=1e-5)
+  np.testing.assert_allclose(h_n, jnp.stack([h_f, h_b]), atol=1e-5)
+  np.testing.assert_allclose(c_n, jnp.stack([c_f, c_b]), atol=1e-5)
+  assert bilstm.out_features == 6 and recurrent.BiLSTM(5, 6, rngs=nnx.Rngs(0)).out_features == 12
+
+
+def test_stacked_checks_sizes_and_applies_dropout_between_layers():
+  with pytest.raises(ValueError, match='12 outputs feeds one expecting 6'):
+    recurrent.Stacked([recurrent.BiLSTM(5, 6, rngs=nnx.Rngs(0)), recurrent.LSTM(6, 3, rngs=nnx.Rngs(0))])
+  stack = recurrent.Stacked([recurrent.LSTM(5, 6, rngs=nnx.Rngs(0)), recurrent.LSTM(6, 3, rngs=nnx.Rngs(0))],
+                            dropout=0.5)
+  x = jax.random.normal(jax.random.key(0), (2, 4, 5))
+  plain = stack.layers[1](stack.layers[0](x)[0])[0]
+  np.testing.assert_allclose(stack(x)[0], plain, atol=1e-6)  # eval: no dropout
+  assert not np.allclose(stack(x, train=True, rngs=nnx.Rngs(dropout=0))[0], plain, atol=1e-3)

@@ -92,6 +92,37 @@ def test_warmup_cosine_schedule_values():
                              atol=1e-6)
 
 
+def _rates(tx, n):
+  params = {'w': jnp.zeros(())}
+  state = tx.init(params)
+  rates = []
+  for _ in range(n):
+    updates, state = tx.update({'w': jnp.ones(())}, state, params)
+    rates.append(-float(updates['w']))  # SGD without momentum: the update is -lr(t) * g, g = 1.
+  return np.array(rates)
+
+
+def test_step_schedule_values():
+  """'step' (PyTorch's StepLR stepped per epoch, DAN's x0.1 every 10 epochs): 3 steps per epoch, every
+  2 epochs x0.5; drops counted from step 0, the warm-up (2 steps) rising linearly underneath."""
+  config = _train_config(optimizer='sgd', learning_rate=0.8, weight_decay=0.0, schedule='step',
+                         step_epochs=2.0, step_factor=0.5)
+  rates = _rates(steps.make_optimizer(config, 30, warmup_steps=0, steps_per_epoch=3), 20)
+  np.testing.assert_allclose(rates, [0.8] * 6 + [0.4] * 6 + [0.2] * 6 + [0.1] * 2, rtol=1e-6)
+  warm = _rates(steps.make_optimizer(config, 30, warmup_steps=2, steps_per_epoch=3), 8)
+  np.testing.assert_allclose(warm, [0.0, 0.4, 0.8, 0.8, 0.8, 0.8, 0.4, 0.4], rtol=1e-6)
+
+
+def test_sgd_momentum_nesterov_or_pytorch_default():
+  """g = 1 every step, lr 1, momentum 0.9: PyTorch's SGD (nesterov=False) steps by the buffer 1, 1.9,
+  2.71; Nesterov's (the default) by g + 0.9 * buffer = 1.9, 2.71, 3.439."""
+  config = _train_config(optimizer='sgd', learning_rate=1.0, weight_decay=0.0, momentum=0.9,
+                         schedule='constant')
+  np.testing.assert_allclose(_rates(steps.make_optimizer(config, 10, 0), 3), [1.9, 2.71, 3.439], rtol=1e-6)
+  config.nesterov = False
+  np.testing.assert_allclose(_rates(steps.make_optimizer(config, 10, 0), 3), [1.0, 1.9, 2.71], rtol=1e-6)
+
+
 def test_global_norm_clipping():
   config = _train_config(optimizer='sgd', learning_rate=1.0, weight_decay=0.0, grad_clip=1.0)
   tx = steps.make_optimizer(config, total_steps=10, warmup_steps=0)

@@ -82,6 +82,25 @@ def test_ststnet_trains_and_tests_a_left_out_subject(micro_dir, tmp_path):
     _ststnet_config('synthetic,epochs=3')
 
 
+def test_mfem_bilstm_trains_and_tests_a_left_out_subject(micro_dir, tmp_path):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  from ferjax import train  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(__file__), '..', 'configs', 'mfem_bilstm.py')
+  spec = importlib.util.spec_from_file_location('mfem_bilstm_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('synthetic,fold=1')
+  config.dataset.config = 'micro_tiny'
+  config.dataset.data_dir = micro_dir
+  config.input.batch_size = config.input.eval_batch_size = 5
+  config.input.worker_count = 0
+  config.train.num_steps = 3
+  report = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert report['split'] == 'subject_s001' and report['num_examples'] == 3
+  assert report['class_names'] == ['negative', 'positive', 'surprise']
+
+
 def test_crossval_pooled_macro_f1_and_uar_are_uf1_and_uar():
   from ferjax import metrics  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)

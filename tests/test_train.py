@@ -73,7 +73,7 @@ def test_train_evaluate_report(data_dir, tmp_path):
   p = report['provenance']
   assert p['versions']['jax'] and p['versions']['flax'] and p['devices']['device_count'] >= 1
   assert 'git_commit' in p and p['dataset']['name'] == 'synthetic_expressions/tiny'
-  assert p['dataset']['version'] == '1.0.0'
+  assert p['dataset']['version'] == '1.1.0'
   saved = json.loads((tmp_path / 'report.json').read_text())
   assert saved['war'] == report['war']
   assert (tmp_path / 'confusion_matrix.png').read_bytes()[:4] == b'\x89PNG'

@@ -6,8 +6,9 @@ per-frame randomness would add motion that is not in the data.
 
 Training, drawn once per sequence (``draw``), then applied (``warp`` -> ``photometric`` -> ``apply_mask``;
 ``warp_flow`` applies the same warp to optical flow, vectors corrected): random resized crop -> horizontal
-flip (p = 0.5) -> rotation, all composed into one affine warp
-per frame (one interpolation; the border a rotation uncovers reflected or black, ``fill``) ->
+flip (p = 0.5) -> rotation -> shift of a padded crop (these two with probability ``rotate_crop_prob``),
+all composed into one affine warp per frame (one interpolation; the border a rotation or shift uncovers
+reflected or black, ``fill``) ->
 brightness/contrast jitter (rounded back to uint8) ->
 random masking ("RM" of the Res-RBG paper: ``mask_count`` rectangles set to the ImageNet mean colour,
 ``MASK_FILL``, i.e. to ~0 after normalisation, on every frame, with probability ``mask_prob`` per sequence).
@@ -63,6 +64,11 @@ class AugmentOptions:
     crop_ratio: (min, max) aspect ratio (width / height) of the random crop, drawn log-uniformly.
     flip: horizontal flip with probability 0.5.
     rotation: maximal rotation in degrees, drawn uniformly from [-rotation, rotation].
+    rotate_crop_prob: probability per sequence that the rotation and the padded crop are applied
+      (torchvision's ``RandomApply([RandomRotation, RandomCrop(padding=...)], p)``, DAN's 0.2); 1 = always.
+    pad_crop: > 0: after the rotation, a crop of the output-size image padded by ``pad_crop`` pixels on
+      every side (``RandomCrop(size, padding=pad_crop)``): a shift by a whole number of output pixels
+      drawn uniformly from -pad_crop..pad_crop per axis; what it uncovers is ``fill``.
     brightness: brightness factor drawn from [1 - brightness, 1 + brightness].
     contrast: contrast factor drawn from [1 - contrast, 1 + contrast] (around the sequence's mean grey).
     mask_prob: probability that a sequence is randomly masked.
@@ -76,6 +82,8 @@ class AugmentOptions:
   crop_ratio: tuple[float, float] = (0.9, 1.1)
   flip: bool = True
   rotation: float = 10.0
+  rotate_crop_prob: float = 1.0
+  pad_crop: int = 0
   brightness: float = 0.2
   contrast: float = 0.2
   mask_prob: float = 0.5
@@ -89,8 +97,8 @@ class AugmentOptions:
     set_('crop_scale', _pair('crop_scale', self.crop_scale, 1e-3, 1.0))
     set_('crop_ratio', _pair('crop_ratio', self.crop_ratio, 1e-2, 1e2))
     set_('mask_size', _pair('mask_size', self.mask_size, 0.0, 1.0))
-    for name, low, high in (('rotation', 0, 180), ('brightness', 0, 1), ('contrast', 0, 1),
-                            ('mask_prob', 0, 1), ('eval_crop', 1e-3, 1)):
+    for name, low, high in (('rotation', 0, 180), ('rotate_crop_prob', 0, 1), ('brightness', 0, 1),
+                            ('contrast', 0, 1), ('mask_prob', 0, 1), ('eval_crop', 1e-3, 1)):
       value = float(getattr(self, name))
       if not low <= value <= high:
         raise ValueError(f'{name} must be in [{low}, {high}]; got {getattr(self, name)}')
@@ -98,6 +106,9 @@ class AugmentOptions:
     if int(self.mask_count) != self.mask_count or self.mask_count < 0:
       raise ValueError(f'mask_count must be a non-negative integer; got {self.mask_count}')
     set_('mask_count', int(self.mask_count))
+    if int(self.pad_crop) != self.pad_crop or self.pad_crop < 0:
+      raise ValueError(f'pad_crop must be a non-negative integer; got {self.pad_crop}')
+    set_('pad_crop', int(self.pad_crop))
     set_('flip', bool(self.flip))
     if self.fill not in FILLS:
       raise ValueError(f'fill must be one of {tuple(FILLS)}; got {self.fill!r}')
@@ -115,7 +126,7 @@ class AugmentOptions:
   @classmethod
   def none(cls, eval_crop: float = 1.0) -> 'AugmentOptions':
     """No augmentation at all (identity crop, no flip/rotation/jitter/masking)."""
-    return cls(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, rotation=0.0,
+    return cls(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False, rotation=0.0, pad_crop=0,
                brightness=0.0, contrast=0.0, mask_prob=0.0, eval_crop=eval_crop)
 
 
@@ -149,15 +160,22 @@ def _crop_box(height: int, width: int, options: AugmentOptions, rng: np.random.G
 
 def _affine(height: int, width: int, size: int, options: AugmentOptions,
             rng: np.random.Generator) -> np.ndarray:
-  """2x3 matrix mapping output pixels to source pixels: crop box, then flip and rotation about its centre."""
+  """2x3 matrix mapping output pixels to source pixels: crop box, then flip and rotation about its centre,
+  then the padded crop's shift (output pixel p reads the rotated image at p + shift)."""
   x0, y0, w, h = _crop_box(height, width, options, rng)
   flip = -1.0 if options.flip and rng.random() < 0.5 else 1.0
+  # The draws that only some configs make come after the old ones, so a config without them draws
+  # exactly what it drew before they existed.
   theta = math.radians(rng.uniform(-options.rotation, options.rotation))
+  shift = (rng.integers(-options.pad_crop, options.pad_crop + 1, size=2).astype(float)
+           if options.pad_crop else np.zeros(2))
+  if options.rotate_crop_prob < 1 and not rng.random() < options.rotate_crop_prob:
+    theta, shift = 0.0, np.zeros(2)
   cos, sin = math.cos(theta), math.sin(theta)
   a = np.array([[cos, -sin], [sin, cos]]) @ np.diag([flip * w / size, h / size])
   src_centre = np.array([x0 + w / 2 - 0.5, y0 + h / 2 - 0.5])
   dst_centre = np.full(2, size / 2 - 0.5)
-  return np.concatenate([a, (src_centre - a @ dst_centre)[:, None]], axis=1)
+  return np.concatenate([a, (src_centre + a @ (shift - dst_centre))[:, None]], axis=1)
 
 
 @dataclasses.dataclass(frozen=True)

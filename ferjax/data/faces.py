@@ -303,6 +303,28 @@ class BlazeFaceDetector:
   def __call__(self, rgb: np.ndarray) -> np.ndarray:
     return self.detect(rgb)[:, :4]
 
+  def keypoints(self, rgb: np.ndarray) -> np.ndarray | None:
+    """The six keypoints [6, 2] (x, y) in the frame's pixels of the most confident face, in MediaPipe's
+    order: the subject's right eye (on the image's left), left eye, nose tip, mouth centre, right ear
+    tragion, left ear tragion; the score-weighted mean over the detections that weighted NMS merges
+    into that face. None where no face scores over ``min_score``."""
+    blob, side, pad_x, pad_y = self.letterbox(rgb)
+    regressors, logits = self.raw_outputs(blob)
+    scores = 1 / (1 + np.exp(-np.clip(logits, -80, 80)))
+    keep = scores > self.min_score
+    if not keep.any():
+      return None
+    raw, anchors, scores = regressors[keep], self._anchors[keep], scores[keep]
+    centre, half = raw[:, :2] / self.SIZE + anchors, raw[:, 2:4] / self.SIZE / 2
+    boxes = np.concatenate([centre - half, centre + half], -1)
+    best = int(np.argmax(scores))
+    cluster = _iou(boxes[best], boxes) > self.iou_threshold
+    cluster[best] = True
+    points = raw[cluster, 4:16].reshape(-1, 6, 2) / self.SIZE + anchors[cluster, None]
+    weights = scores[cluster][:, None, None]
+    merged = (points * weights).sum(0) / weights.sum()
+    return (merged * side - np.array([pad_x, pad_y])).astype(np.float32)
+
 
 class FallbackDetector:
   """Runs ``primary``; where it finds no face in a frame, runs ``fallback`` on that frame."""

@@ -424,6 +424,15 @@ def train_loader(source: Sequence[dict], *, num_frames: int, image_size: int,
   return TrainLoader(ds.batch(batch_size_per_host, drop_remainder=True), worker_count)
 
 
+def train_record_order(num_records: int, seed: int, shard_index: int = 0, shard_count: int = 1
+                       ) -> grain.MapDataset:
+  """The record order of ``train_loader``'s stream: element p is the index (into the source) of the
+  record at position p of this host's endless stream (the same slicing, per-epoch shuffle and repeat),
+  so batch i holds elements i * B ... i * B + B - 1. Cross-validation in one program
+  (``ferjax.parallel_folds``) reads every fold's batches from it without running the fold's loader."""
+  return grain.MapDataset.range(num_records)[shard_index::shard_count].shuffle(seed=seed).repeat(None)
+
+
 def num_eval_batches(num_records: int, batch_size_per_host: int, shard_count: int = 1) -> int:
   """Batches every host yields in one evaluation pass: ceil(n / (B * hosts))."""
   return math.ceil(num_records / (batch_size_per_host * shard_count))

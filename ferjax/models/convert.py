@@ -1,4 +1,4 @@
-"""Import and export PyTorch-layout weights: torchvision/timm ResNets and ``nn.GRU`` layers.
+"""Import and export PyTorch-layout weights: torchvision/timm ResNets, ``nn.GRU`` and ``nn.LSTM`` layers.
 
 Files are ``.safetensors`` or ``.npz`` (read with ``allow_pickle=False``); pickle-based formats
 (``.pt``, ``.pth``, ``.bin``, ``.ckpt``) are never read. Convert those once with PyTorch yourself
@@ -14,8 +14,10 @@ ferjax              PyTorch key                                  layout change
 Conv ``kernel``     ``weight``                                   [kh, kw, I, O] ↔ [O, I, kh, kw]
 Linear ``kernel``   ``weight``                                   [I, O] ↔ [O, I]
 BatchNorm           ``weight, bias, running_mean, running_var``  (``num_batches_tracked`` ignored)
-GRU                 ``weight_ih_l0, weight_hh_l0, bias_*_l0``    none
-BiGRU [2, ...]      ``..._l0`` (index 0), ``..._l0_reverse`` (1)  direction axis split
+GRU, LSTM           ``weight_ih_l0, weight_hh_l0, bias_*_l0``    none
+BiGRU, BiLSTM       ``..._l0`` (index 0), ``..._l0_reverse`` (1)  direction axis split
+  [2, ...]
+Stacked layer k     ``..._l<k>[_reverse]``                       (``load_stack``)
 ECA/G-ECA conv      ``weight``                                   [k, 1, 1] ↔ [1, 1, k] (Conv1d)
 anything else       its attribute name                           none
 ==================  ==========================================  =================================
@@ -231,11 +233,11 @@ def _batchnorm_entries(own, p):
   return {p + names[k]: Entry(v) for k, v in own.items()}
 
 
-def _gru_entries(own, p):
+def _layer_entries(own, p):
   return {f'{p}{k}_l0': Entry(v) for k, v in own.items()}
 
 
-def _bigru_entries(own, p):
+def _bidirectional_entries(own, p):
   out = {}
   for k, v in own.items():
     out[f'{p}{k}_l0'] = Entry(v, 0)
@@ -252,7 +254,8 @@ def _channel_conv_entries(own, p):
 # of no registered type keeps its attribute names.
 _LAYOUTS: dict[type, Callable[[dict, str], dict]] = {
     nnx.Conv: _conv_entries, nnx.Linear: _linear_entries, nnx.BatchNorm: _batchnorm_entries,
-    recurrent.GRU: _gru_entries, recurrent.BiGRU: _bigru_entries,
+    recurrent.GRU: _layer_entries, recurrent.BiGRU: _bidirectional_entries,
+    recurrent.LSTM: _layer_entries, recurrent.BiLSTM: _bidirectional_entries,
     attention_lib.ChannelConv1D: _channel_conv_entries,
 }
 
@@ -449,28 +452,70 @@ def export_resnet(model: resnet_lib.ResNet, path: str | None = None) -> dict[str
   return state_dict
 
 
+_LAYER_TYPES = (recurrent.GRU, recurrent.BiGRU, recurrent.LSTM, recurrent.BiLSTM)
+
+
 def _is_recurrent(m: nnx.Module) -> bool:
-  return isinstance(m, (recurrent.GRU, recurrent.BiGRU))
+  return isinstance(m, _LAYER_TYPES)
 
 
-def load_gru(layer: recurrent.GRU | recurrent.BiGRU, weights, *, prefix: str = '',
-             layer_index: int = 0) -> dict[str, int]:
-  """Loads layer ``layer_index`` of a PyTorch ``nn.GRU`` state dict (keys ``<prefix>weight_ih_l<k>``
-  ..., plus ``*_reverse`` for a BiGRU) into one ferjax GRU/BiGRU layer. Other layers' keys are
-  skipped; a unidirectional layer rejects ``*_reverse`` keys."""
-  if not _is_recurrent(layer):
-    raise TypeError(f'load_gru expects a ferjax GRU or BiGRU, got {type(layer).__name__}.')
-  state_dict, source = _as_state_dict(weights, 'GRU state dict')
+def _layer_keys(state_dict, prefix: str, layer_index: int, to: str = '') -> dict[str, np.ndarray]:
+  """The recurrent keys of PyTorch layer ``layer_index`` under ``prefix``, renamed ``<to>..._l0[_reverse]``."""
   suffix = re.compile(rf'_l{layer_index}(_reverse)?$')
   renamed = {}
   for k, v in state_dict.items():
     if k.startswith(prefix) and _RECURRENT_KEY.search(k) and suffix.search(k):
-      renamed[suffix.sub(lambda m: '_l0' + (m.group(1) or ''), k[len(prefix):])] = v
-  return load_state_dict(layer, renamed, source=f'{source} (layer {layer_index})')
+      renamed[to + suffix.sub(lambda m: '_l0' + (m.group(1) or ''), k[len(prefix):])] = v
+  return renamed
+
+
+def load_layer(layer, weights, *, prefix: str = '', layer_index: int = 0) -> dict[str, int]:
+  """Loads layer ``layer_index`` of a PyTorch ``nn.GRU``/``nn.LSTM`` state dict (keys
+  ``<prefix>weight_ih_l<k>`` ..., plus ``*_reverse`` for a bidirectional layer) into one ferjax GRU, BiGRU,
+  LSTM or BiLSTM layer. Other layers' keys are skipped; a unidirectional layer rejects ``*_reverse`` keys,
+  and a file of the other cell type fails on shapes (3H vs 4H gate rows)."""
+  if not _is_recurrent(layer):
+    raise TypeError(f'load_layer expects a ferjax GRU, BiGRU, LSTM or BiLSTM, got {type(layer).__name__}.')
+  state_dict, source = _as_state_dict(weights, 'recurrent state dict')
+  return load_state_dict(layer, _layer_keys(state_dict, prefix, layer_index),
+                         source=f'{source} (layer {layer_index})')
+
+
+def load_gru(layer: recurrent.GRU | recurrent.BiGRU, weights, *, prefix: str = '',
+             layer_index: int = 0) -> dict[str, int]:
+  """``load_layer`` for a GRU/BiGRU (a PyTorch ``nn.GRU`` state dict)."""
+  if not isinstance(layer, (recurrent.GRU, recurrent.BiGRU)):
+    raise TypeError(f'load_gru expects a ferjax GRU or BiGRU, got {type(layer).__name__}.')
+  return load_layer(layer, weights, prefix=prefix, layer_index=layer_index)
+
+
+def load_lstm(layer: recurrent.LSTM | recurrent.BiLSTM, weights, *, prefix: str = '',
+              layer_index: int = 0) -> dict[str, int]:
+  """``load_layer`` for an LSTM/BiLSTM (a PyTorch ``nn.LSTM`` state dict)."""
+  if not isinstance(layer, (recurrent.LSTM, recurrent.BiLSTM)):
+    raise TypeError(f'load_lstm expects a ferjax LSTM or BiLSTM, got {type(layer).__name__}.')
+  return load_layer(layer, weights, prefix=prefix, layer_index=layer_index)
+
+
+def load_stack(stack: recurrent.Stacked, weights, *, prefix: str = '') -> dict[str, int]:
+  """Loads a PyTorch ``num_layers=k`` ``nn.GRU``/``nn.LSTM`` state dict into a ``recurrent.Stacked`` of k
+  layers (PyTorch layer ``l<j>`` into ``stack.layers[j]``), all layers or nothing."""
+  if not isinstance(stack, recurrent.Stacked):
+    raise TypeError(f'load_stack expects a ferjax recurrent.Stacked, got {type(stack).__name__}.')
+  state_dict, source = _as_state_dict(weights, 'recurrent state dict')
+  renamed = {}
+  for k in range(len(stack.layers)):
+    renamed.update(_layer_keys(state_dict, prefix, k, to=f'layers.{k}.'))
+  extra = sorted(k for k in state_dict if k.startswith(prefix) and _RECURRENT_KEY.search(k)
+                 and int(re.search(r'_l(\d+)', k[len(prefix):]).group(1)) >= len(stack.layers))
+  if extra:
+    raise WeightsMismatchError(f'Cannot load {source} into a {len(stack.layers)}-layer recurrent stack: '
+                               f'the file has more layers ({", ".join(extra[:4])}).')
+  return load_state_dict(stack, renamed, source=source)
 
 
 def load_recurrent(model: nnx.Module, weights, *, prefix: str = '') -> dict[str, int]:
-  """Loads every GRU/BiGRU layer of ``model`` from PyTorch-layout keys named by module path, e.g.
+  """Loads every GRU/BiGRU/LSTM/BiLSTM layer of ``model`` from PyTorch-layout keys named by module path, e.g.
   ``temporal.0.gru.1.weight_hh_l0`` or ``temporal.1.bigru.3.bias_ih_l0_reverse`` for Res-RBG.
 
   Only recurrent keys (``(weight|bias)_(ih|hh)_l<k>[_reverse]``) of the file are considered, so a
@@ -481,9 +526,20 @@ def load_recurrent(model: nnx.Module, weights, *, prefix: str = '') -> dict[str,
                          consider=lambda k: bool(_RECURRENT_KEY.search(k)), source=source)
 
 
+def export_stack(stack: recurrent.Stacked) -> dict[str, np.ndarray]:
+  """``stack`` as a PyTorch ``nn.GRU``/``nn.LSTM(num_layers=len(stack.layers))`` state dict (layer ``k``'s
+  keys end in ``_l<k>[_reverse]``); ``load_stack`` of it restores ``stack``."""
+  out = {}
+  for k, layer in enumerate(stack.layers):
+    for key, value in export_state_dict(layer).items():
+      out[re.sub(r'_l0(_reverse)?$', lambda m: f'_l{k}' + (m.group(1) or ''), key)] = value
+  return out
+
+
 # Converters of weight files into submodules, `(matches(submodule) -> bool, load(submodule, path, *,
-# prefix))`, most recently registered first: ResNets take torchvision/timm files, one GRU/BiGRU one
-# PyTorch nn.GRU layer, a module holding GRUs every layer by path. A family registers converters for its
+# prefix))`, most recently registered first: ResNets take torchvision/timm files, one GRU/BiGRU/LSTM/BiLSTM
+# one PyTorch nn.GRU/nn.LSTM layer, a `recurrent.Stacked` a multi-layer one, a module holding recurrent
+# layers every layer by path. A family registers converters for its
 # own submodules with `register_converter`.
 _CONVERTERS: list[tuple[Callable[[nnx.Module], bool], Callable[..., dict]]] = []
 
@@ -499,7 +555,8 @@ def _contains_recurrent(m: nnx.Module) -> bool:
 
 
 register_converter(_contains_recurrent, load_recurrent)
-register_converter(_is_recurrent, load_gru)
+register_converter(_is_recurrent, load_layer)
+register_converter(lambda m: isinstance(m, recurrent.Stacked), load_stack)
 register_converter(lambda m: isinstance(m, resnet_lib.ResNet), load_resnet)
 
 
@@ -535,9 +592,9 @@ def apply_pretrained(model: nnx.Module, init_config) -> dict[str, dict[str, int]
   Reads (ConfigDict or mapping; absent/empty = skip):
     <name>_weights: ``.safetensors``/``.npz`` loaded into the submodule ``model.<name>`` with the
       converter its type calls for: a ResNet takes a torchvision/timm-layout file (``load_resnet``;
-      Res-RBG's ``backbone``, RFSCNN's ``backbone_rgb`` and ``backbone_flow``), a GRU/BiGRU one
-      PyTorch ``nn.GRU`` layer (``load_gru``), a module holding GRUs every layer by path
-      (``load_recurrent``). ``backbone_weights`` also loads into a model that is itself a ResNet.
+      Res-RBG's ``backbone``, RFSCNN's ``backbone_rgb`` and ``backbone_flow``), a GRU/BiGRU/LSTM/BiLSTM
+      one PyTorch ``nn.GRU``/``nn.LSTM`` layer (``load_layer``), a ``recurrent.Stacked`` a multi-layer
+      one (``load_stack``), a module holding recurrent layers every layer by path (``load_recurrent``). ``backbone_weights`` also loads into a model that is itself a ResNet.
     <name>_prefix: key prefix in that file (default ''), e.g. 'module.' or 'backbone.'.
     gru_weights / gru_prefix: PyTorch GRU keys named by module path for every GRU/BiGRU layer of the
       whole model (``load_recurrent``).

@@ -187,13 +187,7 @@ SCHEMA = {
 
 def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> DcnCbam:
   """``DcnCbam`` from ``config.model``; fields the config leaves out take ``DcnCbam``'s defaults."""
-  fields = {k: v for k, v in config.items() if k != 'name'}
-  config_lib.check_fields({f'model.{k}': v for k, v in fields.items()},
-                          {f'model.{k}': v for k, v in SCHEMA.items()}, partial=True)
-  if 'dtype' in fields:
-    fields['dtype'] = precision.resolve_dtype(fields['dtype'])
-  if 'stage_sizes' in fields:  # () means the backbone's standard depths.
-    fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
+  fields = resnet.family_fields(config, SCHEMA)
   if 'deformable_stages' in fields:
     fields['deformable_stages'] = tuple(fields['deformable_stages'] or ())
   with resnet.formulation(**resnet.pop_formulation(fields)):

@@ -17,15 +17,17 @@ the deformable im2col matrix [N, Ho, Wo, kh * kw * C], which one matmul with the
 output. The samples are read in one of two ways with the same values (``method``):
 
 * 'dense': per sample, the interpolation weights over all H * W input pixels (the outer product of a
-  row and a column weight vector, each non-zero at two pixels) times the input, one batched matmul.
-  Forward and backward are matmuls; the cost grows with H * W, small for a ResNet's last stages.
+  row and a column weight vector, each non-zero at two pixels, the mask folded in) times the input, one
+  batched matmul. Its backward pass (a custom VJP) is matmuls as well: the input gradient is the
+  transposed matmul, the offset and mask gradients come from the gradient of the interpolation matrix
+  reduced through its row x column form. The cost grows with H * W, small for a ResNet's last stages.
 * 'gather': the four neighbours of each sample gathered as rows (a row = a group's channels) from the
-  zero-padded, flattened input; O(1) per sample, but the input gradient is a scatter-add, which
-  XLA:CPU runs serially.
+  zero-padded, flattened input; O(1) per sample, but the input gradient (autodiff) is a scatter-add,
+  which XLA:CPU runs serially.
 
-'auto' (the default) is 'gather' (see ``METHODS``). All gradients
-(input, offsets, mask, kernel) come from autodiff; both methods equal torchvision's hand-written backward
-(tests/test_deformable.py against tests/data/deform_conv_reference.npz, made by
+'auto' (the default) is 'dense' for maps of at most ``DENSE_MAX_PIXELS`` pixels, 'gather' above. Both
+methods equal torchvision's hand-written backward in every gradient (input, offsets, mask, kernel;
+tests/test_deformable.py against tests/data/deform_conv_reference.npz, made by
 scripts/make_deform_conv_reference.py).
 
 ``DeformConv`` is the DCNv2 layer: a plain convolution's kernel plus a zero-initialised "offset"
@@ -45,9 +47,10 @@ from flax import nnx
 
 
 METHODS = ('auto', 'dense', 'gather')
-# 'auto' = 'gather': XLA:CPU (jaxlib 0.10.2) crashes (SIGSEGV) running the offset gradient of the 'dense'
-# program for some tiny maps (batch 32, 2 x 2, 32 channels, stride 1), so 'dense' is opt-in; where it
-# runs it equals 'gather' and torchvision (tests/test_deformable.py).
+# 'auto' = 'dense' for input maps of at most this many pixels (16 x 16: a ResNet's last two stages at
+# 224 px), 'gather' above: the dense matmuls cost O(H * W) per sample and its interpolation matrix is
+# [N, S, H * W] floats, while the gather's cost per sample is constant.
+DENSE_MAX_PIXELS = 256
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -75,7 +78,7 @@ def deform_conv2d(x: jax.Array, offset: jax.Array, mask: jax.Array | None, kerne
     stride, padding, dilation: an int or (h, w) pair each; padding is symmetric (PyTorch's).
     method: how the bilinear samples are read (same values): 'dense' (a matmul with interpolation
       weights over all input pixels; no scatter in the backward pass), 'gather' (the four neighbours
-      gathered; O(1) per sample) or 'auto' (= 'gather').
+      gathered; O(1) per sample) or 'auto' ('dense' up to ``DENSE_MAX_PIXELS`` input pixels).
 
   Returns:
     [N, Ho, Wo, Cout] in the promoted dtype of ``x`` and ``kernel``; sampling positions and bilinear
@@ -111,7 +114,7 @@ def deform_conv2d(x: jax.Array, offset: jax.Array, mask: jax.Array | None, kerne
     mask = jnp.ones((n, ho, wo, groups * taps), jnp.float32)
   mask = mask.astype(jnp.float32).reshape(n, ho, wo, groups, taps)
   if method == 'auto':
-    method = 'gather'
+    method = 'dense' if h * w <= DENSE_MAX_PIXELS else 'gather'
   if method not in METHODS[1:]:
     raise ValueError(f'deform_conv2d: method must be one of {METHODS}, got {method!r}.')
   dtype = jnp.promote_types(x.dtype, kernel.dtype)
@@ -122,32 +125,79 @@ def deform_conv2d(x: jax.Array, offset: jax.Array, mask: jax.Array | None, kerne
   return columns @ kernel.reshape(taps * c, cout).astype(dtype)
 
 
-def _hat(pos: jax.Array, size: int) -> jax.Array:
-  """Linear-interpolation weights of 1-D positions ``pos`` [...] over ``size`` pixels: [..., size],
-  ``1 - frac`` at ``floor(pos)`` and ``frac`` at ``floor(pos) + 1`` (0 elsewhere and off the image).
-  Written with ``floor`` so the derivative at an integer position is the forward difference, as
-  torchvision's backward (a plain ``max(0, 1 - |pos - r|)`` would give 0 there)."""
+def _hat(pos: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+  """Linear-interpolation weights of 1-D positions ``pos`` [...] over ``size`` pixels [..., size]
+  (``1 - frac`` at ``floor(pos)``, ``frac`` at ``floor(pos) + 1``, 0 elsewhere and off the image) and
+  their derivative in ``pos`` (-1 and +1 there: the forward difference at an integer position, as
+  torchvision's backward; a plain ``max(0, 1 - |pos - r|)`` would give 0 there)."""
   lo = jnp.floor(pos)
-  frac = (pos - lo)[..., None]
   index = lo.astype(jnp.int32)
   # one_hot of an index outside [0, size) is all zeros: samples off the image read 0.
-  return (jax.nn.one_hot(index, size, dtype=pos.dtype) * (1 - frac)
-          + jax.nn.one_hot(index + 1, size, dtype=pos.dtype) * frac)
+  at_lo, at_hi = jax.nn.one_hot(index, size), jax.nn.one_hot(index + 1, size)
+  frac = (pos - lo)[..., None]
+  return at_lo * (1 - frac) + at_hi * frac, at_hi - at_lo
+
+
+def _per_group(a: jax.Array) -> jax.Array:
+  """[N, Ho, Wo, G, taps] -> [N, G, S] (S = Ho * Wo * taps, the samples of one image and group)."""
+  return jnp.moveaxis(a, 3, 1).reshape(a.shape[0], a.shape[3], -1)
+
+
+def _dense_parts(x, y, xs, mask):
+  """The input as [N, G, H * W, C/G], the row weights [N, G, S, H] and column weights [N, G, S, W] with
+  their derivatives, the mask [N, G, S] and the interpolation matrix (mask folded in) [N, G, S, H * W]."""
+  n, h, w, groups, cg = x.shape
+  rows, d_rows = _hat(_per_group(y), h)
+  cols, d_cols = _hat(_per_group(xs), w)
+  m = _per_group(mask)
+  matrix = ((rows * m[..., None])[..., :, None] * cols[..., None, :]).reshape(*m.shape, h * w)
+  image = jnp.moveaxis(x.reshape(n, h * w, groups, cg), 2, 1)
+  return image, rows, d_rows, cols, d_cols, m, matrix
+
+
+@jax.custom_vjp
+def _dense_columns(x, y, xs, mask):
+  """Bilinear samples [N, G, S, C/G] of ``x`` [N, H, W, G, C/G] at ``y``, ``xs`` [N, Ho, Wo, G, taps],
+  times ``mask`` (same shape): per (image, group) one matmul of the interpolation matrix over all
+  H * W pixels [S, H * W] with the input. The backward pass is matmuls too, no scatter (``_dense_bwd``)."""
+  image, *_, matrix = _dense_parts(x, y, xs, mask)
+  return jnp.matmul(matrix.astype(x.dtype), image)
+
+
+def _dense_fwd(x, y, xs, mask):
+  return _dense_columns(x, y, xs, mask), (x, y, xs, mask)
+
+
+def _dense_bwd(residuals, g):
+  """Input gradient = the transposed matmul; the gradient of the interpolation matrix (one matmul
+  [S, C/G] x [C/G, H * W]) reduced through its separable form rows x mask x columns gives the mask's
+  and the positions' gradients."""
+  x, y, xs, mask = residuals
+  n, h, w, groups, cg = x.shape
+  image, rows, d_rows, cols, d_cols, m, matrix = _dense_parts(x, y, xs, mask)
+  g = g.astype(x.dtype)
+  d_image = jnp.matmul(jnp.swapaxes(matrix, -1, -2).astype(x.dtype), g)  # [N, G, H * W, C/G]
+  d_matrix = jnp.matmul(g, jnp.swapaxes(image, -1, -2)).astype(jnp.float32)
+  d_matrix = d_matrix.reshape(*m.shape, h, w)
+  by_row = jnp.einsum('ngshw,ngsw->ngsh', d_matrix, cols)  # d loss / d (rows * mask)
+  by_col = jnp.einsum('ngshw,ngsh->ngsw', d_matrix, rows)  # d loss / d cols, over the mask
+  d_mask = jnp.sum(by_row * rows, axis=-1)
+  d_y = m * jnp.sum(by_row * d_rows, axis=-1)
+  d_x = m * jnp.sum(by_col * d_cols, axis=-1)
+  back = lambda a: jnp.moveaxis(a.reshape(y.shape[0], groups, *y.shape[1:3], y.shape[4]), 1, 3)
+  d_input = jnp.moveaxis(d_image, 1, 2).reshape(x.shape)
+  return d_input.astype(x.dtype), back(d_y), back(d_x), back(d_mask).astype(mask.dtype)
+
+
+_dense_columns.defvjp(_dense_fwd, _dense_bwd)
 
 
 def _sample_dense(x, y, xs, mask):
-  """Bilinear samples as one batched matmul: the weights of every (pixel, tap) over all H * W input
-  pixels (outer product of the row and column interpolation weights, mask folded in) times the
-  input. Cost O(H * W) per sample, all matmuls forward and backward (no scatter): the fast choice on
-  CPU for the small maps of a ResNet's last stages."""
-  n, h, w, groups, cg = x.shape
-  ho, wo, taps = y.shape[1], y.shape[2], y.shape[4]
-  rows = jnp.moveaxis(_hat(y, h) * mask[..., None], 3, 1)  # [N, G, Ho, Wo, taps, H]
-  cols = jnp.moveaxis(_hat(xs, w), 3, 1)  # [N, G, Ho, Wo, taps, W]
-  weights = (rows[..., :, None] * cols[..., None, :]).reshape(n, groups, ho * wo * taps, h * w)
-  # One matmul per (image, group): [Ho Wo taps, H W] @ [H W, C/G].
-  out = jnp.matmul(weights.astype(x.dtype), jnp.moveaxis(x.reshape(n, h * w, groups, cg), 2, 1))
-  return jnp.moveaxis(out.reshape(n, groups, ho, wo, taps, cg), 1, 3)
+  """[N, Ho, Wo, G, taps, C/G] from ``_dense_columns``. Cost O(H * W) per sample, all matmuls forward and
+  backward: the fast choice on CPU for the small maps of a ResNet's last stages."""
+  n, ho, wo, groups, taps = y.shape
+  out = _dense_columns(x, y, xs, mask)  # [N, G, Ho * Wo * taps, C/G]
+  return jnp.moveaxis(out.reshape(n, groups, ho, wo, taps, -1), 1, 3)
 
 
 def _sample_gather(x, y, xs, mask):

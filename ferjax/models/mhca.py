@@ -246,13 +246,7 @@ SCHEMA = {
 
 def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> MHCA:
   """``MHCA`` from ``config.model``; fields the config leaves out take ``MHCA``'s defaults."""
-  fields = {k: v for k, v in config.items() if k != 'name'}
-  config_lib.check_fields({f'model.{k}': v for k, v in fields.items()},
-                          {f'model.{k}': v for k, v in SCHEMA.items()}, partial=True)
-  if 'dtype' in fields:
-    fields['dtype'] = precision.resolve_dtype(fields['dtype'])
-  if 'stage_sizes' in fields:  # () means the backbone's standard depths.
-    fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
+  fields = resnet.family_fields(config, SCHEMA)
   fields.pop('affinity_weight', None)
   fields.pop('partition_weight', None)
   with resnet.formulation(**resnet.pop_formulation(fields)):

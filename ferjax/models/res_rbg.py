@@ -67,8 +67,8 @@ class RBGBlock(nnx.Module):
       grus.append(recurrent.GRU(d, hidden, dtype=dtype, unroll=unroll, rngs=rngs))
       d = hidden
     for _ in range(bigru_layers):
-      norms.append(nnx.BatchNorm(d, momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON,
-                                 dtype=dtype, rngs=rngs) if norm else None)
+      norms.append(resnet.BatchNorm(d, momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON,
+                                    dtype=dtype, rngs=rngs) if norm else None)
       bigru = recurrent.BiGRU(d, hidden, merge=merge, dtype=dtype, unroll=unroll, rngs=rngs)
       bigrus.append(bigru)
       d = bigru.out_features
@@ -212,6 +212,7 @@ SCHEMA = {
     'dropout': config_lib.number(0, 1, hi_open=True),
     'dot_1x1': config_lib.boolean,  # resnet.formulation
     'fused_batchnorm': config_lib.boolean,
+    'batchnorm_groups': config_lib.number(1, integer=True),
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'remat': config_lib.one_of(*REMAT_MODES),
 }

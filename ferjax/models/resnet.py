@@ -26,7 +26,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ferjax import checks
 from ferjax.models import attention as attention_lib
+from ferjax.models import precision
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -88,33 +90,63 @@ def _conv(cin, cout, k, stride=1, *, dtype, rngs):
 # the measured faster step (`DOT_1X1`) was measured with it.
 FUSED_BATCHNORM = True
 
+# Training-mode BatchNorm statistics over how many groups of the batch, read when a layer is built
+# (`formulation`, from `config.model.batchnorm_groups`). 1: the whole global batch (under GSPMD every
+# device sees the statistics of the global batch, as PyTorch's SyncBatchNorm). G > 1: the batch axis is
+# cut into G equal consecutive slices, each normalised by its own statistics: with G = the number of
+# devices the batch is sharded over (device d holds slice d), the per-GPU statistics of PyTorch's
+# DataParallel / DistributedDataParallel without SyncBatchNorm, computed locally on each device. The
+# running averages take the groups' mean statistics. Unlike the two switches above this changes values.
+BATCHNORM_GROUPS = 1
+
 
 # Config fields of every family built on these layers (`config.model.<field>`), recorded with a run (and its
 # export metadata) like any other model field; `formulation` applies them while a model is built.
-FORMULATION_FIELDS = ('dot_1x1', 'fused_batchnorm')
+FORMULATION_FIELDS = ('dot_1x1', 'fused_batchnorm', 'batchnorm_groups')
 
 
 @contextlib.contextmanager
-def formulation(dot_1x1: bool | None = None, fused_batchnorm: bool | None = None):
-  """Layers built inside use these formulations (`DOT_1X1`, `FUSED_BATCHNORM`; None keeps the module
-  default). The families' `from_config` build their model inside it from `config.model.dot_1x1` and
-  `config.model.fused_batchnorm`."""
-  global DOT_1X1, FUSED_BATCHNORM  # pylint: disable=global-statement  # Read when a layer is built.
-  old = DOT_1X1, FUSED_BATCHNORM
+def formulation(dot_1x1: bool | None = None, fused_batchnorm: bool | None = None,
+                batchnorm_groups: int | None = None):
+  """Layers built inside use these formulations (`DOT_1X1`, `FUSED_BATCHNORM`, `BATCHNORM_GROUPS`; None
+  keeps the module default). The families' `from_config` build their model inside it from
+  `config.model.dot_1x1`, `config.model.fused_batchnorm` and `config.model.batchnorm_groups`."""
+  global DOT_1X1, FUSED_BATCHNORM, BATCHNORM_GROUPS  # pylint: disable=global-statement
+  old = DOT_1X1, FUSED_BATCHNORM, BATCHNORM_GROUPS  # Read when a layer is built.
   try:
     if dot_1x1 is not None:
       DOT_1X1 = bool(dot_1x1)
     if fused_batchnorm is not None:
       FUSED_BATCHNORM = bool(fused_batchnorm)
+    if batchnorm_groups is not None:
+      if int(batchnorm_groups) < 1:
+        raise ValueError(f'batchnorm_groups must be >= 1, got {batchnorm_groups}.')
+      BATCHNORM_GROUPS = int(batchnorm_groups)
     yield
   finally:
-    DOT_1X1, FUSED_BATCHNORM = old
+    DOT_1X1, FUSED_BATCHNORM, BATCHNORM_GROUPS = old
 
 
 def pop_formulation(fields: dict) -> dict:
   """Removes the formulation fields from a family's `config.model` fields; returns them (for
   `formulation(**...)`)."""
   return {k: fields.pop(k) for k in FORMULATION_FIELDS if k in fields}
+
+
+def family_fields(model_config, schema: dict) -> dict:
+  """The constructor keyword arguments of a ResNet-trunk family from its ``config.model``: every field but
+  ``name``, checked against the family's ``schema`` (the keys without ``model.``), ``dtype`` resolved
+  (``precision.resolve_dtype``: 'auto' = the platform's compute dtype) and ``stage_sizes`` () = None (the
+  backbone's standard depths). The family pops its own non-constructor fields, then builds inside
+  ``formulation(**pop_formulation(fields))``."""
+  fields = {k: v for k, v in model_config.items() if k != 'name'}
+  checks.check_fields({f'model.{k}': v for k, v in fields.items()},
+                      {f'model.{k}': v for k, v in schema.items()}, partial=True)
+  if 'dtype' in fields:
+    fields['dtype'] = precision.resolve_dtype(fields['dtype'])
+  if 'stage_sizes' in fields:
+    fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
+  return fields
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -163,23 +195,49 @@ batch_norm_train.defvjp(_bn_train_fwd, _bn_train_bwd)
 
 class BatchNorm(nnx.BatchNorm):
   """`nnx.BatchNorm` (same parameters, statistics and running-average update) whose training mode uses
-  `batch_norm_train` when `FUSED_BATCHNORM` was set at construction; evaluation mode is Flax's."""
+  `batch_norm_train` when `FUSED_BATCHNORM` was set at construction; evaluation mode is Flax's.
+
+  With `BATCHNORM_GROUPS` = G > 1 at construction, training mode normalises each of G equal consecutive
+  slices of the batch (axis 0) by its own statistics (always the one-pass formulation) and updates the
+  running averages with the mean of the G slices' statistics."""
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
     self.fused = FUSED_BATCHNORM
+    self.groups = BATCHNORM_GROUPS
 
   def __call__(self, x, use_running_average=None, *, mask=None):
-    if (not self.fused or use_running_average or mask is not None or self.axis_name is not None
-        or self.axis not in (-1, x.ndim - 1) or self.scale is None or self.bias is None):
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    training = use_running_average is not None and not use_running_average
+    simple = (training and mask is None and self.axis_name is None
+              and self.axis in (-1, x.ndim - 1) and self.scale is not None and self.bias is not None)
+    if self.groups > 1 and training and not simple:
+      raise ValueError('batchnorm_groups > 1 needs a BatchNorm over the last axis with scale and bias, '
+                       'no mask and no axis_name.')
+    if not simple or (not self.fused and self.groups == 1):
       return super().__call__(x, use_running_average, mask=mask)
     # Flax's dtype rule: compute in `dtype`, else in the promotion of the input and float32 parameters.
     dtype = self.dtype or jnp.promote_types(x.dtype, self.scale[...].dtype)
-    y, mean, var = batch_norm_train(x.astype(dtype), self.scale[...], self.bias[...], self.epsilon)
+    scale, bias = self.scale[...], self.bias[...]
+    if self.groups == 1:
+      y, mean, var = batch_norm_train(x.astype(dtype), scale, bias, self.epsilon)
+    else:
+      y, mean, var = self._grouped(x.astype(dtype), scale, bias)
     m = self.momentum
     self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
     self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
     return y
+
+  def _grouped(self, x, scale, bias):
+    """Per-group `batch_norm_train` over [G, N/G, ...]: (y, the groups' mean mean, mean variance)."""
+    g, n = self.groups, x.shape[0]
+    if n % g:
+      raise ValueError(f'model.batchnorm_groups={g} needs a batch divisible by {g} (one group per '
+                       f'device); a BatchNorm got {n} rows (input shape {tuple(x.shape)}).')
+    xs = x.reshape(g, n // g, *x.shape[1:])
+    y, mean, var = jax.vmap(lambda xg: batch_norm_train(xg, scale, bias, self.epsilon))(xs)
+    return y.reshape(x.shape), jnp.mean(mean, 0), jnp.mean(var, 0)
 
 
 def _bn(c, *, dtype, rngs, zero_scale=False):

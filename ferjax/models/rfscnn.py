@@ -220,9 +220,9 @@ class RFSCNN(nnx.Module):
       setattr(self, f'backbone_{name}', cnn)
       setattr(self, f'spatial_{name}', spatial)
       setattr(self, f'temporal_{name}', temporal)
-      setattr(self, f'norm_{name}', nnx.BatchNorm(temporal.features, momentum=resnet.BN_MOMENTUM,
-                                                  epsilon=resnet.BN_EPSILON, bias_init=offset,
-                                                  rngs=rngs)
+      setattr(self, f'norm_{name}', resnet.BatchNorm(temporal.features, momentum=resnet.BN_MOMENTUM,
+                                                     epsilon=resnet.BN_EPSILON, bias_init=offset,
+                                                     rngs=rngs)
               if fusion_norm else None)
     features = temporal_proj * temporal_out
     if fusion == 'concat':
@@ -362,6 +362,7 @@ SCHEMA = {
     'dropout': config_lib.number(0, 1, hi_open=True),
     'dot_1x1': config_lib.boolean,  # resnet.formulation
     'fused_batchnorm': config_lib.boolean,
+    'batchnorm_groups': config_lib.number(1, integer=True),
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'unroll': config_lib.number(1, 64, integer=True),
 }

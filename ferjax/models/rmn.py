@@ -68,8 +68,8 @@ REMAT_MODES = ('none', 'blocks')
 
 
 def _bn(c, *, dtype, rngs):
-  return nnx.BatchNorm(c, momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON, dtype=dtype,
-                       rngs=rngs)
+  return resnet.BatchNorm(c, momentum=resnet.BN_MOMENTUM, epsilon=resnet.BN_EPSILON, dtype=dtype,
+                          rngs=rngs)
 
 
 class UpPool(nnx.Module):
@@ -277,6 +277,7 @@ SCHEMA = {
     'mask_loss_weight': config_lib.number(0),
     'dot_1x1': config_lib.boolean,  # resnet.formulation
     'fused_batchnorm': config_lib.boolean,
+    'batchnorm_groups': config_lib.number(1, integer=True),
     'dtype': config_lib.one_of(*precision.DTYPE_NAMES),
     'remat': config_lib.one_of(*REMAT_MODES),
 }
@@ -285,13 +286,7 @@ SCHEMA = {
 def from_config(config, num_classes: int, *, rngs: nnx.Rngs) -> RMN:
   """``RMN`` from ``config.model``; fields the config leaves out take ``RMN``'s defaults. The
   reconstruction decoder exists when ``reconstruction_weight > 0``."""
-  fields = {k: v for k, v in config.items() if k != 'name'}
-  config_lib.check_fields({f'model.{k}': v for k, v in fields.items()},
-                          {f'model.{k}': v for k, v in SCHEMA.items()}, partial=True)
-  if 'dtype' in fields:
-    fields['dtype'] = precision.resolve_dtype(fields['dtype'])
-  if 'stage_sizes' in fields:  # () means the backbone's standard depths.
-    fields['stage_sizes'] = tuple(fields['stage_sizes'] or ()) or None
+  fields = resnet.family_fields(config, SCHEMA)
   if 'mask_depths' in fields:
     fields['mask_depths'] = tuple(fields['mask_depths'] or ()) or MASK_DEPTHS
   fields['reconstruction'] = fields.pop('reconstruction_weight', 0) > 0

@@ -445,6 +445,27 @@ def render_face(identity: Identity, aus: dict[str, float], size: int, *, roll: f
   return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
+KEYPOINTS = ('eye_left', 'eye_right', 'nose', 'mouth_left', 'mouth_right')  # left = the image's left.
+
+
+def keypoints(identity: Identity, roll: float = 0.0, shift=(0.0, 0.0)) -> np.ndarray:
+  """float32 [5, 2]: where `render_face` draws the eye centres, the nose tip and the mouth corners of
+  the neutral face, (x, y) as fractions of the frame side, through the resting pose plus roll / shift."""
+  cx, cy = identity.face_center
+  fh = identity.face_axes[1]
+  points = np.array([
+      (cx - identity.eye_dx, cy + identity.eye_dy), (cx + identity.eye_dx, cy + identity.eye_dy),
+      (cx, cy + identity.eye_dy + fh * 0.05 + identity.nose_len),
+      (cx - identity.mouth_half_width, cy + identity.mouth_dy),
+      (cx + identity.mouth_half_width, cy + identity.mouth_dy)])
+  r0, dx0, dy0 = identity.pose
+  a = math.radians(r0 + roll)
+  p = points - (cx, cy)  # The rotation of _Pen.pts, without its rounding to canvas pixels.
+  rot = np.stack([p[:, 0] * math.cos(a) - p[:, 1] * math.sin(a),
+                  p[:, 0] * math.sin(a) + p[:, 1] * math.cos(a)], axis=-1)
+  return (rot + (cx + dx0 + shift[0], cy + dy0 + shift[1])).astype(np.float32)
+
+
 def _lighting(identity: Identity, size: int) -> np.ndarray:
   """Multiplicative light falloff across the frame from the subject's light direction."""
   xy = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5

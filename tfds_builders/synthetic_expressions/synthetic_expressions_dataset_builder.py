@@ -13,7 +13,8 @@ subject: folds 0-7 -> train, fold 8 -> validation, fold 9 -> test.
 
 The `micro` configs (`micro.py`) are micro-expression clips of the same identities: neutral -> a short,
 low-amplitude negative / positive / surprise movement -> neutral, with `onset`, `apex` and `offset` frame
-indices, head jitter and noise; `clips_per_class` clips of each class per subject, one split per subject
+indices, `keypoints` (where the drawing puts the eyes, nose tip and mouth corners: `faces.keypoints`),
+head jitter and noise; `clips_per_class` clips of each class per subject, one split per subject
 (`subject_s000`, ...), so the protocol is leave-one-subject-out (or subject-independent k-fold with
 `dataset.subject_folds`), as the MEGC2019 composite's.
 
@@ -121,12 +122,15 @@ def micro_examples(index: int, config: SyntheticExpressionsConfig) -> list[tuple
           'frames': [tfds_common.encode_jpeg(f, quality=config.jpeg_quality) for f in frames],
           'label': label, 'subject': subject, 'sequence_id': sequence_id, 'num_frames': len(frames),
           'onset': onset, 'apex': apex, 'offset': offset,
+          # The drawn landmarks at the resting pose (the clip's head jitter moves them by ~1 px).
+          'keypoints': faces.keypoints(identity),
       }))
   return out
 
 
 def micro_features(size: int) -> tfds.features.FeaturesDict:
-  """The sequence features of DESIGN.md with the micro classes, plus onset / apex / offset indices."""
+  """The sequence features of DESIGN.md with the micro classes, plus onset / apex / offset indices and
+  the face's keypoints."""
   return tfds.features.FeaturesDict({
       'frames': tfds.features.Sequence(
           tfds.features.Image(shape=(size, size, 3), encoding_format='jpeg')),
@@ -137,6 +141,8 @@ def micro_features(size: int) -> tfds.features.FeaturesDict:
       'onset': tfds.features.Scalar(np.int32),
       'apex': tfds.features.Scalar(np.int32),
       'offset': tfds.features.Scalar(np.int32),
+      # (x, y) of the eyes, nose tip and mouth corners, fractions of the side (faces.KEYPOINTS).
+      'keypoints': tfds.features.Tensor(shape=(len(faces.KEYPOINTS), 2), dtype=np.float32),
   })
 
 
@@ -170,8 +176,9 @@ def subject_examples(index: int, config: SyntheticExpressionsConfig) -> list[tup
 class Builder(tfds_common.ArrayRecordTfData, tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for synthetic_expressions (see the module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}  # The micro configs came later; the others are unchanged.
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'micro configs: the keypoints feature; the other configs are unchanged.'}
   BUILDER_CONFIGS = [
       SyntheticExpressionsConfig(
           name='default', description='100 subjects x 7 expressions, 64x64 px, 8-32 frames.'),
