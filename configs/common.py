@@ -165,6 +165,40 @@ KEYS: dict[str, Callable[[ml_collections.ConfigDict, str], None]] = {'fold': _fo
 Preset = Callable[[], ml_collections.ConfigDict]
 
 
+def _subject_folds(c: ml_collections.ConfigDict, value: str) -> None:
+  c.dataset.subject_folds = integer('subject_folds', value)
+
+
+# The micro-expression families' argument keys: `subject_folds=k` (0 = leave one subject out).
+MICRO_KEYS = {**KEYS, 'subject_folds': _subject_folds}
+MICRO_PRESETS = ('megc2019', 'casme2', 'samm', 'smic', 'casme2_5class', 'synthetic')
+
+
+def micro_presets(composite: Preset, synthetic: Preset) -> dict[str, Preset]:
+  """The micro-expression families' presets from their two recipes: `megc2019` (the composite, as
+  `composite` makes it), one dataset's part of the composite (`casme2`, `samm`, `smic`: `megc2019/<part>`,
+  three classes), CASME II's five classes (`casme2_5class`: happiness, disgust, repression, surprise,
+  others; leave-one-subject-out over its 26 subjects) with the composite's recipe, and `synthetic`."""
+
+  def part(dataset: str) -> Preset:
+    def make() -> ml_collections.ConfigDict:
+      c = composite()
+      c.dataset.config = dataset
+      return c
+    return make
+
+  def casme2_5class() -> ml_collections.ConfigDict:
+    c = composite()
+    c.dataset.name = 'casme2'
+    c.dataset.config = '5class'
+    return c
+
+  presets = {'megc2019': composite, 'casme2': part('casme2'), 'samm': part('samm'), 'smic': part('smic'),
+             'casme2_5class': casme2_5class, 'synthetic': synthetic}
+  assert tuple(presets) == MICRO_PRESETS
+  return presets
+
+
 def parse(arg: str | None, *, presets: Mapping[str, Preset], default: str,
           keys: Mapping[str, Callable[[ml_collections.ConfigDict, str], None]] = KEYS,
           words: Mapping[str, Callable[[ml_collections.ConfigDict], None]] | None = None,

@@ -32,7 +32,7 @@ def _common():
 
 common = _common()
 
-PRESETS = ('megc2019', 'casme2', 'samm', 'smic', 'casme2_5class', 'synthetic')
+PRESETS = common.MICRO_PRESETS
 
 
 def paper_config() -> ml_collections.ConfigDict:
@@ -116,32 +116,11 @@ def synthetic_config() -> ml_collections.ConfigDict:
   return c
 
 
-def part_config(dataset: str) -> ml_collections.ConfigDict:
-  """One dataset's part of the composite (`megc2019/<dataset>`, three classes)."""
-  c = paper_config()
-  c.dataset.config = dataset
-  return c
-
-
-def casme2_5class_config() -> ml_collections.ConfigDict:
-  """CASME II's five classes (happiness, disgust, repression, surprise, others; `casme2/5class`)."""
-  c = paper_config()
-  c.dataset.name = 'casme2'
-  c.dataset.config = '5class'
-  return c
-
-
-def _subject_folds(c: ml_collections.ConfigDict, value: str) -> None:
-  c.dataset.subject_folds = common.integer('subject_folds', value)
-
-
-KEYS = {**common.KEYS, 'subject_folds': _subject_folds}
+KEYS = common.MICRO_KEYS
 ARG_KEYS = tuple(KEYS)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`<preset>[,fold=k][,seed=s][,subject_folds=k]`, e.g. `synthetic,subject_folds=4`."""
-  presets = {'megc2019': paper_config, 'casme2': lambda: part_config('casme2'),
-             'samm': lambda: part_config('samm'), 'smic': lambda: part_config('smic'),
-             'casme2_5class': casme2_5class_config, 'synthetic': synthetic_config}
-  return common.parse(arg, presets=presets, default='megc2019', keys=KEYS)
+  return common.parse(arg, presets=common.micro_presets(paper_config, synthetic_config),
+                      default='megc2019', keys=KEYS)
