@@ -111,7 +111,8 @@ def flow_strain(onset: np.ndarray, apex: np.ndarray, size: int = 28, method: str
   return min_max(image) if scale else image
 
 
-def _frame(record: Mapping, index: int) -> np.ndarray:
+def record_frame(record: Mapping, index: int) -> np.ndarray:
+  """The record's frame `index` as RGB uint8 [H, W, 3] (decoded where the record stores JPEG bytes)."""
   frame = record['frames'][index]
   if isinstance(frame, (bytes, np.bytes_)):
     decoded = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)
@@ -144,7 +145,7 @@ def record_input(record: Mapping, size: int, method: str) -> np.ndarray:
   if key is not None and key in _CACHE:
     return _CACHE[key]
   onset, apex = onset_apex(record)
-  image = flow_strain(_frame(record, onset), _frame(record, apex), size, method)
+  image = flow_strain(record_frame(record, onset), record_frame(record, apex), size, method)
   if key is not None:
     with _CACHE_LOCK:
       if len(_CACHE) < CACHE_LIMIT:
