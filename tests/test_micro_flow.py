@@ -95,3 +95,14 @@ def test_pipeline_input_uses_the_records_onset_and_apex():
   np.testing.assert_allclose(by_label[0], expected, atol=1e-6)
   with pytest.raises(ValueError, match='must index'):
     micro_flow.onset_apex({'frames': frames, 'onset': 0, 'apex': 5})
+
+
+def test_flow_does_not_depend_on_what_was_computed_before():
+  """A reused OpenCV DIS instance carries state between calls: the same pair must give the same flow after
+  pairs of other sizes."""
+  onset, apex, _, _ = _affine_pair()
+  first = micro_flow.flow_strain(onset, apex, 28, 'dis')
+  rng = np.random.default_rng(0)
+  for shape in [(48, 48, 3), (64, 64, 3), (17, 23, 3)]:
+    micro_flow.flow_strain(rng.integers(0, 255, shape, np.uint8), rng.integers(0, 255, shape, np.uint8), 28, 'dis')
+  np.testing.assert_array_equal(micro_flow.flow_strain(onset, apex, 28, 'dis'), first)

@@ -60,14 +60,13 @@ def resolve_method(method: str) -> str:
   return method
 
 
-_LOCAL = threading.local()  # One estimator per thread and method: calc() keeps state.
-
-
 def _estimator(method: str):
-  if not hasattr(_LOCAL, method):
-    setattr(_LOCAL, method, cv2.optflow.DualTVL1OpticalFlow_create() if method == 'tvl1' else
-            cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM))
-  return getattr(_LOCAL, method)
+  """A fresh estimator per call: a reused OpenCV DIS instance carries state from its previous images (a
+  pair's flow changed by up to 0.5 after other sizes were computed), so the flow of a clip would depend on
+  what the process computed before."""
+  if method == 'tvl1':
+    return cv2.optflow.DualTVL1OpticalFlow_create()
+  return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
 
 
 def _grey(frame: np.ndarray) -> np.ndarray:
