@@ -219,14 +219,14 @@ def _setup(config, num_classes: int):
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
   params = models.count_params(model)['total']
-  tx = steps.make_optimizer(config.train, total_steps=1000, warmup_steps=10)
-  graphdef, state = steps.init_state(model, tx, config.seed)
+  optimizer = steps.Optimizer.from_config(config.train, total_steps=1000, warmup_steps=10)
+  graphdef, state = steps.init_state(model, optimizer.tx, config.seed)
   del model
   state_sharding = sharding.state_shardings(state, mesh)
   state = jax.device_put(state, state_sharding)
   batch_sharding = sharding.batch_sharding(mesh)
   family = models.get_family(config.model.name)
-  train_fn = steps.jit_train_step(graphdef, tx, family.losses(config), state_sharding,
+  train_fn = steps.jit_train_step(graphdef, optimizer, family.losses(config), state_sharding,
                                   batch_sharding, sharding.replicated(mesh))
   eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding)
   rng = np.random.default_rng(0)
@@ -426,15 +426,16 @@ def _rbg_part_step(config, num_classes: int):
   model = models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
   part = _TemporalPart(model)
   graphdef, params, rest = nnx.split(part, nnx.Param, ...)
-  tx = steps.make_optimizer(config.train, total_steps=1000, warmup_steps=10)
-  opt_state = tx.init(params)
+  optimizer = steps.Optimizer.from_config(config.train, total_steps=1000, warmup_steps=10)
+  opt_state = optimizer.tx.init(params)
+  numbers = {k: np.float32(v) for k, v in optimizer.numbers.items()}  # Arguments, as in the train step.
   batch, t = config.input.batch_size, config.dataset.num_frames
   rng = np.random.default_rng(0)
   features = jnp.asarray(rng.normal(size=(batch, t, model.backbone.num_features)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
   smoothing = config.train.label_smoothing
 
-  def fn(params, opt_state, rest, features, labels):
+  def fn(params, opt_state, rest, features, labels, numbers):
     def loss_fn(params, features):
       m = nnx.merge(graphdef, params, rest, copy=True)
       logits = m(features, train=True)
@@ -442,12 +443,12 @@ def _rbg_part_step(config, num_classes: int):
       return loss, nnx.state(m, nnx.Not(nnx.Param))
     (loss, rest), (grads, d_features) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
         params, features)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    updates, opt_state = optimizer.transformation(numbers).update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     # The train step's metrics that scale with the parameters (steps.train_step): their norms.
     norms = optax.tree.norm(grads) + optax.tree.norm(params)
     return params, opt_state, rest, d_features, loss + 0 * norms
-  return jax.jit(fn), (params, opt_state, rest, features, labels)
+  return jax.jit(fn), (params, opt_state, rest, features, labels, numbers)
 
 
 def _with_model(config, **fields):

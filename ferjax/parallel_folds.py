@@ -292,8 +292,8 @@ def _run(config, workdir, run_dir, folds, start_over):
   tx = steps.make_optimizer(config.train, total_steps, warmup_steps, no_decay=family.no_decay(config))
   num_classes = len(dataset.class_names)
 
-  def make_model():
-    return models.create_model(config.model, num_classes, rngs=nnx.Rngs(params=config.seed))
+  def make_model(rngs):
+    return models.create_model(config.model, num_classes, rngs=rngs)
   # The sequential run's jitted init on the same mesh (replicated: no FSDP), bit for bit.
   graphdef, single, _ = steps.init_sharded_state(make_model, tx, config.seed, mesh)
   loss, extra = family.losses(config), dict(family.metrics(config))

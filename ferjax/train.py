@@ -193,10 +193,10 @@ def _set_up(config, workdir: epath.Path) -> _Run:
        f'{jax.process_count()} process(es); global batch {config.input.batch_size}, '
        f'{total_steps} steps ({total_steps / steps_per_epoch:.1f} epochs)')
 
-  tx = steps.make_optimizer(config.train, total_steps,
-                            round(config.train.warmup_epochs * steps_per_epoch),
-                            no_decay=models.get_family(config.model.name).no_decay(config),
-                            steps_per_epoch=steps_per_epoch)
+  optimizer = steps.Optimizer.from_config(
+      config.train, total_steps, round(config.train.warmup_epochs * steps_per_epoch),
+      no_decay=models.get_family(config.model.name).no_decay(config), steps_per_epoch=steps_per_epoch)
+  tx = optimizer.tx
   if any(config.init.values()):  # Weight files are read on the host into the built model, then placed.
     model = _init_model(config, len(dataset.class_names))
     _describe_params(model)
@@ -205,10 +205,9 @@ def _set_up(config, workdir: epath.Path) -> _Run:
     state_sharding = sharding.state_shardings(state, mesh)
     state = jax.device_put(state, state_sharding)
   else:  # Created directly in its shardings: under FSDP no device (nor the host) holds the full state.
-    def make_model():
-      return models.create_model(config.model, len(dataset.class_names),
-                                 rngs=nnx.Rngs(params=config.seed))
-    _describe_params(nnx.eval_shape(make_model))
+    def make_model(rngs):
+      return models.create_model(config.model, len(dataset.class_names), rngs=rngs)
+    _describe_params(nnx.eval_shape(lambda: make_model(nnx.Rngs(params=config.seed))))
     graphdef, state, state_sharding = steps.init_sharded_state(make_model, tx, config.seed, mesh)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
@@ -216,9 +215,9 @@ def _set_up(config, workdir: epath.Path) -> _Run:
   batch_sharding = sharding.batch_sharding(mesh)
   family = models.get_family(config.model.name)
   normalization = config.dataset.normalization
-  train_fn = steps.jit_train_step(graphdef, tx, family.losses(config), state_sharding, batch_sharding,
-                                  sharding.replicated(mesh), normalization=normalization,
-                                  extra_metrics=family.metrics(config))
+  train_fn = steps.jit_train_step(graphdef, optimizer, family.losses(config), state_sharding,
+                                  batch_sharding, sharding.replicated(mesh),
+                                  normalization=normalization, extra_metrics=family.metrics(config))
   eval_fn = steps.jit_eval_step(graphdef, state_sharding, batch_sharding, normalization=normalization)
   checkpointer = checkpointing.Checkpointer(
       os.fspath(workdir / 'checkpoints'), max_to_keep=config.train.max_to_keep,

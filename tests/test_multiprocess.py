@@ -122,16 +122,18 @@ def reference_run(data_dir: str, out_dir: str) -> None:
   host_batches = [iter(train._loaders(config, dataset, splits, (h, NUM_PROCESSES, local, local))[0])
                   for h in range(NUM_PROCESSES)]
   steps_per_epoch = max(len(dataset.source(splits.train)) // config.input.batch_size, 1)
-  tx = steps.make_optimizer(config.train, NUM_STEPS,
-                            round(config.train.warmup_epochs * steps_per_epoch))
-  # As train._set_up does without weight files: the state created by one jitted init in its shardings.
-  def make_model():
-    return models.create_model(config.model, len(dataset.class_names),
-                               rngs=nnx.Rngs(params=config.seed))
-  graphdef, state, state_sharding = steps.init_sharded_state(make_model, tx, config.seed, mesh)
+  optimizer = steps.Optimizer.from_config(config.train, NUM_STEPS,
+                                          round(config.train.warmup_epochs * steps_per_epoch))
+  # As train._set_up does without weight files: the state created by one jitted init in its shardings,
+  # the optimizer's numbers passed to the train step.
+  def make_model(rngs):
+    return models.create_model(config.model, len(dataset.class_names), rngs=rngs)
+  graphdef, state, state_sharding = steps.init_sharded_state(make_model, optimizer.tx, config.seed,
+                                                             mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   normalization = config.dataset.normalization
-  train_fn = steps.jit_train_step(graphdef, tx, models.get_family(config.model.name).losses(config),
+  train_fn = steps.jit_train_step(graphdef, optimizer,
+                                  models.get_family(config.model.name).losses(config),
                                   state_sharding, batch_sharding, sharding.replicated(mesh),
                                   normalization=normalization)
   losses = []

@@ -82,8 +82,8 @@ def _sharded_init(mesh_shape=(2, 4), min_size=64):
                  grad_clip=1.0)))
   tx = steps.make_optimizer(config.train, total_steps=10, warmup_steps=0)
 
-  def make_model():
-    return models.create_model(config.model, 5, rngs=nnx.Rngs(params=0))
+  def make_model(rngs=None):
+    return models.create_model(config.model, 5, rngs=rngs or nnx.Rngs(params=0))
 
   mesh = sharding.make_mesh(*mesh_shape)
   _, state, state_sharding = steps.init_sharded_state(make_model, tx, 0, mesh, min_size=min_size)

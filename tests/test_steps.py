@@ -15,7 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ferjax import losses, steps
+from ferjax import losses, sharding, steps
 from ferjax.models import res_rbg
 
 
@@ -208,3 +208,89 @@ def test_per_frame_model_is_scored_per_sequence_by_mean_probability():
   by_hand = -jax.nn.log_softmax(jnp.asarray(frames[:, :, 0, 0]), -1)[
       jnp.arange(2)[:, None], jnp.arange(3)[None], jnp.array([[2] * 3, [1] * 3])].mean()
   np.testing.assert_allclose(loss, by_hand, rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['cosine', 'constant', 'step'])
+def test_schedule_with_traced_numbers_equals_optax_schedules(name):
+  """`steps.schedule` takes its numbers as traced values (so they can be arguments of the compiled
+  step); at every step it equals optax's own schedules built with the numbers as constants."""
+  config = _train_config(learning_rate=0.3, schedule=name, step_epochs=2.0, step_factor=0.1)
+  rate = jax.jit(lambda count, numbers: steps.schedule(name, numbers)(count))
+  for total, warmup in ((20, 0), (20, 5), (7, 6), (1, 0)):
+    numbers = steps.optimizer_numbers(config, total, warmup, steps_per_epoch=3)
+    if name == 'cosine':
+      reference = optax.warmup_cosine_decay_schedule(0.0, 0.3, min(warmup, total - 1), max(total, 1))
+    else:
+      ramp = optax.linear_schedule(0.0, 0.3, max(warmup, 1))
+      after = (optax.constant_schedule(0.3) if name == 'constant' else
+               optax.exponential_decay(0.3, 6, 0.1, staircase=True))  # Every 2 epochs of 3 steps.
+      reference = optax.join_schedules([ramp, lambda c: after(c + warmup)], [warmup])
+    counts = jnp.arange(total + 3)
+    np.testing.assert_allclose([rate(c, numbers) for c in counts], [reference(c) for c in counts],
+                               rtol=1e-6, atol=1e-8, err_msg=f'{name} total={total} warmup={warmup}')
+
+
+class _Tiny(nnx.Module):
+  """A convolution and a linear classifier on frames [B, T, H, W, 3]: a few initialisers, quick to
+  compile."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+    self.head = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, batch, *, train=False, rngs=None):
+    x = self.conv(batch['frames'].reshape((-1,) + batch['frames'].shape[2:]))
+    x = x.mean((1, 2)).reshape(batch['frames'].shape[:2] + (4,)).mean(1)
+    return {'logits': self.head(x)}
+
+
+def test_optimizer_numbers_are_arguments_of_one_compiled_train_step():
+  """Runs that differ only in the optimizer's numbers (learning rate, length, warm-up, weight decay,
+  clipping norm) compile the same program, and each still trains with its own numbers: one step equals
+  the step compiled with that run's numbers as constants."""
+  mesh = sharding.make_mesh()
+  replicated = sharding.replicated(mesh)
+  _, _, _, batch = _step_inputs(_Tiny(nnx.Rngs(0)))
+  programs, params = [], []
+  for train, total, warmup in (({}, 10, 0), ({'learning_rate': 0.02, 'weight_decay': 0.1,
+                                              'grad_clip': 0.5}, 300, 30)):
+    optimizer = steps.Optimizer.from_config(_train_config(**{'grad_clip': 1.0, **train}), total,
+                                            warmup)
+    graphdef, state = steps.init_state(_Tiny(nnx.Rngs(0)), optimizer.tx, seed=0)
+    step = steps.jit_train_step(graphdef, optimizer, 0.0, replicated, replicated, replicated)
+    programs.append(step.lower(state, batch).as_text())
+    constant, _ = _jit_step(graphdef, optimizer.tx)(state, batch)
+    new, _ = step(state, batch)  # Donates `state`.
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(constant.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    params.append(new.params)
+  assert programs[0] == programs[1]
+  assert not all(np.allclose(a, b) for a, b in zip(*map(jax.tree.leaves, params)))
+
+
+def test_seed_is_an_argument_of_the_compiled_init():
+  """`init_sharded_state` compiles its init once for every seed (with the session's persistent
+  compilation cache, tests/conftest.py, a second seed's init is a cache hit, not a compilation) and each
+  seed still gets its own values: the eager initialisation's."""
+  tx = steps.make_optimizer(_train_config(), 10, 0)
+  mesh = sharding.make_mesh()
+  events = []
+
+  def listener(event, **kwargs):
+    del kwargs
+    events.append(event)
+  jax.monitoring.register_event_listener(listener)
+  try:
+    states = []
+    for seed in (0, 5):
+      events.clear()
+      states.append(steps.init_sharded_state(_Tiny, tx, seed, mesh)[1])
+  finally:
+    jax.monitoring.unregister_event_listener(listener)
+  requests = events.count('/jax/compilation_cache/compile_requests_use_cache')
+  assert requests >= 1 and events.count('/jax/compilation_cache/cache_hits') == requests, events
+  for seed, state in zip((0, 5), states):
+    eager = steps.init_state(_Tiny(nnx.Rngs(params=seed)), tx, seed)[1]
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(eager)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert not all(np.allclose(a, b) for a, b in zip(*(jax.tree.leaves(s.params) for s in states)))
