@@ -162,7 +162,8 @@ def _sharded_main():
 def test_on_two_devices_each_device_normalises_its_own_share():
   """A batch sharded over 2 (forced host) devices under `jax.jit`: with 2 groups each device's share is
   normalised as that share alone would be, and the output stays sharded; 1 group differs."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
   out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])

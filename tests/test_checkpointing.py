@@ -247,7 +247,8 @@ def _two_hosts(directory, fault: str) -> list[dict]:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = dict(os.environ, XLA_FLAGS=' '.join(  # One device per process; the session's other flags.
+      f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f))
   env.update(JAX_PLATFORMS='cpu', JAX_ENABLE_COMPILATION_CACHE='false',
              PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                          env.get('PYTHONPATH', '')]))

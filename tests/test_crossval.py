@@ -105,7 +105,7 @@ def test_bad_input(data_dir, tmp_path):
 
 
 def test_a_rerun_of_another_config_stops_or_retrains_never_mixes(data_dir, tmp_path):
-  # Lengths 6 and 12, whose compiled train steps other tests use too (the schedule is compiled in).
+  # Lengths 6 and 12: runs of two lengths, one compiled train step (its numbers are arguments).
   crossval.run(_config(data_dir), str(tmp_path), '0')
   # Another length: the finished fold would be reported next to folds of 12 steps.
   with pytest.raises(crossval.CrossvalError) as info:

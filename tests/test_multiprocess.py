@@ -58,9 +58,11 @@ def _env(**extra) -> dict[str, str]:
   # Without the session's compilation cache (tests/conftest.py): with it, on a heavily loaded machine,
   # process 0 once waited more than Gloo's 30 s for its peer at the first collective (cause not
   # established). Each process compiles its programs, as before the cache.
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_ENABLE_COMPILATION_CACHE': 'false', **extra}
-  if 'XLA_FLAGS' not in extra:
-    env.pop('XLA_FLAGS', None)  # One CPU device per process, whatever the caller simulates.
+  # One CPU device per process, whatever the caller simulates; the session's other XLA flags kept.
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_ENABLE_COMPILATION_CACHE': 'false',
+         'XLA_FLAGS': ' '.join(flags), **extra}
   return env
 
 
@@ -183,7 +185,7 @@ def test_two_processes_train_exactly_like_one_process_on_the_same_global_batches
     processes.append(subprocess.Popen(
         [sys.executable, __file__, data_dir, str(reference_dir)], cwd=REPO, stdout=log,
         stderr=subprocess.STDOUT,
-        env=_env(XLA_FLAGS=f'--xla_force_host_platform_device_count={NUM_PROCESSES}')))
+        env=_env(XLA_FLAGS=f"{_env()['XLA_FLAGS']} --xla_force_host_platform_device_count={NUM_PROCESSES}")))
   outputs = _wait(processes, logs, ['process 0', 'process 1', 'the reference run'])
   reference = json.loads((reference_dir / 'reference.json').read_text())
   assert reference['num_devices'] == NUM_PROCESSES

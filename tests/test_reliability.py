@@ -65,7 +65,8 @@ def test_user_errors_are_one_line(data_dir, tmp_path, case, fragments):
 
 
 def test_batch_not_divisible_by_devices_is_one_line(data_dir, tmp_path):
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  env = {**os.environ,
+         'XLA_FLAGS': f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"}
   result = _run(_cli_args(data_dir, tmp_path / 'w', **{'input.batch_size': 3}), env=env)
   _one_line_error(result, 'input.batch_size', 'multiple of the 2 devices', 'found 3')
 
@@ -79,8 +80,8 @@ def test_read_only_workdir_is_one_line(data_dir, tmp_path):
 
 
 def test_resume_refuses_a_changed_trajectory_and_keeps_config_history(data_dir, tmp_path, capsys):
-  # Lengths 6 and then 12: the programs of TINY and of the reference run below (the learning-rate
-  # schedule is compiled into the train step, so every other length would be one more compilation).
+  # Lengths 6 and then 12 (the length, the learning rate and the seed are arguments of the compiled
+  # train step and init: every run here uses TINY's programs).
   steps = {'train.num_steps': 6}
   train.train_and_evaluate(_config(data_dir, **steps), str(tmp_path))
   # Four fields that change the trajectory, changed in one rerun: the error names each one, as the

@@ -130,7 +130,8 @@ def _sharded_init(mesh_shape=(2, 4), min_size=64):
 
 
 def _in_subprocess(*args):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ,
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
              JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True,
                        timeout=400)

@@ -16,9 +16,9 @@ from ferjax import checkpointing, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Overrides that make the quickstart config tiny: the same code path, seconds instead of minutes.
-# Most runs of the end-to-end tests train 2, 6 (as here) or 12 steps: the learning-rate schedule is
-# compiled into the train step, so runs of one length share their compiled program through the
-# session's compilation cache (tests/conftest.py).
+# Runs of this model share their compiled programs through the session's compilation cache
+# (tests/conftest.py), whatever their length, learning rate or seed: those are arguments of the compiled
+# train step and init (`steps.Optimizer`, `steps.init_sharded_state`).
 TINY = {
     'dataset.config': 'tiny', 'dataset.num_frames': 4, 'dataset.image_size': 32,
     'input.batch_size': 8, 'input.eval_batch_size': 8, 'input.worker_count': 0,
