@@ -43,15 +43,16 @@ COMPILATION_CACHE_ENV = {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
 # fixtures (a trained run, an exported model) are built once, on one worker. A worker that runs out of
 # work takes the next module in collection order, so the modules run longest first (greedy
 # longest-processing-time scheduling): a long module left for last keeps one worker busy while the other
-# idles. Rough seconds per module on CI's 2-core machine: its 15 slowest tests (`.ci/run`'s --durations)
-# plus an estimate for the module's other tests; only the order matters. Modules not listed (shorter)
+# idles. Seconds per module on the 2-core machine (the sum of its tests' times from
+# `python -m pytest -q -n 2 --durations=0`); only the order matters. Modules not listed (shorter)
 # follow in file order. Update the table when a module's time changes a lot.
 _MODULE_SECONDS = {
-    'test_reliability.py': 230, 'test_multiprocess.py': 140, 'test_train.py': 135,
-    'test_crossval.py': 130, 'test_recipe.py': 110, 'test_sharding.py': 100, 'test_rfscnn.py': 100,
-    'test_predict.py': 60, 'test_export.py': 55, 'test_benchmark.py': 50,
-    'test_video_benchmarks.py': 100, 'test_image_families.py': 60, 'test_parallel_folds.py': 60,
-    'test_synthetic_micro.py': 50, 'test_lkcnn.py': 50, 'test_mfem_bilstm.py': 40, 'test_batchnorm_groups.py': 40,
+    'test_reliability.py': 115, 'test_rmn.py': 64, 'test_multiprocess.py': 62, 'test_sharding.py': 60,
+    'test_train.py': 50, 'test_benchmark.py': 49, 'test_crossval.py': 48, 'test_image_families.py': 48,
+    'test_export.py': 48, 'test_recipe.py': 47, 'test_predict.py': 46, 'test_video_benchmarks.py': 44,
+    'test_rfscnn.py': 44, 'test_spatial_recurrent.py': 42, 'test_models.py': 39, 'test_steps.py': 28,
+    'test_recurrent.py': 21, 'test_mhca.py': 21, 'test_ststnet.py': 20, 'test_parallel_folds.py': 20,
+    'test_lkcnn.py': 20, 'test_dcn_cbam.py': 19,
 }
 
 

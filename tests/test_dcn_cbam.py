@@ -75,6 +75,7 @@ def test_cbam_sits_after_the_last_batchnorm_before_the_addition():
   np.testing.assert_allclose(apply(block, x), apply(plain, x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # A training (6 steps) judged by its loss: CI's slow stage.
 def test_per_frame_logits_and_training_reduces_the_loss():
   model = _model(deformable_stages=(3, 4), offset_groups=2)
   frames = np.random.default_rng(0).integers(0, 255, (4, 2, 32, 32, 3), np.uint8)

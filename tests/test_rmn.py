@@ -176,6 +176,7 @@ def _reconstruction_config():
   return c
 
 
+@pytest.mark.slow  # A training (8 steps) judged by its loss: CI's slow stage.
 def test_reconstruction_loss_decreases_and_every_term_is_logged():
   config = _reconstruction_config()
   model = models.create_model(config.model, 3, rngs=nnx.Rngs(0))
