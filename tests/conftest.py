@@ -19,15 +19,15 @@ from ferjax.data import tfds_common
 # grain worker processes read absl flags; pytest never parses them.
 flags.FLAGS.mark_as_parsed()
 
-# The tests' programs compile at XLA's backend optimisation level 1 (the default is 2): the same values
-# (XLA's levels are not allowed to change what a program computes; every comparison in the suite holds
-# at both), a fifth less compile time for the whole suite, which is mostly compilation (CONTRIBUTING.md,
-# "Tests"). Level 0 is not used: it miscompiles the tiny Res-RBG's train step on CPU (NaN at step 2).
-# Set here, before any backend starts, in the environment that xdist workers and every subprocess a
-# test starts inherit; an XLA_FLAGS that already sets a level is kept as it is (e.g. to run the suite
-# at level 2: XLA_FLAGS=--xla_backend_optimization_level=2).
+# The tests' programs compile at XLA's backend optimisation level 2 (LLVM -O2) rather than the default 3:
+# the same values (XLA's levels do not change what a program computes), a fifth less CPU time to compile
+# the tiny Res-RBG's train step (`python -m ferjax.benchmark`, CONTRIBUTING.md), and compiling is most of
+# the suite's time. Level 1 compiles no faster than 2; level 0 miscompiles the tiny Res-RBG's train step on
+# CPU (NaN by step 2). Set here, before any backend starts, in the environment that xdist workers and
+# every subprocess a test starts inherit; an XLA_FLAGS that already sets a level is kept (CI's slow stage
+# runs at the default, XLA_FLAGS=--xla_backend_optimization_level=3).
 if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1".strip()
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=2".strip()
 
 # The persistent compilation cache, as environment variables (inherited by every training CLI a test
 # starts) and as this process's config. The end-to-end tests start the same tiny training again and
